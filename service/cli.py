@@ -1,0 +1,79 @@
+"""The `realiz3d` console script: one argparse entry point, a module per group of subcommands.
+
+User mistakes (bad flag values, unreadable files, a missing backend) print one line and exit 2; the
+traceback is kept for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from pydantic import ValidationError
+
+# Modules that each expose `register(subparsers)`; a module whose optional dependencies are missing is
+# skipped so a gateway-only install still gets `serve`.
+COMMAND_MODULES = (
+    "service.commands.generate",
+    "service.commands.texturing",
+    "service.commands.serving",
+    "service.commands.runtime",
+    "service.commands.loadtest",
+    "service.commands.training",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realiz3d",
+        description="Realiz3D Serve: photorealistic, 3D-consistent multi-view generation and texturing.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("service.commands"):
+                continue  # that group of commands is not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def user_error(message: str) -> int:
+    print(f"realiz3d: error: {message}", file=sys.stderr)
+    return 2
+
+
+def format_validation_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "value"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.handler(args)
+    except ValidationError as e:
+        return user_error(format_validation_error(e))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - user mistakes become one line; bugs keep their traceback
+        from engines.errors import UserInputError
+
+        if isinstance(e, UserInputError | FileNotFoundError):
+            return user_error(str(e))
+        if os.environ.get("REALIZ3D_DEBUG"):
+            raise
+        raise
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The service's settings: one pydantic-settings class, env vars `REALIZ3D_*`.
+
+Every tunable of the gateway and the worker lives here (the model's own tunables live in the model
+folder's `realiz3d.json`). The Helm chart, docker-compose and this class agree on names and ports; a test
+checks that.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+API_PORT = 8000
+WORKER_METRICS_PORT = 9100
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REALIZ3D_", extra="ignore")
+
+    # Gateway
+    host: str = "127.0.0.1"
+    port: int = Field(API_PORT, ge=1, le=65535)
+    broker_url: str | None = Field(None, description="Redis URL; unset = embedded mode (in-process queue)")
+    api_keys: str = Field("", description="comma-separated API keys; empty = no auth")
+    max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_queue_depth: int = Field(64, ge=1, description="jobs waiting per queue before 429")
+    rate_limit_per_minute: int = Field(0, ge=0, description="submissions per client per minute; 0 = off")
+    job_ttl_seconds: int = Field(24 * 3600, ge=60, description="jobs and artifacts expire after this")
+    sse_poll_seconds: float = Field(0.1, gt=0)
+
+    # Storage
+    artifact_dir: Path = Path("./realiz3d-artifacts")
+
+    # Worker
+    model_dir: Path | None = Field(None, description="model folder; unset = embedded default model")
+    backend: str = "torch"
+    adapters: str = "fused"
+    precision: str = "fp32"
+    device: str = "auto"
+    engine_cache_dir: Path = Path("./realiz3d-engines")
+    queues: str = "multiview,texture"
+    worker_metrics_port: int = Field(WORKER_METRICS_PORT, ge=0, le=65535)
+    heartbeat_seconds: float = Field(2.0, gt=0)
+    heartbeat_ttl_seconds: float = Field(10.0, gt=0)
+    job_soft_time_limit: int = Field(1800, ge=1)
+    job_time_limit: int = Field(1900, ge=1)
+    visibility_timeout: int = Field(7200, ge=60, description="longer than the longest job")
+    batch_max_jobs: int = Field(8, ge=1, description="jobs whose UNet calls are batched per step; 1 = off")
+    batch_max_wait_ms: float = Field(5.0, ge=0)
+
+    # Texturing limits
+    max_mesh_faces: int = Field(500_000, ge=1)
+    unwrap_timeout_seconds: float = Field(180.0, gt=0)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        if v not in {"torch", "compile", "onnx", "tensorrt"}:
+            raise ValueError("backend must be one of torch, compile, onnx, tensorrt")
+        return v
+
+    @field_validator("adapters")
+    @classmethod
+    def _known_adapters(cls, v: str) -> str:
+        if v not in {"fused", "unfused"}:
+            raise ValueError("adapters must be fused or unfused")
+        return v
+
+    @property
+    def queue_names(self) -> list[str]:
+        return [q.strip() for q in self.queues.split(",") if q.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

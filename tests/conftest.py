@@ -1,0 +1,13 @@
+"""Test session setup: cap threads (2-core CI), keep everything offline and in temp dirs."""
+
+from __future__ import annotations
+
+import os
+
+# Before torch is imported anywhere: oversubscribed threads make 2-core timings collapse.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("REALIZ3D_DEBUG", "1")
+
+pytest_plugins = ["tests.fixtures.models", "tests.fixtures.redis_server"]
