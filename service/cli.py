@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from pydantic import ValidationError
@@ -55,6 +54,14 @@ def format_validation_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _is_user_error(e: BaseException) -> bool:
+    try:
+        from engines.errors import UserInputError
+    except ImportError:  # gateway-only install: no engines
+        return isinstance(e, FileNotFoundError)
+    return isinstance(e, UserInputError | FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,13 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return user_error(format_validation_error(e))
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # noqa: BLE001 - user mistakes become one line; bugs keep their traceback
-        from engines.errors import UserInputError
-
-        if isinstance(e, UserInputError | FileNotFoundError):
-            return user_error(str(e))
-        if os.environ.get("REALIZ3D_DEBUG"):
-            raise
+    except (ValueError, FileNotFoundError) as e:
+        # User mistakes (engines.errors.UserInputError is a ValueError) become one line; bugs keep
+        # their traceback. Only errors the engines raise on purpose are shown as a one-line message.
+        if _is_user_error(e):
+            return user_error(str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     return int(rc or 0)
 

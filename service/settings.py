@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(0, ge=0, description="submissions per client per minute; 0 = off")
     job_ttl_seconds: int = Field(24 * 3600, ge=60, description="jobs and artifacts expire after this")
     sse_poll_seconds: float = Field(0.1, gt=0)
+    retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 429 and 503")
 
     # Storage
     artifact_dir: Path = Path("./realiz3d-artifacts")
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(7200, ge=60, description="longer than the longest job")
     batch_max_jobs: int = Field(8, ge=1, description="jobs whose UNet calls are batched per step; 1 = off")
     batch_max_wait_ms: float = Field(5.0, ge=0)
+    job_max_attempts: int = Field(3, ge=1, description="runs of a job (after lost workers) before it fails")
+    worker_name: str | None = Field(None, description="worker id in heartbeats; default host:pid")
+    pipeline_factory: str | None = Field(
+        None, description="'module:callable' returning a pipeline; unset = engines.pipelines (tests, benches)"
+    )
 
     # Texturing limits
     max_mesh_faces: int = Field(500_000, ge=1)

@@ -1,0 +1,47 @@
+# Realiz3D Serve. `make run` and `make test` work on a fresh Linux machine with Python 3.11.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install run generate test lint format bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned to 2.13.0 in pyproject.toml; with pip's default config this takes the CPU wheel.
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## The main job: the HTTP service in embedded mode (queue + worker in-process) on the default model.
+run: install
+	$(BIN)/realiz3d serve --host 127.0.0.1 --port 8000
+
+## A quick local generation: 4 views of one object into ./out
+generate: install
+	$(BIN)/realiz3d generate "a red cube" --views 4 --out out/red-cube
+
+## Lint, format check and the whole test suite (what CI runs).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q -ra
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/realiz3d bench unet
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache out

@@ -1,0 +1,56 @@
+"""`realiz3d.json`: the model folder's own settings (format version, views, resolution, channels...)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engines.sampling.schedule import DomainSchedule
+
+FORMAT_VERSION = 1
+# normal (3) + position (3) + presence mask (1), concatenated to the UNet input (Hunyuan3D-Paint style).
+GEOMETRY_CHANNELS = 7
+
+
+class TextEncoderConfig(BaseModel):
+    """Which text encoder the folder holds.
+
+    `hashed-words`: made here (word-hash embedding + one transformer layer), offline and tiny.
+    `clip`: a transformers CLIPTextModel + CLIPTokenizer in `text_encoder/` and `tokenizer/` (SD family).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["hashed-words", "clip"] = "hashed-words"
+    vocab_buckets: int = Field(4096, ge=16)
+    dim: int = Field(64, ge=8)
+    max_tokens: int = Field(16, ge=2, le=512)
+    heads: int = Field(4, ge=1)
+
+
+class ModelConfig(BaseModel):
+    """Contents of `realiz3d.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    name: str = "realiz3d-model"
+    resolution: int = Field(64, ge=16, le=2048, description="native image size in pixels")
+    num_views: int = Field(4, ge=1, le=8, description="views the model was trained with")
+    image_channels: int = Field(3, description="channels of the denoised space (3 = pixel space)")
+    latent_space: Literal["pixel", "vae"] = "pixel"
+    patch_size: int = Field(
+        2, ge=1, le=4, description="pixel-unshuffle factor: the UNet runs at resolution / patch_size"
+    )
+    geometry_channels: int = Field(GEOMETRY_CHANNELS, description="0 = no geometry conditioning")
+    multiview_attention: bool = True
+    text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    default_schedule: DomainSchedule = Field(default_factory=lambda: DomainSchedule(split=0.4))
+    default_scheduler: Literal["ddim", "dpm++"] = "ddim"
+    seed: int | None = Field(None, description="seed a generated model was built from")
+
+    @property
+    def downsample_factor(self) -> int:
+        """Pixels per UNet cell along one side."""
+        return (8 if self.latent_space == "vae" else 1) * self.patch_size

@@ -1,0 +1,69 @@
+"""`Realiz3DModel`: everything one model folder holds, assembled in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from engines.models.config import ModelConfig
+from engines.models.domain_shifter import DomainShifter, DomainShifterConfig
+from engines.models.text_encoder import ClipTextEncoder, HashedWordTextEncoder
+from engines.models.unet import MultiViewUNet
+
+DEFAULT_SCHEDULER_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "epsilon",
+    "clip_sample": True,
+    "set_alpha_to_one": True,
+    "timestep_spacing": "trailing",
+}
+
+
+@dataclass
+class Realiz3DModel:
+    config: ModelConfig
+    unet: MultiViewUNet
+    shifter: DomainShifter
+    shifter_config: DomainShifterConfig
+    text_encoder: HashedWordTextEncoder | ClipTextEncoder
+    scheduler_config: dict = field(default_factory=lambda: dict(DEFAULT_SCHEDULER_CONFIG))
+    vae: AutoencoderKL | None = None
+
+    def modules(self) -> list[nn.Module]:
+        mods: list[nn.Module] = [self.unet, self.shifter]
+        if isinstance(self.text_encoder, nn.Module):
+            mods.append(self.text_encoder)
+        if self.vae is not None:
+            mods.append(self.vae)
+        return mods
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Realiz3DModel:
+        """Move every part; fused weights are recomputed lazily on the new device/dtype."""
+        self.shifter.invalidate_fused()
+        for m in self.modules():
+            m.to(device=device, dtype=dtype)
+        if isinstance(self.text_encoder, ClipTextEncoder):
+            self.text_encoder.model.to(device=device, dtype=dtype)
+        return self
+
+    def eval(self) -> Realiz3DModel:
+        for m in self.modules():
+            m.eval()
+            m.requires_grad_(False)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for m in self.modules() for p in m.parameters())

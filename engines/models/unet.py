@@ -1,0 +1,113 @@
+"""The multi-view UNet: diffusers' UNet2DConditionModel + camera embedding + multi-view attention +
+geometry channels.
+
+- Camera: each view's camera-to-world matrix (16 numbers) goes through diffusers' `class_embed_type=
+  "projection"` embedding (Linear-SiLU-Linear) and is added to the timestep embedding (MVDream).
+- Views: the batch holds `objects * views` images, views of one object contiguous; every self-attention
+  attends across the views of one object (`MultiViewAttnProcessor`).
+- Geometry: normal + position + presence mask (7 channels) concatenated to the noisy input; zeros when
+  there is no mesh (text-to-multiview), which is how the model is trained for the empty control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from engines.models.config import ModelConfig
+from engines.models.multiview_attention import install_multiview_attention
+
+CAMERA_DIM = 16
+
+
+def default_unet_config(config: ModelConfig, cross_attention_dim: int) -> dict:
+    """A small, fast pixel-space UNet.
+
+    It runs on 2x2 pixel-unshuffled images (a lossless reshuffle, so the diffusion is still exactly in
+    pixel space) and has attention only at the two coarsest levels: on 2 CPU cores full-resolution convs
+    and 4-view attention over 32x32 tokens cost 4-8x more for this model size (measured; see README).
+    """
+    return {
+        "sample_size": config.resolution // config.downsample_factor,
+        "in_channels": (config.image_channels + config.geometry_channels) * config.patch_size**2,
+        "out_channels": config.image_channels * config.patch_size**2,
+        "block_out_channels": (64, 128, 128),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "cross_attention_dim": cross_attention_dim,
+        "attention_head_dim": 16,
+        "norm_num_groups": 8,
+        "class_embed_type": "projection",
+        "projection_class_embeddings_input_dim": CAMERA_DIM,
+    }
+
+
+def build_unet(unet_config: dict, multiview: bool) -> UNet2DConditionModel:
+    unet = UNet2DConditionModel(**unet_config)
+    install_multiview_attention(unet, multiview=multiview)
+    return unet
+
+
+@dataclass
+class UNetInputs:
+    """One UNet call: `n = objects * views` images, views of one object contiguous."""
+
+    sample: torch.Tensor  # (n, C, H, W) noisy images/latents
+    timestep: torch.Tensor  # (n,) per-sample timesteps (jobs batched together may be at different steps)
+    text: torch.Tensor  # (n, tokens, dim)
+    cameras: torch.Tensor  # (n, 16) camera-to-world, flattened
+    geometry: torch.Tensor | None  # (n, G, H, W) or None = zeros
+    num_views: int
+
+    @property
+    def batch(self) -> int:
+        return self.sample.shape[0]
+
+
+class MultiViewUNet(nn.Module):
+    """Wraps the diffusers UNet with the multi-view calling convention (a tensors-only forward that
+    ONNX export and torch.compile can trace)."""
+
+    def __init__(self, unet: UNet2DConditionModel, geometry_channels: int, patch_size: int = 1) -> None:
+        super().__init__()
+        self.unet = unet
+        self.geometry_channels = geometry_channels
+        self.patch_size = patch_size
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        cameras: torch.Tensor,
+        geometry: torch.Tensor | None = None,
+        num_views: int = 1,
+    ) -> torch.Tensor:
+        if self.geometry_channels:
+            if geometry is None:
+                geometry = sample.new_zeros(
+                    (sample.shape[0], self.geometry_channels, sample.shape[2], sample.shape[3])
+                )
+            sample = torch.cat([sample, geometry.to(sample.dtype)], dim=1)
+        if self.patch_size > 1:
+            sample = F.pixel_unshuffle(sample, self.patch_size)
+        out = self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=text,
+            class_labels=cameras.to(sample.dtype),
+            cross_attention_kwargs={"num_views": num_views},
+            return_dict=False,
+        )[0]
+        return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
+
+    def run(self, inputs: UNetInputs) -> torch.Tensor:
+        return self(
+            inputs.sample, inputs.timestep, inputs.text, inputs.cameras, inputs.geometry, inputs.num_views
+        )

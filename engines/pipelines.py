@@ -1,0 +1,297 @@
+"""The engines' entry points: `multiview(request)` and `texture(request, mesh)`.
+
+`Realiz3DPipeline` is the cog-style contract: `load()` once (model, backend, fused weight sets), then
+`multiview()` / `texture()` per request, each with a progress callback and a cancel check polled every
+denoising step. The module-level `multiview()` and `texture()` keep one pipeline per configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.errors import UserInputError
+from engines.image_io import make_grid, save_png, tensor_to_uint8
+from engines.models.default_model import default_model_dir
+from engines.models.model_folder import load_model
+from engines.models.realiz3d_model import Realiz3DModel
+from engines.requests import (
+    CancelCheck,
+    GenerationParams,
+    MultiviewRequest,
+    ProgressCallback,
+    StageTimer,
+    TextureRequest,
+)
+from engines.runtime.factory import make_runner
+from engines.runtime.torch_runner import resolve_device
+from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
+from engines.sampling.denoise import DenoiseJob, denoise, make_scheduler
+from engines.sampling.schedule import DomainSchedule
+
+
+@dataclass
+class MultiviewResult:
+    """Images (uint8 HxWx3, one per camera), the cameras, per-stage seconds and everything to reproduce."""
+
+    images: list[np.ndarray]
+    cameras: list[Camera]
+    resolution: int
+    seed: int
+    timings: dict[str, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write view_00.png..., grid.png, cameras.json, meta.json; return the paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = [save_png(img, out / f"view_{i:02d}.png") for i, img in enumerate(self.images)]
+        paths.append(save_png(make_grid(self.images), out / "grid.png"))
+        cams = out / "cameras.json"
+        cams.write_text(json.dumps(cameras_to_json(self.cameras, self.resolution), indent=2))
+        meta = out / "meta.json"
+        meta.write_text(json.dumps({**self.meta, "seed": self.seed, "timings": self.timings}, indent=2))
+        return [*paths, cams, meta]
+
+
+@dataclass
+class JobPlan:
+    """A request turned into tensors: what `DenoiseJob` needs plus what the result reports."""
+
+    job: DenoiseJob
+    cameras: list[Camera]
+    resolution: int
+    seed: int
+    schedule: DomainSchedule
+
+
+class Realiz3DPipeline:
+    """One loaded model + one UNet runner. Thread-compatible, not thread-safe: one job at a time per
+    instance (the service's batcher serialises UNet calls)."""
+
+    def __init__(
+        self, model: Realiz3DModel, backend: str = "torch", adapters: str = "fused", **runner_kw: Any
+    ):
+        self.model = model
+        self.runner = make_runner(model, backend=backend, adapters=adapters, **runner_kw)
+        self.backend = backend
+        self.adapters = adapters
+        self.lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path | None = None,
+        backend: str = "torch",
+        adapters: str = "fused",
+        device: str = "auto",
+        precision: str = "fp32",
+        engine_cache_dir: str | Path | None = None,
+    ) -> Realiz3DPipeline:
+        """Load a model folder (None = the embedded default) onto a device and prepare the backend."""
+        from engines.runtime.torch_runner import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise UserInputError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        dev = resolve_device(device)
+        if dev.type == "cpu" and precision == "fp16":
+            raise UserInputError("fp16 needs a GPU; use fp32 or bf16 on the CPU")
+        model = load_model(model_dir if model_dir is not None else default_model_dir())
+        model.to(dev, PRECISIONS[precision] if backend == "torch" else torch.float32)
+        model.eval()
+        return cls(
+            model, backend=backend, adapters=adapters, precision=precision, engine_cache_dir=engine_cache_dir
+        )
+
+    @property
+    def config(self):
+        return self.model.config
+
+    # ---- planning ----------------------------------------------------------------------------------
+    def check_resolution(self, resolution: int) -> int:
+        step = self.model.config.downsample_factor * 4  # the UNet halves its grid twice
+        if resolution % step:
+            raise UserInputError(f"resolution {resolution} must be a multiple of {step} for this model")
+        return resolution
+
+    @torch.no_grad()
+    def plan(
+        self,
+        params: GenerationParams,
+        cameras: list[Camera],
+        resolution: int,
+        geometry: np.ndarray | None,
+        timer: StageTimer,
+    ) -> JobPlan:
+        """Encode text, draw the seeded noise and build the job's state (no UNet call yet)."""
+        cfg = self.model.config
+        seed = params.seed if params.seed is not None else secrets.randbits(31)
+        schedule = params.schedule or cfg.default_schedule
+        dev = self.runner.device
+        t0 = time.perf_counter()
+        emb = self.model.text_encoder.encode([params.prompt, params.negative_prompt]).float()
+        timer.add("text_encode", time.perf_counter() - t0)
+        views = len(cameras)
+        size = resolution // cfg.downsample_factor * cfg.patch_size
+        channels = (
+            cfg.image_channels if cfg.latent_space == "pixel" else self.model.vae.config.latent_channels
+        )  # type: ignore[union-attr]
+        # Noise drawn on the CPU from the job's own generator: same seed -> same images on any device.
+        gen = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((views, channels, size, size), generator=gen, dtype=torch.float32)
+        geom = None
+        if geometry is not None:
+            if not cfg.geometry_channels:
+                raise UserInputError("this model takes no geometry conditioning")
+            geom = torch.from_numpy(np.ascontiguousarray(geometry, dtype=np.float32)).to(dev)
+            if geom.shape != (views, cfg.geometry_channels, size, size):
+                raise UserInputError(
+                    f"geometry maps have shape {tuple(geom.shape)}, expected {(views, cfg.geometry_channels, size, size)}"
+                )
+        job = DenoiseJob(
+            scheduler=make_scheduler(params.scheduler, self.model.scheduler_config),
+            latents=noise.to(dev),
+            text=emb[1:2].expand(views, -1, -1).to(dev),
+            uncond_text=emb[:1].expand(views, -1, -1).to(dev),
+            cameras=torch.from_numpy(camera_embeddings(cameras)).to(dev),
+            geometry=geom,
+            guidance_scale=params.guidance_scale,
+            schedule=schedule,
+            num_steps=params.steps,
+        )
+        return JobPlan(job, cameras, resolution, seed, schedule)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        if self.model.vae is not None:
+            vae = self.model.vae
+            latents = latents.to(vae.dtype) / vae.config.scaling_factor
+            latents = vae.decode(latents).sample
+        return tensor_to_uint8(latents)
+
+    # ---- entry points ------------------------------------------------------------------------------
+    def generate_views(
+        self,
+        params: GenerationParams,
+        cameras: list[Camera],
+        resolution: int | None = None,
+        geometry: np.ndarray | None = None,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> MultiviewResult:
+        """Images of one object at `cameras`, optionally conditioned on geometry maps (V, 7, H, W)."""
+        start = time.perf_counter()
+        resolution = self.check_resolution(resolution or self.model.config.resolution)
+        timer = StageTimer()
+        with self.lock:
+            plan = self.plan(params, cameras, resolution, geometry, timer)
+            t0 = time.perf_counter()
+            latents = denoise(self.runner, plan.job, progress, should_cancel)
+            timer.add("denoise", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            images = self.decode(latents)
+            timer.add("decode", time.perf_counter() - t0)
+        timer.add("total", time.perf_counter() - start)
+        meta = {
+            "model": self.model.config.name,
+            "backend": self.backend,
+            "adapters": self.adapters,
+            "precision": str(self.runner.dtype).removeprefix("torch."),
+            "device": str(self.runner.device),
+            "schedule": plan.schedule.model_dump(exclude_none=True),
+            "schedule_steps": ["".join(d[0] for d in c) for c in plan.job.combos],
+            "request": params.model_dump(mode="json"),
+            "resolution": resolution,
+        }
+        return MultiviewResult(images, cameras, resolution, plan.seed, timer.seconds, meta)
+
+    def multiview(
+        self,
+        request: MultiviewRequest,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> MultiviewResult:
+        """Text-to-multiview: `request.num_views` views of one object on an orbit."""
+        cameras = orbit_cameras(
+            request.num_views, request.elevation_deg, request.azimuths_deg, request.radius, request.fov_deg
+        )
+        return self.generate_views(request, cameras, request.resolution, None, progress, should_cancel)
+
+    def texture(
+        self,
+        request: TextureRequest,
+        mesh_path: str | Path,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ):
+        """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB."""
+        from engines.texturing.pipeline import texture_mesh
+
+        def generate_views(cameras: list[Camera], geometry: np.ndarray, resolution: int) -> list[np.ndarray]:
+            result = self.generate_views(request, cameras, resolution, geometry, progress, should_cancel)
+            generate_views.last = result  # type: ignore[attr-defined]
+            return result.images
+
+        return texture_mesh(
+            request,
+            mesh_path,
+            generate_views,
+            progress=progress,
+            should_cancel=should_cancel,
+        )
+
+    def warmup(self) -> None:
+        """One tiny run so the first request pays no lazy initialisation (fusing, compiling, allocation)."""
+        cfg = self.model.config
+        schedule = cfg.default_schedule
+        self.runner.prepare(sorted(set(schedule.combos(2))))
+        self.multiview(MultiviewRequest(prompt="warmup", num_views=1, steps=2, seed=0, schedule=schedule))
+
+
+_PIPELINES: dict[tuple, Realiz3DPipeline] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def get_pipeline(model_dir: str | Path | None = None, **kw: Any) -> Realiz3DPipeline:
+    key = (str(model_dir), tuple(sorted(kw.items())))
+    with _PIPELINES_LOCK:
+        if key not in _PIPELINES:
+            _PIPELINES[key] = Realiz3DPipeline.load(model_dir, **kw)
+        return _PIPELINES[key]
+
+
+def multiview(
+    request: MultiviewRequest,
+    *,
+    model_dir: str | Path | None = None,
+    backend: str = "torch",
+    adapters: str = "fused",
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> MultiviewResult:
+    """Text-to-multiview with a cached pipeline for (model_dir, backend, adapters)."""
+    pipe = get_pipeline(model_dir, backend=backend, adapters=adapters)
+    return pipe.multiview(request, progress, should_cancel)
+
+
+def texture(
+    request: TextureRequest,
+    mesh_path: str | Path,
+    *,
+    model_dir: str | Path | None = None,
+    backend: str = "torch",
+    adapters: str = "fused",
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+):
+    """Texture a mesh with a cached pipeline for (model_dir, backend, adapters)."""
+    pipe = get_pipeline(model_dir, backend=backend, adapters=adapters)
+    return pipe.texture(request, mesh_path, progress, should_cancel)

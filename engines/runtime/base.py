@@ -1,0 +1,51 @@
+"""The one small interface the sampler calls: `UNetRunner`.
+
+A runner evaluates the multi-view UNet for a batch under a domain assignment: either one `DomainCombo`
+for the whole batch (what fused weight sets and compiled engines serve), or one combo per sample (the
+unfused adapters; lets the batcher put jobs at different schedule positions into one call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from engines.models.unet import UNetInputs
+from engines.sampling.schedule import DomainCombo
+
+BACKENDS = ("torch", "compile", "onnx", "tensorrt")
+
+
+class UNetRunner(Protocol):
+    backend: str
+    device: torch.device
+    dtype: torch.dtype
+    #: True when one call may mix domain combos per sample (unfused adapters).
+    mixes_domains: bool
+
+    def prepare(self, combos: Sequence[DomainCombo]) -> None:
+        """Make every weight set / engine these combos need ready (fuse, compile, load) ahead of sampling."""
+        ...
+
+    def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
+        """Noise prediction (n, C, H, W) in float32."""
+        ...
+
+
+def per_sample(domains: DomainCombo | Sequence[DomainCombo], n: int) -> list[DomainCombo]:
+    if isinstance(domains, tuple) and domains and isinstance(domains[0], str):
+        return [domains] * n  # type: ignore[list-item]
+    combos = list(domains)  # type: ignore[arg-type]
+    if len(combos) != n:
+        raise ValueError(f"{len(combos)} domain combos for a batch of {n}")
+    return combos
+
+
+def uniform(domains: DomainCombo | Sequence[DomainCombo]) -> DomainCombo | None:
+    """The single combo if every sample shares it, else None."""
+    if isinstance(domains, tuple) and domains and isinstance(domains[0], str):
+        return domains  # type: ignore[return-value]
+    combos = set(domains)  # type: ignore[arg-type]
+    return next(iter(combos)) if len(combos) == 1 else None  # type: ignore[return-value]

@@ -1,0 +1,114 @@
+"""The denoising loop, written as a per-job state machine so several jobs can share UNet calls.
+
+`DenoiseJob` holds one job's latents, scheduler (its own instance: multistep solvers keep history),
+conditioning and domain schedule. Each step is two halves: `unet_call()` says what the UNet must compute
+(classifier-free guidance doubles the batch: the unconditional object then the conditional one, views of
+each contiguous) and under which domain combo; `advance(noise_pred)` applies guidance and the scheduler
+step. `denoise()` runs one job alone; the cross-job batcher interleaves many.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers.utils import logging as diffusers_logging
+
+from engines.errors import JobCanceled
+from engines.models.unet import UNetInputs
+from engines.requests import CancelCheck, ProgressCallback
+from engines.runtime.base import UNetRunner
+from engines.sampling.schedule import DomainCombo, DomainSchedule
+
+diffusers_logging.set_verbosity_error()  # scheduler configs carry keys other schedulers ignore
+log = logging.getLogger(__name__)
+
+SCHEDULERS = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler}
+
+
+def make_scheduler(name: str, config: dict):
+    """A fresh scheduler instance from the model folder's scheduler config."""
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    if name == "dpm++":
+        cfg.update(algorithm_type="dpmsolver++", solver_order=2)
+        cfg.pop("clip_sample", None)
+    elif name != "ddim":
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
+    return SCHEDULERS[name].from_config(cfg)
+
+
+@dataclass
+class DenoiseJob:
+    scheduler: object
+    latents: torch.Tensor  # (views, C, H, W) float32
+    text: torch.Tensor  # (views, T, D) conditional
+    uncond_text: torch.Tensor  # (views, T, D)
+    cameras: torch.Tensor  # (views, 16)
+    geometry: torch.Tensor | None  # (views, G, H, W)
+    guidance_scale: float
+    schedule: DomainSchedule
+    num_steps: int
+    step_index: int = 0
+    timesteps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.scheduler.set_timesteps(self.num_steps, device=self.latents.device)  # type: ignore[attr-defined]
+        self.timesteps = [int(t) for t in self.scheduler.timesteps]  # type: ignore[attr-defined]
+        self.latents = self.latents * float(self.scheduler.init_noise_sigma)  # type: ignore[attr-defined]
+        self.combos = self.schedule.combos(self.num_steps)
+
+    @property
+    def num_views(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= self.num_steps
+
+    @property
+    def combo(self) -> DomainCombo:
+        return self.combos[self.step_index]
+
+    def unet_call(self) -> UNetInputs:
+        t = self.timesteps[self.step_index]
+        x = self.scheduler.scale_model_input(self.latents, t)  # type: ignore[attr-defined]
+        if self.uses_cfg:
+            x = torch.cat([x, x])
+            text = torch.cat([self.uncond_text, self.text])
+            cams = torch.cat([self.cameras, self.cameras])
+            geom = None if self.geometry is None else torch.cat([self.geometry, self.geometry])
+        else:
+            text, cams, geom = self.text, self.cameras, self.geometry
+        timestep = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        return UNetInputs(x, timestep, text, cams, geom, self.num_views)
+
+    def advance(self, noise_pred: torch.Tensor) -> None:
+        if self.uses_cfg:
+            uncond, cond = noise_pred.chunk(2)
+            noise_pred = uncond + self.guidance_scale * (cond - uncond)
+        t = self.timesteps[self.step_index]
+        self.latents = self.scheduler.step(noise_pred, t, self.latents, return_dict=False)[0]  # type: ignore[attr-defined]
+        self.step_index += 1
+
+
+def denoise(
+    runner: UNetRunner,
+    job: DenoiseJob,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> torch.Tensor:
+    """Run one job to the end; checks for cancel before every step, reports progress after it."""
+    runner.prepare(sorted(set(job.combos)))
+    while not job.done:
+        if should_cancel is not None and should_cancel():
+            raise JobCanceled(f"canceled at step {job.step_index}/{job.num_steps}")
+        job.advance(runner(job.unet_call(), job.combo))
+        if progress is not None:
+            progress(job.step_index, job.num_steps)
+    return job.latents

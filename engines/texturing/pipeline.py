@@ -1,0 +1,202 @@
+"""Texture a mesh: load -> unwrap -> render geometry maps -> generate views -> bake -> fill -> export.
+
+`texture_mesh` is the whole texturing job except the diffusion model, which comes in as the
+`generate_views` callable; `engines.pipelines.texture` passes the geometry-conditioned sampler, tests pass
+a fake. `bake_images` is the part `realiz3d bake` needs (views made elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engines.errors import JobCanceled
+from engines.requests import CancelCheck, ProgressCallback, TextureRequest
+from engines.sampling.cameras import CONVENTION, Camera, cameras_to_json, texturing_cameras
+from engines.texturing.bake import BakeResult, BakeSettings, bake_views
+from engines.texturing.export import write_texture_png, write_textured_glb
+from engines.texturing.fill import fill_atlas
+from engines.texturing.mesh_io import LoadedMesh, MeshLimits, load_mesh
+from engines.texturing.rasterize import RayCaster, geometry_channels, rasterize_uv, render_views
+from engines.texturing.unwrap import ensure_uv
+
+# generate_views(cameras, geometry (V, 7, H, W) float32, resolution) -> V uint8 (H, W, 3) images.
+GenerateViews = Callable[[list[Camera], np.ndarray, int], list[np.ndarray]]
+
+STAGES = ("load", "unwrap", "render", "generate", "bake", "fill", "export")
+DEFAULT_VIEW_RESOLUTION = 512
+
+
+@dataclass
+class TextureResult:
+    """A finished texturing job; `save(out_dir)` writes its artifacts."""
+
+    atlas: np.ndarray  # (S, S, 3) uint8
+    views: list[np.ndarray]  # generated views, uint8 (H, W, 3)
+    cameras: list[Camera]
+    timings: dict[str, float]
+    meta: dict
+    mesh: LoadedMesh
+    coverage: np.ndarray | None = field(default=None, repr=False)  # (S, S) bool, before filling
+
+    def save(self, out_dir: str | Path) -> list[Path]:
+        """Write texture.png, textured.glb, views/view_XX.png, cameras.json, meta.json; return their paths."""
+        start = time.perf_counter()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = [write_texture_png(self.atlas, out / "texture.png")]
+        files.append(write_textured_glb(self.mesh, self.atlas, out / "textured.glb"))
+        (out / "views").mkdir(exist_ok=True)
+        for i, view in enumerate(self.views):
+            path = out / "views" / f"view_{i:02d}.png"
+            Image.fromarray(np.ascontiguousarray(view[..., :3], dtype=np.uint8)).save(path)
+            files.append(path)
+        resolution = int(self.views[0].shape[0]) if self.views else DEFAULT_VIEW_RESOLUTION
+        cams = out / "cameras.json"
+        cams.write_text(json.dumps(cameras_to_json(self.cameras, resolution), indent=2))
+        files.append(cams)
+        self.timings["export"] = time.perf_counter() - start
+        self.timings["total"] = sum(v for k, v in self.timings.items() if k in STAGES)
+        self.meta["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        meta = out / "meta.json"
+        meta.write_text(json.dumps(self.meta, indent=2, default=str))
+        files.append(meta)
+        return files
+
+
+class _Stages:
+    """Times named stages, reports progress at their boundaries and honours cancellation before each."""
+
+    def __init__(self, progress: ProgressCallback | None, should_cancel: CancelCheck | None) -> None:
+        self.timings: dict[str, float] = {}
+        self._progress = progress
+        self._should_cancel = should_cancel
+
+    def check_cancel(self, name: str) -> None:
+        if self._should_cancel is not None and self._should_cancel():
+            raise JobCanceled(f"texturing canceled before stage '{name}'")
+
+    def report(self, done: int) -> None:
+        if self._progress is not None:
+            self._progress(done, len(STAGES))
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        self.check_cancel(name)
+        start = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        self.report(STAGES.index(name) + 1)
+
+
+def bake_images(
+    mesh: LoadedMesh,
+    images: list[np.ndarray],
+    cameras: list[Camera],
+    atlas_size: int,
+    *,
+    view_weights: list[float] | None = None,
+    settings: BakeSettings | None = None,
+    rasterizer: RayCaster | None = None,
+) -> tuple[np.ndarray, BakeResult]:
+    """Bake images seen from `cameras` into a filled, padded uint8 atlas of a mesh that has UVs."""
+    if mesh.uv is None:
+        raise ValueError("bake_images needs a mesh with UVs (call ensure_uv first)")
+    if len(images) != len(cameras):
+        raise ValueError(f"{len(images)} images for {len(cameras)} cameras")
+    vertices = mesh.normalized_vertices
+    rasterizer = rasterizer or RayCaster(vertices, mesh.faces)
+    view_maps = [rasterizer.render(cam, img.shape[0]) for cam, img in zip(cameras, images, strict=True)]
+    uv_maps = rasterize_uv(mesh.uv, mesh.faces, atlas_size)
+    baked = bake_views(uv_maps, vertices, mesh.faces, images, view_maps, view_weights, settings)
+    return fill_atlas(baked.atlas, baked.coverage, baked.chart), baked
+
+
+def _as_view_image(image: np.ndarray, resolution: int, index: int) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[0] != resolution or img.shape[1] != resolution or img.shape[2] < 3:
+        raise ValueError(
+            f"generate_views returned view {index} of shape {img.shape}, want {resolution}^2 x 3"
+        )
+    if img.dtype != np.uint8:
+        raise ValueError(f"generate_views returned view {index} as {img.dtype}, want uint8")
+    return np.ascontiguousarray(img[..., :3])
+
+
+def texture_mesh(
+    request: TextureRequest,
+    mesh: str | Path | LoadedMesh,
+    generate_views: GenerateViews,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    limits: MeshLimits | None = None,
+    resolution: int | None = None,
+    cameras: list[Camera] | None = None,
+    view_weights: list[float] | None = None,
+    bake_settings: BakeSettings | None = None,
+) -> TextureResult:
+    """Run a texturing job around a view generator; save into `out_dir` when given.
+
+    Views are rendered at `request.view_resolution`, else `resolution` (the model's), else 512. Cameras
+    default to `texturing_cameras(request.num_views)`. `progress(done, 7)` is called after each stage
+    (load, unwrap, render, generate, bake, fill, export: export is `TextureResult.save`, run here only
+    with `out_dir`); `should_cancel` is polled before each stage (the generator polls it per denoising
+    step itself). `timings` has seconds per stage and their "total". Raises `MeshError` for bad meshes and
+    `JobCanceled` when canceled.
+    """
+    limits = limits or MeshLimits()
+    stages = _Stages(progress, should_cancel)
+    res = int(request.view_resolution or resolution or DEFAULT_VIEW_RESOLUTION)
+    cams = list(cameras) if cameras is not None else texturing_cameras(request.num_views)
+    if len(cams) != request.num_views:
+        raise ValueError(f"{len(cams)} cameras for num_views={request.num_views}")
+
+    with stages.stage("load"):
+        loaded = mesh if isinstance(mesh, LoadedMesh) else load_mesh(mesh, limits)
+    with stages.stage("unwrap"):
+        loaded = ensure_uv(loaded, limits.unwrap_timeout_s)
+    with stages.stage("render"):
+        vertices = loaded.normalized_vertices
+        rasterizer = RayCaster(vertices, loaded.faces)
+        view_maps = render_views(rasterizer, cams, res)
+        geometry = geometry_channels(view_maps)
+    with stages.stage("generate"):
+        raw = generate_views(cams, geometry, res)
+        if len(raw) != len(cams):
+            raise ValueError(f"generate_views returned {len(raw)} views for {len(cams)} cameras")
+        views = [_as_view_image(v, res, i) for i, v in enumerate(raw)]
+    with stages.stage("bake"):
+        uv_maps = rasterize_uv(loaded.uv, loaded.faces, request.atlas_size)
+        baked = bake_views(uv_maps, vertices, loaded.faces, views, view_maps, view_weights, bake_settings)
+    with stages.stage("fill"):
+        atlas = fill_atlas(baked.atlas, baked.coverage, baked.chart)
+    stages.timings["total"] = sum(stages.timings.values())
+
+    meta = {
+        "kind": "texture",
+        "request": request.model_dump(mode="json"),
+        "mesh": loaded.describe(),
+        "atlas_size": request.atlas_size,
+        "view_resolution": res,
+        "num_views": len(cams),
+        "coverage": round(baked.coverage_fraction, 4),
+        "view_weights": view_weights,
+        "bake": asdict(bake_settings or BakeSettings()),
+        "camera_convention": CONVENTION,
+    }
+    result = TextureResult(atlas, views, cams, stages.timings, meta, loaded, baked.coverage)
+    if out_dir is not None:
+        # save() times itself as the "export" stage (it is also what callers run later without out_dir).
+        stages.check_cancel("export")
+        result.save(out_dir)
+    stages.report(len(STAGES))
+    return result
