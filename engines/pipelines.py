@@ -235,18 +235,36 @@ class Realiz3DPipeline:
         """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB."""
         from engines.texturing.pipeline import texture_mesh
 
+        generated: list[MultiviewResult] = []
+
         def generate_views(cameras: list[Camera], geometry: np.ndarray, resolution: int) -> list[np.ndarray]:
             result = self.generate_views(request, cameras, resolution, geometry, progress, should_cancel)
-            generate_views.last = result  # type: ignore[attr-defined]
+            generated.append(result)
             return result.images
 
-        return texture_mesh(
+        # Job progress counts denoising steps (what the service reports); texture_mesh's stage progress
+        # is not forwarded, its per-stage timings are.
+        result = texture_mesh(
             request,
             mesh_path,
             generate_views,
-            progress=progress,
+            progress=None,
             should_cancel=should_cancel,
+            resolution=self.model.config.resolution,
         )
+        if generated:
+            gen = generated[0]
+            for stage in ("text_encode", "denoise", "decode"):
+                result.timings[stage] = gen.timings[stage]
+            result.meta.update(
+                seed=gen.seed,
+                model=self.model.config.name,
+                backend=self.backend,
+                adapters=self.adapters,
+                schedule=gen.meta["schedule"],
+                schedule_steps=gen.meta["schedule_steps"],
+            )
+        return result
 
     def warmup(self) -> None:
         """One tiny run so the first request pays no lazy initialisation (fusing, compiling, allocation)."""

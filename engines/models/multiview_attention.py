@@ -55,7 +55,7 @@ class MultiViewAttnProcessor:
 
         def split_heads(x: torch.Tensor) -> torch.Tensor:
             # (n, t, inner) -> (n / group, heads, group * t, head_dim): views of one object share a sequence
-            return x.reshape(n // group, group * x.shape[1], heads, head_dim).transpose(1, 2)
+            return x.reshape(-1, group * x.shape[1], heads, head_dim).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(split_heads(query), split_heads(key), split_heads(value))
         out = out.transpose(1, 2).reshape(n, tokens, inner).to(query.dtype)

@@ -180,17 +180,18 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int) -> UVMaps:
 
 
 def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Bilinear samples of an (H, W, C) image at pixel coordinates (x right, y down, centres at +0.5)."""
+    """Bilinear samples (float32) of an (H, W, C) image at pixel coordinates (x right, y down, centres +0.5)."""
     h, w = image.shape[:2]
-    img = image.astype(np.float32)
-    xf = np.clip(x - 0.5, 0, w - 1)
-    yf = np.clip(y - 0.5, 0, h - 1)
-    x0 = np.minimum(xf.astype(np.int64), w - 2) if w > 1 else np.zeros_like(xf, np.int64)
-    y0 = np.minimum(yf.astype(np.int64), h - 2) if h > 1 else np.zeros_like(yf, np.int64)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    flat = image.reshape(h * w, -1).astype(np.float32)
+    xf = np.clip(x - 0.5, 0, w - 1).astype(np.float32)
+    yf = np.clip(y - 0.5, 0, h - 1).astype(np.float32)
+    x0 = np.minimum(xf.astype(np.int32), max(w - 2, 0))
+    y0 = np.minimum(yf.astype(np.int32), max(h - 2, 0))
     ax, ay = (xf - x0)[:, None], (yf - y0)[:, None]
-    top = img[y0, x0] * (1 - ax) + img[y0, x1] * ax
-    bottom = img[y1, x0] * (1 - ax) + img[y1, x1] * ax
+    dx, dy = min(1, w - 1), min(1, h - 1) * w
+    i00 = y0 * w + x0
+    top = flat[i00] * (1 - ax) + flat[i00 + dx] * ax
+    bottom = flat[i00 + dy] * (1 - ax) + flat[i00 + dy + dx] * ax
     return top * (1 - ay) + bottom * ay
 
 

@@ -1,0 +1,238 @@
+"""`realiz3d texture`, `realiz3d bake` and `realiz3d render`: texturing from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engines.errors import UserInputError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("texture", help="texture a mesh from a prompt (views generated, then baked)")
+    p.add_argument("mesh", type=Path, help="GLB, OBJ or PLY")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--views", type=int, default=6, help="number of views (default set: ring + top + bottom)")
+    p.add_argument("--atlas", type=int, default=1024, help="texture atlas size in texels")
+    p.add_argument("--resolution", type=int, default=None, help="view resolution (the model's by default)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--schedule", default=None, help="0.4 | real | synthetic | 0.4,up=0 (model default)")
+    p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")
+    p.add_argument("--backend", choices=("torch", "compile", "onnx", "tensorrt"), default="torch")
+    p.add_argument("--model", type=Path, default=None, help="model folder (embedded default model if unset)")
+    p.add_argument("--out", type=Path, default=Path("out/texture"))
+    p.set_defaults(handler=run_texture)
+
+    p = subparsers.add_parser("bake", help="bake given view images into a texture atlas")
+    p.add_argument("mesh", type=Path)
+    p.add_argument("--views", type=Path, required=True, help="folder of view_XX.png, one per camera")
+    p.add_argument("--cameras", type=Path, required=True, help="cameras.json")
+    p.add_argument("--atlas", type=int, default=1024)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=run_bake)
+
+    p = subparsers.add_parser("render", help="geometry maps (and views of a textured mesh) per camera")
+    p.add_argument("mesh", type=Path)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--cameras", type=Path, default=None, help="cameras.json")
+    group.add_argument("--views", type=int, default=None, help="default texturing view set of N views")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--unlit", action="store_true", help="views show pure albedo (for round-trip checks)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(handler=run_render)
+
+
+def _limits():
+    from engines.texturing.mesh_io import MeshLimits
+    from service.settings import get_settings
+
+    s = get_settings()
+    return MeshLimits(
+        max_faces=s.max_mesh_faces, max_bytes=s.max_upload_bytes, unwrap_timeout_s=s.unwrap_timeout_seconds
+    )
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise UserInputError(f"{name} must be in [{lo}, {hi}], got {value}")
+
+
+def _load_cameras(path: Path):
+    from engines.sampling.cameras import load_cameras
+
+    try:
+        return load_cameras(path)
+    except ValueError as e:
+        raise UserInputError(str(e)) from None
+
+
+def _save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(image).save(path)
+
+
+def run_texture(args: argparse.Namespace) -> int:
+    from engines.requests import TextureRequest
+    from engines.sampling.schedule import DomainSchedule
+
+    try:
+        schedule = DomainSchedule.parse(args.schedule) if args.schedule is not None else None
+    except ValueError as e:
+        raise UserInputError(str(e)) from None
+    request = TextureRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_views=args.views,
+        atlas_size=args.atlas,
+        view_resolution=args.resolution,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        schedule=schedule,
+    )
+    if not args.mesh.is_file():
+        raise UserInputError(f"{args.mesh}: no such mesh file")
+    # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
+    from engines import pipelines
+
+    progress = _progress_bar()
+    result = pipelines.texture(
+        request,
+        args.mesh,
+        model_dir=args.model,
+        backend=args.backend,
+        adapters=args.adapters,
+        progress=progress,
+    )
+    files = result.save(args.out)
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+def _progress_bar():
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="step", file=sys.stderr)
+
+    def update(step: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.n = step
+        bar.refresh()
+
+    return update
+
+
+def run_bake(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from engines.texturing.export import write_texture_png, write_textured_glb
+    from engines.texturing.mesh_io import load_mesh
+    from engines.texturing.pipeline import bake_images
+    from engines.texturing.unwrap import ensure_uv
+
+    _check_range("--atlas", args.atlas, 64, 4096)
+    cameras, _ = _load_cameras(args.cameras)
+    if not args.views.is_dir():
+        raise UserInputError(f"{args.views}: not a folder of view images")
+    paths = sorted(args.views.glob("view_*.png"))
+    if len(paths) != len(cameras):
+        raise UserInputError(
+            f"{args.views} holds {len(paths)} view_*.png images but {args.cameras} has {len(cameras)} cameras"
+        )
+    images = []
+    for path in paths:
+        try:
+            image = np.asarray(Image.open(path).convert("RGB"))
+        except OSError as e:
+            raise UserInputError(f"{path}: cannot read image ({e})") from None
+        if image.shape[0] != image.shape[1] or (images and image.shape != images[0].shape):
+            raise UserInputError(f"{path}: views must be square and all the same size, got {image.shape[:2]}")
+        images.append(image)
+    limits = _limits()
+    timings = {}
+    start = time.perf_counter()
+    mesh = ensure_uv(load_mesh(args.mesh, limits), limits.unwrap_timeout_s)
+    timings["load_unwrap"] = time.perf_counter() - start
+    start = time.perf_counter()
+    atlas, baked = bake_images(mesh, images, cameras, args.atlas)
+    timings["bake"] = time.perf_counter() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_texture_png(atlas, args.out / "texture.png")
+    write_textured_glb(mesh, atlas, args.out / "textured.glb")
+    meta = {
+        "kind": "bake",
+        "mesh": mesh.describe(),
+        "views": [p.name for p in paths],
+        "atlas_size": args.atlas,
+        "coverage": round(baked.coverage_fraction, 4),
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    (args.out / "meta.json").write_text(json.dumps(meta, indent=2))
+    print(
+        f"baked {len(images)} views into {args.out / 'texture.png'} (coverage {baked.coverage_fraction:.1%})"
+    )
+    return 0
+
+
+def run_render(args: argparse.Namespace) -> int:
+    from engines.sampling.cameras import cameras_to_json, texturing_cameras
+    from engines.texturing.mesh_io import load_mesh
+    from engines.texturing.rasterize import RayCaster, render_albedo, render_shaded
+
+    _check_range("--resolution", args.resolution, 16, 2048)
+    if args.cameras is not None:
+        cameras, _ = _load_cameras(args.cameras)
+    else:
+        views = args.views if args.views is not None else 6
+        _check_range("--views", views, 1, 64)
+        cameras = texturing_cameras(views)
+    mesh = load_mesh(args.mesh, _limits())
+    textured = mesh.texture is not None and mesh.uv is not None
+    if args.unlit and not textured:
+        raise UserInputError(f"{args.mesh}: --unlit needs a mesh with UVs and a base-colour texture")
+    rasterizer = RayCaster(mesh.normalized_vertices, mesh.faces)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for i, cam in enumerate(cameras):
+        maps = rasterizer.render(cam, args.resolution)
+        mask = maps.mask
+        _save_png(_to_u8((maps.normal + 1) / 2, mask), out / f"normal_{i:02d}.png")
+        _save_png(_to_u8((maps.position + 1) / 2, mask), out / f"position_{i:02d}.png")
+        _save_png((mask * 255).astype(np.uint8), out / f"mask_{i:02d}.png")
+        _save_png(_depth_u16(maps.depth, mask), out / f"depth_{i:02d}.png")
+        albedo = render_albedo(maps, mesh.faces, mesh.uv, mesh.texture) if textured else None
+        if args.unlit:
+            _save_png(albedo, out / f"view_{i:02d}.png")
+        else:
+            _save_png(render_shaded(maps, albedo), out / f"view_{i:02d}.png")
+    (out / "cameras.json").write_text(json.dumps(cameras_to_json(cameras, args.resolution), indent=2))
+    kind = "unlit views" if args.unlit else "shaded previews"
+    print(f"rendered {len(cameras)} cameras (geometry maps, {kind}) into {out}")
+    return 0
+
+
+def _to_u8(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    out = np.clip(values * 255 + 0.5, 0, 255).astype(np.uint8)
+    out[~mask] = 0
+    return out
+
+
+def _depth_u16(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """16-bit depth, near = bright, background 0, scaled to this view's depth range."""
+    out = np.zeros(depth.shape, np.uint16)
+    if mask.any():
+        lo, hi = float(depth[mask].min()), float(depth[mask].max())
+        out[mask] = (1 + 65534 * (hi - depth[mask]) / max(hi - lo, 1e-9)).astype(np.uint16)
+    return out

@@ -1,0 +1,78 @@
+"""`texture_mesh` around a fake view generator: stages, artifacts, progress, cancel."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import trimesh
+
+from engines.errors import JobCanceled
+from engines.requests import TextureRequest
+from engines.texturing.pipeline import STAGES, texture_mesh
+from tests.fixtures.texturing import colour_by_normal
+
+
+def _sphere_path(tmp_path):
+    path = tmp_path / "sphere.ply"
+    trimesh.creation.icosphere(2).export(path)
+    return path
+
+
+def test_texture_mesh_runs_every_stage_and_saves_the_artifacts(tmp_path):
+    request = TextureRequest(prompt="a ball", num_views=6, atlas_size=128, view_resolution=64)
+    seen = []
+    result = texture_mesh(
+        request,
+        _sphere_path(tmp_path),
+        colour_by_normal,
+        progress=lambda s, t: seen.append((s, t)),
+        out_dir=tmp_path / "out",
+    )
+    assert set(STAGES) <= set(result.timings) and result.timings["total"] > 0
+    assert seen == [(i, len(STAGES)) for i in range(1, len(STAGES) + 1)]
+    assert result.atlas.shape == (128, 128, 3) and result.atlas.dtype == np.uint8
+    assert result.meta["mesh"]["uv_source"] == "xatlas" and result.meta["coverage"] > 0.9
+    out = tmp_path / "out"
+    for name in ("texture.png", "textured.glb", "cameras.json", "meta.json", "views/view_05.png"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "meta.json").read_text())
+    assert set(STAGES) <= set(meta["timings"])
+    assert len(json.loads((out / "cameras.json").read_text())["cameras"]) == 6
+
+
+def test_baked_colours_follow_the_generated_views(tmp_path):
+    # The fake colours each point by its normal, so the texel on the +X side of the ball must be reddish.
+    request = TextureRequest(prompt="a ball", num_views=6, atlas_size=128, view_resolution=96)
+    result = texture_mesh(request, _sphere_path(tmp_path), colour_by_normal)
+    mesh = result.mesh
+    corner = np.argmax(mesh.normalized_vertices[:, 0])
+    u, v = mesh.uv[corner]
+    texel = result.atlas[min(int((1 - v) * 128), 127), min(int(u * 128), 127)]
+    assert texel[0] > 200 and texel[1] < 170 and texel[2] < 170
+
+
+def test_cancel_stops_before_the_next_stage(tmp_path):
+    request = TextureRequest(prompt="a ball", num_views=2, atlas_size=64, view_resolution=32)
+    calls = []
+
+    def cancel_after_render():
+        calls.append(1)
+        return len(calls) > 3  # load, unwrap, render run; generate does not
+
+    generated = []
+    with pytest.raises(JobCanceled, match="generate"):
+        texture_mesh(
+            request,
+            _sphere_path(tmp_path),
+            lambda *a: generated.append(1) or colour_by_normal(*a),
+            should_cancel=cancel_after_render,
+        )
+    assert not generated
+
+
+def test_a_generator_returning_the_wrong_shape_is_reported(tmp_path):
+    request = TextureRequest(prompt="a ball", num_views=2, atlas_size=64, view_resolution=32)
+    with pytest.raises(ValueError, match="shape"):
+        texture_mesh(request, _sphere_path(tmp_path), lambda c, g, r: [np.zeros((16, 16, 3), np.uint8)] * 2)
