@@ -31,6 +31,7 @@ from engines.requests import (
     StageTimer,
     TextureRequest,
 )
+from engines.runtime.batching import StepBatcher, UNetCallObserver
 from engines.runtime.factory import make_runner
 from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
@@ -74,8 +75,8 @@ class JobPlan:
 
 
 class Realiz3DPipeline:
-    """One loaded model + one UNet runner. Thread-compatible, not thread-safe: one job at a time per
-    instance (the service's batcher serialises UNet calls)."""
+    """One loaded model + one UNet runner. Safe to call from several threads: without batching, jobs take
+    turns on the runner; with `enable_batching()`, their denoising steps share batched UNet calls."""
 
     def __init__(
         self, model: Realiz3DModel, backend: str = "torch", adapters: str = "fused", **runner_kw: Any
@@ -85,6 +86,21 @@ class Realiz3DPipeline:
         self.backend = backend
         self.adapters = adapters
         self.lock = threading.Lock()
+        self.batcher: StepBatcher | None = None
+        #: on_unet_call(images, jobs, seconds): observes every UNet call (service metrics hook).
+        self.on_unet_call: UNetCallObserver | None = None
+
+    def enable_batching(self, max_jobs: int = 8, max_wait_ms: float = 5.0) -> StepBatcher:
+        """Let concurrent `multiview()`/`texture()` calls (from several threads) share UNet calls."""
+        if self.batcher is None:
+            self.batcher = StepBatcher(
+                self.runner, max_jobs=max_jobs, max_wait_s=max_wait_ms / 1e3, on_unet_call=self._observe
+            )
+        return self.batcher
+
+    def _observe(self, images: int, jobs: int, seconds: float) -> None:
+        if self.on_unet_call is not None:
+            self.on_unet_call(images, jobs, seconds)
 
     @classmethod
     def load(
@@ -191,14 +207,17 @@ class Realiz3DPipeline:
         start = time.perf_counter()
         resolution = self.check_resolution(resolution or self.model.config.resolution)
         timer = StageTimer()
-        with self.lock:
-            plan = self.plan(params, cameras, resolution, geometry, timer)
-            t0 = time.perf_counter()
-            latents = denoise(self.runner, plan.job, progress, should_cancel)
-            timer.add("denoise", time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            images = self.decode(latents)
-            timer.add("decode", time.perf_counter() - t0)
+        plan = self.plan(params, cameras, resolution, geometry, timer)
+        t0 = time.perf_counter()
+        if self.batcher is not None:
+            latents = self.batcher.run(plan.job, progress, should_cancel)
+        else:
+            with self.lock:  # one runner, one job at a time without the batcher
+                latents = denoise(self.runner, plan.job, progress, should_cancel, self._observe)
+        timer.add("denoise", time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        images = self.decode(latents)
+        timer.add("decode", time.perf_counter() - t0)
         timer.add("total", time.perf_counter() - start)
         meta = {
             "model": self.model.config.name,

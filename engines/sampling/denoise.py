@@ -10,6 +10,8 @@ step. `denoise()` runs one job alone; the cross-job batcher interleaves many.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -102,13 +104,22 @@ def denoise(
     job: DenoiseJob,
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    on_unet_call: Callable[[int, int, float], None] | None = None,
 ) -> torch.Tensor:
-    """Run one job to the end; checks for cancel before every step, reports progress after it."""
+    """Run one job to the end; checks for cancel before every step, reports progress after it.
+
+    `on_unet_call(images, jobs, seconds)` observes every UNet call (the service's metrics).
+    """
     runner.prepare(sorted(set(job.combos)))
     while not job.done:
         if should_cancel is not None and should_cancel():
             raise JobCanceled(f"canceled at step {job.step_index}/{job.num_steps}")
-        job.advance(runner(job.unet_call(), job.combo))
+        inputs = job.unet_call()
+        t0 = time.perf_counter()
+        pred = runner(inputs, job.combo)
+        if on_unet_call is not None:
+            on_unet_call(inputs.batch, 1, time.perf_counter() - t0)
+        job.advance(pred)
         if progress is not None:
             progress(job.step_index, job.num_steps)
     return job.latents

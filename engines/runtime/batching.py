@@ -1,0 +1,204 @@
+"""Step-level batching of UNet calls across concurrent jobs (vLLM-style per-step scheduling).
+
+Jobs run their own threads (one per Celery slot or request) and hand their `DenoiseJob` to one
+`StepBatcher`, whose thread owns the runner. Every iteration it:
+
+1. admits waiting jobs (FIFO, up to `max_jobs` active), drops canceled ones;
+2. groups the active jobs' next UNet calls by what can share one call: same views and image shape, and,
+   for fused weight sets, the same domain combo (a step-split job moves from the synthetic group to the
+   real group mid-run); unfused adapters take any domain mix in one call;
+3. runs each group as one batched call, scatters the predictions back and advances every job one step.
+
+Every active job advances exactly one step per iteration, so none starves; a job that joins mid-way
+starts at its own step 0 (timesteps are per sample), and one that finishes or is canceled leaves without
+stalling the rest. `max_jobs = 1` turns cross-job batching off (jobs then run one after another).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from engines.errors import JobCanceled
+from engines.models.unet import UNetInputs
+from engines.requests import CancelCheck, ProgressCallback
+from engines.runtime.base import UNetRunner
+from engines.sampling.denoise import DenoiseJob
+
+log = logging.getLogger(__name__)
+
+# on_unet_call(images_in_call, jobs_in_call, seconds)
+UNetCallObserver = Callable[[int, int, float], None]
+
+
+@dataclass
+class _Entry:
+    job: DenoiseJob
+    progress: ProgressCallback | None
+    should_cancel: CancelCheck | None
+    finished: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+def _group_key(job: DenoiseJob, mixes_domains: bool) -> tuple:
+    x = job.latents
+    key = (job.num_views, tuple(x.shape[1:]), tuple(job.text.shape[1:]), x.dtype)
+    return key if mixes_domains else (*key, job.combo)
+
+
+def batch_inputs(calls: list[UNetInputs]) -> UNetInputs:
+    """Concatenate several jobs' UNet calls (same views and shapes) into one."""
+    if len(calls) == 1:
+        return calls[0]
+    geometry = None
+    if any(c.geometry is not None for c in calls):
+        ref = next(c.geometry for c in calls if c.geometry is not None)
+        # A job without geometry is the empty control: zeros, exactly what the UNet uses for None.
+        geometry = torch.cat(
+            [
+                c.geometry if c.geometry is not None else ref.new_zeros((c.batch, *ref.shape[1:]))
+                for c in calls
+            ]
+        )
+    return UNetInputs(
+        sample=torch.cat([c.sample for c in calls]),
+        timestep=torch.cat([c.timestep for c in calls]),
+        text=torch.cat([c.text for c in calls]),
+        cameras=torch.cat([c.cameras for c in calls]),
+        geometry=geometry,
+        num_views=calls[0].num_views,
+    )
+
+
+class StepBatcher:
+    """Owns the runner; advances all active jobs together, one batched UNet call per group per step."""
+
+    def __init__(
+        self,
+        runner: UNetRunner,
+        max_jobs: int = 8,
+        max_wait_s: float = 0.005,
+        on_unet_call: UNetCallObserver | None = None,
+    ) -> None:
+        if max_jobs < 1:
+            raise ValueError("max_jobs must be >= 1")
+        self.runner = runner
+        self.max_jobs = max_jobs
+        self.max_wait_s = max_wait_s
+        self.on_unet_call = on_unet_call
+        self._waiting: deque[_Entry] = deque()
+        self._active: list[_Entry] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="realiz3d-step-batcher", daemon=True)
+        self._thread.start()
+
+    # ---- called from job threads -------------------------------------------------------------------
+    def run(
+        self,
+        job: DenoiseJob,
+        progress: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> torch.Tensor:
+        """Denoise `job` alongside whatever else is running; blocks until done, canceled or failed."""
+        entry = _Entry(job, progress, should_cancel)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the step batcher is closed")
+            self._waiting.append(entry)
+            self._cond.notify_all()
+        entry.finished.wait()
+        if entry.error is not None:
+            raise entry.error
+        return job.latents
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._active)
+
+    # ---- the batcher thread ------------------------------------------------------------------------
+    def _admit(self) -> bool:
+        """Move waiting jobs into the active set; block while there is nothing to do."""
+        with self._cond:
+            while not self._closed and not self._waiting and not self._active:
+                self._cond.wait()
+            if self._closed:
+                for entry in [*self._active, *self._waiting]:
+                    self._finish(entry, RuntimeError("the step batcher was closed"))
+                return False
+            if not self._active and self.max_jobs > 1 and self.max_wait_s > 0:
+                # Idle -> busy: give concurrent submissions a moment to arrive so they start together.
+                deadline = time.monotonic() + self.max_wait_s
+                while len(self._waiting) < self.max_jobs and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+            while self._waiting and len(self._active) < self.max_jobs:
+                entry = self._waiting.popleft()
+                try:
+                    self.runner.prepare(sorted(set(entry.job.combos)))
+                except BaseException as e:  # noqa: BLE001 - reported to that job's caller
+                    self._finish(entry, e)
+                    continue
+                self._active.append(entry)
+            return True
+
+    def _finish(self, entry: _Entry, error: BaseException | None = None) -> None:
+        entry.error = error
+        entry.finished.set()
+
+    def _loop(self) -> None:
+        while self._admit():
+            for entry in list(self._active):
+                try:
+                    if entry.should_cancel is not None and entry.should_cancel():
+                        raise JobCanceled(f"canceled at step {entry.job.step_index}/{entry.job.num_steps}")
+                except BaseException as e:  # noqa: BLE001
+                    self._active.remove(entry)
+                    self._finish(entry, e)
+            groups: dict[tuple, list[_Entry]] = {}
+            for entry in self._active:
+                groups.setdefault(_group_key(entry.job, self.runner.mixes_domains), []).append(entry)
+            for members in groups.values():
+                self._step_group(members)
+            for entry in [e for e in self._active if e.job.done or e.error is not None]:
+                self._active.remove(entry)
+                self._finish(entry, entry.error)
+
+    def _step_group(self, members: list[_Entry]) -> None:
+        try:
+            calls = [m.job.unet_call() for m in members]
+            inputs = batch_inputs(calls)
+            if self.runner.mixes_domains:
+                domains = [m.job.combo for m, c in zip(members, calls, strict=True) for _ in range(c.batch)]
+            else:
+                domains = members[0].job.combo
+            t0 = time.perf_counter()
+            pred = self.runner(inputs, domains)
+            if self.on_unet_call is not None:
+                self.on_unet_call(inputs.batch, len(members), time.perf_counter() - t0)
+        except BaseException as e:  # noqa: BLE001 - a failed call fails the jobs in it, not the batcher
+            log.exception("batched UNet call failed")
+            for m in members:
+                m.error = e
+            return
+        offset = 0
+        for m, c in zip(members, calls, strict=True):
+            part = pred[offset : offset + c.batch]
+            offset += c.batch
+            try:
+                m.job.advance(part)
+                if m.progress is not None:
+                    m.progress(m.job.step_index, m.job.num_steps)
+            except BaseException as e:  # noqa: BLE001
+                m.error = e
