@@ -1,0 +1,33 @@
+"""What the routes depend on, built once per app: settings, job store, queue, artifact store, auth, events.
+
+The gateway (Redis + Celery) and embedded mode build different parts behind the same fields, so routes
+and submission logic do not know which mode they run in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from service.api.auth import ApiKeys
+from service.api.events import ChangeHub
+from service.jobs.queue import JobQueue
+from service.jobs.store import JobStore
+from service.settings import Settings
+from service.storage import ArtifactStore
+
+
+@dataclass
+class ServiceContext:
+    settings: Settings
+    store: JobStore
+    queue: JobQueue
+    artifacts: ArtifactStore
+    keys: ApiKeys
+    hub: ChangeHub = field(default_factory=ChangeHub)
+    mode: str = "gateway"  # or "embedded"
+
+
+def get_context(request: Request) -> ServiceContext:
+    return request.app.state.context

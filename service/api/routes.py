@@ -1,0 +1,253 @@
+"""The HTTP routes of the contract. Thin: parse, authorize, call submission/store, shape the response."""
+
+from __future__ import annotations
+
+import json
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from engines.errors import MeshError
+from engines.requests import MultiviewRequest, TextureRequest
+from service.api.auth import authenticate
+from service.api.context import ServiceContext, get_context
+from service.api.errors import ApiError, validation_message
+from service.api.events import job_event_stream
+from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted, job_out
+from service.api.submission import MESH_FORMATS, submit
+from service.api.uploads import read_mesh_upload
+from service.jobs.records import JobKind, JobRecord
+from service.metrics import JOBS_TOTAL, QueueDepthCollector, render
+
+router = APIRouter()
+
+JOB_ID = Path(..., pattern=r"^[A-Za-z0-9_-]{16,64}$", description="the job id returned on submission")
+IDEMPOTENCY_KEY = Header(
+    None,
+    alias="Idempotency-Key",
+    max_length=200,
+    description="a retry with the same key returns the same job",
+)
+_ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 415, 422, 429, 503)}
+
+_MULTIVIEW_EXAMPLES = {
+    "four_views": {
+        "summary": "4 views, default schedule",
+        "value": {"prompt": "a wooden chair", "num_views": 4, "steps": 30, "guidance_scale": 7.5, "seed": 0},
+    },
+    "split_schedule": {
+        "summary": "step-split domain schedule",
+        "value": {
+            "prompt": "a ceramic vase",
+            "num_views": 6,
+            "elevation_deg": 15,
+            "steps": 30,
+            "schedule": {"split": 0.4},
+        },
+    },
+    "real_domain": {
+        "summary": "all steps in the real domain",
+        "value": {"prompt": "a leather boot", "num_views": 2, "steps": 20, "schedule": {"domain": "real"}},
+    },
+}
+
+
+def owner_of(request: Request, ctx: ServiceContext = Depends(get_context)) -> str | None:
+    return authenticate(ctx.keys, request)
+
+
+Ctx = Annotated[ServiceContext, Depends(get_context)]
+Owner = Annotated[str | None, Depends(owner_of)]
+
+
+def _accepted(response: Response, job: JobRecord, created: bool) -> JobAccepted:
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_accepted(job)
+
+
+def _owned_job(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord:
+    job = ctx.store.get(job_id)
+    # Another client's job answers exactly like a missing one: ids are not probeable.
+    if job is None or (ctx.keys.enabled and job.owner != owner):
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    return job
+
+
+@router.post(
+    "/v1/multiview",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_ERRORS,
+    tags=["jobs"],
+    summary="Generate N views of an object from a prompt",
+)
+def create_multiview(
+    request_body: Annotated[MultiviewRequest, Body(openapi_examples=_MULTIVIEW_EXAMPLES)],
+    response: Response,
+    ctx: Ctx,
+    owner: Owner,
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
+) -> JobAccepted:
+    params = request_body.model_dump(mode="json", exclude_unset=True)
+    job, created = submit(ctx, JobKind.multiview, params, owner, idempotency_key)
+    return _accepted(response, job, created)
+
+
+@router.post(
+    "/v1/texture",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_ERRORS,
+    tags=["jobs"],
+    summary="Texture a mesh (GLB, OBJ or PLY) from a prompt",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["mesh", "params"],
+                        "properties": {
+                            "mesh": {"type": "string", "format": "binary", "description": "GLB, OBJ or PLY"},
+                            "params": {
+                                "type": "string",
+                                "description": "TextureRequest as JSON",
+                                "example": json.dumps(
+                                    {
+                                        "prompt": "a rusty metal barrel",
+                                        "num_views": 6,
+                                        "atlas_size": 1024,
+                                        "seed": 0,
+                                    }
+                                ),
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def create_texture(
+    request: Request,
+    response: Response,
+    ctx: Ctx,
+    owner: Owner,
+    idempotency_key: str | None = IDEMPOTENCY_KEY,
+) -> JobAccepted:
+    upload = await read_mesh_upload(request)
+    try:
+        params = TextureRequest.model_validate_json(upload.params_json)
+    except ValidationError as e:
+        raise ApiError(422, "invalid_request", validation_message(e.errors())) from e
+    suffix = PurePosixPath(upload.filename).suffix.lower()
+    if suffix not in MESH_FORMATS:
+        raise ApiError(415, "unsupported_mesh_format", f"mesh must be one of {', '.join(MESH_FORMATS)}")
+    await run_in_threadpool(validate_mesh, upload.data, upload.filename)
+    job, created = await run_in_threadpool(
+        submit,
+        ctx,
+        JobKind.texture,
+        params.model_dump(mode="json", exclude_unset=True),
+        owner,
+        idempotency_key,
+        (suffix, upload.data),
+    )
+    return _accepted(response, job, created)
+
+
+def validate_mesh(data: bytes, filename: str) -> None:
+    """Cheap parse before queuing, so a garbage upload is a 422 now rather than a failed job later."""
+    if not data:
+        raise ApiError(422, "invalid_mesh", "mesh: the file is empty")
+    try:
+        from engines.texturing.mesh_io import validate_mesh_bytes
+    except ImportError:  # a gateway-only install without the texturing extras: the worker validates
+        return
+    try:
+        validate_mesh_bytes(data, filename)
+    except MeshError as e:
+        raise ApiError(422, e.code, f"mesh: {e}") from e
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
+def get_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
+    """Status, progress, timings per stage, error and artifacts of a job."""
+    return job_out(_owned_job(ctx, job_id, owner))
+
+
+@router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobOut, responses=_ERRORS, tags=["jobs"])
+def cancel_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
+    """Cancel: a queued job at once, a running one at its next denoising step. Finished jobs stay as they are."""
+    _owned_job(ctx, job_id, owner)
+    before = ctx.store.get(job_id)
+    job = ctx.store.request_cancel(job_id, ctx.settings.job_ttl_seconds)
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id}")
+    if before is not None and before.status.value == "queued" and job.status.value == "canceled":
+        JOBS_TOTAL.labels(job.kind.value, "canceled").inc()
+    return job_out(job)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/artifacts/{name:path}",
+    responses=_ERRORS,
+    tags=["jobs"],
+    response_class=FileResponse,
+    summary="Download an artifact (PNG, GLB, JSON) by its name",
+)
+def get_artifact(ctx: Ctx, owner: Owner, job_id: str = JOB_ID, name: str = Path(..., max_length=300)):  # noqa: ANN201
+    job = _owned_job(ctx, job_id, owner)
+    artifact = next((a for a in job.artifacts if a.name == name), None)
+    path = ctx.artifacts.open(job_id, name) if artifact else None
+    if artifact is None or path is None:
+        raise ApiError(404, "not_found", f"job {job_id} has no artifact {name!r}")
+    return FileResponse(path, media_type=artifact.media_type, filename=PurePosixPath(name).name)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events",
+    responses=_ERRORS,
+    tags=["jobs"],
+    summary="Server-Sent Events: `status` (whole job) on each status change, `progress` per step",
+    response_class=StreamingResponse,
+)
+async def job_events(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> StreamingResponse:
+    await run_in_threadpool(_owned_job, ctx, job_id, owner)
+
+    async def load(jid: str) -> JobRecord | None:
+        return await run_in_threadpool(ctx.store.get, jid)
+
+    stream = job_event_stream(job_id, load, ctx.hub, ctx.settings.sse_poll_seconds)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+@router.get("/healthz", tags=["ops"])
+def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["ops"], responses={503: {"description": "not ready"}})
+def readyz(ctx: Ctx, response: Response) -> dict:
+    """Ready when the broker answers and a worker with a loaded model is alive."""
+    broker = ctx.store.ping()
+    workers = ctx.store.live_workers() if broker else []
+    ready = broker and bool(workers)
+    response.status_code = 200 if ready else 503
+    return {"ready": ready, "broker": broker, "workers": len(workers), "mode": ctx.mode}
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+def metrics_endpoint(ctx: Ctx) -> Response:
+    """Prometheus text format."""
+    body, content_type = render((QueueDepthCollector(ctx.store.queue_depths),))
+    return Response(body, media_type=content_type)

@@ -1,0 +1,109 @@
+"""The HTTP view of jobs (response bodies). Request bodies are the engines' own request classes.
+
+Plain pydantic, no FastAPI import, so the Python client parses responses with these same classes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+class Progress(BaseModel):
+    step: int = Field(0, description="denoising steps done")
+    total: int = Field(0, description="denoising steps in all (0 until the job starts)")
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorInfo
+
+
+class ArtifactOut(BaseModel):
+    name: str = Field(..., examples=["views/view_00.png"])
+    media_type: str = Field(..., examples=["image/png"])
+    url: str
+    size_bytes: int | None = None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    cancel: str
+
+
+class JobAccepted(BaseModel):
+    id: str
+    kind: Literal["multiview", "texture"]
+    status: JobStatusName
+    links: JobLinks
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: Literal["multiview", "texture"]
+    status: JobStatusName
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    error: ErrorInfo | None = None
+    artifacts: list[ArtifactOut] = Field(default_factory=list)
+    attempts: int = 0
+    links: JobLinks
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+
+def links_for(job_id: str) -> JobLinks:
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(self=base, events=f"{base}/events", cancel=base)
+
+
+def _time(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, tz=UTC) if ts else None
+
+
+def job_out(record) -> JobOut:  # noqa: ANN001 - service.jobs.records.JobRecord (kept out of the client's imports)
+    base = f"/v1/jobs/{record.id}"
+    return JobOut(
+        id=record.id,
+        kind=record.kind.value,
+        status=record.status.value,
+        progress=Progress(step=record.progress_step, total=record.progress_total),
+        created_at=_time(record.created_at),
+        started_at=_time(record.started_at),
+        finished_at=_time(record.finished_at),
+        timings=record.timings,
+        error=ErrorInfo(code=record.error.code, message=record.error.message) if record.error else None,
+        artifacts=[
+            ArtifactOut(
+                name=a.name,
+                media_type=a.media_type,
+                url=f"{base}/artifacts/{quote(a.name)}",
+                size_bytes=a.size_bytes,
+            )
+            for a in record.artifacts
+        ],
+        attempts=record.attempts,
+        links=links_for(record.id),
+    )
+
+
+def job_accepted(record) -> JobAccepted:  # noqa: ANN001
+    return JobAccepted(
+        id=record.id, kind=record.kind.value, status=record.status.value, links=links_for(record.id)
+    )

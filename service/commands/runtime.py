@@ -1,0 +1,198 @@
+"""`realiz3d build-engines` (fill the compiled-engine cache ahead of time) and `realiz3d bench TARGET`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from pathlib import Path
+
+ENGINE_CACHE_ENV = "REALIZ3D_ENGINE_CACHE_DIR"
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build-engines",
+        help="export/build the compiled UNet engines the model's schedule needs into the engine cache",
+    )
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded model)")
+    p.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx")
+    p.add_argument("--num-views", type=int, default=None, help="views per object (default: the model's)")
+    p.add_argument(
+        "--cfg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="size the TensorRT profile's optimum for classifier-free guidance (batch = 2 x views)",
+    )
+    p.add_argument(
+        "--schedule",
+        default=None,
+        help="domain schedule whose weight sets to build: 0.4 | real | synthetic | 0.4,up=0 (model default)",
+    )
+    p.add_argument("--steps", type=int, default=30, help="denoising steps the schedule is split over")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default=None,
+        help="default: onnx fp32, tensorrt fp16",
+    )
+    p.add_argument(
+        "--max-objects", type=int, default=4, help="TensorRT profile max batch = this x views x CFG"
+    )
+    p.add_argument(
+        "--refit", action="store_true", help="TensorRT: refittable engines (slower; not the default)"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--engine-cache",
+        type=Path,
+        default=None,
+        help=f"cache folder (default: ${ENGINE_CACHE_ENV}, else ~/.cache/realiz3d/engines)",
+    )
+    p.set_defaults(handler=run_build_engines)
+
+    b = sub.add_parser("bench", help="benchmarks: unet (backends), geometry (texturing), gateway")
+    b.add_argument("target", choices=("unet", "geometry", "gateway"))
+    b.add_argument(
+        "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
+    )
+    b.add_argument(
+        "--precision", type=_csv, default=["fp32", "bf16"], help="unet: comma-separated precisions"
+    )
+    b.add_argument("--steps", type=int, default=20, help="unet: timed repetitions per backend")
+    b.add_argument("--engine-cache", type=Path, default=None)
+    b.add_argument("--skip-domain-cost", action="store_true", help="unet: only the per-backend table")
+    b.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    b.set_defaults(handler=run_bench)
+
+
+def engine_cache_dir(arg: Path | None) -> Path | None:
+    if arg is not None:
+        return arg
+    env = os.environ.get(ENGINE_CACHE_ENV)
+    return Path(env) if env else None
+
+
+def run_build_engines(args: argparse.Namespace) -> int:
+    from engines.errors import UserInputError
+    from engines.sampling.schedule import DomainSchedule
+
+    try:
+        schedule = DomainSchedule.parse(args.schedule) if args.schedule is not None else None
+    except ValueError as e:
+        raise UserInputError(str(e).splitlines()[0]) from None
+    if args.steps < 1:
+        raise UserInputError("--steps must be at least 1")
+    precision = args.precision or ("fp16" if args.backend == "tensorrt" else "fp32")
+    cache_dir = engine_cache_dir(args.engine_cache)
+
+    from engines.models.default_model import default_model_dir
+    from engines.models.model_folder import load_model
+    from engines.runtime.torch_runner import resolve_device
+
+    if args.backend == "tensorrt":
+        from engines.runtime.tensorrt_runner import tensorrt_available
+
+        if not tensorrt_available():
+            from engines.errors import BackendUnavailable
+
+            raise BackendUnavailable(
+                "backend tensorrt needs NVIDIA TensorRT and a CUDA GPU; neither is available here"
+            )
+    model = load_model(args.model if args.model is not None else default_model_dir())
+    model.to(resolve_device(args.device)).eval()
+    schedule = schedule or model.config.default_schedule
+    combos = sorted(set(schedule.combos(args.steps)))
+    views = args.num_views or model.config.num_views
+    if args.backend == "onnx":
+        from engines.runtime.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(model, cache_dir=cache_dir, precision=precision, num_views=views)
+    else:
+        from engines.runtime.tensorrt_runner import TensorRTRunner
+
+        runner = TensorRTRunner(
+            model,
+            cache_dir=cache_dir,
+            precision=precision,
+            num_views=views,
+            max_objects=args.max_objects,
+            refit=args.refit,
+            cfg=args.cfg,
+        )
+    runner.prepare(combos)
+    for combo, shape, entry in runner.entries:
+        state = "hit  " if entry.hit else f"built in {entry.build_seconds:.1f} s:"
+        print(
+            f"{args.backend} {'/'.join(combo)} views={shape.num_views} {shape.height}x{shape.width}: {state} {entry.path}"
+        )
+    built = sum(not e.hit for _, _, e in runner.entries)
+    print(
+        f"{len(runner.entries)} entries ({built} built, {len(runner.entries) - built} cache hits) in {runner.cache.root}"
+    )
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.target == "unet":
+        return _bench_unet(args)
+    if args.target == "geometry":
+        return _call_optional(
+            "engines.texturing.bench",
+            ("run_geometry_benchmark", "run", "bench"),
+            lambda fn: fn(args.out),
+            "bench geometry",
+        )
+    return _call_optional("service.bench_gateway", ("run",), lambda fn: fn(args), "bench gateway")
+
+
+def _call_optional(module_name: str, names: tuple[str, ...], call, what: str) -> int:  # noqa: ANN001
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            print(f"{what}: skipped ({module_name} is not part of this build)")
+            return 0
+        raise
+    for name in names:
+        fn = getattr(module, name, None)
+        if callable(fn):
+            call(fn)
+            return 0
+    print(f"{what}: skipped ({module_name} has no {' / '.join(names)})")
+    return 0
+
+
+def _bench_unet(args: argparse.Namespace) -> int:
+    from engines.errors import UserInputError
+    from engines.runtime.base import BACKENDS
+    from engines.runtime.torch_runner import PRECISIONS
+
+    bad = [b for b in args.backend if b not in BACKENDS] + [p for p in args.precision if p not in PRECISIONS]
+    if bad:
+        raise UserInputError(
+            f"unknown backend/precision {', '.join(bad)} (backends {BACKENDS}, precisions {tuple(PRECISIONS)})"
+        )
+    if not args.skip_domain_cost:
+        try:
+            from engines.runtime.bench_unet import run_unet_bench
+        except ImportError:
+            print(
+                "bench unet: Domain Shifter cost part skipped (engines.runtime.bench_unet not in this build)"
+            )
+        else:
+            run_unet_bench(out_dir=args.out)
+    from engines.runtime.bench_backends import run_backend_bench
+
+    run_backend_bench(
+        backends=args.backend,
+        precisions=args.precision,
+        repeats=args.steps,
+        out_dir=args.out,
+        cache_dir=engine_cache_dir(args.engine_cache),
+    )
+    return 0

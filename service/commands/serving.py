@@ -1,0 +1,92 @@
+"""`realiz3d serve` (HTTP API; embedded mode without --broker) and `realiz3d worker` (a Celery worker)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from service.settings import API_PORT, Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the HTTP API (embedded queue + worker when no --broker is given)",
+        description="Run the HTTP API. Without --broker: embedded mode, queue and worker in this process.",
+    )
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help=f"port (default {API_PORT})")
+    serve.add_argument("--broker", default=None, help="Redis URL, e.g. redis://localhost:6379/0")
+    serve.add_argument("--model", type=Path, default=None, help="model folder (embedded mode)")
+    serve.add_argument("--backend", default=None, help="torch|compile|onnx|tensorrt (embedded mode)")
+    serve.set_defaults(handler=run_serve)
+
+    worker = subparsers.add_parser(
+        "worker",
+        help="run a worker: load the model once, then run jobs from the broker",
+        description="A Celery worker on the given Redis broker, with /metrics, /healthz, /readyz on its own port.",
+    )
+    worker.add_argument("--broker", default=None, help="Redis URL (or REALIZ3D_BROKER_URL)")
+    worker.add_argument("--queues", default=None, help="comma-separated: multiview,texture")
+    worker.add_argument("--model", type=Path, default=None, help="model folder (default: embedded model)")
+    worker.add_argument("--backend", default=None, help="torch|compile|onnx|tensorrt")
+    worker.add_argument("--adapters", default=None, help="fused|unfused")
+    worker.add_argument("--device", default=None, help="auto|cpu|cuda")
+    worker.add_argument("--precision", default=None, help="fp32|fp16|bf16")
+    worker.add_argument("--metrics-port", type=int, default=None, help="port of /metrics (default 9100)")
+    worker.set_defaults(handler=run_worker_command)
+
+
+def _settings(args: argparse.Namespace, mapping: dict[str, str]) -> Settings:
+    """Env (REALIZ3D_*) first, flags given on the command line override it; validated once here."""
+    overrides = {
+        field: getattr(args, flag) for flag, field in mapping.items() if getattr(args, flag, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    s = _settings(
+        args,
+        {"host": "host", "port": "port", "broker": "broker_url", "model": "model_dir", "backend": "backend"},
+    )
+    _logging()
+    if s.broker_url:
+        from service.api.app import create_gateway_app
+
+        app = create_gateway_app(s)
+    else:
+        from service.embedded import create_embedded_app
+
+        app = create_embedded_app(s)
+    uvicorn.run(
+        app, host=s.host, port=s.port, log_level="warning", access_log=False, timeout_graceful_shutdown=5
+    )
+    return 0
+
+
+def run_worker_command(args: argparse.Namespace) -> int:
+    from service.worker import run_worker
+
+    s = _settings(
+        args,
+        {
+            "broker": "broker_url",
+            "queues": "queues",
+            "model": "model_dir",
+            "backend": "backend",
+            "adapters": "adapters",
+            "device": "device",
+            "precision": "precision",
+            "metrics_port": "worker_metrics_port",
+        },
+    )
+    _logging()
+    return run_worker(s)

@@ -1,0 +1,80 @@
+"""Embedded mode (`realiz3d serve` without `--broker`): gateway, queue and worker in one process.
+
+Same routes, same job records (an in-memory store with the Redis store's semantics), same job
+execution code as a Celery worker; no Redis needed, so the service runs on a fresh machine. The model
+loads in the background: `/readyz` turns true, and submissions stop answering 503, once it is warm.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from service.api.app import create_app, maintenance_loop
+from service.api.auth import ApiKeys
+from service.api.context import ServiceContext
+from service.jobs.execution import WorkerContext, execute_job
+from service.jobs.heartbeat import WorkerHeartbeat
+from service.jobs.memory_store import MemoryJobStore
+from service.jobs.queue import InProcessJobQueue
+from service.settings import Settings
+from service.storage import LocalArtifactStore
+
+log = logging.getLogger("realiz3d.embedded")
+
+
+def create_embedded_app(settings: Settings) -> FastAPI:
+    store = MemoryJobStore()
+    queue = InProcessJobQueue()
+    artifacts = LocalArtifactStore(settings.artifact_dir)
+    ctx = ServiceContext(
+        settings=settings,
+        store=store,
+        queue=queue,
+        artifacts=artifacts,
+        keys=ApiKeys(settings.api_keys),
+        mode="embedded",
+    )
+    store.add_listener(ctx.hub.notify_threadsafe)
+    stop = threading.Event()
+    heartbeat: list[WorkerHeartbeat] = []
+
+    def start_worker() -> None:
+        from service.worker import load_pipeline
+
+        try:
+            pipeline = load_pipeline(settings)
+            pipeline.warmup()
+        except Exception:
+            log.exception("the embedded worker could not load the model; /readyz stays false")
+            return
+        if stop.is_set():
+            return
+        wctx = WorkerContext(
+            settings=settings,
+            store=store,
+            artifacts=artifacts,
+            pipeline=pipeline,
+            name="embedded",
+            backend=settings.backend,
+        )
+        queue.start(lambda job_id: execute_job(wctx, job_id))
+        hb = WorkerHeartbeat(wctx, {"name": "embedded", "queues": ["multiview", "texture"]}, queue=queue)
+        hb.start()
+        heartbeat.append(hb)
+        log.info("embedded worker ready")
+
+    def background(c: ServiceContext) -> list[Callable[[], object]]:
+        threading.Thread(target=start_worker, name="realiz3d-model-load", daemon=True).start()
+        return [lambda: maintenance_loop(c, requeue=False)]
+
+    def shutdown() -> None:
+        stop.set()
+        for hb in heartbeat:
+            hb.stop()
+        queue.stop()
+
+    return create_app(ctx, background, shutdown)

@@ -1,0 +1,85 @@
+"""The job record: what the gateway shows for a job, and what workers update while they run it.
+
+Storage-neutral plain data; the Redis and in-memory stores both keep exactly these fields. The HTTP
+schemas in `service.api.schemas` are a separate view of it (times as ISO strings, URLs added).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class JobKind(StrEnum):
+    multiview = "multiview"
+    texture = "texture"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled})
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: ids are unguessable, so knowing one is not a way into another's job."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass
+class Artifact:
+    name: str  # relative path inside the job, e.g. "views/view_00.png"
+    media_type: str
+    size_bytes: int
+
+
+@dataclass
+class JobError:
+    code: str
+    message: str
+
+
+@dataclass
+class JobRecord:
+    id: str
+    kind: JobKind
+    params: dict[str, Any]
+    owner: str | None = None
+    status: JobStatus = JobStatus.queued
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    progress_step: int = 0
+    progress_total: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: JobError | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    input_name: str | None = None  # the uploaded mesh, stored under the job's inputs
+    attempts: int = 0  # runs started so far; a lost worker's run counts
+    worker: str | None = None
+    version: int = 0  # bumped on every change; SSE compares it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobRecord:
+        d = dict(d)
+        d["kind"] = JobKind(d["kind"])
+        d["status"] = JobStatus(d["status"])
+        if d.get("error"):
+            d["error"] = JobError(**d["error"])
+        d["artifacts"] = [Artifact(**a) for a in d.get("artifacts") or []]
+        return cls(**d)

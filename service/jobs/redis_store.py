@@ -1,0 +1,295 @@
+"""`RedisJobStore`: job records, queue depth, leases and worker heartbeats in Redis.
+
+Keys (all under `realiz3d:`): `job:{id}` hash (the record, expires with the job TTL), `idem:{key}`,
+`queued:{kind}` zset (the depth behind 429), `running` set + `lease:{id}` (a key with a TTL that the
+worker running the job keeps renewing: when it lapses the worker is gone and the job is re-queued at
+once, instead of after the broker's visibility timeout), `cancel:{id}`, `workers` zset (score = expiry)
++ `workers:info` hash. Each state change is one Lua script, and publishes the job id on
+`realiz3d:job-events` so SSE streams wake up without polling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from service.jobs.records import Artifact, JobError, JobKind, JobRecord, JobStatus
+from service.jobs.store import EVENTS_CHANNEL, IdempotencyConflict, QueueFull, StartedJob
+
+P = "realiz3d:"
+
+_CREATE = """
+if ARGV[6] == '1' then
+  local existing = redis.call('GET', KEYS[2])
+  if existing then
+    local sep = string.find(existing, '|', 1, true)
+    if redis.call('EXISTS', 'realiz3d:job:' .. string.sub(existing, 1, sep - 1)) == 1 then
+      return {'existing', existing}
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'full', ''} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2]) end
+return {'created', ARGV[1]}
+"""
+
+_START = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[2],
+           'progress_step', '0')
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[4], attempt, 'PX', ARGV[4])
+redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+return {attempt, redis.call('HGETALL', KEYS[1])}
+"""
+
+_PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'attempts') == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'progress_step', ARGV[3], 'progress_total', ARGV[4])
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+end
+return 1
+"""
+
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'attempts') == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[4], unpack(ARGV, 6))
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3], KEYS[4])
+redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+return 1
+"""
+
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'error', ARGV[4])
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+elseif st == 'running' then
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
+end
+return st
+"""
+
+_REQUEUE_EXPIRED = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', 'realiz3d:lease:' .. id) == 0 then
+    local job = 'realiz3d:job:' .. id
+    redis.call('SREM', KEYS[1], id)
+    if redis.call('HGET', job, 'status') == 'running' then
+      if tonumber(redis.call('HGET', job, 'attempts')) >= tonumber(ARGV[1]) then
+        redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+      else
+        redis.call('HSET', job, 'status', 'queued', 'started_at', '', 'worker', '', 'progress_step', '0')
+        redis.call('ZADD', 'realiz3d:queued:' .. redis.call('HGET', job, 'kind'), ARGV[2], id)
+        table.insert(out, id)
+      end
+      redis.call('HINCRBY', job, 'version', 1)
+      redis.call('PUBLISH', 'realiz3d:job-events', id)
+    end
+  end
+end
+return out
+"""
+
+_JSON_FIELDS = ("params", "timings", "error", "artifacts")
+_FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
+_INT_FIELDS = ("progress_step", "progress_total", "attempts", "version")
+
+
+def _encode(fields: dict[str, Any]) -> list[str]:
+    flat: list[str] = []
+    for key, value in fields.items():
+        if key in _JSON_FIELDS:
+            value = json.dumps(value)
+        elif value is None:
+            value = ""
+        flat += [key, str(value)]
+    return flat
+
+
+def _decode(h: dict[str, str]) -> JobRecord:
+    d: dict[str, Any] = {}
+    for key, raw in h.items():
+        if key in _JSON_FIELDS:
+            d[key] = json.loads(raw) if raw else None
+        elif key in _FLOAT_FIELDS:
+            d[key] = float(raw) if raw else None
+        elif key in _INT_FIELDS:
+            d[key] = int(raw) if raw else 0
+        else:
+            d[key] = raw or None
+    d["timings"] = d.get("timings") or {}
+    d["artifacts"] = d.get("artifacts") or []
+    d["params"] = d.get("params") or {}
+    return JobRecord.from_dict(d)
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisJobStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        r = self.redis
+        self._create = r.register_script(_CREATE)
+        self._start = r.register_script(_START)
+        self._progress = r.register_script(_PROGRESS)
+        self._renew = r.register_script(_RENEW)
+        self._finish = r.register_script(_FINISH)
+        self._cancel = r.register_script(_CANCEL)
+        self._requeue = r.register_script(_REQUEUE_EXPIRED)
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    def create(
+        self,
+        record: JobRecord,
+        *,
+        max_queue_depth: int,
+        ttl_seconds: int,
+        idempotency_key: str | None = None,
+        body_hash: str = "",
+    ) -> tuple[JobRecord, bool]:
+        fields = record.to_dict()
+        keys = [P + "job:" + record.id, P + "idem:" + (idempotency_key or "-"), P + "queued:" + record.kind]
+        argv = [record.id, ttl_seconds, max_queue_depth, record.created_at, body_hash]
+        outcome, value = self._create(keys, [*argv, "1" if idempotency_key else "0", *_encode(fields)])
+        if outcome == "full":
+            raise QueueFull(record.kind)
+        if outcome == "existing":
+            job_id, _, seen_hash = value.partition("|")
+            if seen_hash != body_hash:
+                raise IdempotencyConflict(idempotency_key)
+            existing = self.get(job_id)
+            if existing is not None:
+                return existing, False
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        h = self.redis.hgetall(P + "job:" + job_id)
+        return _decode(h) if h else None
+
+    def start(self, job_id: str, worker: str, lease_seconds: float) -> StartedJob | None:
+        keys = [P + "job:" + job_id, "", P + "running", P + "lease:" + job_id]
+        job = self.redis.hget(keys[0], "kind")
+        if job is None:
+            return None
+        keys[1] = P + "queued:" + job
+        res = self._start(keys, [job_id, worker, time.time(), int(lease_seconds * 1000)])
+        if not res:
+            return None
+        return StartedJob(_decode(_pairs(res[1])), int(res[0]))
+
+    def progress(self, job_id: str, attempt: int, step: int, total: int) -> None:
+        self._progress([P + "job:" + job_id], [job_id, attempt, step, total])
+
+    def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
+        keys = [P + "job:" + job_id, P + "lease:" + job_id]
+        return bool(self._renew(keys, [attempt, int(lease_seconds * 1000)]))
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        *,
+        ttl_seconds: int,
+        timings: dict[str, float] | None = None,
+        error: JobError | None = None,
+        artifacts: list[Artifact] | None = None,
+    ) -> bool:
+        fields = {
+            "timings": timings or {},
+            "error": vars(error) if error else None,
+            "artifacts": [vars(a) for a in artifacts or []],
+        }
+        keys = [P + "job:" + job_id, P + "running", P + "lease:" + job_id, P + "cancel:" + job_id]
+        argv = [job_id, attempt, status.value, time.time(), ttl_seconds, *_encode(fields)]
+        return bool(self._finish(keys, argv))
+
+    def request_cancel(self, job_id: str, ttl_seconds: int) -> JobRecord | None:
+        kind = self.redis.hget(P + "job:" + job_id, "kind")
+        if kind is None:
+            return None
+        keys = [P + "job:" + job_id, P + "queued:" + kind, P + "cancel:" + job_id]
+        error = json.dumps({"code": "canceled", "message": "canceled before it started"})
+        self._cancel(keys, [job_id, time.time(), ttl_seconds, error])
+        return self.get(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(P + "cancel:" + job_id))
+
+    def requeue_expired(self, max_attempts: int) -> list[JobRecord]:
+        error = json.dumps({"code": "worker_lost", "message": f"the worker was lost {max_attempts} times"})
+        ids = self._requeue([P + "running"], [max_attempts, time.time(), error])
+        return [job for job in (self.get(i) for i in ids) if job is not None]
+
+    def queue_depths(self) -> dict[str, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        for kind in JobKind:
+            pipe.zcard(P + "queued:" + kind)
+        return {kind.value: int(n) for kind, n in zip(JobKind, pipe.execute(), strict=True)}
+
+    def heartbeat(self, worker: str, info: dict[str, Any], ttl_seconds: float) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(P + "workers", {worker: time.time() + ttl_seconds})
+        pipe.hset(P + "workers:info", worker, json.dumps(info))
+        pipe.execute()
+
+    def remove_worker(self, worker: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(P + "workers", worker)
+        pipe.hdel(P + "workers:info", worker)
+        pipe.execute()
+
+    def live_workers(self) -> list[dict[str, Any]]:
+        names = self.redis.zrangebyscore(P + "workers", time.time(), "+inf")
+        if not names:
+            return []
+        return [json.loads(i) for i in self.redis.hmget(P + "workers:info", names) if i]
+
+    def hit_rate(self, owner: str, window_seconds: int = 60) -> int:
+        key = f"{P}rate:{owner}:{int(time.time() // window_seconds)}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, window_seconds * 2)
+        return int(pipe.execute()[0])
+
+
+__all__ = ["EVENTS_CHANNEL", "RedisJobStore"]

@@ -1,0 +1,108 @@
+"""Prometheus metrics, exactly the names and labels of the contract (prefix `realiz3d_`).
+
+Who counts what: the process that moves a job into a status counts it in `realiz3d_jobs_total` (the
+gateway counts `queued` and cancels of queued jobs, the worker counts running jobs' outcomes), so summing
+over all scraped processes never counts a job twice. The gateway reports queue depth; the worker reports
+stage times, UNet steps and busy/GPU gauges on its own port. Where processes fork (uvicorn --workers,
+gunicorn), set `PROMETHEUS_MULTIPROC_DIR` and `render()` aggregates all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+HTTP_REQUEST_DURATION = Histogram(
+    "realiz3d_http_request_duration_seconds",
+    "HTTP request duration by route template, method and status code",
+    ["route", "method", "status"],
+    buckets=_SECONDS_BUCKETS,
+)
+JOBS_TOTAL = Counter("realiz3d_jobs_total", "Jobs that entered a status", ["kind", "status"])
+JOB_STAGE_SECONDS = Histogram(
+    "realiz3d_job_stage_seconds",
+    "Seconds per job stage: queue_wait, text_encode, denoise, decode, bake, total",
+    ["kind", "stage"],
+    buckets=_SECONDS_BUCKETS,
+)
+UNET_STEP_SECONDS = Histogram(
+    "realiz3d_unet_step_seconds", "Seconds per denoising step", ["backend"], buckets=_STEP_BUCKETS
+)
+UNET_BATCH_SIZE = Histogram(
+    "realiz3d_unet_batch_size", "Samples per UNet call", buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+)
+WORKER_BUSY = Gauge("realiz3d_worker_busy", "1 while the worker runs a job", multiprocess_mode="livesum")
+GPU_MEMORY_BYTES = Gauge(
+    "realiz3d_gpu_memory_bytes", "GPU memory allocated by the worker", multiprocess_mode="livesum"
+)
+
+STAGES = ("queue_wait", "text_encode", "denoise", "decode", "bake", "total")
+
+
+class QueueDepthCollector:
+    """`realiz3d_queue_depth{queue}`, read from the job store at scrape time (no stale gauge to keep)."""
+
+    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+        self._depths = depths
+
+    def collect(self):  # noqa: ANN201 - prometheus_client collector protocol
+        family = GaugeMetricFamily("realiz3d_queue_depth", "Jobs waiting per queue", labels=["queue"])
+        try:
+            for queue, depth in self._depths().items():
+                family.add_metric([queue], depth)
+        except Exception:  # noqa: BLE001 - a broker outage must not break the whole scrape
+            pass
+        yield family
+
+
+def observe_job_timings(kind: str, timings: dict[str, float]) -> None:
+    for stage, seconds in timings.items():
+        if stage in STAGES:
+            JOB_STAGE_SECONDS.labels(kind, stage).observe(seconds)
+
+
+def update_gpu_memory() -> None:
+    # Only if the worker already imported torch: the metrics module must not pull torch in.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        GPU_MEMORY_BYTES.set(torch.cuda.memory_allocated())
+
+
+def render(extra_collectors: tuple = ()) -> tuple[bytes, str]:
+    """The exposition text for this process, or for all processes in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        from prometheus_client import REGISTRY
+
+        registry = CollectorRegistry()
+        registry.register(_DefaultRegistryView(REGISTRY))
+    for collector in extra_collectors:
+        registry.register(collector)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _DefaultRegistryView:
+    """Re-exposes the default registry inside a per-scrape registry that also holds scrape-time collectors."""
+
+    def __init__(self, registry) -> None:  # noqa: ANN001
+        self._registry = registry
+
+    def collect(self):  # noqa: ANN201
+        return self._registry.collect()

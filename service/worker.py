@@ -1,0 +1,171 @@
+"""Worker bootstrap (`realiz3d worker`): load the model once, warm up, then consume jobs from Celery.
+
+Order matters: the heartbeat (readiness) starts only after the model is loaded and warmed up, so
+`/readyz` and the gateway's 503 check see a worker only when it can really run a job. The worker uses
+Celery's solo pool: one job at a time in the process that holds the model (no fork after loading a
+model onto a GPU), a SIGKILL takes the whole worker down (its lease then lapses and the job is re-queued),
+and SIGTERM is Celery's warm shutdown: the running job finishes, unstarted messages go back to Redis.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from service import metrics
+from service.jobs.execution import WorkerContext, execute_job
+from service.settings import Settings
+
+log = logging.getLogger("realiz3d.worker")
+
+
+def default_worker_name(settings: Settings) -> str:
+    return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def load_pipeline(settings: Settings) -> Any:
+    """The pipeline this worker serves (`engines.pipelines.Realiz3DPipeline` unless a factory is set),
+    with its UNet-call hook feeding `realiz3d_unet_step_seconds` and `realiz3d_unet_batch_size`."""
+    pipeline = _build_pipeline(settings)
+    if hasattr(pipeline, "on_unet_call"):
+        step_seconds = metrics.UNET_STEP_SECONDS.labels(settings.backend)
+
+        def observe(images: int, jobs: int, seconds: float) -> None:
+            step_seconds.observe(seconds)
+            metrics.UNET_BATCH_SIZE.observe(images)
+
+        pipeline.on_unet_call = observe
+    return pipeline
+
+
+def _build_pipeline(settings: Settings) -> Any:
+    if settings.pipeline_factory:
+        module, _, attr = settings.pipeline_factory.partition(":")
+        return getattr(importlib.import_module(module), attr)(settings)
+    from engines.pipelines import Realiz3DPipeline  # lazy: pulls torch, only in worker processes
+
+    return Realiz3DPipeline.load(
+        settings.model_dir,
+        backend=settings.backend,
+        adapters=settings.adapters,
+        device=settings.device,
+        precision=settings.precision,
+        engine_cache_dir=settings.engine_cache_dir,
+    )
+
+
+class ProbeServer:
+    """The worker's own HTTP port: `/metrics`, `/healthz` (up), `/readyz` (model loaded, broker up)."""
+
+    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+        ready_fn = ready
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?")[0]
+                if path == "/metrics":
+                    body, ctype = metrics.render()
+                    self._send(200, body, ctype)
+                elif path == "/healthz":
+                    self._send(200, b'{"status":"ok"}', "application/json")
+                elif path == "/readyz":
+                    ok = ready_fn()
+                    self._send(200 if ok else 503, json.dumps({"ready": ok}).encode(), "application/json")
+                else:
+                    self._send(
+                        404, b'{"error":{"code":"not_found","message":"no such path"}}', "application/json"
+                    )
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # scrapes every few seconds: keep logs quiet
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="realiz3d-probes", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def run_worker(settings: Settings) -> int:
+    """Run a Celery worker for `settings.queue_names` until SIGTERM/SIGINT; returns the exit code."""
+    from service.jobs.celery_app import RUN_JOB_TASK, make_celery_app
+    from service.jobs.heartbeat import WorkerHeartbeat
+    from service.jobs.queue import CeleryJobQueue
+    from service.jobs.redis_store import RedisJobStore
+    from service.storage import LocalArtifactStore
+
+    if not settings.broker_url:
+        raise ValueError("realiz3d worker needs --broker URL (or REALIZ3D_BROKER_URL)")
+    name = default_worker_name(settings)
+    store = RedisJobStore(settings.broker_url)
+    state: dict[str, bool] = {"loaded": False}
+    probes = ProbeServer("0.0.0.0", settings.worker_metrics_port, lambda: state["loaded"] and store.ping())
+    probes.start()
+    log.info("worker %s: probes on port %d; loading the model", name, probes.port)
+
+    t0 = time.perf_counter()
+    pipeline = load_pipeline(settings)
+    pipeline.warmup()
+    state["loaded"] = True
+    log.info("worker %s: model loaded and warmed up in %.1f s", name, time.perf_counter() - t0)
+
+    ctx = WorkerContext(
+        settings=settings,
+        store=store,
+        artifacts=LocalArtifactStore(settings.artifact_dir),
+        pipeline=pipeline,
+        name=name,
+        backend=settings.backend,
+    )
+    app = make_celery_app(settings)
+
+    @app.task(name=RUN_JOB_TASK, acks_late=True, ignore_result=True)
+    def run_job(job_id: str) -> None:
+        execute_job(ctx, job_id)
+
+    info = {
+        "name": name,
+        "queues": settings.queue_names,
+        "backend": settings.backend,
+        "metrics_port": probes.port,
+        "pid": os.getpid(),
+    }
+    heartbeat = WorkerHeartbeat(ctx, info, queue=CeleryJobQueue(app))
+    heartbeat.start()
+    worker = app.Worker(
+        hostname=f"realiz3d@{name}",
+        queues=settings.queue_names,
+        pool="solo",
+        concurrency=1,
+        prefetch_multiplier=1,
+        loglevel="INFO",
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+        optimization="fair",
+    )
+    try:
+        worker.start()
+    finally:
+        heartbeat.stop()
+        probes.stop()
+    return int(worker.exitcode or 0)

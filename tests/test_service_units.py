@@ -1,0 +1,60 @@
+"""Fast unit tests of the service's parts (no Redis, no HTTP)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.api.auth import ApiKeys, hash_key
+from service.jobs.memory_store import MemoryJobStore
+from service.jobs.records import JobKind, JobRecord, JobStatus
+from service.jobs.store import QueueFull
+from service.storage import LocalArtifactStore, safe_relative_name
+
+
+def test_memory_store_lifecycle_and_lease_requeue():
+    store = MemoryJobStore()
+    job, created = store.create(
+        JobRecord(id="a" * 22, kind=JobKind.multiview, params={}),
+        max_queue_depth=1,
+        ttl_seconds=60,
+        idempotency_key="k",
+        body_hash="h",
+    )
+    assert created
+    with pytest.raises(QueueFull):
+        store.create(
+            JobRecord(id="b" * 22, kind=JobKind.multiview, params={}), max_queue_depth=1, ttl_seconds=60
+        )
+    again, created = store.create(
+        JobRecord(id="c" * 22, kind=JobKind.multiview, params={}),
+        max_queue_depth=5,
+        ttl_seconds=60,
+        idempotency_key="k",
+        body_hash="h",
+    )
+    assert not created and again.id == job.id
+    started = store.start(job.id, "w1", lease_seconds=0.0)
+    assert started and started.attempt == 1 and store.start(job.id, "w2", 1.0) is None
+    [requeued] = store.requeue_expired(max_attempts=3)
+    assert requeued.status == JobStatus.queued
+    assert not store.finish(job.id, 1, JobStatus.succeeded, ttl_seconds=60)  # the lost run cannot finish
+    second = store.start(job.id, "w2", 10.0)
+    assert second and second.attempt == 2
+    assert store.finish(job.id, 2, JobStatus.succeeded, ttl_seconds=60)
+    assert store.get(job.id).status == JobStatus.succeeded
+
+
+def test_artifact_names_cannot_escape(tmp_path):
+    assert safe_relative_name("views/view_00.png") == "views/view_00.png"
+    for bad in ("../x", "/etc/passwd", "a/../../b", "", "a\\b"):
+        assert safe_relative_name(bad) is None
+    store = LocalArtifactStore(tmp_path)
+    store.put_input("j" * 22, "mesh.glb", b"data")
+    assert store.open("j" * 22, "_inputs/mesh.glb") is None
+
+
+def test_api_keys_are_kept_hashed():
+    keys = ApiKeys(f"plain-key, sha256:{hash_key('other')}")
+    assert keys.enabled and "plain-key" not in repr(vars(keys))
+    assert keys.owner_of("plain-key") and keys.owner_of("other") and keys.owner_of("nope") is None
+    assert not ApiKeys("").enabled
