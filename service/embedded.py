@@ -61,7 +61,10 @@ def create_embedded_app(settings: Settings) -> FastAPI:
             name="embedded",
             backend=settings.backend,
         )
-        queue.start(lambda job_id: execute_job(wctx, job_id))
+        from service.worker import enable_batching
+
+        slots = enable_batching(pipeline, settings)
+        queue.start(lambda job_id: execute_job(wctx, job_id), threads=slots)
         hb = WorkerHeartbeat(wctx, {"name": "embedded", "queues": ["multiview", "texture"]}, queue=queue)
         hb.start()
         heartbeat.append(hb)

@@ -46,7 +46,11 @@ UNET_STEP_SECONDS = Histogram(
 UNET_BATCH_SIZE = Histogram(
     "realiz3d_unet_batch_size", "Samples per UNet call", buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 )
-WORKER_BUSY = Gauge("realiz3d_worker_busy", "1 while the worker runs a job", multiprocess_mode="livesum")
+WORKER_BUSY = Gauge(
+    "realiz3d_worker_busy",
+    "jobs the worker is running now (0 = idle; several with step batching)",
+    multiprocess_mode="livesum",
+)
 GPU_MEMORY_BYTES = Gauge(
     "realiz3d_gpu_memory_bytes", "GPU memory allocated by the worker", multiprocess_mode="livesum"
 )

@@ -2,9 +2,11 @@
 
 Order matters: the heartbeat (readiness) starts only after the model is loaded and warmed up, so
 `/readyz` and the gateway's 503 check see a worker only when it can really run a job. The worker uses
-Celery's solo pool: one job at a time in the process that holds the model (no fork after loading a
-model onto a GPU), a SIGKILL takes the whole worker down (its lease then lapses and the job is re-queued),
-and SIGTERM is Celery's warm shutdown: the running job finishes, unstarted messages go back to Redis.
+Celery's solo pool when it runs one job at a time, or its thread pool with `REALIZ3D_BATCH_MAX_JOBS` slots
+whose jobs share batched UNet calls through the pipeline's step batcher; either way the model lives in
+the one process (no fork after loading a model onto a GPU). A SIGKILL takes the whole worker down (the
+leases of its jobs lapse and they are re-queued), and SIGTERM is Celery's warm shutdown: running jobs
+finish, unstarted messages go back to Redis.
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ def _build_pipeline(settings: Settings) -> Any:
         precision=settings.precision,
         engine_cache_dir=settings.engine_cache_dir,
     )
+
+
+def enable_batching(pipeline: Any, settings: Settings) -> int:
+    """Job slots of this worker: `batch_max_jobs` concurrent jobs sharing batched UNet calls.
+
+    Returns 1 (one job at a time, no batcher) when batching is off or the pipeline cannot batch.
+    """
+    if settings.batch_max_jobs <= 1 or not hasattr(pipeline, "enable_batching"):
+        return 1
+    pipeline.enable_batching(max_jobs=settings.batch_max_jobs, max_wait_ms=settings.batch_max_wait_ms)
+    return settings.batch_max_jobs
 
 
 class ProbeServer:
@@ -125,6 +138,7 @@ def run_worker(settings: Settings) -> int:
     t0 = time.perf_counter()
     pipeline = load_pipeline(settings)
     pipeline.warmup()
+    slots = enable_batching(pipeline, settings)
     state["loaded"] = True
     log.info("worker %s: model loaded and warmed up in %.1f s", name, time.perf_counter() - t0)
 
@@ -148,14 +162,17 @@ def run_worker(settings: Settings) -> int:
         "backend": settings.backend,
         "metrics_port": probes.port,
         "pid": os.getpid(),
+        "slots": slots,
     }
     heartbeat = WorkerHeartbeat(ctx, info, queue=CeleryJobQueue(app))
     heartbeat.start()
     worker = app.Worker(
         hostname=f"realiz3d@{name}",
         queues=settings.queue_names,
-        pool="solo",
-        concurrency=1,
+        # One slot: the solo pool. Several: one thread per job, all feeding the one step batcher that
+        # owns the model; each thread acks its own message after its job ends (acks_late still holds).
+        pool="solo" if slots == 1 else "threads",
+        concurrency=slots,
         prefetch_multiplier=1,
         loglevel="INFO",
         without_gossip=True,

@@ -23,7 +23,8 @@ LONG = {"prompt": "a slow cube", "num_views": 1, "steps": 150, "seed": 2}
 @pytest.fixture(scope="module")
 def stack(redis_server, service_launcher):
     broker = redis_server.url(0)
-    worker = service_launcher.worker(broker)
+    # Two job slots: jobs share batched UNet calls (the step batcher) in this worker.
+    worker = service_launcher.worker(broker, REALIZ3D_BATCH_MAX_JOBS="2")
     service_launcher.wait_ready(worker)
     gateway = service_launcher.gateway(broker, REALIZ3D_MAX_QUEUE_DEPTH="3")
     service_launcher.wait_ready(gateway)
@@ -102,16 +103,18 @@ def test_idempotency_key_returns_the_same_job(client):
 
 
 def test_full_queue_answers_429_with_retry_after(client):
-    busy = client.submit_multiview(LONG)
-    wait_running(client, busy.id, min_step=1)
+    busy_jobs = [client.submit_multiview(LONG) for _ in range(2)]  # fill both slots of the worker
+    for job in busy_jobs:
+        wait_running(client, job.id, min_step=1)
     queued = [client.submit_multiview(SMALL) for _ in range(3)]  # REALIZ3D_MAX_QUEUE_DEPTH=3
     with pytest.raises(Realiz3DAPIError) as e:
         client.submit_multiview(SMALL)
     assert e.value.status == 429 and e.value.code == "queue_full" and e.value.retry_after == 2
     for job in queued:
         assert client.cancel(job.id).status == "canceled"  # queued: canceled at once
-    client.cancel(busy.id)
-    assert client.wait(busy.id, timeout=60).status == "canceled"
+    for busy in busy_jobs:
+        client.cancel(busy.id)
+        assert client.wait(busy.id, timeout=60).status == "canceled"
     room = client.submit_multiview(SMALL)  # room again
     assert client.wait(room.id, timeout=120).status == "succeeded"
 

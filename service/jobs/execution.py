@@ -31,7 +31,7 @@ class JobTimeLimitExceeded(Exception):
 
 @dataclass
 class RunningJob:
-    """What the heartbeat thread needs to keep the current job's lease and enforce the hard limit."""
+    """What the heartbeat thread needs to keep a running job's lease and enforce the hard limit."""
 
     job_id: str
     attempt: int
@@ -48,8 +48,13 @@ class WorkerContext:
     pipeline: Any
     name: str
     backend: str = "torch"
-    current: RunningJob | None = None
+    #: Jobs this process runs now (several when the step batcher shares UNet calls between them).
+    running: dict[str, RunningJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def running_jobs(self) -> list[RunningJob]:
+        with self.lock:
+            return list(self.running.values())
 
 
 def execute_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
@@ -58,13 +63,15 @@ def execute_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
     if started is None:
         log.info("job %s is no longer queued; skipping", job_id)
         return None
-    ctx.current = RunningJob(job_id, started.attempt)
-    metrics.WORKER_BUSY.set(1)
+    with ctx.lock:
+        ctx.running[job_id] = RunningJob(job_id, started.attempt)
+        metrics.WORKER_BUSY.set(len(ctx.running))
     try:
         return _run(ctx, started)
     finally:
-        ctx.current = None
-        metrics.WORKER_BUSY.set(0)
+        with ctx.lock:
+            ctx.running.pop(job_id, None)
+            metrics.WORKER_BUSY.set(len(ctx.running))
         metrics.update_gpu_memory()
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service.jobs.execution import WorkerContext
+from service.jobs.execution import RunningJob, WorkerContext
 from service.jobs.queue import JobQueue
 from service.jobs.records import JobError, JobStatus
 from service.jobs.store import JobStore
@@ -61,10 +61,12 @@ class WorkerHeartbeat:
     def beat(self) -> None:
         s = self.ctx.settings
         self.ctx.store.heartbeat(self.ctx.name, self.info, s.heartbeat_ttl_seconds)
-        current = self.ctx.current
-        if current is None:
-            return
-        self.ctx.store.renew_lease(current.job_id, current.attempt, s.heartbeat_ttl_seconds)
+        for current in self.ctx.running_jobs():
+            self.ctx.store.renew_lease(current.job_id, current.attempt, s.heartbeat_ttl_seconds)
+            self._enforce_hard_limit(current)
+
+    def _enforce_hard_limit(self, current: RunningJob) -> None:
+        s = self.ctx.settings
         if time.monotonic() - current.started > s.job_time_limit:
             # A step hung past the hard limit: fail the job, then end the process (its supervisor
             # restarts it) because a stuck native call cannot be interrupted from Python.
