@@ -56,25 +56,29 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def _local_stack(stack: ExitStack, workdir: Path) -> str:
+def _local_stack(
+    stack: ExitStack, workdir: Path, worker_env: dict[str, str] | None = None, metrics_port: int | None = None
+) -> str:
     """redis-server + worker + gateway as subprocesses; returns the gateway URL."""
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         raise RuntimeError("redis-server is not installed")
-    rport, gport, mport = _free_port(), _free_port(), _free_port()
+    rport, gport, mport = _free_port(), _free_port(), metrics_port or _free_port()
     broker = f"redis://127.0.0.1:{rport}/0"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REALIZ3D_ARTIFACT_DIR": str(workdir / "artifacts")}
 
-    def spawn(args: list[str], name: str) -> subprocess.Popen:
+    def spawn(args: list[str], name: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
         log = (workdir / f"{name}.log").open("wb")
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env={**env, **(extra or {})}, stdout=log, stderr=subprocess.STDOUT
+        )
         stack.callback(lambda: (proc.terminate(), proc.wait(20)))
         return proc
 
     spawn([redis_bin, "--port", str(rport), "--save", "", "--appendonly", "no"], "redis")
     _wait(lambda: socket.create_connection(("127.0.0.1", rport), 0.2).close() is None, 10, "redis")
     cli = [sys.executable, "-m", "service.cli"]
-    spawn([*cli, "worker", "--broker", broker, "--metrics-port", str(mport)], "worker")
+    spawn([*cli, "worker", "--broker", broker, "--metrics-port", str(mport)], "worker", worker_env)
     spawn([*cli, "serve", "--broker", broker, "--port", str(gport)], "gateway")
     url = f"http://127.0.0.1:{gport}"
     _wait(lambda: httpx.get(url + "/readyz", timeout=1).status_code == 200, 180, "the gateway and worker")

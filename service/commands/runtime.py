@@ -147,7 +147,7 @@ def run_bench(args: argparse.Namespace) -> int:
             lambda fn: fn(args.out),
             "bench geometry",
         )
-    return _call_optional("service.bench_gateway", ("run",), lambda fn: fn(args), "bench gateway")
+    return _call_optional("service.bench_gateway", ("run",), lambda fn: fn(out_dir=args.out), "bench gateway")
 
 
 def _call_optional(module_name: str, names: tuple[str, ...], call, what: str) -> int:  # noqa: ANN001

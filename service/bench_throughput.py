@@ -1,0 +1,116 @@
+"""Throughput with and without step-level batching, on the real service, measured in one run.
+
+For each configuration (`REALIZ3D_BATCH_MAX_JOBS=8`, then `=1`), `run()` starts a private redis-server,
+one `realiz3d worker` (2 threads: the whole machine) and a gateway, drives it with `realiz3d loadtest`'s
+closed loop (`concurrency` clients, `jobs` jobs), scrapes the worker's `/metrics` for the UNet batch-size
+histogram, and writes docs/benchmarks/throughput.json/.md plus the load tester's plots.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from service.bench_gateway import _free_port, _local_stack
+from service.loadtest import LoadTestConfig, run_loadtest
+
+CONFIGS = (("batched", 8), ("unbatched", 1))
+_BUCKET = re.compile(r'realiz3d_unet_batch_size_bucket\{le="([^"]+)"\} ([0-9.e+]+)')
+_TOTAL = re.compile(r"realiz3d_unet_batch_size_(sum|count) ([0-9.e+]+)")
+
+
+def batch_histogram(metrics_text: str) -> dict[str, float]:
+    """Cumulative `realiz3d_unet_batch_size` buckets -> {upper bound: count}, plus sum and count."""
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        m = _BUCKET.match(line) or _TOTAL.match(line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def run(
+    concurrency: int = 8,
+    jobs: int = 24,
+    steps: int = 10,
+    views: int = 4,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    out_dir = out_dir or Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    results: dict[str, Any] = {}
+    for name, max_jobs in CONFIGS:
+        with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="realiz3d-tput-") as tmp:
+            mport = _free_port()
+            env = {"REALIZ3D_BATCH_MAX_JOBS": str(max_jobs), "OMP_NUM_THREADS": "2"}
+            url = _local_stack(stack, Path(tmp), worker_env=env, metrics_port=mport)
+            # Warm-up (first-call allocations) outside the measurement.
+            run_loadtest(LoadTestConfig(url, concurrency=2, duration_s=None, jobs=2, steps=2), None)
+            before = batch_histogram(httpx.get(f"http://127.0.0.1:{mport}/metrics").text)
+            cfg = LoadTestConfig(
+                url, concurrency=concurrency, duration_s=None, jobs=jobs, steps=steps, num_views=views
+            )
+            summary = run_loadtest(cfg, out_dir, name=f"throughput_{name}")
+            after = batch_histogram(httpx.get(f"http://127.0.0.1:{mport}/metrics").text)
+            hist = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+            summary["unet_batch_size_histogram"] = hist
+            summary["mean_unet_batch_images"] = (
+                round(hist["sum"] / hist["count"], 2) if hist.get("count") else None
+            )
+            results[name] = summary
+    b, u = results["batched"], results["unbatched"]
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "workload": {"concurrency": concurrency, "jobs": jobs, "steps": steps, "num_views": views},
+        "jobs_per_s_ratio": round(b["jobs_per_s"] / u["jobs_per_s"], 3) if u["jobs_per_s"] else None,
+        "p99_ratio": (
+            round(b["latency_s"]["p99"] / u["latency_s"]["p99"], 3) if u["latency_s"]["p99"] else None
+        ),
+        "goal": "jobs/s ratio >= 3 at p99 ratio <= 1",
+        **results,
+    }
+    write_report(report, out_dir)
+    return report
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "throughput.json").write_text(json.dumps(report, indent=2))
+    rows = []
+    for name in ("batched", "unbatched"):
+        r = report[name]
+        rows.append(
+            f"| {name} | {r['jobs_per_s']} | {r['latency_s']['p50']} | {r['latency_s']['p99']} | "
+            f"{r['queue_wait_s']['p50']} | {r['mean_unet_batch_images']} | {r['errors'] or 'none'} |"
+        )
+    w = report["workload"]
+    text = "\n".join(
+        [
+            "# Throughput: step-level batching on vs off (`realiz3d bench throughput`)",
+            "",
+            f"Real service (redis-server + 1 worker + gateway), embedded default model, {w['concurrency']} "
+            f"concurrent clients, {w['jobs']} jobs of {w['num_views']} views x {w['steps']} steps each; "
+            "both configurations measured in one run.",
+            "",
+            "| config | jobs/s | p50 s | p99 s | queue wait p50 s | mean UNet batch (images) | errors |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"jobs/s ratio (batched / unbatched): **{report['jobs_per_s_ratio']}**; p99 ratio: "
+            f"**{report['p99_ratio']}** (goal: >= 3x jobs/s at no worse p99).",
+            "",
+            "Batch-size histograms (cumulative buckets, from the worker's /metrics) are in throughput.json.",
+            "",
+        ]
+    )
+    (out_dir / "throughput.md").write_text(text)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
