@@ -31,11 +31,11 @@ def make_runner(
     if backend == "compile":
         from engines.runtime.compile_runner import CompileRunner
 
-        return CompileRunner(model)
+        return CompileRunner(model, precision=precision)
     if backend == "onnx":
         from engines.runtime.onnx_runner import OnnxRunner
 
-        return OnnxRunner(model, cache_dir=engine_cache_dir)
+        return OnnxRunner(model, cache_dir=engine_cache_dir, precision=precision)
     from engines.runtime.tensorrt_runner import TensorRTRunner, tensorrt_available
 
     if not tensorrt_available():

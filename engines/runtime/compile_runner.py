@@ -1,0 +1,105 @@
+"""torch.compile runner: one compiled MultiViewUNet serves every fused weight set.
+
+Weight sets switch exactly as in the eager runner: `shifter.activate(combo)` swaps the Parameter
+references of the adapted layers. torch 2.13's Dynamo always inlines nn.Modules and lifts their
+parameters to graph *inputs* (guarded on shape/dtype/device, not on identity or values), so a swap is
+not a recompile: the same compiled graph reads the other tensors. `tests/test_runtime_compile.py` pins
+this with `torch.compiler.set_stance("fail_on_recompile")` across combo switches.
+
+- CPU: default Inductor mode; the first new batch size makes Dynamo mark the batch dim dynamic (one
+  more compile, then none).
+- CUDA: `mode="reduce-overhead"` (Inductor + CUDA graph trees) with static shapes (`dynamic=False`).
+  Parameters are static inputs of a CUDA graph (their addresses are baked in); a swapped-in weight set
+  has other addresses, so the graph tree records one graph per weight set the first time it is used and
+  afterwards finds and replays the matching one (a `StaticInputIdxMismatch`, which torch does not count
+  against `cudagraph_unexpected_rerecord_limit`). `warmup()` records every combo ahead of the first job.
+  Outputs of a replayed graph live in the graph's pool and are overwritten by the next replay: the
+  runner returns a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from engines.errors import UserInputError
+from engines.models.realiz3d_model import Realiz3DModel
+from engines.models.unet import UNetInputs
+from engines.runtime.base import per_sample, uniform
+from engines.runtime.torch_runner import PRECISIONS, cast_inputs, select
+from engines.sampling.schedule import DomainCombo
+
+
+class CompileRunner:
+    backend = "compile"
+    mixes_domains = False
+
+    def __init__(
+        self,
+        model: Realiz3DModel,
+        precision: str = "fp32",
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        compile_backend: str = "inductor",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise UserInputError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.model = model
+        self.device = model.device
+        self.dtype = PRECISIONS[precision]
+        if self.device.type != "cuda" and self.dtype == torch.float16:
+            raise UserInputError("fp16 needs a GPU; use fp32 or bf16 on the CPU")
+        if model.dtype != self.dtype:
+            model.to(self.device, self.dtype)  # fused weights are recomputed in the new dtype
+        self.cuda_graphs = self.device.type == "cuda" if mode is None else mode == "reduce-overhead"
+        if mode is None and self.device.type == "cuda":
+            mode = "reduce-overhead"
+        if dynamic is None and self.device.type == "cuda":
+            dynamic = False  # CUDA graphs need static shapes: one graph per batch size
+        self.mode = mode
+        self.compiled = torch.compile(model.unet, mode=mode, dynamic=dynamic, backend=compile_backend)
+
+    def prepare(self, combos: Sequence[DomainCombo]) -> None:
+        self.model.shifter.fuse(sorted({d for c in combos for d in c}))
+
+    @torch.no_grad()
+    def warmup(self, inputs: UNetInputs, combos: Sequence[DomainCombo]) -> None:
+        """Compile for `inputs`' shape and (on CUDA) record one CUDA graph per combo."""
+        self.prepare(combos)
+        for combo in dict.fromkeys(combos):
+            for _ in range(3 if self.cuda_graphs else 1):  # CUDA graph trees: warm up, record, replay
+                self(inputs, combo)
+
+    @torch.no_grad()
+    def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
+        shifter = self.model.shifter
+        combo = uniform(domains)
+        if combo is not None:
+            shifter.activate(combo)
+            return self._run(inputs)
+        combos = per_sample(domains, inputs.batch)
+        out = torch.empty(inputs.sample.shape, dtype=torch.float32, device=self.device)
+        for c in dict.fromkeys(combos):
+            idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
+            shifter.activate(c)
+            out[idx] = self._run(select(inputs, idx))
+        return out
+
+    def _run(self, inputs: UNetInputs) -> torch.Tensor:
+        x = cast_inputs(inputs, self.device, self.dtype)
+        geometry = x.geometry
+        channels = self.model.unet.geometry_channels
+        if channels and geometry is None:
+            # Always pass a tensor: None and a tensor would be two graphs for the same shapes.
+            s = x.sample.shape
+            geometry = torch.zeros((s[0], channels, s[2], s[3]), device=self.device, dtype=self.dtype)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        # Contiguous inputs: Dynamo guards on strides, and the sampler passes expanded (stride-0) text.
+        args = [t.contiguous() for t in (x.sample, x.timestep, x.text, x.cameras, geometry) if t is not None]
+        if geometry is None:
+            args.append(None)
+        out = self.compiled(*args, x.num_views)
+        # float() of an fp32 output is the same tensor: copy CUDA-graph outputs before the next replay
+        return out.float().clone() if self.cuda_graphs else out.float()

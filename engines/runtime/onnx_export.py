@@ -1,0 +1,224 @@
+"""ONNX export of the multi-view UNet, one graph per (fused domain combo, num_views, image size), and the
+check that an exported graph is what TensorRT's ONNX parser can build an engine from.
+
+- The Domain Shifter is fused before export (`shifter.activate(combo)`), so a graph holds one weight set
+  and no adapter ops; a step-split schedule switches graphs (sessions / engines), never rebuilds.
+- Inputs `sample, timestep, text, cameras[, geometry]`, output `noise_pred`; dim 0 of every input and of
+  the output is the dynamic axis `batch` = objects x views x CFG; every other dim is static. `num_views`
+  is a Python int of the forward (it sets the multi-view attention grouping) and is baked into the graph.
+- The legacy TorchScript exporter (`dynamo=False`) takes seconds here; opset 17 (in TensorRT's 9-20).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engines.models.realiz3d_model import Realiz3DModel
+from engines.sampling.schedule import DomainCombo
+
+OPSET = 17
+INPUTS = ("sample", "timestep", "text", "cameras", "geometry")
+OUTPUT = "noise_pred"
+BATCH_AXIS = "batch"
+TENSORRT_OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
+
+
+@dataclass(frozen=True)
+class GraphShape:
+    """What one exported graph is specialised to (besides the weight set)."""
+
+    num_views: int
+    height: int  # of `sample` (pixels, or latent cells for a VAE model)
+    width: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"num_views": self.num_views, "height": self.height, "width": self.width}
+
+
+class _ExportWrapper(nn.Module):
+    """Tensors-only forward with num_views fixed: what the exporter traces."""
+
+    def __init__(self, unet: nn.Module, num_views: int, with_geometry: bool) -> None:
+        super().__init__()
+        self.unet = unet
+        self.num_views = num_views
+        self.with_geometry = with_geometry
+
+    def forward(self, sample, timestep, text, cameras, geometry=None):  # noqa: ANN001
+        return self.unet(sample, timestep, text, cameras, geometry, self.num_views)
+
+
+def text_tokens(model: Realiz3DModel) -> int:
+    """Length of the text-embedding sequence the model's encoder produces."""
+    with torch.no_grad():
+        return int(model.text_encoder.encode([""]).shape[1])
+
+
+def input_names(model: Realiz3DModel) -> list[str]:
+    names = list(INPUTS)
+    if not model.unet.geometry_channels:
+        names.remove("geometry")
+    return names
+
+
+def example_inputs(
+    model: Realiz3DModel, shape: GraphShape, batch: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Deterministic example inputs of the graph's signature (batch rows)."""
+    cfg = model.config
+    gen = torch.Generator("cpu").manual_seed(0)
+    channels = cfg.image_channels if cfg.latent_space == "pixel" else model.vae.config.latent_channels  # type: ignore[union-attr]
+    text_dim = model.unet.unet.config.cross_attention_dim
+    tokens = text_tokens(model)
+    out = {
+        "sample": torch.randn(batch, channels, shape.height, shape.width, generator=gen),
+        "timestep": torch.full((batch,), 500, dtype=torch.long),
+        "text": torch.randn(batch, tokens, text_dim, generator=gen),
+        "cameras": torch.randn(batch, 16, generator=gen),
+    }
+    if model.unet.geometry_channels:
+        out["geometry"] = torch.zeros(batch, model.unet.geometry_channels, shape.height, shape.width)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+@torch.no_grad()
+def export_unet(
+    model: Realiz3DModel, combo: DomainCombo, shape: GraphShape, path: str | Path, opset: int = OPSET
+) -> Path:
+    """Export the UNet with `combo`'s fused weights to `path` (weights inside the file; a graph over
+    protobuf's 2 GB limit gets its weights in external data files next to it)."""
+    path = Path(path)
+    model.shifter.activate(combo)
+    wrapper = _ExportWrapper(model.unet, shape.num_views, bool(model.unet.geometry_channels)).eval()
+    names = input_names(model)
+    # Trace with one object under CFG; the batch axis is dynamic anyway.
+    example = example_inputs(model, shape, 2 * shape.num_views, model.device)
+    args = tuple(example[n].to(model.dtype) if example[n].is_floating_point() else example[n] for n in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about Python ints taken from shapes
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(path),
+            input_names=names,
+            output_names=[OUTPUT],
+            dynamic_axes={n: {0: BATCH_AXIS} for n in [*names, OUTPUT]},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    _pin_output_shape(path, (BATCH_AXIS, *example["sample"].shape[1:]))
+    return path
+
+
+def _pin_output_shape(path: Path, dims: tuple) -> None:
+    """Write the output's static dims into the graph (the exporter leaves the spatial dims of the
+    pixel-shuffled output symbolic): every dim is then static or the profiled batch axis."""
+    import onnx
+
+    model = onnx.load(str(path))
+    shape = model.graph.output[0].type.tensor_type.shape
+    for d, value in zip(shape.dim, dims, strict=True):
+        d.Clear()
+        if isinstance(value, str):
+            d.dim_param = value
+        else:
+            d.dim_value = int(value)
+    large = model.ByteSize() > 1_900_000_000  # protobuf's 2 GB limit: weights go to a side file
+    onnx.save(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
+
+
+# ---- TensorRT compatibility ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorRTOpList:
+    ops: frozenset[str]
+    min_opset: int
+    max_opset: int
+    source: str
+
+
+@functools.cache
+def tensorrt_op_list(path: str | Path = TENSORRT_OPS_FILE) -> TensorRTOpList:
+    ops, meta, source = set(), {}, []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            body = line.lstrip("#").strip()
+            key, sep, value = body.partition(":")
+            if sep and key in ("max_opset", "min_opset"):
+                meta[key] = int(value)
+            elif body.startswith("Source:"):
+                source.append(body.removeprefix("Source:").strip())
+        elif line:
+            ops.add(line)
+    return TensorRTOpList(
+        frozenset(ops), meta.get("min_opset", 9), meta.get("max_opset", 20), " ".join(source)
+    )
+
+
+def check_tensorrt_compatible(path: str | Path, batch_axis: str = BATCH_AXIS) -> list[str]:
+    """Problems that would stop TensorRT from building an engine from this ONNX file ([] = none):
+
+    - `onnx.checker` fails (full check, with shape inference);
+    - the default-domain opset is outside TensorRT's range, or a node uses an op (or a custom domain)
+      TensorRT's ONNX parser does not support (list: tensorrt_onnx_ops.txt, its source named there);
+    - an input/output dim is neither static nor the one dynamic batch axis our optimization profile
+      covers (TensorRT needs every dynamic dim in a profile).
+    """
+    import onnx
+
+    path = Path(path)
+    supported = tensorrt_op_list()
+    problems: list[str] = []
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types
+        problems.append(f"onnx.checker: {str(e).splitlines()[0]}")
+    model = onnx.load(str(path), load_external_data=False)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not supported.min_opset <= imp.version <= supported.max_opset:
+            problems.append(
+                f"opset {imp.version} outside TensorRT's {supported.min_opset}-{supported.max_opset}"
+            )
+    used: set[tuple[str, str]] = set()
+
+    def visit(graph) -> None:  # noqa: ANN001
+        for node in graph.node:
+            used.add((node.domain, node.op_type))
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for g in attr.graphs:
+                    visit(g)
+
+    visit(model.graph)
+    for domain, op in sorted(used):
+        if domain not in ("", "ai.onnx"):
+            problems.append(f"op {domain}::{op} is in a custom domain TensorRT's parser does not know")
+        elif op not in supported.ops:
+            problems.append(f"op {op} is not supported by TensorRT's ONNX parser")
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if not dims:
+            problems.append(f"{value.name} has no shape")
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            if i == 0 and d.dim_param == batch_axis:
+                continue
+            problems.append(
+                f"{value.name} dim {i} ({d.dim_param or '?'}) is dynamic but not the profiled batch axis"
+            )
+    return problems
+
+
+def graph_ops(path: str | Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}

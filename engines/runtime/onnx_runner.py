@@ -1,0 +1,215 @@
+"""ONNX Runtime runner: one exported graph + one InferenceSession per fused weight set.
+
+Graphs are exported per (domain combo, num_views, image size) into the engine cache (see
+`engine_cache.py`) and loaded from it by every later process; a step-split schedule switches sessions
+mid-run (a dict lookup), nothing is re-exported or rebuilt. CPU execution provider here; the CUDA EP
+where onnxruntime-gpu and a GPU are present (inputs/outputs bound to torch's CUDA tensors, on torch's
+current stream, no host copies). fp32 only: ONNX Runtime's CPU EP has no fast bf16/fp16 kernels; fp16 on
+a GPU is what the `tensorrt` backend is for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.errors import BackendUnavailable, UserInputError
+from engines.models.realiz3d_model import Realiz3DModel
+from engines.models.unet import UNetInputs
+from engines.runtime.base import per_sample, uniform
+from engines.runtime.engine_cache import (
+    CacheEntry,
+    EngineCache,
+    device_name,
+    library_versions,
+    model_fingerprint,
+)
+from engines.runtime.onnx_export import OPSET, GraphShape, export_unet, input_names
+from engines.runtime.torch_runner import select
+from engines.sampling.schedule import DomainCombo
+
+log = logging.getLogger(__name__)
+GRAPH_FILE = "unet.onnx"
+
+
+def combo_label(combo: DomainCombo) -> str:
+    return "".join(d[0] for d in combo)  # ("synthetic", "synthetic", "real") -> "ssr"
+
+
+class OnnxRunner:
+    backend = "onnx"
+    mixes_domains = False
+
+    def __init__(
+        self,
+        model: Realiz3DModel,
+        cache_dir: str | Path | None = None,
+        precision: str = "fp32",
+        num_views: int | None = None,
+        threads: int | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:  # pragma: no cover - onnxruntime is a core dependency
+            raise BackendUnavailable("backend onnx needs the onnxruntime package") from None
+        if precision != "fp32":
+            raise UserInputError(
+                f"backend onnx runs fp32 only (got {precision}); use torch/compile for bf16, tensorrt for fp16"
+            )
+        self.ort = ort
+        self.model = model
+        self.device = model.device
+        self.dtype = torch.float32
+        self.precision = precision
+        self.cache = EngineCache(cache_dir)
+        self.default_views = num_views or model.config.num_views
+        self.threads = threads or torch.get_num_threads()
+        self.use_cuda = (
+            self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+        )
+        if self.device.type == "cuda" and not self.use_cuda:
+            raise BackendUnavailable("backend onnx on a GPU needs onnxruntime-gpu (CUDAExecutionProvider)")
+        self.fingerprint = model_fingerprint(model)
+        self.names = input_names(model)
+        self._sessions: dict[tuple[DomainCombo, GraphShape], Any] = {}
+        #: cache entries this runner used, with hit/built: what `realiz3d build-engines` reports
+        self.entries: list[tuple[DomainCombo, GraphShape, CacheEntry]] = []
+
+    # ---- graphs ------------------------------------------------------------------------------------
+    def default_shape(self, num_views: int | None = None) -> GraphShape:
+        cfg = self.model.config
+        size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
+        return GraphShape(num_views or self.default_views, size, size)
+
+    def key_parts(self, combo: DomainCombo, shape: GraphShape) -> dict[str, Any]:
+        return graph_key_parts(self.fingerprint, combo, shape, self.device)
+
+    def graph(self, combo: DomainCombo, shape: GraphShape) -> CacheEntry:
+        """The cached ONNX graph for (combo, shape), exported now if missing, stale or corrupt."""
+        entry = cached_graph(self.cache, self.model, self.key_parts(combo, shape), combo, shape)
+        self.entries.append((combo, shape, entry))
+        return entry
+
+    def session(self, combo: DomainCombo, shape: GraphShape):
+        key = (combo, shape)
+        if key not in self._sessions:
+            entry = self.graph(combo, shape)
+            opts = self.ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.log_severity_level = 3
+            if self.use_cuda:
+                providers: list = [
+                    (
+                        "CUDAExecutionProvider",
+                        {
+                            "device_id": self.device.index or 0,
+                            "user_compute_stream": str(torch.cuda.current_stream(self.device).cuda_stream),
+                        },
+                    )
+                ]
+            else:
+                providers = ["CPUExecutionProvider"]
+            self._sessions[key] = self.ort.InferenceSession(
+                str(entry.file(GRAPH_FILE)), sess_options=opts, providers=providers
+            )
+        return self._sessions[key]
+
+    # ---- runner interface --------------------------------------------------------------------------
+    def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
+        for combo in dict.fromkeys(combos):
+            self.session(combo, self.default_shape(num_views))
+
+    @torch.no_grad()
+    def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
+        combo = uniform(domains)
+        if combo is not None:
+            return self._run(inputs, combo)
+        combos = per_sample(domains, inputs.batch)
+        out = torch.empty(inputs.sample.shape, dtype=torch.float32, device=self.device)
+        for c in dict.fromkeys(combos):
+            idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
+            out[idx] = self._run(select(inputs, idx), c)
+        return out
+
+    def _feeds(self, inputs: UNetInputs) -> dict[str, torch.Tensor]:
+        dev = self.device
+        feeds = {
+            "sample": inputs.sample.to(dev, torch.float32),
+            "timestep": inputs.timestep.to(dev, torch.long),
+            "text": inputs.text.to(dev, torch.float32),
+            "cameras": inputs.cameras.to(dev, torch.float32),
+        }
+        if "geometry" in self.names:
+            g = inputs.geometry
+            if g is None:
+                s = inputs.sample.shape
+                g = torch.zeros((s[0], self.model.unet.geometry_channels, s[2], s[3]), device=dev)
+            feeds["geometry"] = g.to(dev, torch.float32)
+        return {k: v.contiguous() for k, v in feeds.items()}
+
+    def _run(self, inputs: UNetInputs, combo: DomainCombo) -> torch.Tensor:
+        shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])
+        session = self.session(combo, shape)
+        feeds = self._feeds(inputs)
+        if not self.use_cuda:
+            out = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+        # CUDA EP: bind torch's device buffers directly (no host round trip)
+        out_t = torch.empty(feeds["sample"].shape, dtype=torch.float32, device=self.device)
+        binding = session.io_binding()
+        for name, t in feeds.items():
+            binding.bind_input(
+                name, "cuda", self.device.index or 0, _np_dtype(t.dtype), tuple(t.shape), t.data_ptr()
+            )
+        binding.bind_output(
+            "noise_pred", "cuda", self.device.index or 0, np.float32, tuple(out_t.shape), out_t.data_ptr()
+        )
+        session.run_with_iobinding(binding)
+        return out_t
+
+
+def graph_key_parts(
+    fingerprint: dict[str, str], combo: DomainCombo, shape: GraphShape, device: torch.device
+) -> dict[str, Any]:
+    """Cache key parts of an fp32 ONNX graph (shared by the onnx and tensorrt backends)."""
+    return {
+        **fingerprint,
+        "combo": list(combo),
+        "backend": "onnx",
+        "precision": "fp32",
+        "shape": shape.as_dict(),
+        "opset": OPSET,
+        "versions": library_versions(),
+        "device": device_name(device),
+    }
+
+
+def graph_label(combo: DomainCombo, shape: GraphShape) -> str:
+    return f"{combo_label(combo)}-v{shape.num_views}-{shape.height}x{shape.width}"
+
+
+def cached_graph(
+    cache: EngineCache, model: Realiz3DModel, parts: dict[str, Any], combo: DomainCombo, shape: GraphShape
+) -> CacheEntry:
+    """The ONNX graph of `combo`'s fused weights at `shape`, from `cache` or exported into it."""
+
+    def build(tmp: Path) -> None:
+        export_unet(model, combo, shape, tmp / GRAPH_FILE)
+
+    label = graph_label(combo, shape)
+    entry = cache.get_or_build("onnx", label, parts, build)
+    log.info(
+        "onnx graph %s: %s", label, "cache hit" if entry.hit else f"built in {entry.build_seconds:.1f} s"
+    )
+    return entry
+
+
+def _np_dtype(dtype: torch.dtype):
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]

@@ -1,0 +1,330 @@
+"""TensorRT runner: one engine per fused weight set, all sharing one activation buffer.
+
+Written against NVIDIA's documented TensorRT 10 Python API (`import tensorrt` happens lazily, only here).
+It has NOT been run in this repository's CI: TensorRT cannot be installed there and there is no GPU;
+the tests marked `tensorrt` run wherever both exist.
+
+- Build (ahead of time with `realiz3d build-engines --backend tensorrt`, or on first use): the combo's
+  fused fp32 ONNX graph (from the engine cache, `onnx_export.py`) -> `trt.OnnxParser` -> a builder config
+  with `BuilderFlag.FP16` (or BF16) and one optimization profile over the batch axis:
+  min = views (one object, no CFG), opt = 2 x views (one object with CFG; views with `cfg=False`),
+  max = max_objects x 2 x views.
+  Spatial dims are static. `refit=True` adds `BuilderFlag.REFIT` (one engine refitted per weight set
+  instead of one engine each; refittable engines lose some fusions, so it is an option, not the default).
+  The serialized plan goes into the engine cache (atomic, checksummed, keyed by TensorRT version and GPU).
+- Run: every engine's context is created with `ExecutionContextAllocationStrategy.USER_MANAGED` and
+  pointed at ONE device buffer sized to the largest `device_memory_size_v2`: contexts run one at a time on
+  torch's current stream, so N weight sets cost N x weights but 1 x activations. Per call:
+  `set_input_shape` + `set_tensor_address` for every IO tensor, then `execute_async_v3(stream)`.
+- `cuda_graphs=True` captures one CUDA graph per (weight set, batch) on the first call of that shape and
+  replays it (static input/output buffers; inputs are copied in). The graphs bake in the shared buffer's
+  address, so they are dropped whenever that buffer grows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.errors import BackendUnavailable, UserInputError
+from engines.models.realiz3d_model import Realiz3DModel
+from engines.models.unet import UNetInputs
+from engines.runtime.base import per_sample, uniform
+from engines.runtime.engine_cache import (
+    CacheEntry,
+    EngineCache,
+    device_name,
+    library_versions,
+    model_fingerprint,
+)
+from engines.runtime.onnx_export import GraphShape, input_names
+from engines.runtime.onnx_runner import GRAPH_FILE, cached_graph, graph_key_parts, graph_label
+from engines.runtime.torch_runner import select
+from engines.sampling.schedule import DomainCombo
+
+log = logging.getLogger(__name__)
+ENGINE_FILE = "unet.plan"
+OUTPUT = "noise_pred"
+
+
+def tensorrt_available() -> bool:
+    """True when the TensorRT Python package imports and a CUDA GPU is visible."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install is as good as none
+        return False
+    return True
+
+
+def _trt():
+    try:
+        import tensorrt as trt
+    except Exception as e:  # noqa: BLE001
+        raise BackendUnavailable(f"backend tensorrt needs NVIDIA TensorRT ({e})") from None
+    return trt
+
+
+class _Engine:
+    """One deserialized engine and its execution context (device memory supplied by the runner)."""
+
+    def __init__(self, trt: Any, runtime: Any, plan: bytes, label: str) -> None:
+        self.label = label
+        self.engine = runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize engine {label}")
+        self.context = self.engine.create_execution_context(
+            trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        )
+        if self.context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {label}")
+        self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in self.names}
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
+
+    @property
+    def device_memory_bytes(self) -> int:
+        e = self.engine
+        return int(e.device_memory_size_v2 if hasattr(e, "device_memory_size_v2") else e.device_memory_size)
+
+
+def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
+    table = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.int64: torch.int64,
+    }
+    if hasattr(trt, "bfloat16"):
+        table[trt.bfloat16] = torch.bfloat16
+    if dt not in table:
+        raise RuntimeError(f"unsupported TensorRT IO dtype {dt}")
+    return table[dt]
+
+
+class TensorRTRunner:
+    backend = "tensorrt"
+    mixes_domains = False
+
+    def __init__(
+        self,
+        model: Realiz3DModel,
+        cache_dir: str | Path | None = None,
+        precision: str = "fp16",
+        num_views: int | None = None,
+        max_objects: int = 4,
+        cfg: bool = True,
+        refit: bool = False,
+        cuda_graphs: bool = False,
+        workspace_bytes: int | None = None,
+    ) -> None:
+        if not tensorrt_available():
+            raise BackendUnavailable(
+                "backend tensorrt needs NVIDIA TensorRT and a CUDA GPU; neither is available here"
+            )
+        if model.device.type != "cuda":
+            raise UserInputError("backend tensorrt runs on a CUDA device; use --device cuda")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise UserInputError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
+        self.trt = _trt()
+        self.model = model
+        self.device = model.device
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.precision = precision
+        self.cache = EngineCache(cache_dir)
+        self.default_views = num_views or model.config.num_views
+        self.max_objects = max_objects
+        self.cfg = cfg
+        self.refit = refit
+        self.cuda_graphs = cuda_graphs
+        self.workspace_bytes = workspace_bytes
+        self.fingerprint = model_fingerprint(model)
+        self.names = input_names(model)
+        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.runtime = self.trt.Runtime(self.logger)
+        self._engines: dict[tuple[DomainCombo, GraphShape], _Engine] = {}
+        self._scratch: torch.Tensor | None = None
+        self.entries: list[tuple[DomainCombo, GraphShape, CacheEntry]] = []
+
+    # ---- building ----------------------------------------------------------------------------------
+    def default_shape(self, num_views: int | None = None) -> GraphShape:
+        cfg = self.model.config
+        size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
+        return GraphShape(num_views or self.default_views, size, size)
+
+    def profile(self, shape: GraphShape) -> tuple[int, int, int]:
+        """(min, opt, max) batch: one object without CFG, one object (x2 with CFG), max_objects with CFG."""
+        v = shape.num_views
+        return v, (2 if self.cfg else 1) * v, self.max_objects * 2 * v
+
+    def key_parts(self, combo: DomainCombo, shape: GraphShape) -> dict[str, Any]:
+        return {
+            **self.fingerprint,
+            "combo": list(combo),
+            "backend": "tensorrt",
+            "precision": self.precision,
+            "shape": shape.as_dict(),
+            "profile": self.profile(shape),
+            "refit": self.refit,
+            "versions": library_versions(),
+            "device": device_name(self.device),
+        }
+
+    def build_plan(self, onnx_path: Path, shape: GraphShape, out: Path) -> None:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
+        config = builder.create_builder_config()
+        if self.precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        elif self.precision == "bf16":
+            config.set_flag(trt.BuilderFlag.BF16)
+        if self.refit:
+            config.set_flag(trt.BuilderFlag.REFIT)
+        if self.workspace_bytes:
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
+        profile = builder.create_optimization_profile()
+        lo, opt, hi = self.profile(shape)
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            rest = tuple(tensor.shape)[1:]
+            if any(d < 0 for d in rest):
+                raise RuntimeError(f"input {tensor.name} has dynamic dims besides the batch: {tensor.shape}")
+            profile.set_shape(tensor.name, (lo, *rest), (opt, *rest), (hi, *rest))
+        config.add_optimization_profile(profile)
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name}")
+        out.write_bytes(bytes(plan))
+
+    def engine_entry(self, combo: DomainCombo, shape: GraphShape) -> CacheEntry:
+        def build(tmp: Path) -> None:
+            graph = cached_graph(
+                self.cache,
+                self.model,
+                graph_key_parts(self.fingerprint, combo, shape, self.device),
+                combo,
+                shape,
+            )
+            self.build_plan(graph.file(GRAPH_FILE), shape, tmp / ENGINE_FILE)
+
+        label = f"{graph_label(combo, shape)}-{self.precision}{'-refit' if self.refit else ''}"
+        entry = self.cache.get_or_build("tensorrt", label, self.key_parts(combo, shape), build)
+        self.entries.append((combo, shape, entry))
+        return entry
+
+    def engine(self, combo: DomainCombo, shape: GraphShape) -> _Engine:
+        key = (combo, shape)
+        if key not in self._engines:
+            entry = self.engine_entry(combo, shape)
+            eng = _Engine(self.trt, self.runtime, entry.file(ENGINE_FILE).read_bytes(), entry.path.name)
+            self._engines[key] = eng
+            self._share_activation_memory()
+        return self._engines[key]
+
+    def _share_activation_memory(self) -> None:
+        """One device buffer, sized to the largest engine, behind every execution context."""
+        need = max(e.device_memory_bytes for e in self._engines.values())
+        if self._scratch is None or self._scratch.numel() < need:
+            torch.cuda.synchronize(self.device)
+            self._scratch = torch.empty(need, dtype=torch.uint8, device=self.device)
+            for e in self._engines.values():
+                e.graphs.clear()  # captured graphs hold the old buffer's address
+        ptr, size = self._scratch.data_ptr(), self._scratch.numel()
+        for e in self._engines.values():
+            if hasattr(e.context, "set_device_memory"):  # TensorRT >= 10.1
+                e.context.set_device_memory(ptr, size)
+            else:
+                e.context.device_memory = ptr
+
+    @property
+    def activation_bytes(self) -> int:
+        return 0 if self._scratch is None else self._scratch.numel()
+
+    # ---- runner interface --------------------------------------------------------------------------
+    def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
+        for combo in dict.fromkeys(combos):
+            self.engine(combo, self.default_shape(num_views))
+
+    @torch.no_grad()
+    def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
+        combo = uniform(domains)
+        if combo is not None:
+            return self._run(inputs, combo)
+        combos = per_sample(domains, inputs.batch)
+        out = torch.empty(inputs.sample.shape, dtype=torch.float32, device=self.device)
+        for c in dict.fromkeys(combos):
+            idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
+            out[idx] = self._run(select(inputs, idx), c)
+        return out
+
+    def _feeds(self, inputs: UNetInputs, eng: _Engine) -> dict[str, torch.Tensor]:
+        feeds = {
+            "sample": inputs.sample,
+            "timestep": inputs.timestep,
+            "text": inputs.text,
+            "cameras": inputs.cameras,
+        }
+        if "geometry" in self.names:
+            g = inputs.geometry
+            if g is None:
+                s = inputs.sample.shape
+                g = torch.zeros((s[0], self.model.unet.geometry_channels, s[2], s[3]), device=self.device)
+            feeds["geometry"] = g
+        return {n: t.to(self.device, eng.dtypes[n]).contiguous() for n, t in feeds.items()}
+
+    def _run(self, inputs: UNetInputs, combo: DomainCombo) -> torch.Tensor:
+        shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])
+        lo, _, hi = self.profile(shape)
+        if not lo <= inputs.batch <= hi:
+            raise UserInputError(f"batch {inputs.batch} is outside the engine profile [{lo}, {hi}]")
+        eng = self.engine(combo, shape)
+        feeds = self._feeds(inputs, eng)
+        if self.cuda_graphs:
+            return self._run_graph(eng, feeds).float()
+        out = self._execute(eng, feeds)
+        return out.float()
+
+    def _bind(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        ctx = eng.context
+        for name, t in feeds.items():
+            ctx.set_input_shape(name, tuple(t.shape))
+            ctx.set_tensor_address(name, t.data_ptr())
+        out = torch.empty(tuple(ctx.get_tensor_shape(OUTPUT)), dtype=eng.dtypes[OUTPUT], device=self.device)
+        ctx.set_tensor_address(OUTPUT, out.data_ptr())
+        return out
+
+    def _execute(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self._bind(eng, feeds)
+        if not eng.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError(f"TensorRT execution failed for {eng.label}")
+        return out
+
+    def _run_graph(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = feeds["sample"].shape[0]
+        if batch not in eng.graphs:
+            static = {n: t.clone() for n, t in feeds.items()}
+            self._execute(eng, static)  # one plain run first: TensorRT sets up shape-dependent state
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+                out = self._bind(eng, static)
+                eng.context.execute_async_v3(stream.cuda_stream)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            eng.graphs[batch] = (graph, static, out)
+        graph, static, out = eng.graphs[batch]
+        for n, t in feeds.items():
+            static[n].copy_(t)
+        graph.replay()
+        return out.clone()
