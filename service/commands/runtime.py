@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
 from pathlib import Path
 
@@ -55,8 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(handler=run_build_engines)
 
-    b = sub.add_parser("bench", help="benchmarks: unet (backends), geometry (texturing), gateway")
-    b.add_argument("target", choices=("unet", "geometry", "gateway"))
+    b = sub.add_parser(
+        "bench", help="benchmarks: unet (adapters, backends), geometry (texturing), gateway, throughput"
+    )
+    b.add_argument("target", choices=("unet", "geometry", "gateway", "throughput"))
+    b.add_argument("--concurrency", type=int, default=8, help="throughput: concurrent clients")
+    b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
+    b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
     b.add_argument(
         "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
     )
@@ -141,29 +146,18 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.target == "unet":
         return _bench_unet(args)
     if args.target == "geometry":
-        return _call_optional(
-            "engines.texturing.bench",
-            ("run_geometry_benchmark", "run", "bench"),
-            lambda fn: fn(args.out),
-            "bench geometry",
-        )
-    return _call_optional("service.bench_gateway", ("run",), lambda fn: fn(out_dir=args.out), "bench gateway")
+        from engines.texturing.bench import run_geometry_benchmark
 
+        run_geometry_benchmark(out_dir=args.out)
+    elif args.target == "gateway":
+        from service.bench_gateway import run
 
-def _call_optional(module_name: str, names: tuple[str, ...], call, what: str) -> int:  # noqa: ANN001
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            print(f"{what}: skipped ({module_name} is not part of this build)")
-            return 0
-        raise
-    for name in names:
-        fn = getattr(module, name, None)
-        if callable(fn):
-            call(fn)
-            return 0
-    print(f"{what}: skipped ({module_name} has no {' / '.join(names)})")
+        run(out_dir=args.out)
+    else:
+        from service.bench_throughput import run
+
+        report = run(concurrency=args.concurrency, jobs=args.jobs, steps=args.job_steps, out_dir=args.out)
+        print(json.dumps({k: v for k, v in report.items() if k not in ("batched", "unbatched")}, indent=2))
     return 0
 
 
