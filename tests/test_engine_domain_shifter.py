@@ -143,3 +143,14 @@ def test_targets_that_match_nothing_are_an_error(model):
         DomainShifter(DomainShifterConfig(targets=[r"^nothing$"]), model.unet.unet)
     with pytest.raises(ValueError, match="not a valid regex"):
         DomainShifterConfig(targets=["("])
+
+
+@torch.no_grad()
+def test_fused_runner_splits_a_mixed_batch_per_weight_set_like_unfused(model):
+    from engines.runtime.torch_runner import TorchRunner
+
+    x = unet_inputs(model, n_objects=2, views=2)
+    combos = [SYN, SYN, REAL, REAL]
+    fused = TorchRunner(model, adapters="fused")(x, combos)
+    unfused = TorchRunner(model, adapters="unfused")(x, combos)
+    assert (fused - unfused).abs().max().item() <= 1e-5

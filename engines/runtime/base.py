@@ -7,7 +7,7 @@ unfused adapters; lets the batcher put jobs at different schedule positions into
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import torch
@@ -49,3 +49,35 @@ def uniform(domains: DomainCombo | Sequence[DomainCombo]) -> DomainCombo | None:
         return domains  # type: ignore[return-value]
     combos = set(domains)  # type: ignore[arg-type]
     return next(iter(combos)) if len(combos) == 1 else None  # type: ignore[return-value]
+
+
+def select(inputs: UNetInputs, idx: torch.Tensor) -> UNetInputs:
+    """Rows `idx` of every input (idx must cover whole objects)."""
+    if idx.numel() % inputs.num_views:
+        raise ValueError("a sub-batch must hold whole objects (all their views)")
+    return UNetInputs(
+        sample=inputs.sample[idx],
+        timestep=inputs.timestep[idx],
+        text=inputs.text[idx],
+        cameras=inputs.cameras[idx],
+        geometry=None if inputs.geometry is None else inputs.geometry[idx],
+        num_views=inputs.num_views,
+    )
+
+
+def run_per_combo(
+    inputs: UNetInputs,
+    domains: DomainCombo | Sequence[DomainCombo],
+    run_one: Callable[[UNetInputs, DomainCombo], torch.Tensor],
+    device: torch.device,
+) -> torch.Tensor:
+    """For runners that serve one weight set per call: one call per distinct combo, scattered back."""
+    combo = uniform(domains)
+    if combo is not None:
+        return run_one(inputs, combo)
+    combos = per_sample(domains, inputs.batch)
+    out = torch.empty(inputs.sample.shape, dtype=torch.float32, device=device)
+    for c in dict.fromkeys(combos):
+        idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
+        out[idx] = run_one(select(inputs, idx), c)
+    return out

@@ -26,8 +26,8 @@ import torch
 from engines.errors import UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import per_sample, uniform
-from engines.runtime.torch_runner import PRECISIONS, cast_inputs, select
+from engines.runtime.base import run_per_combo
+from engines.runtime.torch_runner import PRECISIONS, cast_inputs
 from engines.sampling.schedule import DomainCombo
 
 
@@ -73,18 +73,11 @@ class CompileRunner:
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
-        shifter = self.model.shifter
-        combo = uniform(domains)
-        if combo is not None:
-            shifter.activate(combo)
-            return self._run(inputs)
-        combos = per_sample(domains, inputs.batch)
-        out = torch.empty(inputs.sample.shape, dtype=torch.float32, device=self.device)
-        for c in dict.fromkeys(combos):
-            idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
-            shifter.activate(c)
-            out[idx] = self._run(select(inputs, idx))
-        return out
+        def run_one(x: UNetInputs, combo: DomainCombo) -> torch.Tensor:
+            self.model.shifter.activate(combo)  # a reference swap; no recompile (see module docstring)
+            return self._run(x)
+
+        return run_per_combo(inputs, domains, run_one, self.device)
 
     def _run(self, inputs: UNetInputs) -> torch.Tensor:
         x = cast_inputs(inputs, self.device, self.dtype)

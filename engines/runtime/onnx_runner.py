@@ -21,7 +21,7 @@ import torch
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import per_sample, uniform
+from engines.runtime.base import run_per_combo
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -30,7 +30,6 @@ from engines.runtime.engine_cache import (
     model_fingerprint,
 )
 from engines.runtime.onnx_export import OPSET, GraphShape, export_unet, input_names
-from engines.runtime.torch_runner import select
 from engines.sampling.schedule import DomainCombo
 
 log = logging.getLogger(__name__)
@@ -128,15 +127,7 @@ class OnnxRunner:
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
-        combo = uniform(domains)
-        if combo is not None:
-            return self._run(inputs, combo)
-        combos = per_sample(domains, inputs.batch)
-        out = torch.empty(inputs.sample.shape, dtype=torch.float32, device=self.device)
-        for c in dict.fromkeys(combos):
-            idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
-            out[idx] = self._run(select(inputs, idx), c)
-        return out
+        return run_per_combo(inputs, domains, self._run, self.device)
 
     def _feeds(self, inputs: UNetInputs) -> dict[str, torch.Tensor]:
         dev = self.device

@@ -33,7 +33,7 @@ import torch
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import per_sample, uniform
+from engines.runtime.base import run_per_combo
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -43,7 +43,6 @@ from engines.runtime.engine_cache import (
 )
 from engines.runtime.onnx_export import GraphShape, input_names
 from engines.runtime.onnx_runner import GRAPH_FILE, cached_graph, graph_key_parts, graph_label
-from engines.runtime.torch_runner import select
 from engines.sampling.schedule import DomainCombo
 
 log = logging.getLogger(__name__)
@@ -258,15 +257,7 @@ class TensorRTRunner:
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
-        combo = uniform(domains)
-        if combo is not None:
-            return self._run(inputs, combo)
-        combos = per_sample(domains, inputs.batch)
-        out = torch.empty(inputs.sample.shape, dtype=torch.float32, device=self.device)
-        for c in dict.fromkeys(combos):
-            idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
-            out[idx] = self._run(select(inputs, idx), c)
-        return out
+        return run_per_combo(inputs, domains, self._run, self.device)
 
     def _feeds(self, inputs: UNetInputs, eng: _Engine) -> dict[str, torch.Tensor]:
         feeds = {

@@ -9,7 +9,7 @@ import torch
 
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import per_sample, uniform
+from engines.runtime.base import per_sample, run_per_combo
 from engines.sampling.schedule import DomainCombo
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,18 +48,13 @@ class TorchRunner:
         if self.adapters == "unfused":
             shifter.set_sample_domains(per_sample(domains, inputs.batch), device=self.device)
             return self._run(inputs)
-        combo = uniform(domains)
-        if combo is not None:
+
+        def run_one(x: UNetInputs, combo: DomainCombo) -> torch.Tensor:
             shifter.activate(combo)
-            return self._run(inputs)
+            return self._run(x)
+
         # Mixed combos under fused weights: one sub-batch per combo, whole objects kept together.
-        combos = per_sample(domains, inputs.batch)
-        out = torch.empty_like(inputs.sample, dtype=torch.float32)
-        for c in dict.fromkeys(combos):
-            idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
-            shifter.activate(c)
-            out[idx] = self._run(select(inputs, idx))
-        return out
+        return run_per_combo(inputs, domains, run_one, self.device)
 
     def _run(self, inputs: UNetInputs) -> torch.Tensor:
         x = cast_inputs(inputs, self.device, self.dtype)
@@ -76,19 +71,5 @@ def cast_inputs(inputs: UNetInputs, device: torch.device, dtype: torch.dtype) ->
         text=c(inputs.text),  # type: ignore[arg-type]
         cameras=c(inputs.cameras),  # type: ignore[arg-type]
         geometry=c(inputs.geometry),
-        num_views=inputs.num_views,
-    )
-
-
-def select(inputs: UNetInputs, idx: torch.Tensor) -> UNetInputs:
-    """Rows `idx` of every input (idx must cover whole objects)."""
-    if idx.numel() % inputs.num_views:
-        raise ValueError("a sub-batch must hold whole objects (all their views)")
-    return UNetInputs(
-        sample=inputs.sample[idx],
-        timestep=inputs.timestep[idx],
-        text=inputs.text[idx],
-        cameras=inputs.cameras[idx],
-        geometry=None if inputs.geometry is None else inputs.geometry[idx],
         num_views=inputs.num_views,
     )
