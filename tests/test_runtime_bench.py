@@ -40,24 +40,6 @@ def test_summary_gives_ratios_to_eager_of_the_same_precision_and_keeps_skip_reas
     assert markdown(result) == md
 
 
-def test_bench_gateway_is_skipped_clearly_when_its_module_is_missing(capsys, monkeypatch):
-    import importlib
-
-    real_import = importlib.import_module
-
-    def fake_import(name, *a, **kw):
-        if name == "service.bench_gateway":
-            raise ModuleNotFoundError("No module named 'service.bench_gateway'", name="service.bench_gateway")
-        return real_import(name, *a, **kw)
-
-    monkeypatch.setattr(importlib, "import_module", fake_import)
-    from service.commands import runtime
-
-    monkeypatch.setattr(runtime.importlib, "import_module", fake_import)
-    assert runtime.run_bench(type("A", (), {"target": "gateway", "out": None})()) == 0
-    assert "bench gateway: skipped" in capsys.readouterr().out
-
-
 def test_bench_rejects_an_unknown_backend_with_exit_2(capsys):
     assert main(["bench", "unet", "--backend", "torch,warp9", "--skip-domain-cost"]) == 2
     assert "warp9" in capsys.readouterr().err
