@@ -151,9 +151,12 @@ class Realiz3DPipeline:
         cfg = self.model.config
         seed = params.seed if params.seed is not None else secrets.randbits(31)
         schedule = params.schedule or cfg.default_schedule
+        guidance = params.guidance_scale if params.guidance_scale is not None else cfg.default_guidance_scale
         dev = self.runner.device
         t0 = time.perf_counter()
-        emb = self.model.text_encoder.encode([params.prompt, params.negative_prompt]).float()
+        prompt_emb, negative_emb = self.model.text_encoder.encode(
+            [params.prompt, params.negative_prompt]
+        ).float()
         timer.add("text_encode", time.perf_counter() - t0)
         views = len(cameras)
         size = resolution // cfg.downsample_factor * cfg.patch_size
@@ -175,11 +178,11 @@ class Realiz3DPipeline:
         job = DenoiseJob(
             scheduler=make_scheduler(params.scheduler, self.model.scheduler_config),
             latents=noise.to(dev),
-            text=emb[1:2].expand(views, -1, -1).to(dev),
-            uncond_text=emb[:1].expand(views, -1, -1).to(dev),
+            text=prompt_emb.expand(views, -1, -1).to(dev),
+            uncond_text=negative_emb.expand(views, -1, -1).to(dev),
             cameras=torch.from_numpy(camera_embeddings(cameras)).to(dev),
             geometry=geom,
-            guidance_scale=params.guidance_scale,
+            guidance_scale=guidance,
             schedule=schedule,
             num_steps=params.steps,
         )
@@ -226,6 +229,7 @@ class Realiz3DPipeline:
             "precision": str(self.runner.dtype).removeprefix("torch."),
             "device": str(self.runner.device),
             "schedule": plan.schedule.model_dump(exclude_none=True),
+            "guidance_scale": plan.job.guidance_scale,
             "schedule_steps": ["".join(d[0] for d in c) for c in plan.job.combos],
             "request": params.model_dump(mode="json"),
             "resolution": resolution,

@@ -30,7 +30,9 @@ class GenerationParams(BaseModel):
     prompt: str = Field(..., min_length=1, max_length=1000, examples=["a red cube"])
     negative_prompt: str = Field("", max_length=1000)
     steps: int = Field(30, ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    guidance_scale: float | None = Field(
+        None, ge=0.0, le=50.0, description="classifier-free guidance; the model's default when omitted"
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="random when omitted; echoed back")
     schedule: DomainSchedule | None = Field(
         None, description="{split: 0..1} or {domain: real|synthetic}; the model's default when omitted"

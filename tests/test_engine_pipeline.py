@@ -62,6 +62,19 @@ def test_progress_is_reported_every_step_and_cancel_stops_at_the_next_step(pipe)
     assert steps == [1, 2]
 
 
+def test_the_prompt_conditions_and_the_negative_prompt_only_steers_guidance(pipe):
+    # Without guidance only the prompt is seen: the negative prompt must change nothing.
+    a = pipe.multiview(request(guidance_scale=1.0, negative_prompt="blurry"))
+    b = pipe.multiview(request(guidance_scale=1.0, negative_prompt="a green sphere"))
+    c = pipe.multiview(request(guidance_scale=1.0, prompt="a green sphere"))
+    assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images, strict=True))
+    assert not np.array_equal(a.images[0], c.images[0])
+    # With guidance the negative prompt is the unconditional branch.
+    d = pipe.multiview(request(negative_prompt="a green sphere"))
+    e = pipe.multiview(request())
+    assert not np.array_equal(d.images[0], e.images[0])
+
+
 def test_dpm_solver_and_no_guidance_run(pipe):
     out = pipe.multiview(request(scheduler="dpm++", guidance_scale=1.0))
     assert out.images[0].shape == (32, 32, 3)

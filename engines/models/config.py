@@ -48,6 +48,9 @@ class ModelConfig(BaseModel):
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     default_schedule: DomainSchedule = Field(default_factory=lambda: DomainSchedule(split=0.4))
     default_scheduler: Literal["ddim", "dpm++"] = "ddim"
+    default_guidance_scale: float = Field(
+        7.5, ge=0.0, le=50.0, description="classifier-free guidance when a request gives none"
+    )
     seed: int | None = Field(None, description="seed a generated model was built from")
 
     @property

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--views", type=int, default=4, help="number of views (1-8)")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees")
     p.add_argument("--azimuths", default=None, help="comma-separated azimuths in degrees (default: even)")

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--atlas", type=int, default=1024, help="texture atlas size in texels")
     p.add_argument("--resolution", type=int, default=None, help="view resolution (the model's by default)")
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--schedule", default=None, help="0.4 | real | synthetic | 0.4,up=0 (model default)")
     p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")

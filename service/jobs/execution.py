@@ -82,7 +82,8 @@ def _run(ctx: WorkerContext, started: StartedJob) -> JobStatus:
     deadline = time.monotonic() + settings.job_soft_time_limit
     # A pipeline without the on_unet_call hook: estimate UNet metrics from progress ticks instead.
     views = int(job.params.get("num_views") or 1)
-    batch = views * (2 if float(job.params.get("guidance_scale", 7.5)) > 1 else 1)
+    guidance = job.params.get("guidance_scale")
+    batch = views * (2 if guidance is None or float(guidance) > 1 else 1)
     step_clock = _StepClock(ctx.backend, batch) if not hasattr(ctx.pipeline, "on_unet_call") else None
     timed_out = False
 
