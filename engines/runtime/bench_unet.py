@@ -50,8 +50,15 @@ def _timed(fn, repeats: int) -> list[float]:
 
 
 @torch.no_grad()
-def run_unet_bench(out_dir: str | Path = "docs/benchmarks", repeats: int = 15, gen_steps: int = 30) -> dict:
-    pipe = Realiz3DPipeline.load(device="cpu")
+def run_unet_bench(
+    out_dir: str | Path = "docs/benchmarks",
+    repeats: int = 15,
+    gen_steps: int = 30,
+    model_dir: str | Path | None = None,
+    name: str = "unet",
+) -> dict:
+    """Measure on `model_dir` (None = the embedded default); write `<name>.json` and `<name>.md`."""
+    pipe = Realiz3DPipeline.load(model_dir, device="cpu")
     model = pipe.model
     shifter = model.shifter
     cfg = model.config
@@ -152,13 +159,13 @@ def run_unet_bench(out_dir: str | Path = "docs/benchmarks", repeats: int = 15, g
             "default_4view_30step_seconds": "<= 10",
         },
     }
-    write_report(result, Path(out_dir))
+    write_report(result, Path(out_dir), name)
     return result
 
 
-def write_report(result: dict, out_dir: Path) -> None:
+def write_report(result: dict, out_dir: Path, name: str = "unet") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "unet.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
     r = result
     lines = [
         "# UNet step: Domain Shifter cost (`realiz3d bench unet`)",
@@ -179,7 +186,7 @@ def write_report(result: dict, out_dir: Path) -> None:
         f"| UNet weights | {r['unet_weight_bytes'] / 1e6:.2f} MB | |",
         f"| extra memory per fused weight set | {r['extra_bytes_second_fused_set'] / 1e6:.2f} MB "
         f"(adapted layers: {r['adapted_weight_bytes'] / 1e6:.2f} MB) | adapted layers only |",
-        f"| default model, 4 views, 30 steps | {r['default_4view_30step_seconds']} s | <= 10 s |",
+        f"| this model, 4 views, 30 steps | {r['default_4view_30step_seconds']} s | <= 10 s |",
         "",
     ]
-    (out_dir / "unet.md").write_text("\n".join(lines))
+    (out_dir / f"{name}.md").write_text("\n".join(lines))
