@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run generate test lint format bench clean
+.PHONY: install run generate test lint format bench train eval ship clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ format: install
 
 bench: install
 	$(BIN)/realiz3d bench unet
+
+## Retrain the embedded default model (CPU, ~25 min), evaluate against the naive baseline, ship it.
+train: install
+	$(BIN)/realiz3d train --stage all --out runs --steps 4000 --stage1-steps 1500
+
+eval: install
+	$(BIN)/realiz3d eval --model runs/stage2/final --baseline runs/naive/final --out docs/eval --with-seeded
+
+ship: install
+	$(BIN)/python -m engines.training.ship runs/stage2/final --eval docs/eval/results.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out
