@@ -29,7 +29,13 @@ def file_table(folder: Path) -> dict[str, dict]:
     return out
 
 
-def ship(src: Path, dest: Path = SHIPPED_MODEL_DIR, provenance: dict | None = None) -> dict:
+def ship(
+    src: Path,
+    dest: Path = SHIPPED_MODEL_DIR,
+    provenance: dict | None = None,
+    guidance_scale: float | None = None,
+) -> dict:
+    """Copy model folder `src` to `dest`, optionally setting its default guidance, and write its card."""
     model = load_model(src)  # refuse anything that does not load
     files = file_table(src)
     total = sum(f["bytes"] for f in files.values())
@@ -40,6 +46,9 @@ def ship(src: Path, dest: Path = SHIPPED_MODEL_DIR, provenance: dict | None = No
     shutil.copytree(src, dest)
     for path in [dest, *dest.rglob("*")]:  # save_model writes via a private temp dir (0700/0600)
         path.chmod(0o755 if path.is_dir() else 0o644)
+    if guidance_scale is not None:
+        config = model.config.model_copy(update={"default_guidance_scale": guidance_scale})
+        (dest / "realiz3d.json").write_text(config.model_dump_json(indent=2))
     card = {
         "name": model.config.name,
         "format_version": model.config.format_version,
@@ -59,12 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", type=Path)
     p.add_argument("--eval", type=Path, default=None, help="results.json of `realiz3d eval` to summarise")
     p.add_argument("--training", default="", help="how it was trained (commands), recorded in the card")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=3.0,
+        help="the model's default guidance (the toy model over-saturates at 7.5)",
+    )
     args = p.parse_args(argv)
     prov: dict = {"training": args.training, "source": "trained here; see docs/training.md"}
     if args.eval is not None:
         res = json.loads(args.eval.read_text())
         prov["eval"] = {"classifier": res["classifier"], "rows": res["rows"]}
-    card = ship(args.src, provenance=prov)
+    card = ship(args.src, provenance=prov, guidance_scale=args.guidance)
     print(f"shipped {card['name']}: {card['total_bytes']} bytes, {card['parameters']} parameters")
     return 0
 
