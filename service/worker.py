@@ -78,8 +78,10 @@ def enable_batching(pipeline: Any, settings: Settings) -> int:
 class ProbeServer:
     """The worker's own HTTP port: `/metrics`, `/healthz` (up), `/readyz` (model loaded, broker up)."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
-        ready_fn = ready
+    def __init__(
+        self, host: str, port: int, ready: Callable[[], bool], healthy: Callable[[], bool] = lambda: True
+    ) -> None:
+        ready_fn, healthy_fn = ready, healthy
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -88,7 +90,11 @@ class ProbeServer:
                     body, ctype = metrics.render()
                     self._send(200, body, ctype)
                 elif path == "/healthz":
-                    self._send(200, b'{"status":"ok"}', "application/json")
+                    # Unhealthy when the heartbeat thread stalls: the liveness probe restarts the pod.
+                    if healthy_fn():
+                        self._send(200, b'{"status":"ok"}', "application/json")
+                    else:
+                        self._send(503, b'{"status":"heartbeat stalled"}', "application/json")
                 elif path == "/readyz":
                     ok = ready_fn()
                     self._send(200 if ok else 503, json.dumps({"ready": ok}).encode(), "application/json")
@@ -131,7 +137,14 @@ def run_worker(settings: Settings) -> int:
     name = default_worker_name(settings)
     store = RedisJobStore(settings.broker_url)
     state: dict[str, bool] = {"loaded": False}
-    probes = ProbeServer("0.0.0.0", settings.worker_metrics_port, lambda: state["loaded"] and store.ping())
+    beats: list[WorkerHeartbeat] = []
+
+    def healthy() -> bool:  # before the heartbeat starts (model loading) the process is healthy
+        return not beats or beats[0].seconds_since_beat() < 3 * settings.heartbeat_ttl_seconds
+
+    probes = ProbeServer(
+        "0.0.0.0", settings.worker_metrics_port, lambda: state["loaded"] and store.ping(), healthy
+    )
     probes.start()
     log.info("worker %s: probes on port %d; loading the model", name, probes.port)
 
@@ -166,6 +179,7 @@ def run_worker(settings: Settings) -> int:
     }
     heartbeat = WorkerHeartbeat(ctx, info, queue=CeleryJobQueue(app))
     heartbeat.start()
+    beats.append(heartbeat)
     worker = app.Worker(
         hostname=f"realiz3d@{name}",
         queues=settings.queue_names,

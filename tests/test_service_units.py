@@ -58,3 +58,20 @@ def test_api_keys_are_kept_hashed():
     assert keys.enabled and "plain-key" not in repr(vars(keys))
     assert keys.owner_of("plain-key") and keys.owner_of("other") and keys.owner_of("nope") is None
     assert not ApiKeys("").enabled
+
+
+def test_worker_healthz_fails_when_the_heartbeat_stalls():
+    import httpx
+
+    from service.worker import ProbeServer
+
+    state = {"healthy": True}
+    probes = ProbeServer("127.0.0.1", 0, ready=lambda: True, healthy=lambda: state["healthy"])
+    probes.start()
+    try:
+        url = f"http://127.0.0.1:{probes.port}/healthz"
+        assert httpx.get(url).status_code == 200
+        state["healthy"] = False
+        assert httpx.get(url).status_code == 503
+    finally:
+        probes.stop()

@@ -46,6 +46,7 @@ class WorkerHeartbeat:
         self.queue = queue
         self.on_hard_limit = on_hard_limit or (lambda: os._exit(70))
         self._stop = threading.Event()
+        self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="realiz3d-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -58,9 +59,14 @@ class WorkerHeartbeat:
         with contextlib.suppress(Exception):  # the broker may be gone at shutdown
             self.ctx.store.remove_worker(self.ctx.name)
 
+    def seconds_since_beat(self) -> float:
+        """Seconds since the last successful heartbeat (the worker's liveness signal)."""
+        return time.monotonic() - self._last_beat
+
     def beat(self) -> None:
         s = self.ctx.settings
         self.ctx.store.heartbeat(self.ctx.name, self.info, s.heartbeat_ttl_seconds)
+        self._last_beat = time.monotonic()
         for current in self.ctx.running_jobs():
             self.ctx.store.renew_lease(current.job_id, current.attempt, s.heartbeat_ttl_seconds)
             self._enforce_hard_limit(current)
