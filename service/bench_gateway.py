@@ -138,7 +138,7 @@ def write_report(result: dict[str, Any], out_dir: Path) -> None:
         "",
         f"(submit -> result seen by the client) minus the pipeline's own `total` time, over {result['jobs']}",
         f"sequential tiny jobs (`{json.dumps(result['request'])}`), after 10 warm-up jobs.",
-        "Path: HTTP POST -> Redis job record -> Celery (Redis broker) -> solo worker -> PNG artifacts ->",
+        "Path: HTTP POST -> Redis job record -> Celery (Redis broker) -> worker -> PNG artifacts ->",
         "Redis record + pub/sub -> Server-Sent Events to the client.",
         "",
         f"Machine: {result['machine']}. Command: `{result['command']}`.",

@@ -8,7 +8,7 @@ Delivery settings, and why:
 - visibility timeout longer than the longest job: Redis redelivers unacked messages only after it, so
   it must never fire for a healthy long job. Fast recovery from a dead worker is the job lease's work
   (`RedisJobStore.requeue_expired`), not this timeout's.
-- soft/hard time limits: Celery enforces them in prefork pools; the solo pool our workers use gets the
+- soft/hard time limits: Celery enforces them in prefork pools; the solo and thread pools our workers use get the
   same limits from the per-step check and the heartbeat watchdog (service.worker).
 """
 
