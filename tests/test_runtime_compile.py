@@ -13,6 +13,7 @@ import torch
 from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
+from tests.fixtures.models import eager_unet as eager
 
 REAL, SYN, SPLIT = ("real",) * 3, ("synthetic",) * 3, ("synthetic", "synthetic", "real")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
@@ -28,12 +29,6 @@ def unet_inputs(n: int, views: int, seed: int = 0, device: str = "cpu") -> UNetI
         geometry=None,
         num_views=views,
     )
-
-
-@torch.no_grad()
-def eager(model, inputs: UNetInputs, combo) -> torch.Tensor:
-    model.shifter.activate(combo)
-    return model.unet.run(inputs).float()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from engines.requests import MultiviewRequest
 from engines.runtime.onnx_export import BATCH_AXIS, check_tensorrt_compatible, graph_ops, tensorrt_op_list
 from engines.runtime.onnx_runner import GRAPH_FILE, OnnxRunner
 from service.cli import main
+from tests.fixtures.models import eager_unet as eager
 
 REAL, SYN, SPLIT = ("real",) * 3, ("synthetic",) * 3, ("synthetic", "synthetic", "real")
 
@@ -29,12 +30,6 @@ def unet_inputs(n: int, views: int, seed: int = 0, geometry: bool = False) -> UN
         geometry=torch.rand(n, 7, 32, 32, generator=g) if geometry else None,
         num_views=views,
     )
-
-
-@torch.no_grad()
-def eager(model, inputs: UNetInputs, combo) -> torch.Tensor:
-    model.shifter.activate(combo)
-    return model.unet.run(inputs).float()
 
 
 @pytest.fixture(scope="module")
