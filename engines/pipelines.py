@@ -111,8 +111,12 @@ class Realiz3DPipeline:
         device: str = "auto",
         precision: str = "fp32",
         engine_cache_dir: str | Path | None = None,
+        max_objects: int = 4,
     ) -> Realiz3DPipeline:
-        """Load a model folder (None = the embedded default) onto a device and prepare the backend."""
+        """Load a model folder (None = the embedded default) onto a device and prepare the backend.
+
+        `max_objects`: the most objects one UNet call serves where a backend is built for a largest
+        batch (TensorRT's profile); a batching worker passes its `batch_max_jobs`."""
         from engines.runtime.torch_runner import PRECISIONS
 
         if precision not in PRECISIONS:
@@ -124,7 +128,12 @@ class Realiz3DPipeline:
         model.to(dev, PRECISIONS[precision] if backend == "torch" else torch.float32)
         model.eval()
         return cls(
-            model, backend=backend, adapters=adapters, precision=precision, engine_cache_dir=engine_cache_dir
+            model,
+            backend=backend,
+            adapters=adapters,
+            precision=precision,
+            engine_cache_dir=engine_cache_dir,
+            max_objects=max_objects,
         )
 
     @property

@@ -61,6 +61,7 @@ def _build_pipeline(settings: Settings) -> Any:
         device=settings.device,
         precision=settings.precision,
         engine_cache_dir=settings.engine_cache_dir,
+        max_objects=settings.batch_max_jobs,  # one step of every batched job fits one engine call
     )
 
 

@@ -7,11 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from engines.errors import JobCanceled
+from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest, TextureRequest
+from engines.runtime.base import pad_inputs, power_of_two_objects, run_padded
+from engines.runtime.batching import batch_inputs
 
 
 def req(seed: int, **kw) -> MultiviewRequest:
@@ -121,3 +125,97 @@ def test_max_jobs_1_runs_jobs_one_at_a_time(tiny_model_dir):
         pipe.batcher.close()
     assert calls and set(calls) == {1}
     assert len(calls) == 9
+
+
+class SizedRunner:
+    """The eager runner behind the interface of a runner built for fixed batch sizes (a TensorRT
+    profile, CUDA graphs): a largest batch and power-of-two padding. Records every real call's batch."""
+
+    def __init__(self, inner, max_images: int) -> None:
+        self.inner = inner
+        self.max_images = max_images
+        self.backend, self.device, self.dtype = inner.backend, inner.device, inner.dtype
+        self.mixes_domains = inner.mixes_domains
+        self.batches: list[int] = []
+
+    def prepare(self, combos) -> None:
+        self.inner.prepare(combos)
+
+    def max_batch(self, num_views: int) -> int:
+        return self.max_images
+
+    def batch_shape(self, batch: int, num_views: int) -> int:
+        return power_of_two_objects(batch, num_views, self.max_images)
+
+    def __call__(self, inputs, domains):
+        assert inputs.batch <= self.max_images, f"batch {inputs.batch} > the runner's {self.max_images}"
+        self.batches.append(inputs.batch)
+        return self.inner(inputs, domains)
+
+
+@pytest.mark.parametrize("adapters", ["fused", "unfused"])
+def test_groups_split_to_the_runners_largest_batch_and_pad_to_its_sizes_with_same_results(
+    tiny_model_dir, adapters
+):
+    alone = Realiz3DPipeline.load(tiny_model_dir, adapters=adapters)
+    pipe = Realiz3DPipeline.load(tiny_model_dir, adapters=adapters)
+    # 2-view jobs with CFG are 4 images each; at most 8 images (two jobs) per call.
+    pipe.runner = runner = SizedRunner(pipe.runner, max_images=8)
+    images_per_call: list[tuple[int, int]] = []
+    pipe.on_unet_call = lambda images, jobs, s: images_per_call.append((images, jobs))
+    requests = [req(20 + i, steps=3 + i % 2, schedule={"split": 0.5}) for i in range(3)]
+    requests.append(req(30, steps=3, guidance_scale=1.0))  # no CFG: 2 images, so a call of 6 pads to 8
+    expected = [alone.multiview(r).images for r in requests]
+    pipe.enable_batching(max_jobs=8, max_wait_ms=500)
+    try:
+        with ThreadPoolExecutor(len(requests)) as pool:
+            results = list(pool.map(pipe.multiview, requests))
+    finally:
+        pipe.batcher.close()
+    for got, want in zip(results, expected, strict=True):
+        assert_same_images(got.images, want)
+    # 14 images of one step did not fit one call: they were split, never over the limit ...
+    assert max(images for images, _ in images_per_call) <= 8
+    assert any(jobs >= 2 for _, jobs in images_per_call)
+    # ... and every call ran at a power-of-two number of 2-view objects, padding included.
+    assert set(runner.batches) <= {2, 4, 8}
+    assert len(runner.batches) == len(images_per_call)
+    assert any(real < padded for (real, _), padded in zip(images_per_call, runner.batches, strict=True))
+
+
+def test_padding_repeats_whole_objects_and_is_cut_off_again():
+    views = 3
+    inputs = UNetInputs(
+        sample=torch.arange(2 * views, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 1, 4, 4),
+        timestep=torch.arange(2 * views),
+        text=torch.zeros(2 * views, 2, 8),
+        cameras=torch.zeros(2 * views, 16),
+        geometry=None,
+        num_views=views,
+    )
+    assert power_of_two_objects(6, views) == 6
+    assert power_of_two_objects(9, views) == 12
+    assert power_of_two_objects(9, views, limit=9) == 9  # never beyond the runner's largest batch
+    padded = pad_inputs(inputs, 4 * views)
+    assert padded.timestep.tolist() == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5]
+    with pytest.raises(ValueError, match="groups of 3 views"):
+        pad_inputs(inputs, 7)
+
+    seen = []
+
+    class Echo:
+        mixes_domains = True
+
+        def batch_shape(self, batch, num_views):
+            return power_of_two_objects(batch, num_views)
+
+        def __call__(self, x, domains):
+            seen.append((x.batch, list(domains)))
+            return x.sample
+
+    one = UNetInputs(inputs.sample[:views], inputs.timestep[:views], inputs.text[:views],
+                     inputs.cameras[:views], None, views)  # fmt: skip
+    three = batch_inputs([inputs, one])
+    out = run_padded(Echo(), three, ["a"] * 6 + ["b"] * 3)
+    assert out.shape[0] == 9 and torch.equal(out, three.sample)
+    assert seen == [(12, ["a"] * 6 + ["b"] * 6)]

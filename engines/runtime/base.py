@@ -33,6 +33,44 @@ class UNetRunner(Protocol):
         """Noise prediction (n, C, H, W) in float32."""
         ...
 
+    # Optional: `batch_shape(batch, num_views) -> int` (see `call_batch`) for runners built for a set
+    # of batch sizes, and `max_batch(num_views) -> int | None` for runners with a largest batch.
+
+
+def max_batch(runner: object, num_views: int) -> int | None:
+    """The most images one call of `runner` takes for `num_views`-view objects (None: no limit)."""
+    limit = getattr(runner, "max_batch", None)
+    return None if limit is None else limit(num_views)
+
+
+def call_batch(runner: object, batch: int, num_views: int) -> int:
+    """The batch `runner` should be called with for `batch` real images: `batch` itself, or the next
+    size it was compiled/captured for (CUDA graphs, static-shape engines); the step batcher pads up to
+    it so jobs joining and leaving cannot trigger a compile per distinct batch size."""
+    shape = getattr(runner, "batch_shape", None)
+    return batch if shape is None else shape(batch, num_views)
+
+
+def power_of_two_objects(batch: int, num_views: int, limit: int | None = None) -> int:
+    """`batch` rounded up to a power-of-two number of view groups (capped at `limit` images)."""
+    groups = -(-batch // num_views)
+    padded = num_views * (1 << (groups - 1).bit_length())
+    return padded if limit is None else max(batch, min(padded, limit))
+
+
+def pad_inputs(inputs: UNetInputs, batch: int) -> UNetInputs:
+    """`inputs` grown to `batch` rows by repeating its last object (whole view groups); the extra rows'
+    outputs are thrown away, and every sample is computed independently of the other objects."""
+    extra = batch - inputs.batch
+    if extra == 0:
+        return inputs
+    v = inputs.num_views
+    if extra < 0 or extra % v or inputs.batch % v:
+        raise ValueError(f"cannot pad a batch of {inputs.batch} to {batch} in groups of {v} views")
+    last = torch.arange(inputs.batch - v, inputs.batch, device=inputs.sample.device)
+    idx = torch.cat([torch.arange(inputs.batch, device=last.device), last.repeat(extra // v)])
+    return select(inputs, idx)
+
 
 def per_sample(domains: DomainCombo | Sequence[DomainCombo], n: int) -> list[DomainCombo]:
     if isinstance(domains, tuple) and domains and isinstance(domains[0], str):
@@ -81,3 +119,19 @@ def run_per_combo(
         idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
         out[idx] = run_one(select(inputs, idx), c)
     return out
+
+
+def run_padded(
+    runner: UNetRunner, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]
+) -> torch.Tensor:
+    """`runner(inputs, domains)` at the batch the runner wants (`call_batch`), cut back to `inputs`."""
+    real = inputs.batch
+    padded = pad_inputs(inputs, call_batch(runner, real, inputs.num_views))
+    if padded is not inputs:
+        combo = uniform(domains)
+        if combo is not None:
+            domains = combo
+        else:
+            combos = per_sample(domains, real)
+            domains = combos + [combos[-1]] * (padded.batch - real)  # padding rows copy the last object
+    return runner(padded, domains)[:real]

@@ -28,7 +28,7 @@ import torch
 from engines.errors import JobCanceled
 from engines.models.unet import UNetInputs
 from engines.requests import CancelCheck, ProgressCallback
-from engines.runtime.base import UNetRunner
+from engines.runtime.base import UNetRunner, max_batch, run_padded
 from engines.sampling.denoise import DenoiseJob
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,26 @@ class StepBatcher:
                 self._finish(entry, entry.error)
 
     def _step_group(self, members: list[_Entry]) -> None:
+        for chunk in self._chunks(members):
+            self._step_chunk(chunk)
+
+    def _chunks(self, members: list[_Entry]) -> list[list[_Entry]]:
+        """Split a group so no call exceeds the runner's largest batch (e.g. a TensorRT profile)."""
+        limit = max_batch(self.runner, members[0].job.num_views)
+        if limit is None:
+            return [members]
+        chunks: list[list[_Entry]] = [[]]
+        images = 0
+        for m in members:
+            n = m.job.images_per_call
+            if chunks[-1] and images + n > limit:
+                chunks.append([])
+                images = 0
+            chunks[-1].append(m)
+            images += n
+        return chunks
+
+    def _step_chunk(self, members: list[_Entry]) -> None:
         try:
             calls = [m.job.unet_call() for m in members]
             inputs = batch_inputs(calls)
@@ -184,7 +204,7 @@ class StepBatcher:
             else:
                 domains = members[0].job.combo
             t0 = time.perf_counter()
-            pred = self.runner(inputs, domains)
+            pred = run_padded(self.runner, inputs, domains)
             if self.on_unet_call is not None:
                 self.on_unet_call(inputs.batch, len(members), time.perf_counter() - t0)
         except BaseException as e:  # noqa: BLE001 - a failed call fails the jobs in it, not the batcher

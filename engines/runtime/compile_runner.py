@@ -14,7 +14,9 @@ this with `torch.compiler.set_stance("fail_on_recompile")` across combo switches
   afterwards finds and replays the matching one (a `StaticInputIdxMismatch`, which torch does not count
   against `cudagraph_unexpected_rerecord_limit`). `warmup()` records every combo ahead of the first job.
   Outputs of a replayed graph live in the graph's pool and are overwritten by the next replay: the
-  runner returns a copy.
+  runner returns a copy. Static shapes mean one compile and one graph per batch size: `batch_shape`
+  rounds a batch up to a power-of-two number of objects (the step batcher pads), so jobs joining and
+  leaving hit a handful of sizes instead of recompiling (and exhausting Dynamo's recompile limit).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from engines.errors import UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import run_per_combo
+from engines.runtime.base import power_of_two_objects, run_per_combo
 from engines.runtime.torch_runner import PRECISIONS, cast_inputs
 from engines.sampling.schedule import DomainCombo
 
@@ -59,6 +61,10 @@ class CompileRunner:
             dynamic = False  # CUDA graphs need static shapes: one graph per batch size
         self.mode = mode
         self.compiled = torch.compile(model.unet, mode=mode, dynamic=dynamic, backend=compile_backend)
+
+    def batch_shape(self, batch: int, num_views: int) -> int:
+        """CUDA graphs: pad to a power-of-two number of objects; dynamic CPU graphs take any batch."""
+        return power_of_two_objects(batch, num_views) if self.cuda_graphs else batch
 
     def prepare(self, combos: Sequence[DomainCombo]) -> None:
         self.model.shifter.fuse(sorted({d for c in combos for d in c}))

@@ -16,8 +16,11 @@ def make_runner(
     adapters: str = "fused",
     precision: str = "fp32",
     engine_cache_dir: str | Path | None = None,
+    max_objects: int = 4,
     **_: Any,
 ) -> UNetRunner:
+    """`max_objects`: TensorRT's profile holds this many objects (x views x CFG) per call; a worker
+    passes its `batch_max_jobs` so one step of all its jobs fits one engine call."""
     if backend not in BACKENDS:
         raise UserInputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if adapters not in ("fused", "unfused"):
@@ -42,4 +45,4 @@ def make_runner(
         raise BackendUnavailable(
             "backend tensorrt needs NVIDIA TensorRT and a CUDA GPU; neither is available here"
         )
-    return TensorRTRunner(model, cache_dir=engine_cache_dir, precision=precision)
+    return TensorRTRunner(model, cache_dir=engine_cache_dir, precision=precision, max_objects=max_objects)

@@ -33,7 +33,7 @@ import torch
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import run_per_combo
+from engines.runtime.base import power_of_two_objects, run_per_combo
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -161,6 +161,16 @@ class TensorRTRunner:
         """(min, opt, max) batch: one object without CFG, one object (x2 with CFG), max_objects with CFG."""
         v = shape.num_views
         return v, (2 if self.cfg else 1) * v, self.max_objects * 2 * v
+
+    def max_batch(self, num_views: int) -> int:
+        """The engine profile's largest batch: the step batcher splits bigger groups into calls this size."""
+        return self.profile(GraphShape(num_views, 1, 1))[2]
+
+    def batch_shape(self, batch: int, num_views: int) -> int:
+        """With CUDA graphs (one per batch size), pad to a power-of-two number of objects."""
+        if not self.cuda_graphs:
+            return batch
+        return power_of_two_objects(batch, num_views, self.max_batch(num_views))
 
     def key_parts(self, combo: DomainCombo, shape: GraphShape) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ from diffusers.utils import logging as diffusers_logging
 from engines.errors import JobCanceled
 from engines.models.unet import UNetInputs
 from engines.requests import CancelCheck, ProgressCallback
-from engines.runtime.base import UNetRunner
+from engines.runtime.base import UNetRunner, run_padded
 from engines.sampling.schedule import DomainCombo, DomainSchedule
 
 diffusers_logging.set_verbosity_error()  # scheduler configs carry keys other schedulers ignore
@@ -70,6 +70,11 @@ class DenoiseJob:
         return self.guidance_scale > 1.0
 
     @property
+    def images_per_call(self) -> int:
+        """Rows of this job in one UNet call: its views, twice with classifier-free guidance."""
+        return self.num_views * (2 if self.uses_cfg else 1)
+
+    @property
     def done(self) -> bool:
         return self.step_index >= self.num_steps
 
@@ -116,7 +121,7 @@ def denoise(
             raise JobCanceled(f"canceled at step {job.step_index}/{job.num_steps}")
         inputs = job.unet_call()
         t0 = time.perf_counter()
-        pred = runner(inputs, job.combo)
+        pred = run_padded(runner, inputs, job.combo)
         if on_unet_call is not None:
             on_unet_call(inputs.batch, 1, time.perf_counter() - t0)
         job.advance(pred)

@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="default: onnx fp32, tensorrt fp16",
     )
     p.add_argument(
-        "--max-objects", type=int, default=4, help="TensorRT profile max batch = this x views x CFG"
+        "--max-objects",
+        type=int,
+        default=None,
+        help="TensorRT profile max batch = this x views x CFG (default: REALIZ3D_BATCH_MAX_JOBS, as the "
+        "worker uses, so the worker finds these engines in the cache)",
     )
     p.add_argument(
         "--refit", action="store_true", help="TensorRT: refittable engines (slower; not the default)"
@@ -80,6 +84,13 @@ def engine_cache_dir(arg: Path | None) -> Path | None:
         return arg
     env = os.environ.get(ENGINE_CACHE_ENV)
     return Path(env) if env else None
+
+
+def worker_batch_max_jobs() -> int:
+    """`REALIZ3D_BATCH_MAX_JOBS` as the worker reads it: engines built with it are the worker's cache hits."""
+    from service.settings import get_settings
+
+    return get_settings().batch_max_jobs
 
 
 def run_build_engines(args: argparse.Namespace) -> int:
@@ -125,7 +136,7 @@ def run_build_engines(args: argparse.Namespace) -> int:
             cache_dir=cache_dir,
             precision=precision,
             num_views=views,
-            max_objects=args.max_objects,
+            max_objects=args.max_objects or worker_batch_max_jobs(),
             refit=args.refit,
             cfg=args.cfg,
         )
