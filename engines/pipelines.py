@@ -32,6 +32,7 @@ from engines.requests import (
     TextureRequest,
 )
 from engines.runtime.batching import StepBatcher, UNetCallObserver
+from engines.runtime.cpu_setup import compute_threads, helper_thread
 from engines.runtime.factory import make_runner
 from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
@@ -90,13 +91,26 @@ class Realiz3DPipeline:
         #: on_unet_call(images, jobs, seconds): observes every UNet call (service metrics hook).
         self.on_unet_call: UNetCallObserver | None = None
 
-    def enable_batching(self, max_jobs: int = 8, max_wait_ms: float = 5.0) -> StepBatcher:
-        """Let concurrent `multiview()`/`texture()` calls (from several threads) share UNet calls."""
+    def enable_batching(
+        self, max_jobs: int = 8, max_wait_ms: float = 5.0, threads: int | None = None
+    ) -> StepBatcher:
+        """Let concurrent `multiview()`/`texture()` calls (from several threads) share UNet calls.
+
+        The batcher's thread runs every UNet call with `threads` intra-op threads (default: the
+        calling thread's count); callers' threads then use one (`engines/runtime/cpu_setup.py`)."""
         if self.batcher is None:
             self.batcher = StepBatcher(
-                self.runner, max_jobs=max_jobs, max_wait_s=max_wait_ms / 1e3, on_unet_call=self._observe
+                self.runner,
+                max_jobs=max_jobs,
+                max_wait_s=max_wait_ms / 1e3,
+                on_unet_call=self._observe,
+                threads=threads or compute_threads(),
             )
         return self.batcher
+
+    def _enter_job_thread(self) -> None:
+        if self.batcher is not None:
+            helper_thread()  # the batcher's thread computes; a team here would slow its team down
 
     def _observe(self, images: int, jobs: int, seconds: float) -> None:
         if self.on_unet_call is not None:
@@ -216,6 +230,7 @@ class Realiz3DPipeline:
         should_cancel: CancelCheck | None = None,
     ) -> MultiviewResult:
         """Images of one object at `cameras`, optionally conditioned on geometry maps (V, 7, H, W)."""
+        self._enter_job_thread()
         start = time.perf_counter()
         resolution = self.check_resolution(resolution or self.model.config.resolution)
         timer = StageTimer()
@@ -267,6 +282,7 @@ class Realiz3DPipeline:
         """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB."""
         from engines.texturing.pipeline import texture_mesh
 
+        self._enter_job_thread()
         generated: list[MultiviewResult] = []
 
         def generate_views(cameras: list[Camera], geometry: np.ndarray, resolution: int) -> list[np.ndarray]:

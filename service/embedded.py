@@ -43,11 +43,12 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     heartbeat: list[WorkerHeartbeat] = []
 
     def start_worker() -> None:
-        from service.worker import load_pipeline
+        from service.worker import enable_batching, load_pipeline
 
         try:
             pipeline = load_pipeline(settings)
-            pipeline.warmup()
+            slots = enable_batching(pipeline, settings)
+            pipeline.warmup()  # after batching is on: warms up the thread that will compute
         except Exception:
             log.exception("the embedded worker could not load the model; /readyz stays false")
             return
@@ -61,9 +62,6 @@ def create_embedded_app(settings: Settings) -> FastAPI:
             name="embedded",
             backend=settings.backend,
         )
-        from service.worker import enable_batching
-
-        slots = enable_batching(pipeline, settings)
         queue.start(lambda job_id: execute_job(wctx, job_id), threads=slots)
         hb = WorkerHeartbeat(wctx, {"name": "embedded", "queues": ["multiview", "texture"]}, queue=queue)
         hb.start()

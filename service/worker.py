@@ -36,6 +36,10 @@ def default_worker_name(settings: Settings) -> str:
 def load_pipeline(settings: Settings) -> Any:
     """The pipeline this worker serves (`engines.pipelines.Realiz3DPipeline` unless a factory is set),
     with its UNet-call hook feeding `realiz3d_unet_step_seconds` and `realiz3d_unet_batch_size`."""
+    if not settings.pipeline_factory:
+        from engines.runtime.cpu_setup import tune_allocator
+
+        log.info("allocator: %s", tune_allocator())
     pipeline = _build_pipeline(settings)
     if hasattr(pipeline, "on_unet_call"):
         step_seconds = metrics.UNET_STEP_SECONDS.labels(settings.backend)
@@ -65,14 +69,16 @@ def _build_pipeline(settings: Settings) -> Any:
     )
 
 
-def enable_batching(pipeline: Any, settings: Settings) -> int:
-    """Job slots of this worker: `batch_max_jobs` concurrent jobs sharing batched UNet calls.
+def enable_batching(pipeline: Any, settings: Settings, threads: int | None = None) -> int:
+    """Job slots of this worker: `batch_max_jobs` concurrent jobs sharing batched UNet calls, run on the
+    batcher's thread with `threads` intra-op threads (None: the calling thread's count).
 
     Returns 1 (one job at a time, no batcher) when batching is off or the pipeline cannot batch.
     """
     if settings.batch_max_jobs <= 1 or not hasattr(pipeline, "enable_batching"):
         return 1
-    pipeline.enable_batching(max_jobs=settings.batch_max_jobs, max_wait_ms=settings.batch_max_wait_ms)
+    kw = {"threads": threads} if threads else {}
+    pipeline.enable_batching(max_jobs=settings.batch_max_jobs, max_wait_ms=settings.batch_max_wait_ms, **kw)
     return settings.batch_max_jobs
 
 
@@ -150,9 +156,16 @@ def run_worker(settings: Settings) -> int:
     log.info("worker %s: probes on port %d; loading the model", name, probes.port)
 
     t0 = time.perf_counter()
+    threads = None
+    if settings.batch_max_jobs > 1 and not settings.pipeline_factory:
+        # The step batcher's thread will run the UNet: this thread must not make an OpenMP team first.
+        from engines.runtime.cpu_setup import compute_threads, helper_thread
+
+        threads = compute_threads()
+        helper_thread()
     pipeline = load_pipeline(settings)
-    pipeline.warmup()
-    slots = enable_batching(pipeline, settings)
+    slots = enable_batching(pipeline, settings, threads)
+    pipeline.warmup()  # after batching is on: compiles and warms up on the thread that will compute
     state["loaded"] = True
     log.info("worker %s: model loaded and warmed up in %.1f s", name, time.perf_counter() - t0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -219,3 +220,46 @@ def test_padding_repeats_whole_objects_and_is_cut_off_again():
     out = run_padded(Echo(), three, ["a"] * 6 + ["b"] * 3)
     assert out.shape[0] == 9 and torch.equal(out, three.sample)
     assert seen == [(12, ["a"] * 6 + ["b"] * 6)]
+
+
+def test_the_batcher_thread_computes_with_its_threads_and_job_threads_use_one(tiny_model_dir):
+    """One OpenMP team per process (engines/runtime/cpu_setup.py): UNet calls run on the batcher's
+    thread with the threads it was given; the threads that submit jobs drop to one intra-op thread."""
+    pipe = Realiz3DPipeline.load(tiny_model_dir)
+    unet_threads: list[int] = []
+
+    class ThreadCountingRunner:
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def __call__(self, inputs, domains):
+            unet_threads.append(torch.get_num_threads())
+            return self.inner(inputs, domains)
+
+    pipe.runner = ThreadCountingRunner(pipe.runner)
+    pipe.enable_batching(max_jobs=4, threads=3)
+
+    def job(seed):
+        pipe.multiview(req(seed, steps=2))
+        return torch.get_num_threads()
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            caller_threads = list(pool.map(job, [40, 41]))
+    finally:
+        pipe.batcher.close()
+    assert unet_threads and set(unet_threads) == {3}
+    assert caller_threads == [1, 1]
+
+
+def test_allocator_tuning_leaves_a_preloaded_allocator_alone(monkeypatch):
+    from engines.runtime.cpu_setup import tune_allocator
+
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert "left as is" in tune_allocator()
+    monkeypatch.delenv("LD_PRELOAD")
+    if platform.libc_ver()[0] == "glibc":
+        assert tune_allocator().startswith("glibc: mmap threshold 32 MiB")

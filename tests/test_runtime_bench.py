@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from engines.runtime.bench_backends import Row, markdown, summarize, write_report
 from service.cli import main
 
@@ -43,3 +45,14 @@ def test_summary_gives_ratios_to_eager_of_the_same_precision_and_keeps_skip_reas
 def test_bench_rejects_an_unknown_backend_with_exit_2(capsys):
     assert main(["bench", "unet", "--backend", "torch,warp9", "--skip-domain-cost"]) == 2
     assert "warp9" in capsys.readouterr().err
+
+
+def test_batch_scaling_times_each_batch_of_whole_cfg_objects(tiny_model_dir):
+    from engines.models.model_folder import load_model
+    from engines.runtime.bench_unet import batch_scaling, unet_inputs
+
+    x = unet_inputs(load_model(tiny_model_dir), views=2, objects=3)
+    assert x.batch == 12 and x.cameras.shape == (12, 16)
+    assert torch.equal(x.cameras[:2], x.cameras[2:4])  # every half of every object: the same 2 cameras
+    per_image = batch_scaling(views=2, objects=[1, 3], repeats=1, model_dir=tiny_model_dir)
+    assert set(per_image) == {1, 3} and all(ms > 0 for ms in per_image.values())

@@ -29,6 +29,7 @@ from engines.errors import JobCanceled
 from engines.models.unet import UNetInputs
 from engines.requests import CancelCheck, ProgressCallback
 from engines.runtime.base import UNetRunner, max_batch, run_padded
+from engines.runtime.cpu_setup import compute_thread
 from engines.sampling.denoise import DenoiseJob
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,17 @@ class StepBatcher:
         max_jobs: int = 8,
         max_wait_s: float = 0.005,
         on_unet_call: UNetCallObserver | None = None,
+        threads: int | None = None,
     ) -> None:
+        """`threads`: intra-op threads of the batcher's thread, which runs every UNet call (None: torch's
+        default for a new thread, i.e. the last count set anywhere in the process)."""
         if max_jobs < 1:
             raise ValueError("max_jobs must be >= 1")
         self.runner = runner
         self.max_jobs = max_jobs
         self.max_wait_s = max_wait_s
         self.on_unet_call = on_unet_call
+        self.threads = threads
         self._waiting: deque[_Entry] = deque()
         self._active: list[_Entry] = []
         self._cond = threading.Condition()
@@ -158,6 +163,8 @@ class StepBatcher:
         entry.finished.set()
 
     def _loop(self) -> None:
+        if self.threads is not None:
+            compute_thread(self.threads)
         while self._admit():
             for entry in list(self._active):
                 try:

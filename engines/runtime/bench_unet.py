@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
@@ -49,6 +50,45 @@ def _timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def unet_inputs(model, views: int, objects: int) -> UNetInputs:
+    """One UNet call's inputs for `objects` objects of `views` views with CFG (2 x views rows each)."""
+    cfg = model.config
+    n = 2 * views * objects  # classifier-free guidance doubles the batch
+    size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
+    gen = torch.Generator().manual_seed(0)
+    return UNetInputs(
+        sample=torch.randn(n, cfg.image_channels, size, size, generator=gen),
+        timestep=torch.full((n,), 500, dtype=torch.long),
+        text=model.text_encoder.encode(["a red cube"]).expand(n, -1, -1).contiguous(),
+        cameras=torch.from_numpy(camera_embeddings(orbit_cameras(views))).repeat(2 * objects, 1),
+        geometry=None,
+        num_views=views,
+    )
+
+
+@torch.no_grad()
+def batch_scaling(
+    views: int, objects: list[int], repeats: int = 7, model_dir: str | Path | None = None
+) -> dict[int, float]:
+    """UNet milliseconds per image at each batch of `objects` CFG objects (fused real weights, eager).
+
+    Repetitions are interleaved across batch sizes and the median kept. per-image(1) / per-image(k) is
+    the most that batching k jobs' steps together can speed up a UNet-bound worker on this machine.
+    """
+    pipe = Realiz3DPipeline.load(model_dir, device="cpu")
+    model = pipe.model
+    model.shifter.fuse()
+    model.shifter.activate(REAL)
+    calls = {k: unet_inputs(model, views, k) for k in objects}
+    for x in calls.values():
+        model.unet.run(x)
+    times: dict[int, list[float]] = {k: [] for k in objects}
+    for _ in range(repeats):
+        for k, x in calls.items():
+            times[k] += _timed(lambda x=x: model.unet.run(x), 1)
+    return {k: round(statistics.median(t) * 1e3 / calls[k].batch, 3) for k, t in times.items()}
+
+
 @torch.no_grad()
 def run_unet_bench(
     out_dir: str | Path = "docs/benchmarks",
@@ -63,21 +103,8 @@ def run_unet_bench(
     shifter = model.shifter
     cfg = model.config
     views = 4
-    cams = orbit_cameras(views)
-    from engines.models.unet import UNetInputs
-
-    n = 2 * views  # classifier-free guidance doubles the batch
-    size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
-    gen = torch.Generator().manual_seed(0)
-    text = model.text_encoder.encode(["a red cube"]).expand(n, -1, -1).contiguous()
-    inputs = UNetInputs(
-        sample=torch.randn(n, cfg.image_channels, size, size, generator=gen),
-        timestep=torch.full((n,), 500, dtype=torch.long),
-        text=text,
-        cameras=torch.from_numpy(camera_embeddings(cams)).repeat(2, 1),
-        geometry=None,
-        num_views=views,
-    )
+    inputs = unet_inputs(model, views, objects=1)
+    n = inputs.batch
     shifter.fuse()
 
     def base_step():

@@ -66,6 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--concurrency", type=int, default=8, help="throughput: concurrent clients")
     b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
     b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
+    b.add_argument("--job-views", type=int, default=4, help="throughput: views per job")
+    b.add_argument("--name", default="throughput", help="throughput: report file name (no extension)")
     b.add_argument(
         "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
     )
@@ -167,7 +169,14 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         from service.bench_throughput import run
 
-        report = run(concurrency=args.concurrency, jobs=args.jobs, steps=args.job_steps, out_dir=args.out)
+        report = run(
+            concurrency=args.concurrency,
+            jobs=args.jobs,
+            steps=args.job_steps,
+            views=args.job_views,
+            out_dir=args.out,
+            name=args.name,
+        )
         print(json.dumps({k: v for k, v in report.items() if k not in ("batched", "unbatched")}, indent=2))
     return 0
 
