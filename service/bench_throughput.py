@@ -46,7 +46,9 @@ def unet_batch_scaling(views: int, concurrency: int) -> dict[int, float]:
     import torch
 
     from engines.runtime.bench_unet import batch_scaling
+    from engines.runtime.cpu_setup import tune_allocator
 
+    tune_allocator()  # as the workers do
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -263,3 +264,25 @@ def test_allocator_tuning_leaves_a_preloaded_allocator_alone(monkeypatch):
     monkeypatch.delenv("LD_PRELOAD")
     if platform.libc_ver()[0] == "glibc":
         assert tune_allocator().startswith("glibc: mmap threshold 32 MiB")
+
+
+def test_a_slow_progress_sink_does_not_hold_up_other_jobs(pipes):
+    """Progress and cancel checks run on each job's own thread, so a job whose progress callback is
+    slow (a Redis write under load) delays only itself; it still sees every step, in order."""
+    _, batched, _ = pipes
+    seen: list[int] = []
+    first_step = threading.Event()
+
+    def slow_progress(step, total):
+        first_step.set()
+        seen.append(step)
+        time.sleep(0.3)
+
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(batched.multiview, req(50, steps=6), slow_progress)
+        assert first_step.wait(60)
+        fast = pool.submit(batched.multiview, req(51, steps=8))  # more steps than the slow job
+        assert fast.result(timeout=120).images
+        assert not slow.done()  # still reporting its steps while the other job came and went
+        assert slow.result(timeout=120).images
+    assert seen == [1, 2, 3, 4, 5, 6]

@@ -9,7 +9,10 @@ Jobs run their own threads (one per Celery slot or request) and hand their `Deno
    real group mid-run); unfused adapters take any domain mix in one call;
 3. runs each group as one batched call, scatters the predictions back and advances every job one step.
 
-Every active job advances exactly one step per iteration, so none starves; a job that joins mid-way
+The batcher's thread only computes. Each job's progress callback and cancel check run on the job's
+own thread (woken after each of its steps), so a slow progress sink delays only its own job, and a
+cancel is seen at the next iteration. Every active job advances exactly one step per iteration, so none
+starves; a job that joins mid-way
 starts at its own step 0 (timesteps are per sample), and one that finishes or is canceled leaves without
 stalling the rest. `max_jobs = 1` turns cross-job batching off (jobs then run one after another).
 """
@@ -41,10 +44,11 @@ UNetCallObserver = Callable[[int, int, float], None]
 @dataclass
 class _Entry:
     job: DenoiseJob
-    progress: ProgressCallback | None
-    should_cancel: CancelCheck | None
     finished: threading.Event = field(default_factory=threading.Event)
+    stepped: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    #: set by the job's own thread (canceled, or its progress callback failed): the batcher drops the job
+    stop: BaseException | None = None
 
 
 def _group_key(job: DenoiseJob, mixes_domains: bool) -> tuple:
@@ -97,6 +101,9 @@ class StepBatcher:
         self.max_wait_s = max_wait_s
         self.on_unet_call = on_unet_call
         self.threads = threads
+        # How often a job's thread checks for cancel while the batcher is busy elsewhere (it also checks
+        # after every step of its own job).
+        self.poll_s = 0.05
         self._waiting: deque[_Entry] = deque()
         self._active: list[_Entry] = []
         self._cond = threading.Condition()
@@ -111,14 +118,40 @@ class StepBatcher:
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> torch.Tensor:
-        """Denoise `job` alongside whatever else is running; blocks until done, canceled or failed."""
-        entry = _Entry(job, progress, should_cancel)
+        """Denoise `job` alongside whatever else is running; blocks until done, canceled or failed.
+
+        `progress` and `should_cancel` run here, on the caller's thread, once per step the job makes
+        (every step is reported, in order): the batcher's thread only computes, so a slow progress sink
+        (a Redis write) never holds up the other jobs' UNet calls.
+        """
+        entry = _Entry(job)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the step batcher is closed")
             self._waiting.append(entry)
             self._cond.notify_all()
-        entry.finished.wait()
+        reported = 0
+        while True:
+            done = entry.finished.is_set()
+            if not done:
+                entry.stepped.wait(self.poll_s)
+                entry.stepped.clear()
+            step = job.step_index
+            try:
+                if progress is not None:
+                    for s in range(reported + 1, step + 1):
+                        progress(s, job.num_steps)
+                reported = step
+                if not done and should_cancel is not None and should_cancel():
+                    raise JobCanceled(f"canceled at step {step}/{job.num_steps}")
+            except BaseException as e:  # noqa: BLE001 - this job stops; the others go on
+                entry.stop = e
+                with self._cond:
+                    self._cond.notify_all()
+                entry.finished.wait()
+                raise (entry.error or e) from None  # the job may have failed on its own meanwhile
+            if done:
+                break
         if entry.error is not None:
             raise entry.error
         return job.latents
@@ -150,6 +183,9 @@ class StepBatcher:
                     self._cond.wait(left)
             while self._waiting and len(self._active) < self.max_jobs:
                 entry = self._waiting.popleft()
+                if entry.stop is not None:  # canceled while it waited
+                    self._finish(entry, entry.stop)
+                    continue
                 try:
                     self.runner.prepare(sorted(set(entry.job.combos)))
                 except BaseException as e:  # noqa: BLE001 - reported to that job's caller
@@ -161,18 +197,15 @@ class StepBatcher:
     def _finish(self, entry: _Entry, error: BaseException | None = None) -> None:
         entry.error = error
         entry.finished.set()
+        entry.stepped.set()  # wake the job's thread now, not at its next poll
 
     def _loop(self) -> None:
         if self.threads is not None:
             compute_thread(self.threads)
         while self._admit():
-            for entry in list(self._active):
-                try:
-                    if entry.should_cancel is not None and entry.should_cancel():
-                        raise JobCanceled(f"canceled at step {entry.job.step_index}/{entry.job.num_steps}")
-                except BaseException as e:  # noqa: BLE001
-                    self._active.remove(entry)
-                    self._finish(entry, e)
+            for entry in [e for e in self._active if e.stop is not None]:
+                self._active.remove(entry)
+                self._finish(entry, entry.stop)
             groups: dict[tuple, list[_Entry]] = {}
             for entry in self._active:
                 groups.setdefault(_group_key(entry.job, self.runner.mixes_domains), []).append(entry)
@@ -225,7 +258,6 @@ class StepBatcher:
             offset += c.batch
             try:
                 m.job.advance(part)
-                if m.progress is not None:
-                    m.progress(m.job.step_index, m.job.num_steps)
             except BaseException as e:  # noqa: BLE001
                 m.error = e
+            m.stepped.set()

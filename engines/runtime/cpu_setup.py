@@ -12,8 +12,8 @@ docs/runtimes.md has the table):
   happen before that thread's first parallel op (a team once made is kept even if the count drops).
 - **Allocator.** glibc's malloc gives blocks above its (dynamic) mmap threshold back to the kernel on
   free, so each UNet call page-faults its activations in again: 20% of a call here. `tune_allocator`
-  raises the mmap and trim thresholds once per process (nothing to do when jemalloc or tcmalloc is
-  preloaded, as the Docker image does).
+  raises the mmap and trim thresholds once per process (the worker calls it at startup; a preloaded
+  jemalloc or tcmalloc is left alone).
 """
 
 from __future__ import annotations
