@@ -1,9 +1,10 @@
 """Throughput with and without step-level batching, on the real service, measured in one run.
 
-For each configuration (`REALIZ3D_BATCH_MAX_JOBS=8`, then `=1`), `run()` starts a private redis-server,
-one `realiz3d worker` (2 threads: the whole machine) and a gateway, drives it with `realiz3d loadtest`'s
-closed loop (`concurrency` clients, `jobs` jobs), scrapes the worker's `/metrics` for the UNet batch-size
-histogram, and writes docs/benchmarks/throughput.json/.md plus the load tester's plots.
+For each configuration (`REALIZ3D_BATCH_MAX_JOBS=8` and `=1`), `run()` starts a private redis-server,
+one `realiz3d worker` (2 threads: the whole machine) and a gateway; the two stacks then take turns under
+`realiz3d loadtest`'s closed loop (`concurrency` clients), a few rounds each. It scrapes each worker's
+`/metrics` for the UNet batch-size histogram, and writes docs/benchmarks/<name>.json/.md plus the load
+tester's plots.
 
 Before the service runs, the same process times the bare UNet per image at the batch of one job and at
 the batch of `concurrency` jobs (same model, same 2 threads): their ratio is the most that batching the
@@ -13,18 +14,21 @@ states the measured ratio next to the bound this machine allows.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import re
 import tempfile
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from service.bench_gateway import _free_port, _local_stack
-from service.loadtest import LoadTestConfig, run_loadtest
+from service.loadtest import JobSample, LoadTestConfig, run_load, run_loadtest, summarize
+from service.loadtest import write_report as write_loadtest_report
 
 CONFIGS = (("batched", 8), ("unbatched", 1))
 _BUCKET = re.compile(r'realiz3d_unet_batch_size_bucket\{le="([^"]+)"\} ([0-9.e+]+)')
@@ -65,35 +69,74 @@ def run(
     views: int = 4,
     out_dir: Path | None = None,
     name: str = "throughput",
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """Both configurations in one run; writes `<name>.json/.md` and the load tester's plots."""
+    """Both configurations in one run; writes `<name>.json/.md` and the load tester's plots.
+
+    Both stacks stay up for the whole run and take turns, `rounds` times (alternating which goes first),
+    each round `jobs // rounds` jobs: the other tenants of a shared machine then slow both alike, which
+    one long measurement per configuration does not ensure (jobs/s moved by a quarter between runs).
+    """
     out_dir = out_dir or Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
-    results: dict[str, Any] = {}
     scaling = unet_batch_scaling(views, concurrency)
-    for config, max_jobs in CONFIGS:
-        with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="realiz3d-tput-") as tmp:
+    per_round = max(concurrency, jobs // rounds)
+
+    def workload(url: str, n: int, seed: int = 0) -> LoadTestConfig:
+        return LoadTestConfig(
+            url, concurrency=concurrency, duration_s=None, jobs=n, steps=steps, num_views=views, seed=seed
+        )
+
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="realiz3d-tput-") as tmp:
+        stacks: dict[str, tuple[str, int]] = {}
+        for config, max_jobs in CONFIGS:
             mport = _free_port()
             env = {"REALIZ3D_BATCH_MAX_JOBS": str(max_jobs), "OMP_NUM_THREADS": "2"}
-            url = _local_stack(stack, Path(tmp), worker_env=env, metrics_port=mport)
+            (Path(tmp) / config).mkdir()
+            url = _local_stack(stack, Path(tmp) / config, worker_env=env, metrics_port=mport)
             # Warm-up (first-call allocations) outside the measurement.
             run_loadtest(LoadTestConfig(url, concurrency=2, duration_s=None, jobs=2, steps=2), None)
-            before = batch_histogram(httpx.get(f"http://127.0.0.1:{mport}/metrics").text)
-            cfg = LoadTestConfig(
-                url, concurrency=concurrency, duration_s=None, jobs=jobs, steps=steps, num_views=views
-            )
-            summary = run_loadtest(cfg, out_dir, name=f"{name}_{config}")
-            after = batch_histogram(httpx.get(f"http://127.0.0.1:{mport}/metrics").text)
-            hist = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+            stacks[config] = (url, mport)
+        before = {c: _scrape(mport) for c, (_, mport) in stacks.items()}
+        samples: dict[str, list[JobSample]] = {c: [] for c in stacks}
+        elapsed = dict.fromkeys(stacks, 0.0)
+        throttled = dict.fromkeys(stacks, 0)
+        round_jobs_per_s: dict[str, list[float]] = {c: [] for c in stacks}
+        for r in range(rounds):
+            for config in list(stacks) if r % 2 == 0 else list(stacks)[::-1]:
+                got, n429, seconds = asyncio.run(run_load(workload(stacks[config][0], per_round, r)))
+                offset = elapsed[config]  # one timeline per configuration for the plots
+                samples[config] += [
+                    replace(s, submitted=s.submitted + offset, finished=s.finished + offset) for s in got
+                ]
+                elapsed[config] += seconds
+                throttled[config] += n429
+                round_jobs_per_s[config].append(sum(s.status == "succeeded" for s in got) / seconds)
+        results: dict[str, Any] = {}
+        for config, (url, mport) in stacks.items():
+            after = _scrape(mport)
+            hist = {k: after.get(k, 0.0) - before[config].get(k, 0.0) for k in after}
+            total = workload(url, per_round * rounds)
+            summary = summarize(total, samples[config], throttled[config], elapsed[config])
+            summary["rounds_jobs_per_s"] = [round(x, 4) for x in round_jobs_per_s[config]]
             summary["unet_batch_size_histogram"] = hist
             summary["mean_unet_batch_images"] = (
                 round(hist["sum"] / hist["count"], 2) if hist.get("count") else None
             )
+            write_loadtest_report(summary, samples[config], out_dir, f"{name}_{config}")
             results[config] = summary
     b, u = results["batched"], results["unbatched"]
+    round_ratios = [x / y for x, y in zip(b["rounds_jobs_per_s"], u["rounds_jobs_per_s"], strict=True)]
     report = {
         "machine": platform.processor() or platform.machine(),
-        "workload": {"concurrency": concurrency, "jobs": jobs, "steps": steps, "num_views": views},
+        "workload": {
+            "concurrency": concurrency,
+            "jobs": per_round * rounds,
+            "rounds": rounds,
+            "steps": steps,
+            "num_views": views,
+        },
         "jobs_per_s_ratio": round(b["jobs_per_s"] / u["jobs_per_s"], 3) if u["jobs_per_s"] else None,
+        "round_ratios": [round(x, 3) for x in round_ratios],
         "p99_ratio": (
             round(b["latency_s"]["p99"] / u["latency_s"]["p99"], 3) if u["latency_s"]["p99"] else None
         ),
@@ -104,6 +147,10 @@ def run(
     }
     write_report(report, out_dir, name)
     return report
+
+
+def _scrape(metrics_port: int) -> dict[str, float]:
+    return batch_histogram(httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text)
 
 
 def write_report(report: dict[str, Any], out_dir: Path, name: str = "throughput") -> None:
@@ -123,15 +170,16 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "throughput"
             "# Throughput: step-level batching on vs off (`realiz3d bench throughput`)",
             "",
             f"Real service (redis-server + 1 worker + gateway), embedded default model, {w['concurrency']} "
-            f"concurrent clients, {w['jobs']} jobs of {w['num_views']} views x {w['steps']} steps each; "
-            "both configurations measured in one run.",
+            f"concurrent clients, {w['jobs']} jobs of {w['num_views']} views x {w['steps']} steps each "
+            f"per configuration, in {w['rounds']} alternating rounds of one run.",
             "",
             "| config | jobs/s | p50 s | p99 s | queue wait p50 s | mean UNet batch (images) | errors |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"jobs/s ratio (batched / unbatched): **{report['jobs_per_s_ratio']}**; p99 ratio: "
-            f"**{report['p99_ratio']}** (goal: >= 3x jobs/s at no worse p99).",
+            f"**{report['p99_ratio']}** (goal: >= 3x jobs/s at no worse p99). Ratio in each round: "
+            f"{report['round_ratios']}.",
             "",
             "Bare UNet time per image by jobs per call, measured in the same run before the service "
             "started (fused weights, eager, 2 threads):",

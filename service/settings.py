@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(7200, ge=60, description="longer than the longest job")
     batch_max_jobs: int = Field(8, ge=1, description="jobs whose UNet calls are batched per step; 1 = off")
     batch_max_wait_ms: float = Field(5.0, ge=0)
+    progress_interval_ms: float = Field(
+        250.0,
+        ge=0,
+        description="least time between two progress writes of one job (its first and last steps are "
+        "always written); 0 = every step",
+    )
     job_max_attempts: int = Field(3, ge=1, description="runs of a job (after lost workers) before it fails")
     worker_name: str | None = Field(None, description="worker id in heartbeats; default host:pid")
     pipeline_factory: str | None = Field(

@@ -45,3 +45,24 @@ def test_mix_is_normalised_and_percentiles_interpolate():
     assert parse_mix("multiview:3,texture:1") == {"multiview": 0.75, "texture": 0.25}
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert percentile([], 0.5) is None
+
+
+def test_throughput_bench_alternates_both_configurations_and_reports_batch_sizes(redis_server, tmp_path):
+    """`realiz3d bench throughput` end to end at toy size: two real stacks (redis-server, worker,
+    gateway each) take turns; the report has both configurations, per-round ratios, the UNet bound and
+    the batch-size histograms scraped from each worker's /metrics."""
+    from service.bench_throughput import run
+
+    report = run(concurrency=2, jobs=4, steps=2, views=1, out_dir=tmp_path, name="tp", rounds=2)
+    batched, unbatched = report["batched"], report["unbatched"]
+    for summary in (batched, unbatched):
+        assert summary["jobs_succeeded"] == 4 and summary["errors"] == {}
+        assert len(summary["rounds_jobs_per_s"]) == 2
+    assert len(report["round_ratios"]) == 2 and report["jobs_per_s_ratio"] > 0
+    assert set(report["unet_ms_per_image_by_objects_per_call"]) == {1, 2}
+    # Unbatched calls hold one 1-view job with CFG (2 images); batched calls may hold up to 2 jobs.
+    assert unbatched["unet_batch_size_histogram"]["count"] == 4 * 2
+    assert unbatched["mean_unet_batch_images"] == 2.0
+    assert 2.0 <= batched["mean_unet_batch_images"] <= 4.0
+    assert (tmp_path / "tp.md").read_text().count("| batched |") == 1
+    assert (tmp_path / "tp_batched_latency.png").exists()

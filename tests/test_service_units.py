@@ -6,6 +6,7 @@ import pytest
 
 from service.api.auth import ApiKeys, hash_key
 from service.jobs.memory_store import MemoryJobStore
+from service.jobs.progress import ProgressThrottle
 from service.jobs.records import JobKind, JobRecord, JobStatus
 from service.jobs.store import QueueFull
 from service.storage import LocalArtifactStore, safe_relative_name
@@ -75,3 +76,19 @@ def test_worker_healthz_fails_when_the_heartbeat_stalls():
         assert httpx.get(url).status_code == 503
     finally:
         probes.stop()
+
+
+def test_progress_writes_are_thinned_to_one_per_interval_keeping_first_and_last():
+    now = [0.0]
+    written: list[int] = []
+    throttle = ProgressThrottle(lambda step, total: written.append(step), 0.25, clock=lambda: now[0])
+    for step in range(1, 11):  # 10 steps of 0.1 s
+        throttle(step, 10)
+        now[0] += 0.1
+    # step 1 at t=0 (at once), then the first step at least 0.25 s after the last write, and the last
+    assert written == [1, 4, 7, 10]
+    every = ProgressThrottle(lambda step, total: written.append(step), 0.0, clock=lambda: 0.0)
+    written.clear()
+    for step in range(1, 4):
+        every(step, 3)
+    assert written == [1, 2, 3]

@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
     b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
     b.add_argument("--job-views", type=int, default=4, help="throughput: views per job")
+    b.add_argument("--rounds", type=int, default=3, help="throughput: alternating rounds per configuration")
     b.add_argument("--name", default="throughput", help="throughput: report file name (no extension)")
     b.add_argument(
         "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
@@ -174,6 +175,7 @@ def run_bench(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             steps=args.job_steps,
             views=args.job_views,
+            rounds=args.rounds,
             out_dir=args.out,
             name=args.name,
         )

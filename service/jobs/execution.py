@@ -17,6 +17,7 @@ from typing import Any
 from engines.errors import JobCanceled, UserInputError
 from engines.requests import MultiviewRequest, TextureRequest
 from service import metrics
+from service.jobs.progress import ProgressThrottle
 from service.jobs.records import JobError, JobKind, JobRecord, JobStatus
 from service.jobs.store import JobStore, StartedJob
 from service.settings import Settings
@@ -86,11 +87,15 @@ def _run(ctx: WorkerContext, started: StartedJob) -> JobStatus:
     batch = views * (2 if guidance is None or float(guidance) > 1 else 1)
     step_clock = _StepClock(ctx.backend, batch) if not hasattr(ctx.pipeline, "on_unet_call") else None
     timed_out = False
+    write_progress = ProgressThrottle(
+        lambda step, total: ctx.store.progress(job.id, attempt, step, total),
+        settings.progress_interval_ms / 1e3,
+    )
 
     def progress(step: int, total: int) -> None:
         if step_clock is not None:
             step_clock.tick(step)
-        ctx.store.progress(job.id, attempt, step, total)
+        write_progress(step, total)
 
     def should_cancel() -> bool:
         nonlocal timed_out
