@@ -29,6 +29,7 @@ import httpx
 from service.bench_gateway import _free_port, _local_stack
 from service.loadtest import JobSample, LoadTestConfig, run_load, run_loadtest, summarize
 from service.loadtest import write_report as write_loadtest_report
+from service.settings import get_settings
 
 CONFIGS = (("batched", 8), ("unbatched", 1))
 _BUCKET = re.compile(r'realiz3d_unet_batch_size_bucket\{le="([^"]+)"\} ([0-9.e+]+)')
@@ -46,7 +47,8 @@ def batch_histogram(metrics_text: str) -> dict[str, float]:
 
 
 def unet_batch_scaling(views: int, concurrency: int) -> dict[int, float]:
-    """Bare UNet ms per image at 1, 2, 4 ... `concurrency` jobs per call, on the worker's 2 threads."""
+    """Bare UNet ms per image at 1, 2, 4 ... `concurrency` jobs per call, on the device the workers
+    use (`REALIZ3D_DEVICE`, default auto) and, on CPU, their 2 threads."""
     import torch
 
     from engines.runtime.bench_unet import batch_scaling
@@ -57,7 +59,7 @@ def unet_batch_scaling(views: int, concurrency: int) -> dict[int, float]:
     torch.set_num_threads(2)
     try:
         sizes = sorted({1, *(k for k in (2, 4) if k < concurrency), concurrency})
-        return batch_scaling(views, sizes)
+        return batch_scaling(views, sizes, device=get_settings().device)
     finally:
         torch.set_num_threads(threads)
 

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
+from engines.runtime.torch_runner import cast_inputs
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
 
 REAL, SYN = ("real",) * 3, ("synthetic",) * 3
@@ -68,24 +69,34 @@ def unet_inputs(model, views: int, objects: int) -> UNetInputs:
 
 @torch.no_grad()
 def batch_scaling(
-    views: int, objects: list[int], repeats: int = 7, model_dir: str | Path | None = None
+    views: int,
+    objects: list[int],
+    repeats: int = 7,
+    model_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict[int, float]:
     """UNet milliseconds per image at each batch of `objects` CFG objects (fused real weights, eager).
 
     Repetitions are interleaved across batch sizes and the median kept. per-image(1) / per-image(k) is
-    the most that batching k jobs' steps together can speed up a UNet-bound worker on this machine.
+    the most that batching k jobs' steps together can speed up a UNet-bound worker on `device`.
     """
-    pipe = Realiz3DPipeline.load(model_dir, device="cpu")
+    pipe = Realiz3DPipeline.load(model_dir, device=device)
     model = pipe.model
     model.shifter.fuse()
     model.shifter.activate(REAL)
-    calls = {k: unet_inputs(model, views, k) for k in objects}
-    for x in calls.values():
+    calls = {k: cast_inputs(unet_inputs(model, views, k), model.device, model.dtype) for k in objects}
+
+    def call(x: UNetInputs) -> None:
         model.unet.run(x)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)  # time the kernels, not their launch
+
+    for x in calls.values():
+        call(x)
     times: dict[int, list[float]] = {k: [] for k in objects}
     for _ in range(repeats):
         for k, x in calls.items():
-            times[k] += _timed(lambda x=x: model.unet.run(x), 1)
+            times[k] += _timed(lambda x=x: call(x), 1)
     return {k: round(statistics.median(t) * 1e3 / calls[k].batch, 3) for k, t in times.items()}
 
 
