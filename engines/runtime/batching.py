@@ -103,7 +103,7 @@ class StepBatcher:
         self.threads = threads
         # How often a job's thread checks for cancel while the batcher is busy elsewhere (it also checks
         # after every step of its own job).
-        self.poll_s = 0.05
+        self.poll_s = 0.25
         self._waiting: deque[_Entry] = deque()
         self._active: list[_Entry] = []
         self._cond = threading.Condition()
