@@ -196,11 +196,37 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "throughput"
             "up to the per-step work outside the UNet (sampler, progress writes) that batching also "
             "overlaps, and run-to-run noise.",
             "",
-            f"Batch-size histograms (cumulative buckets, from the worker's /metrics) are in {name}.json.",
+            "UNet calls by batch size (images per call), from each worker's `realiz3d_unet_batch_size` "
+            f"histogram on /metrics over the measured rounds (cumulative buckets in {name}.json):",
+            "",
+            *histogram_table(report),
             "",
         ]
     )
     (out_dir / f"{name}.md").write_text(text)
+
+
+def histogram_table(report: dict[str, Any]) -> list[str]:
+    """Markdown rows: UNet calls per batch-size bucket (de-cumulated), one row per configuration."""
+    per_config = {}
+    for config in ("batched", "unbatched"):
+        hist = report[config]["unet_batch_size_histogram"]
+        bounds = sorted((k for k in hist if k not in ("sum", "count")), key=float)
+        counts, below = {}, 0.0
+        for b in bounds:
+            counts[b] = hist[b] - below
+            below = hist[b]
+        per_config[config] = counts
+    shown = [b for b in per_config["batched"] if any(c.get(b) for c in per_config.values())]
+    label = {b: "+Inf" if b == "+Inf" else f"<= {float(b):g}" for b in shown}
+    return [
+        "| config | " + " | ".join(label[b] for b in shown) + " |",
+        "|---|" + "---|" * len(shown),
+        *(
+            f"| {config} | " + " | ".join(f"{counts.get(b, 0):g}" for b in shown) + " |"
+            for config, counts in per_config.items()
+        ),
+    ]
 
 
 if __name__ == "__main__":

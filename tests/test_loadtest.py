@@ -64,5 +64,6 @@ def test_throughput_bench_alternates_both_configurations_and_reports_batch_sizes
     assert unbatched["unet_batch_size_histogram"]["count"] == 4 * 2
     assert unbatched["mean_unet_batch_images"] == 2.0
     assert 2.0 <= batched["mean_unet_batch_images"] <= 4.0
-    assert (tmp_path / "tp.md").read_text().count("| batched |") == 1
+    md = (tmp_path / "tp.md").read_text()
+    assert md.count("| batched |") == 2 and "| unbatched | 8 |" in md  # results row, histogram row
     assert (tmp_path / "tp_batched_latency.png").exists()
