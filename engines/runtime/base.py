@@ -37,6 +37,25 @@ class UNetRunner(Protocol):
     # of batch sizes, and `max_batch(num_views) -> int | None` for runners with a largest batch.
 
 
+def graph_inputs(inputs: UNetInputs, geometry_channels: int) -> dict[str, torch.Tensor]:
+    """The UNet's named tensor inputs, as compiled and exported graphs take them: a model with geometry
+    channels always gets a geometry tensor (zeros, what the UNet uses for None), since None and a tensor
+    would be two different graphs."""
+    feeds = {
+        "sample": inputs.sample,
+        "timestep": inputs.timestep,
+        "text": inputs.text,
+        "cameras": inputs.cameras,
+    }
+    if geometry_channels:
+        g = inputs.geometry
+        if g is None:
+            s = inputs.sample.shape
+            g = inputs.sample.new_zeros((s[0], geometry_channels, s[2], s[3]))
+        feeds["geometry"] = g
+    return feeds
+
+
 def max_batch(runner: object, num_views: int) -> int | None:
     """The most images one call of `runner` takes for `num_views`-view objects (None: no limit)."""
     limit = getattr(runner, "max_batch", None)

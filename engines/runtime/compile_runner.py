@@ -28,7 +28,7 @@ import torch
 from engines.errors import UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import power_of_two_objects, run_per_combo
+from engines.runtime.base import graph_inputs, power_of_two_objects, run_per_combo
 from engines.runtime.torch_runner import PRECISIONS, cast_inputs
 from engines.sampling.schedule import DomainCombo
 
@@ -87,18 +87,13 @@ class CompileRunner:
 
     def _run(self, inputs: UNetInputs) -> torch.Tensor:
         x = cast_inputs(inputs, self.device, self.dtype)
-        geometry = x.geometry
-        channels = self.model.unet.geometry_channels
-        if channels and geometry is None:
-            # Always pass a tensor: None and a tensor would be two graphs for the same shapes.
-            s = x.sample.shape
-            geometry = torch.zeros((s[0], channels, s[2], s[3]), device=self.device, dtype=self.dtype)
+        feeds = graph_inputs(x, self.model.unet.geometry_channels)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         # Contiguous inputs: Dynamo guards on strides, and the sampler passes expanded (stride-0) text.
-        args = [t.contiguous() for t in (x.sample, x.timestep, x.text, x.cameras, geometry) if t is not None]
-        if geometry is None:
-            args.append(None)
+        args: list[torch.Tensor | None] = [t.contiguous() for t in feeds.values()]
+        if "geometry" not in feeds:
+            args.append(None)  # a model without geometry channels
         out = self.compiled(*args, x.num_views)
         # float() of an fp32 output is the same tensor: copy CUDA-graph outputs before the next replay
         return out.float().clone() if self.cuda_graphs else out.float()

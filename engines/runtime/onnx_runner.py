@@ -21,7 +21,7 @@ import torch
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import run_per_combo
+from engines.runtime.base import graph_inputs, run_per_combo
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -130,20 +130,11 @@ class OnnxRunner:
         return run_per_combo(inputs, domains, self._run, self.device)
 
     def _feeds(self, inputs: UNetInputs) -> dict[str, torch.Tensor]:
-        dev = self.device
-        feeds = {
-            "sample": inputs.sample.to(dev, torch.float32),
-            "timestep": inputs.timestep.to(dev, torch.long),
-            "text": inputs.text.to(dev, torch.float32),
-            "cameras": inputs.cameras.to(dev, torch.float32),
+        feeds = graph_inputs(inputs, self.model.unet.geometry_channels)
+        return {
+            k: v.to(self.device, torch.long if k == "timestep" else torch.float32).contiguous()
+            for k, v in feeds.items()
         }
-        if "geometry" in self.names:
-            g = inputs.geometry
-            if g is None:
-                s = inputs.sample.shape
-                g = torch.zeros((s[0], self.model.unet.geometry_channels, s[2], s[3]), device=dev)
-            feeds["geometry"] = g.to(dev, torch.float32)
-        return {k: v.contiguous() for k, v in feeds.items()}
 
     def _run(self, inputs: UNetInputs, combo: DomainCombo) -> torch.Tensor:
         shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])

@@ -33,7 +33,7 @@ import torch
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.unet import UNetInputs
-from engines.runtime.base import power_of_two_objects, run_per_combo
+from engines.runtime.base import graph_inputs, power_of_two_objects, run_per_combo
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -270,18 +270,7 @@ class TensorRTRunner:
         return run_per_combo(inputs, domains, self._run, self.device)
 
     def _feeds(self, inputs: UNetInputs, eng: _Engine) -> dict[str, torch.Tensor]:
-        feeds = {
-            "sample": inputs.sample,
-            "timestep": inputs.timestep,
-            "text": inputs.text,
-            "cameras": inputs.cameras,
-        }
-        if "geometry" in self.names:
-            g = inputs.geometry
-            if g is None:
-                s = inputs.sample.shape
-                g = torch.zeros((s[0], self.model.unet.geometry_channels, s[2], s[3]), device=self.device)
-            feeds["geometry"] = g
+        feeds = graph_inputs(inputs, self.model.unet.geometry_channels)
         return {n: t.to(self.device, eng.dtypes[n]).contiguous() for n, t in feeds.items()}
 
     def _run(self, inputs: UNetInputs, combo: DomainCombo) -> torch.Tensor:
