@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from service.commands.progress_bar import progress_bar
+from service.commands.schedule_arg import parse_schedule
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,13 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from engines.errors import UserInputError
     from engines.requests import MultiviewRequest
-    from engines.sampling.schedule import DomainSchedule
 
+    schedule = parse_schedule(args.schedule)
     try:
-        schedule = DomainSchedule.parse(args.schedule) if args.schedule is not None else None
         azimuths = [float(a) for a in args.azimuths.split(",")] if args.azimuths else None
     except ValueError as e:
-        raise UserInputError(str(e).splitlines()[0]) from None
+        raise UserInputError(f"--azimuths: {str(e).splitlines()[0]}") from None
     request = MultiviewRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -82,28 +83,3 @@ def run(args: argparse.Namespace) -> int:
         f"total {t['total']:.2f} s)"
     )
     return 0
-
-
-class progress_bar:
-    """A tqdm bar on a terminal, silent otherwise; yields an `update(step, total)` callback."""
-
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.bar = total, desc, None
-
-    def __enter__(self):
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, desc=self.desc, unit="step", leave=False)
-
-        def update(step: int, total: int) -> None:
-            if self.bar is not None:
-                self.bar.total = total
-                self.bar.n = step
-                self.bar.refresh()
-
-        return update
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()

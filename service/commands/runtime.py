@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from service.commands.schedule_arg import parse_schedule
+
 ENGINE_CACHE_ENV = "REALIZ3D_ENGINE_CACHE_DIR"
 
 
@@ -98,12 +100,8 @@ def worker_batch_max_jobs() -> int:
 
 def run_build_engines(args: argparse.Namespace) -> int:
     from engines.errors import UserInputError
-    from engines.sampling.schedule import DomainSchedule
 
-    try:
-        schedule = DomainSchedule.parse(args.schedule) if args.schedule is not None else None
-    except ValueError as e:
-        raise UserInputError(str(e).splitlines()[0]) from None
+    schedule = parse_schedule(args.schedule)
     if args.steps < 1:
         raise UserInputError("--steps must be at least 1")
     precision = args.precision or ("fp16" if args.backend == "tensorrt" else "fp32")

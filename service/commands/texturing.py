@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from engines.errors import UserInputError
+from service.commands.progress_bar import progress_bar
+from service.commands.schedule_arg import parse_schedule
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -84,12 +85,8 @@ def _save_png(image: np.ndarray, path: Path) -> None:
 
 def run_texture(args: argparse.Namespace) -> int:
     from engines.requests import TextureRequest
-    from engines.sampling.schedule import DomainSchedule
 
-    try:
-        schedule = DomainSchedule.parse(args.schedule) if args.schedule is not None else None
-    except ValueError as e:
-        raise UserInputError(str(e)) from None
+    schedule = parse_schedule(args.schedule)
     request = TextureRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -106,34 +103,18 @@ def run_texture(args: argparse.Namespace) -> int:
     # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
     from engines import pipelines
 
-    progress = _progress_bar()
-    result = pipelines.texture(
-        request,
-        args.mesh,
-        model_dir=args.model,
-        backend=args.backend,
-        adapters=args.adapters,
-        progress=progress,
-    )
+    with progress_bar(request.steps, "denoise") as update:
+        result = pipelines.texture(
+            request,
+            args.mesh,
+            model_dir=args.model,
+            backend=args.backend,
+            adapters=args.adapters,
+            progress=update,
+        )
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
     return 0
-
-
-def _progress_bar():
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, unit="step", file=sys.stderr)
-
-    def update(step: int, total: int) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.n = step
-        bar.refresh()
-
-    return update
 
 
 def run_bake(args: argparse.Namespace) -> int:
