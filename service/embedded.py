@@ -43,11 +43,12 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     heartbeat: list[WorkerHeartbeat] = []
 
     def start_worker() -> None:
-        from service.worker import enable_batching, load_pipeline
+        from service.worker import enable_batching, load_pipeline, prepare_compute
 
         try:
+            threads = prepare_compute(settings)
             pipeline = load_pipeline(settings)
-            slots = enable_batching(pipeline, settings)
+            slots = enable_batching(pipeline, settings, threads)
             pipeline.warmup()  # after batching is on: warms up the thread that will compute
         except Exception:
             log.exception("the embedded worker could not load the model; /readyz stays false")

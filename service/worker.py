@@ -36,10 +36,6 @@ def default_worker_name(settings: Settings) -> str:
 def load_pipeline(settings: Settings) -> Any:
     """The pipeline this worker serves (`engines.pipelines.Realiz3DPipeline` unless a factory is set),
     with its UNet-call hook feeding `realiz3d_unet_step_seconds` and `realiz3d_unet_batch_size`."""
-    if not settings.pipeline_factory:
-        from engines.runtime.cpu_setup import tune_allocator
-
-        log.info("allocator: %s", tune_allocator())
     pipeline = _build_pipeline(settings)
     if hasattr(pipeline, "on_unet_call"):
         step_seconds = metrics.UNET_STEP_SECONDS.labels(settings.backend)
@@ -69,6 +65,23 @@ def _build_pipeline(settings: Settings) -> Any:
     )
 
 
+def prepare_compute(settings: Settings) -> int | None:
+    """Process setup on the thread that will load the model, before it does: glibc's allocator
+    thresholds and, with batching on, this thread's intra-op threads handed over to the step batcher's
+    thread (returned), since a thread that once runs with several makes an OpenMP team that slows the
+    batcher's (engines/runtime/cpu_setup.py)."""
+    if settings.pipeline_factory:
+        return None  # a pipeline of its own (tests, benches): nothing of ours to tune
+    from engines.runtime.cpu_setup import compute_threads, helper_thread, tune_allocator
+
+    log.info("allocator: %s", tune_allocator())
+    if settings.batch_max_jobs <= 1:
+        return None  # one job at a time: no batcher thread to hand the threads to
+    threads = compute_threads()
+    helper_thread()
+    return threads
+
+
 def enable_batching(pipeline: Any, settings: Settings, threads: int | None = None) -> int:
     """Job slots of this worker: `batch_max_jobs` concurrent jobs sharing batched UNet calls, run on the
     batcher's thread with `threads` intra-op threads (None: the calling thread's count).
@@ -77,8 +90,9 @@ def enable_batching(pipeline: Any, settings: Settings, threads: int | None = Non
     """
     if settings.batch_max_jobs <= 1 or not hasattr(pipeline, "enable_batching"):
         return 1
-    kw = {"threads": threads} if threads else {}
-    pipeline.enable_batching(max_jobs=settings.batch_max_jobs, max_wait_ms=settings.batch_max_wait_ms, **kw)
+    pipeline.enable_batching(
+        max_jobs=settings.batch_max_jobs, max_wait_ms=settings.batch_max_wait_ms, threads=threads
+    )
     return settings.batch_max_jobs
 
 
@@ -156,13 +170,7 @@ def run_worker(settings: Settings) -> int:
     log.info("worker %s: probes on port %d; loading the model", name, probes.port)
 
     t0 = time.perf_counter()
-    threads = None
-    if settings.batch_max_jobs > 1 and not settings.pipeline_factory:
-        # The step batcher's thread will run the UNet: this thread must not make an OpenMP team first.
-        from engines.runtime.cpu_setup import compute_threads, helper_thread
-
-        threads = compute_threads()
-        helper_thread()
+    threads = prepare_compute(settings)
     pipeline = load_pipeline(settings)
     slots = enable_batching(pipeline, settings, threads)
     pipeline.warmup()  # after batching is on: compiles and warms up on the thread that will compute
