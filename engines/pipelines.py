@@ -37,7 +37,7 @@ from engines.runtime.factory import make_runner
 from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
 from engines.sampling.denoise import DenoiseJob, denoise, make_scheduler
-from engines.sampling.schedule import DomainSchedule
+from engines.types import DomainSchedule
 
 
 @dataclass
@@ -174,6 +174,7 @@ class Realiz3DPipeline:
         cfg = self.model.config
         seed = params.seed if params.seed is not None else secrets.randbits(31)
         schedule = params.schedule or cfg.default_schedule
+        self.model.shifter.check_blocks(schedule.blocks)
         guidance = params.guidance_scale if params.guidance_scale is not None else cfg.default_guidance_scale
         dev = self.runner.device
         t0 = time.perf_counter()

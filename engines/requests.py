@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engines.sampling.schedule import DomainSchedule
+from engines.types import DomainSchedule
 
 MAX_VIEWS = 8
 MAX_STEPS = 150

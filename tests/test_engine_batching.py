@@ -13,11 +13,11 @@ import torch
 import trimesh
 
 from engines.errors import JobCanceled
-from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest, TextureRequest
 from engines.runtime.base import pad_inputs, power_of_two_objects, run_padded
 from engines.runtime.batching import batch_inputs
+from engines.types import UNetInputs
 
 
 def req(seed: int, **kw) -> MultiviewRequest:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
+from engines.types import UNetInputs
 from tests.fixtures.models import eager_unet as eager
 
 REAL, SYN, SPLIT = ("real",) * 3, ("synthetic",) * 3, ("synthetic", "synthetic", "real")

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from engines.models.model_folder import load_model
-from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.runtime.onnx_export import BATCH_AXIS, check_tensorrt_compatible, graph_ops, tensorrt_op_list
 from engines.runtime.onnx_runner import GRAPH_FILE, OnnxRunner
+from engines.types import UNetInputs
 from service.cli import main
 from tests.fixtures.models import eager_unet as eager
 

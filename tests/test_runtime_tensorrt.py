@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engines.errors import BackendUnavailable
-from engines.models.unet import UNetInputs
 from engines.runtime.tensorrt_runner import tensorrt_available
+from engines.types import UNetInputs
 from service.cli import main
 
 REAL, SYN = ("real",) * 3, ("synthetic",) * 3

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engines.sampling.schedule import DomainSchedule
+from engines.types import DomainSchedule
 
 FORMAT_VERSION = 1
 # normal (3) + position (3) + presence mask (1), concatenated to the UNet input (Hunyuan3D-Paint style).

@@ -15,14 +15,15 @@ from pathlib import Path
 import torch
 
 from engines.models.config import ModelConfig
-from engines.models.domain_shifter import DomainShifter, DomainShifterConfig
+from engines.models.domain_shifter import build_domain_shifter
 from engines.models.model_folder import load_model, save_model
 from engines.models.realiz3d_model import DEFAULT_SCHEDULER_CONFIG, Realiz3DModel
+from engines.models.shifter_config import BlockShiftConfig, DomainShifterConfig
 from engines.models.text_encoder import HashedWordTextEncoder
 from engines.models.unet import MultiViewUNet, build_unet, default_unet_config
 
 DEFAULT_SEED = 20260
-DEFAULT_MODEL_VERSION = "seeded-v1"
+DEFAULT_MODEL_VERSION = "seeded-v2-block-shift"
 SHIPPED_MODEL_DIR = Path(__file__).parent / "default"
 
 
@@ -35,7 +36,7 @@ def build_model(
 ) -> Realiz3DModel:
     """A fresh model from a seed (same seed -> bit-identical weights on any machine)."""
     config = config or ModelConfig(name="realiz3d-default", seed=seed)
-    shifter_config = shifter_config or DomainShifterConfig()
+    shifter_config = shifter_config or BlockShiftConfig()
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -44,12 +45,8 @@ def build_model(
         unet = build_unet(
             unet_config or default_unet_config(config, text_encoder.dim), multiview=config.multiview_attention
         )
-        shifter = DomainShifter(shifter_config, unet)
-        # Untrained adapters would start at e_d = 0 (no effect); the seeded default gets distinct random
-        # domain vectors so real and synthetic visibly differ and fusion is exercised end to end.
-        with torch.no_grad():
-            for adapter in shifter.adapters.values():
-                adapter.domain_embed.normal_(0.0, domain_strength)
+        shifter = build_domain_shifter(shifter_config, unet)
+        randomize_shifter(shifter, domain_strength)
     finally:
         torch.random.set_rng_state(gen_state)
     model = Realiz3DModel(
@@ -61,6 +58,20 @@ def build_model(
         scheduler_config=dict(DEFAULT_SCHEDULER_CONFIG),
     )
     return model.eval()
+
+
+def randomize_shifter(shifter, strength: float) -> None:  # noqa: ANN001 - a DomainShifter
+    """Untrained adapters start as the identity (zero W_right / e_d); the seeded default gets random ones
+    of size `strength` so real and synthetic visibly differ and fusion is exercised end to end."""
+    if strength == 0.0:
+        return
+    with torch.no_grad():
+        for adapter in shifter.adapters.values():
+            if shifter.form == "block-shift":
+                adapter.right.weight.normal_(0.0, strength * 0.2)
+            else:
+                adapter.domain_embed.normal_(0.0, strength)
+    shifter.invalidate_fused()
 
 
 def default_cache_dir() -> Path:

@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from engines.errors import ModelFolderError
 from engines.models.config import FORMAT_VERSION, ModelConfig, TextEncoderConfig
-from engines.models.domain_shifter import DomainShifter, DomainShifterConfig
+from engines.models.domain_shifter import build_domain_shifter
 from engines.models.realiz3d_model import Realiz3DModel
+from engines.models.shifter_config import parse_shifter_config
 from engines.models.text_encoder import ClipTextEncoder, HashedWordTextEncoder
 from engines.models.unet import MultiViewUNet, build_unet
 
@@ -53,9 +54,13 @@ def _validated(cls: type[_M], path: Path) -> _M:
     try:
         return cls.model_validate(_read_json(path))
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ModelFolderError(f"{path}: {loc}: {first['msg']}") from None
+        raise ModelFolderError(f"{path}: {_first_error(e)}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    return f"{loc}: {first['msg']}"
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -153,9 +158,13 @@ def load_model(folder: str | Path) -> Realiz3DModel:
 
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
 
-    shifter_config = _validated(DomainShifterConfig, folder / "domain_shifter" / "config.json")
+    shifter_path = folder / "domain_shifter" / "config.json"
     try:
-        shifter = DomainShifter(shifter_config, unet)
+        shifter_config = parse_shifter_config(_read_json(shifter_path))
+    except ValidationError as e:
+        raise ModelFolderError(f"{shifter_path}: {_first_error(e)}") from None
+    try:
+        shifter = build_domain_shifter(shifter_config, unet)
     except ValueError as e:
         raise ModelFolderError(f"{folder / 'domain_shifter' / 'config.json'}: {e}") from None
     _load_into(shifter.adapters, folder / "domain_shifter" / "adapter.safetensors")
@@ -184,7 +193,7 @@ def load_model(folder: str | Path) -> Realiz3DModel:
         config=config,
         unet=mv_unet,
         shifter=shifter,
-        shifter_config=shifter_config,
+        shifter_config=shifter.config,
         text_encoder=text_encoder,
         scheduler_config=scheduler_config,
         vae=vae,

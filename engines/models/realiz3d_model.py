@@ -9,7 +9,8 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from engines.models.config import ModelConfig
-from engines.models.domain_shifter import DomainShifter, DomainShifterConfig
+from engines.models.domain_shifter import DomainShifter
+from engines.models.shifter_config import DomainShifterConfig
 from engines.models.text_encoder import ClipTextEncoder, HashedWordTextEncoder
 from engines.models.unet import MultiViewUNet
 
@@ -33,6 +34,9 @@ class Realiz3DModel:
     text_encoder: HashedWordTextEncoder | ClipTextEncoder
     scheduler_config: dict = field(default_factory=lambda: dict(DEFAULT_SCHEDULER_CONFIG))
     vae: AutoencoderKL | None = None
+
+    def __post_init__(self) -> None:
+        self.unet.attach_domain_context(self.shifter.context)
 
     def modules(self) -> list[nn.Module]:
         mods: list[nn.Module] = [self.unet, self.shifter]

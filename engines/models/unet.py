@@ -11,8 +11,6 @@ geometry channels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
@@ -20,6 +18,7 @@ from torch import nn
 
 from engines.models.config import ModelConfig
 from engines.models.multiview_attention import install_multiview_attention
+from engines.types import UNetInputs
 
 CAMERA_DIM = 16
 
@@ -54,31 +53,24 @@ def build_unet(unet_config: dict, multiview: bool) -> UNet2DConditionModel:
     return unet
 
 
-@dataclass
-class UNetInputs:
-    """One UNet call: `n = objects * views` images, views of one object contiguous."""
-
-    sample: torch.Tensor  # (n, C, H, W) noisy images/latents
-    timestep: torch.Tensor  # (n,) per-sample timesteps (jobs batched together may be at different steps)
-    text: torch.Tensor  # (n, tokens, dim)
-    cameras: torch.Tensor  # (n, 16) camera-to-world, flattened
-    geometry: torch.Tensor | None  # (n, G, H, W) or None = zeros
-    num_views: int
-
-    @property
-    def batch(self) -> int:
-        return self.sample.shape[0]
-
-
 class MultiViewUNet(nn.Module):
     """Wraps the diffusers UNet with the multi-view calling convention (a tensors-only forward that
-    ONNX export and torch.compile can trace)."""
+    ONNX export and torch.compile can trace).
+
+    `domain_ids` (n, slots) int64 are the Domain Shifter's per-sample domains for this call; they are
+    bound to the shifter's `DomainContext` (attached by `attach_domain_context`) while the call runs.
+    """
 
     def __init__(self, unet: UNet2DConditionModel, geometry_channels: int, patch_size: int = 1) -> None:
         super().__init__()
         self.unet = unet
         self.geometry_channels = geometry_channels
         self.patch_size = patch_size
+        self.domain_context = None
+
+    def attach_domain_context(self, context) -> None:  # noqa: ANN001 - a DomainContext
+        # A plain attribute, not a submodule: the shifter's weights stay out of the UNet's state dict.
+        object.__setattr__(self, "domain_context", context)
 
     def forward(
         self,
@@ -87,6 +79,7 @@ class MultiViewUNet(nn.Module):
         text: torch.Tensor,
         cameras: torch.Tensor,
         geometry: torch.Tensor | None = None,
+        domain_ids: torch.Tensor | None = None,
         num_views: int = 1,
     ) -> torch.Tensor:
         if self.geometry_channels:
@@ -97,17 +90,30 @@ class MultiViewUNet(nn.Module):
             sample = torch.cat([sample, geometry.to(sample.dtype)], dim=1)
         if self.patch_size > 1:
             sample = F.pixel_unshuffle(sample, self.patch_size)
-        out = self.unet(
-            sample,
-            timestep,
-            encoder_hidden_states=text,
-            class_labels=cameras.to(sample.dtype),
-            cross_attention_kwargs={"num_views": num_views},
-            return_dict=False,
-        )[0]
+        ctx = self.domain_context
+        if ctx is not None:
+            ctx.ids = domain_ids
+        try:
+            out = self.unet(
+                sample,
+                timestep,
+                encoder_hidden_states=text,
+                class_labels=cameras.to(sample.dtype),
+                cross_attention_kwargs={"num_views": num_views},
+                return_dict=False,
+            )[0]
+        finally:
+            if ctx is not None:
+                ctx.ids = None
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
-    def run(self, inputs: UNetInputs) -> torch.Tensor:
+    def run(self, inputs: UNetInputs, domain_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self(
-            inputs.sample, inputs.timestep, inputs.text, inputs.cameras, inputs.geometry, inputs.num_views
+            inputs.sample,
+            inputs.timestep,
+            inputs.text,
+            inputs.cameras,
+            inputs.geometry,
+            domain_ids,
+            inputs.num_views,
         )

@@ -1,8 +1,9 @@
 """The one small interface the sampler calls: `UNetRunner`.
 
-A runner evaluates the multi-view UNet for a batch under a domain assignment: either one `DomainCombo`
-for the whole batch (what fused weight sets and compiled engines serve), or one combo per sample (the
-unfused adapters; lets the batcher put jobs at different schedule positions into one call).
+A runner evaluates the multi-view UNet for a batch under a domain assignment: one `DomainCombo` for the
+whole batch, or one per sample. How many graphs that takes depends on the Domain Shifter's form
+(`run_domains`): block-shift (and unfused lora) take per-sample domain ids as an input, so one call and
+one graph per shape serve any mix; fused lora runs one weight set per call, one call per distinct combo.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Protocol
 
 import torch
 
-from engines.models.unet import UNetInputs
-from engines.sampling.schedule import DomainCombo
+from engines.types import DomainCombo, UNetInputs
 
 BACKENDS = ("torch", "compile", "onnx", "tensorrt")
 
@@ -22,7 +22,7 @@ class UNetRunner(Protocol):
     backend: str
     device: torch.device
     dtype: torch.dtype
-    #: True when one call may mix domain combos per sample (unfused adapters).
+    #: True when one call may mix domain combos per sample (block-shift, or unfused lora adapters).
     mixes_domains: bool
 
     def prepare(self, combos: Sequence[DomainCombo]) -> None:
@@ -37,10 +37,12 @@ class UNetRunner(Protocol):
     # of batch sizes, and `max_batch(num_views) -> int | None` for runners with a largest batch.
 
 
-def graph_inputs(inputs: UNetInputs, geometry_channels: int) -> dict[str, torch.Tensor]:
+def graph_inputs(
+    inputs: UNetInputs, geometry_channels: int, domain_ids: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """The UNet's named tensor inputs, as compiled and exported graphs take them: a model with geometry
     channels always gets a geometry tensor (zeros, what the UNet uses for None), since None and a tensor
-    would be two different graphs."""
+    would be two different graphs; `domain_ids` when the Domain Shifter takes per-sample domains."""
     feeds = {
         "sample": inputs.sample,
         "timestep": inputs.timestep,
@@ -53,6 +55,8 @@ def graph_inputs(inputs: UNetInputs, geometry_channels: int) -> dict[str, torch.
             s = inputs.sample.shape
             g = inputs.sample.new_zeros((s[0], geometry_channels, s[2], s[3]))
         feeds["geometry"] = g
+    if domain_ids is not None:
+        feeds["domain_ids"] = domain_ids
     return feeds
 
 
@@ -138,6 +142,26 @@ def run_per_combo(
         idx = torch.tensor([i for i, ci in enumerate(combos) if ci == c], device=inputs.sample.device)
         out[idx] = run_one(select(inputs, idx), c)
     return out
+
+
+#: run_one(inputs, combo, domain_ids): combo for a fused weight set (lora), or domain_ids (n, slots)
+RunOne = Callable[[UNetInputs, DomainCombo | None, torch.Tensor | None], torch.Tensor]
+
+
+def run_domains(
+    shifter,  # noqa: ANN001 - a DomainShifter
+    inputs: UNetInputs,
+    domains: DomainCombo | Sequence[DomainCombo],
+    run_one: RunOne,
+    device: torch.device,
+    fused: bool = True,
+) -> torch.Tensor:
+    """Evaluate `inputs` under `domains` with as few calls as the shifter's form allows: one call with
+    per-sample `domain_ids` when it mixes domains, else one call per distinct combo."""
+    if shifter.mixes_domains(fused):
+        combos = per_sample(domains, inputs.batch)
+        return run_one(inputs, None, shifter.domain_ids(combos, device=inputs.sample.device))
+    return run_per_combo(inputs, domains, lambda x, c: run_one(x, c, None), device)
 
 
 def run_padded(

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 import torch
 
 from engines.errors import JobCanceled
-from engines.models.unet import UNetInputs
 from engines.requests import CancelCheck, ProgressCallback
 from engines.runtime.base import UNetRunner, max_batch, run_padded
 from engines.runtime.cpu_setup import compute_thread
 from engines.sampling.denoise import DenoiseJob
+from engines.types import UNetInputs
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engines.models.unet import UNetInputs
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
+from engines.types import UNetInputs
 
 REAL, SYN = ("real",) * 3, ("synthetic",) * 3
 VIEWS = 4

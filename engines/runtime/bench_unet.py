@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engines.models.unet import UNetInputs
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.runtime.torch_runner import cast_inputs
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
+from engines.types import UNetInputs
 
 REAL, SYN = ("real",) * 3, ("synthetic",) * 3
 

@@ -1,6 +1,10 @@
-"""torch.compile runner: one compiled MultiViewUNet serves every fused weight set.
+"""torch.compile runner: one compiled MultiViewUNet serves every domain assignment.
 
-Weight sets switch exactly as in the eager runner: `shifter.activate(combo)` swaps the Parameter
+Block-shift (the default form): the per-sample domain ids are a tensor input of the compiled graph and
+the offset tables are constants of the model, so every step split, block split and mixed batch runs the
+same graph (pinned by `tests/test_runtime_compile.py` with `set_stance("fail_on_recompile")`).
+
+Lora form: weight sets switch exactly as in the eager runner: `shifter.activate(combo)` swaps the Parameter
 references of the adapted layers. torch 2.13's Dynamo always inlines nn.Modules and lifts their
 parameters to graph *inputs* (guarded on shape/dtype/device, not on identity or values), so a swap is
 not a recompile: the same compiled graph reads the other tensors. `tests/test_runtime_compile.py` pins
@@ -27,15 +31,13 @@ import torch
 
 from engines.errors import UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.models.unet import UNetInputs
-from engines.runtime.base import graph_inputs, power_of_two_objects, run_per_combo
+from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
 from engines.runtime.torch_runner import PRECISIONS, cast_inputs
-from engines.sampling.schedule import DomainCombo
+from engines.types import DomainCombo, UNetInputs
 
 
 class CompileRunner:
     backend = "compile"
-    mixes_domains = False
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class CompileRunner:
         if precision not in PRECISIONS:
             raise UserInputError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.model = model
+        self.mixes_domains = model.shifter.mixes_domains(True)
         self.device = model.device
         self.dtype = PRECISIONS[precision]
         if self.device.type != "cuda" and self.dtype == torch.float16:
@@ -67,33 +70,42 @@ class CompileRunner:
         return power_of_two_objects(batch, num_views) if self.cuda_graphs else batch
 
     def prepare(self, combos: Sequence[DomainCombo]) -> None:
-        self.model.shifter.fuse(sorted({d for c in combos for d in c}))
+        self.model.shifter.fuse()
 
     @torch.no_grad()
     def warmup(self, inputs: UNetInputs, combos: Sequence[DomainCombo]) -> None:
-        """Compile for `inputs`' shape and (on CUDA) record one CUDA graph per combo."""
+        """Compile for `inputs`' shape and (on CUDA) record one CUDA graph per weight set (block-shift:
+        one for all combos)."""
         self.prepare(combos)
-        for combo in dict.fromkeys(combos):
+        sets = combos[:1] if self.mixes_domains else list(dict.fromkeys(combos))
+        for combo in sets:
             for _ in range(3 if self.cuda_graphs else 1):  # CUDA graph trees: warm up, record, replay
                 self(inputs, combo)
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
-        def run_one(x: UNetInputs, combo: DomainCombo) -> torch.Tensor:
-            self.model.shifter.activate(combo)  # a reference swap; no recompile (see module docstring)
-            return self._run(x)
+        def run_one(x: UNetInputs, combo: DomainCombo | None, ids: torch.Tensor | None) -> torch.Tensor:
+            # lora: a reference swap, no recompile; block-shift: ids are a graph input
+            self.model.shifter.activate(combo)
+            return self._run(x, ids)
 
-        return run_per_combo(inputs, domains, run_one, self.device)
+        return run_domains(self.model.shifter, inputs, domains, run_one, self.device)
 
-    def _run(self, inputs: UNetInputs) -> torch.Tensor:
+    def _run(self, inputs: UNetInputs, ids: torch.Tensor | None) -> torch.Tensor:
         x = cast_inputs(inputs, self.device, self.dtype)
-        feeds = graph_inputs(x, self.model.unet.geometry_channels)
+        feeds = graph_inputs(x, self.model.unet.geometry_channels, ids)
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         # Contiguous inputs: Dynamo guards on strides, and the sampler passes expanded (stride-0) text.
-        args: list[torch.Tensor | None] = [t.contiguous() for t in feeds.values()]
-        if "geometry" not in feeds:
-            args.append(None)  # a model without geometry channels
-        out = self.compiled(*args, x.num_views)
+        args = {k: t.contiguous() for k, t in feeds.items()}
+        out = self.compiled(
+            args["sample"],
+            args["timestep"],
+            args["text"],
+            args["cameras"],
+            args.get("geometry"),
+            args.get("domain_ids"),
+            x.num_views,
+        )
         # float() of an fp32 output is the same tensor: copy CUDA-graph outputs before the next replay
         return out.float().clone() if self.cuda_graphs else out.float()

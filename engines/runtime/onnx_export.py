@@ -1,11 +1,15 @@
-"""ONNX export of the multi-view UNet, one graph per (fused domain combo, num_views, image size), and the
-check that an exported graph is what TensorRT's ONNX parser can build an engine from.
+"""ONNX export of the multi-view UNet, one graph per (weight set, num_views, image size), and the check
+that an exported graph is what TensorRT's ONNX parser can build an engine from.
 
-- The Domain Shifter is fused before export (`shifter.activate(combo)`), so a graph holds one weight set
-  and no adapter ops; a step-split schedule switches graphs (sessions / engines), never rebuilds.
-- Inputs `sample, timestep, text, cameras[, geometry]`, output `noise_pred`; dim 0 of every input and of
-  the output is the dynamic axis `batch` = objects x views x CFG; every other dim is static. `num_views`
-  is a Python int of the forward (it sets the multi-view attention grouping) and is baked into the graph.
+- Block-shift (the default form): the fused offset tables are constants of the graph and the per-sample
+  domain ids an int64 input `domain_ids` (batch x sites): **one graph per shape** serves every step
+  split, block split and batch that mixes schedules.
+- Lora form: the shifter is fused before export (`shifter.activate(combo)`), so a graph holds one weight
+  set and no adapter ops; a schedule switches graphs (sessions / engines) per combo, never rebuilds.
+- Inputs `sample, timestep, text, cameras[, geometry][, domain_ids]`, output `noise_pred`; dim 0 of every
+  input and of the output is the dynamic axis `batch` = objects x views x CFG; every other dim is static.
+  `num_views` is a Python int of the forward (it sets the multi-view attention grouping) and is baked
+  into the graph.
 - The legacy TorchScript exporter (`dynamo=False`) takes seconds here; opset 17 (in TensorRT's 9-20).
 """
 
@@ -20,10 +24,10 @@ import torch
 from torch import nn
 
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.sampling.schedule import DomainCombo
+from engines.types import DomainCombo
 
 OPSET = 17
-INPUTS = ("sample", "timestep", "text", "cameras", "geometry")
+INPUTS = ("sample", "timestep", "text", "cameras", "geometry", "domain_ids")
 OUTPUT = "noise_pred"
 BATCH_AXIS = "batch"
 TENSORRT_OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
@@ -42,16 +46,25 @@ class GraphShape:
 
 
 class _ExportWrapper(nn.Module):
-    """Tensors-only forward with num_views fixed: what the exporter traces."""
+    """Tensors-only forward with num_views fixed and the graph's inputs in `names` order."""
 
-    def __init__(self, unet: nn.Module, num_views: int, with_geometry: bool) -> None:
+    def __init__(self, unet: nn.Module, num_views: int, names: list[str]) -> None:
         super().__init__()
         self.unet = unet
         self.num_views = num_views
-        self.with_geometry = with_geometry
+        self.names = names
 
-    def forward(self, sample, timestep, text, cameras, geometry=None):  # noqa: ANN001
-        return self.unet(sample, timestep, text, cameras, geometry, self.num_views)
+    def forward(self, *tensors):  # noqa: ANN002
+        t = dict(zip(self.names, tensors, strict=True))
+        return self.unet(
+            t["sample"],
+            t["timestep"],
+            t["text"],
+            t["cameras"],
+            t.get("geometry"),
+            t.get("domain_ids"),
+            self.num_views,
+        )
 
 
 def text_tokens(model: Realiz3DModel) -> int:
@@ -60,10 +73,17 @@ def text_tokens(model: Realiz3DModel) -> int:
         return int(model.text_encoder.encode([""]).shape[1])
 
 
+def takes_domain_ids(model: Realiz3DModel) -> bool:
+    """Whether the model's fused graphs take per-sample domains as an input (block-shift)."""
+    return model.shifter.mixes_domains(True)
+
+
 def input_names(model: Realiz3DModel) -> list[str]:
     names = list(INPUTS)
     if not model.unet.geometry_channels:
         names.remove("geometry")
+    if not takes_domain_ids(model):
+        names.remove("domain_ids")
     return names
 
 
@@ -84,19 +104,22 @@ def example_inputs(
     }
     if model.unet.geometry_channels:
         out["geometry"] = torch.zeros(batch, model.unet.geometry_channels, shape.height, shape.width)
+    if takes_domain_ids(model):
+        out["domain_ids"] = torch.randint(0, 2, (batch, model.shifter.num_slots), generator=gen)
     return {k: v.to(device) for k, v in out.items()}
 
 
 @torch.no_grad()
 def export_unet(
-    model: Realiz3DModel, combo: DomainCombo, shape: GraphShape, path: str | Path, opset: int = OPSET
+    model: Realiz3DModel, combo: DomainCombo | None, shape: GraphShape, path: str | Path, opset: int = OPSET
 ) -> Path:
-    """Export the UNet with `combo`'s fused weights to `path` (weights inside the file; a graph over
-    protobuf's 2 GB limit gets its weights in external data files next to it)."""
+    """Export the fused UNet to `path`: block-shift with `combo=None` (domains are an input), lora with
+    `combo`'s weight set. Weights inside the file; a graph over protobuf's 2 GB limit gets its weights in
+    external data files next to it."""
     path = Path(path)
     model.shifter.activate(combo)
-    wrapper = _ExportWrapper(model.unet, shape.num_views, bool(model.unet.geometry_channels)).eval()
     names = input_names(model)
+    wrapper = _ExportWrapper(model.unet, shape.num_views, names).eval()
     # Trace with one object under CFG; the batch axis is dynamic anyway.
     example = example_inputs(model, shape, 2 * shape.num_views, model.device)
     args = tuple(example[n].to(model.dtype) if example[n].is_floating_point() else example[n] for n in names)

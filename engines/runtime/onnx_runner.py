@@ -1,8 +1,10 @@
-"""ONNX Runtime runner: one exported graph + one InferenceSession per fused weight set.
+"""ONNX Runtime runner: one exported graph + one InferenceSession per weight set and shape.
 
-Graphs are exported per (domain combo, num_views, image size) into the engine cache (see
-`engine_cache.py`) and loaded from it by every later process; a step-split schedule switches sessions
-mid-run (a dict lookup), nothing is re-exported or rebuilt. CPU execution provider here; the CUDA EP
+Block-shift (the default form) has one weight set: the per-sample domain ids are a graph input, so one
+graph per (num_views, image size) serves every schedule and mixed batches. The lora form has one weight
+set per domain combo; its step-split schedule switches sessions mid-run (a dict lookup). Graphs live in
+the engine cache (see `engine_cache.py`) and are loaded from it by every later process; nothing is
+re-exported or rebuilt. CPU execution provider here; the CUDA EP
 where onnxruntime-gpu and a GPU are present (inputs/outputs bound to torch's CUDA tensors, on torch's
 current stream, no host copies). fp32 only: ONNX Runtime's CPU EP has no fast bf16/fp16 kernels; fp16 on
 a GPU is what the `tensorrt` backend is for.
@@ -20,8 +22,7 @@ import torch
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.models.unet import UNetInputs
-from engines.runtime.base import graph_inputs, run_per_combo
+from engines.runtime.base import graph_inputs, run_domains
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -30,19 +31,19 @@ from engines.runtime.engine_cache import (
     model_fingerprint,
 )
 from engines.runtime.onnx_export import OPSET, GraphShape, export_unet, input_names
-from engines.sampling.schedule import DomainCombo
+from engines.types import DomainCombo, UNetInputs
 
 log = logging.getLogger(__name__)
 GRAPH_FILE = "unet.onnx"
 
 
-def combo_label(combo: DomainCombo) -> str:
-    return "".join(d[0] for d in combo)  # ("synthetic", "synthetic", "real") -> "ssr"
+def weight_set_label(combo: DomainCombo | None) -> str:
+    """`ssr`, `rrr-b6` for a lora weight set; `domains` for block-shift's one set (domains are inputs)."""
+    return "domains" if combo is None else combo.label()
 
 
 class OnnxRunner:
     backend = "onnx"
-    mixes_domains = False
 
     def __init__(
         self,
@@ -62,6 +63,7 @@ class OnnxRunner:
             )
         self.ort = ort
         self.model = model
+        self.mixes_domains = model.shifter.mixes_domains(True)
         self.device = model.device
         self.dtype = torch.float32
         self.precision = precision
@@ -75,7 +77,7 @@ class OnnxRunner:
             raise BackendUnavailable("backend onnx on a GPU needs onnxruntime-gpu (CUDAExecutionProvider)")
         self.fingerprint = model_fingerprint(model)
         self.names = input_names(model)
-        self._sessions: dict[tuple[DomainCombo, GraphShape], Any] = {}
+        self._sessions: dict[tuple[DomainCombo | None, GraphShape], Any] = {}
         #: cache entries this runner used, with hit/built: what `realiz3d build-engines` reports
         self.entries: list[tuple[DomainCombo, GraphShape, CacheEntry]] = []
 
@@ -85,16 +87,16 @@ class OnnxRunner:
         size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
         return GraphShape(num_views or self.default_views, size, size)
 
-    def key_parts(self, combo: DomainCombo, shape: GraphShape) -> dict[str, Any]:
+    def key_parts(self, combo: DomainCombo | None, shape: GraphShape) -> dict[str, Any]:
         return graph_key_parts(self.fingerprint, combo, shape, self.device)
 
-    def graph(self, combo: DomainCombo, shape: GraphShape) -> CacheEntry:
+    def graph(self, combo: DomainCombo | None, shape: GraphShape) -> CacheEntry:
         """The cached ONNX graph for (combo, shape), exported now if missing, stale or corrupt."""
         entry = cached_graph(self.cache, self.model, self.key_parts(combo, shape), combo, shape)
         self.entries.append((combo, shape, entry))
         return entry
 
-    def session(self, combo: DomainCombo, shape: GraphShape):
+    def session(self, combo: DomainCombo | None, shape: GraphShape):
         key = (combo, shape)
         if key not in self._sessions:
             entry = self.graph(combo, shape)
@@ -121,25 +123,31 @@ class OnnxRunner:
         return self._sessions[key]
 
     # ---- runner interface --------------------------------------------------------------------------
+    def weight_sets(self, combos: Sequence[DomainCombo]) -> list[DomainCombo | None]:
+        """The weight sets `combos` need: block-shift's one (None), or one per distinct lora combo."""
+        return [None] if self.mixes_domains else list(dict.fromkeys(combos))
+
     def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
-        for combo in dict.fromkeys(combos):
+        for combo in self.weight_sets(combos):
             self.session(combo, self.default_shape(num_views))
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
-        return run_per_combo(inputs, domains, self._run, self.device)
+        return run_domains(self.model.shifter, inputs, domains, self._run, self.device)
 
-    def _feeds(self, inputs: UNetInputs) -> dict[str, torch.Tensor]:
-        feeds = graph_inputs(inputs, self.model.unet.geometry_channels)
+    def _feeds(self, inputs: UNetInputs, ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        feeds = graph_inputs(inputs, self.model.unet.geometry_channels, ids)
         return {
-            k: v.to(self.device, torch.long if k == "timestep" else torch.float32).contiguous()
+            k: v.to(
+                self.device, torch.long if k in ("timestep", "domain_ids") else torch.float32
+            ).contiguous()
             for k, v in feeds.items()
         }
 
-    def _run(self, inputs: UNetInputs, combo: DomainCombo) -> torch.Tensor:
+    def _run(self, inputs: UNetInputs, combo: DomainCombo | None, ids: torch.Tensor | None) -> torch.Tensor:
         shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])
         session = self.session(combo, shape)
-        feeds = self._feeds(inputs)
+        feeds = self._feeds(inputs, ids)
         if not self.use_cuda:
             out = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
             return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
@@ -158,12 +166,12 @@ class OnnxRunner:
 
 
 def graph_key_parts(
-    fingerprint: dict[str, str], combo: DomainCombo, shape: GraphShape, device: torch.device
+    fingerprint: dict[str, str], combo: DomainCombo | None, shape: GraphShape, device: torch.device
 ) -> dict[str, Any]:
     """Cache key parts of an fp32 ONNX graph (shared by the onnx and tensorrt backends)."""
     return {
         **fingerprint,
-        "combo": list(combo),
+        "weight_set": weight_set_label(combo),
         "backend": "onnx",
         "precision": "fp32",
         "shape": shape.as_dict(),
@@ -173,14 +181,18 @@ def graph_key_parts(
     }
 
 
-def graph_label(combo: DomainCombo, shape: GraphShape) -> str:
-    return f"{combo_label(combo)}-v{shape.num_views}-{shape.height}x{shape.width}"
+def graph_label(combo: DomainCombo | None, shape: GraphShape) -> str:
+    return f"{weight_set_label(combo)}-v{shape.num_views}-{shape.height}x{shape.width}"
 
 
 def cached_graph(
-    cache: EngineCache, model: Realiz3DModel, parts: dict[str, Any], combo: DomainCombo, shape: GraphShape
+    cache: EngineCache,
+    model: Realiz3DModel,
+    parts: dict[str, Any],
+    combo: DomainCombo | None,
+    shape: GraphShape,
 ) -> CacheEntry:
-    """The ONNX graph of `combo`'s fused weights at `shape`, from `cache` or exported into it."""
+    """The ONNX graph of a weight set (see `export_unet`) at `shape`, from `cache` or exported into it."""
 
     def build(tmp: Path) -> None:
         export_unet(model, combo, shape, tmp / GRAPH_FILE)

@@ -32,8 +32,7 @@ import torch
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.models.unet import UNetInputs
-from engines.runtime.base import graph_inputs, power_of_two_objects, run_per_combo
+from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -42,8 +41,14 @@ from engines.runtime.engine_cache import (
     model_fingerprint,
 )
 from engines.runtime.onnx_export import GraphShape, input_names
-from engines.runtime.onnx_runner import GRAPH_FILE, cached_graph, graph_key_parts, graph_label
-from engines.sampling.schedule import DomainCombo
+from engines.runtime.onnx_runner import (
+    GRAPH_FILE,
+    cached_graph,
+    graph_key_parts,
+    graph_label,
+    weight_set_label,
+)
+from engines.types import DomainCombo, UNetInputs
 
 log = logging.getLogger(__name__)
 ENGINE_FILE = "unet.plan"
@@ -109,7 +114,6 @@ def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
 
 class TensorRTRunner:
     backend = "tensorrt"
-    mixes_domains = False
 
     def __init__(
         self,
@@ -133,6 +137,7 @@ class TensorRTRunner:
             raise UserInputError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         self.trt = _trt()
         self.model = model
+        self.mixes_domains = model.shifter.mixes_domains(True)
         self.device = model.device
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.precision = precision
@@ -147,9 +152,9 @@ class TensorRTRunner:
         self.names = input_names(model)
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.runtime = self.trt.Runtime(self.logger)
-        self._engines: dict[tuple[DomainCombo, GraphShape], _Engine] = {}
+        self._engines: dict[tuple[DomainCombo | None, GraphShape], _Engine] = {}
         self._scratch: torch.Tensor | None = None
-        self.entries: list[tuple[DomainCombo, GraphShape, CacheEntry]] = []
+        self.entries: list[tuple[DomainCombo | None, GraphShape, CacheEntry]] = []
 
     # ---- building ----------------------------------------------------------------------------------
     def default_shape(self, num_views: int | None = None) -> GraphShape:
@@ -172,10 +177,10 @@ class TensorRTRunner:
             return batch
         return power_of_two_objects(batch, num_views, self.max_batch(num_views))
 
-    def key_parts(self, combo: DomainCombo, shape: GraphShape) -> dict[str, Any]:
+    def key_parts(self, combo: DomainCombo | None, shape: GraphShape) -> dict[str, Any]:
         return {
             **self.fingerprint,
-            "combo": list(combo),
+            "weight_set": weight_set_label(combo),
             "backend": "tensorrt",
             "precision": self.precision,
             "shape": shape.as_dict(),
@@ -216,7 +221,7 @@ class TensorRTRunner:
             raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name}")
         out.write_bytes(bytes(plan))
 
-    def engine_entry(self, combo: DomainCombo, shape: GraphShape) -> CacheEntry:
+    def engine_entry(self, combo: DomainCombo | None, shape: GraphShape) -> CacheEntry:
         def build(tmp: Path) -> None:
             graph = cached_graph(
                 self.cache,
@@ -232,7 +237,7 @@ class TensorRTRunner:
         self.entries.append((combo, shape, entry))
         return entry
 
-    def engine(self, combo: DomainCombo, shape: GraphShape) -> _Engine:
+    def engine(self, combo: DomainCombo | None, shape: GraphShape) -> _Engine:
         key = (combo, shape)
         if key not in self._engines:
             entry = self.engine_entry(combo, shape)
@@ -262,24 +267,25 @@ class TensorRTRunner:
 
     # ---- runner interface --------------------------------------------------------------------------
     def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
-        for combo in dict.fromkeys(combos):
+        sets = [None] if self.mixes_domains else list(dict.fromkeys(combos))
+        for combo in sets:
             self.engine(combo, self.default_shape(num_views))
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
-        return run_per_combo(inputs, domains, self._run, self.device)
+        return run_domains(self.model.shifter, inputs, domains, self._run, self.device)
 
-    def _feeds(self, inputs: UNetInputs, eng: _Engine) -> dict[str, torch.Tensor]:
-        feeds = graph_inputs(inputs, self.model.unet.geometry_channels)
+    def _feeds(self, inputs: UNetInputs, eng: _Engine, ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        feeds = graph_inputs(inputs, self.model.unet.geometry_channels, ids)
         return {n: t.to(self.device, eng.dtypes[n]).contiguous() for n, t in feeds.items()}
 
-    def _run(self, inputs: UNetInputs, combo: DomainCombo) -> torch.Tensor:
+    def _run(self, inputs: UNetInputs, combo: DomainCombo | None, ids: torch.Tensor | None) -> torch.Tensor:
         shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])
         lo, _, hi = self.profile(shape)
         if not lo <= inputs.batch <= hi:
             raise UserInputError(f"batch {inputs.batch} is outside the engine profile [{lo}, {hi}]")
         eng = self.engine(combo, shape)
-        feeds = self._feeds(inputs, eng)
+        feeds = self._feeds(inputs, eng, ids)
         if self.cuda_graphs:
             return self._run_graph(eng, feeds).float()
         out = self._execute(eng, feeds)

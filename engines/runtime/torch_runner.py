@@ -8,9 +8,8 @@ from typing import Literal
 import torch
 
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.models.unet import UNetInputs
-from engines.runtime.base import per_sample, run_per_combo
-from engines.sampling.schedule import DomainCombo
+from engines.runtime.base import run_domains
+from engines.types import DomainCombo, UNetInputs
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -24,9 +23,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
 class TorchRunner:
     """Calls the model's UNet directly.
 
-    fused: before a call, `shifter.activate(combo)` points the adapted layers at that combo's precomputed
-    weights (a reference swap; free when the combo did not change). A batch mixing combos is split into
-    one sub-call per combo. unfused: the adapters' low-rank branch runs per sample, any mix in one call.
+    fused: block-shift looks up its offset tables with each sample's domain ids (any mix in one call);
+    lora points the adapted layers at the combo's precomputed weights (a reference swap; a batch mixing
+    combos is split into one sub-call per combo). unfused: the adapter math runs per sample.
     """
 
     backend = "torch"
@@ -34,31 +33,27 @@ class TorchRunner:
     def __init__(self, model: Realiz3DModel, adapters: Literal["fused", "unfused"] = "fused") -> None:
         self.model = model
         self.adapters = adapters
-        self.mixes_domains = adapters == "unfused"
+        self.mixes_domains = model.shifter.mixes_domains(adapters == "fused")
         self.device = model.device
         self.dtype = model.dtype
 
     def prepare(self, combos: Sequence[DomainCombo]) -> None:
         if self.adapters == "fused":
-            self.model.shifter.fuse(sorted({d for c in combos for d in c}))
+            self.model.shifter.fuse()
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
         shifter = self.model.shifter
-        if self.adapters == "unfused":
-            shifter.set_sample_domains(per_sample(domains, inputs.batch), device=self.device)
-            return self._run(inputs)
+        fused = self.adapters == "fused"
 
-        def run_one(x: UNetInputs, combo: DomainCombo) -> torch.Tensor:
-            shifter.activate(combo)
-            return self._run(x)
+        def run_one(x: UNetInputs, combo: DomainCombo | None, ids: torch.Tensor | None) -> torch.Tensor:
+            if fused:
+                shifter.activate(combo)
+            else:
+                shifter.set_unfused()
+            return self.model.unet.run(cast_inputs(x, self.device, self.dtype), ids).float()
 
-        # Mixed combos under fused weights: one sub-batch per combo, whole objects kept together.
-        return run_per_combo(inputs, domains, run_one, self.device)
-
-    def _run(self, inputs: UNetInputs) -> torch.Tensor:
-        x = cast_inputs(inputs, self.device, self.dtype)
-        return self.model.unet.run(x).float()
+        return run_domains(shifter, inputs, domains, run_one, self.device, fused)
 
 
 def cast_inputs(inputs: UNetInputs, device: torch.device, dtype: torch.dtype) -> UNetInputs:

@@ -19,10 +19,9 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils import logging as diffusers_logging
 
 from engines.errors import JobCanceled
-from engines.models.unet import UNetInputs
 from engines.requests import CancelCheck, ProgressCallback
 from engines.runtime.base import UNetRunner, run_padded
-from engines.sampling.schedule import DomainCombo, DomainSchedule
+from engines.types import DomainCombo, DomainSchedule, UNetInputs
 
 diffusers_logging.set_verbosity_error()  # scheduler configs carry keys other schedulers ignore
 log = logging.getLogger(__name__)

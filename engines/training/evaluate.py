@@ -24,7 +24,6 @@ from PIL import Image
 
 from engines.image_io import make_grid, save_png
 from engines.sampling.cameras import Camera
-from engines.sampling.schedule import DomainSchedule
 from engines.training.data import DataSpec, load_datasets
 from engines.training.domain_classifier import (
     DomainClassifier,
@@ -35,6 +34,7 @@ from engines.training.domain_classifier import (
 from engines.training.metrics import colour_mask, cross_view_error, dominant_colour, mask_iou
 from engines.training.shapes import CHROMATIC, ObjectSpec, random_spec
 from engines.training.synthetic_data import object_cameras, render_object
+from engines.types import DomainSchedule
 
 METRIC_KEYS = (
     "p_real_geo",

@@ -36,11 +36,11 @@ from engines.models.domain_shifter import DomainShifterConfig, layer_group
 from engines.models.model_folder import load_model, save_model
 from engines.models.realiz3d_model import DEFAULT_SCHEDULER_CONFIG, Realiz3DModel
 from engines.models.unet import default_unet_config
-from engines.sampling.schedule import DomainSchedule, uniform_combo
 from engines.training.checkpoint import load_checkpoint, save_checkpoint
 from engines.training.data import DataSpec, load_datasets, to_model_range
 from engines.training.real_data import RealSet
 from engines.training.synthetic_data import SyntheticSet
+from engines.types import DomainSchedule, uniform_combo
 
 STAGES = ("1", "2", "naive")
 STAGE_IDS = {"1": 1, "2": 2, "naive": 3}
