@@ -255,7 +255,7 @@ class Realiz3DPipeline:
             "device": str(self.runner.device),
             "schedule": plan.schedule.model_dump(exclude_none=True),
             "guidance_scale": plan.job.guidance_scale,
-            "schedule_steps": ["".join(d[0] for d in c) for c in plan.job.combos],
+            "schedule_steps": [c.label() for c in plan.job.combos],
             "request": params.model_dump(mode="json"),
             "resolution": resolution,
         }
@@ -321,44 +321,3 @@ class Realiz3DPipeline:
         schedule = cfg.default_schedule
         self.runner.prepare(sorted(set(schedule.combos(2))))
         self.multiview(MultiviewRequest(prompt="warmup", num_views=1, steps=2, seed=0, schedule=schedule))
-
-
-_PIPELINES: dict[tuple, Realiz3DPipeline] = {}
-_PIPELINES_LOCK = threading.Lock()
-
-
-def get_pipeline(model_dir: str | Path | None = None, **kw: Any) -> Realiz3DPipeline:
-    key = (str(model_dir), tuple(sorted(kw.items())))
-    with _PIPELINES_LOCK:
-        if key not in _PIPELINES:
-            _PIPELINES[key] = Realiz3DPipeline.load(model_dir, **kw)
-        return _PIPELINES[key]
-
-
-def multiview(
-    request: MultiviewRequest,
-    *,
-    model_dir: str | Path | None = None,
-    backend: str = "torch",
-    adapters: str = "fused",
-    progress: ProgressCallback | None = None,
-    should_cancel: CancelCheck | None = None,
-) -> MultiviewResult:
-    """Text-to-multiview with a cached pipeline for (model_dir, backend, adapters)."""
-    pipe = get_pipeline(model_dir, backend=backend, adapters=adapters)
-    return pipe.multiview(request, progress, should_cancel)
-
-
-def texture(
-    request: TextureRequest,
-    mesh_path: str | Path,
-    *,
-    model_dir: str | Path | None = None,
-    backend: str = "torch",
-    adapters: str = "fused",
-    progress: ProgressCallback | None = None,
-    should_cancel: CancelCheck | None = None,
-):
-    """Texture a mesh with a cached pipeline for (model_dir, backend, adapters)."""
-    pipe = get_pipeline(model_dir, backend=backend, adapters=adapters)
-    return pipe.texture(request, mesh_path, progress, should_cancel)

@@ -51,7 +51,7 @@ def unet_batch_scaling(views: int, concurrency: int) -> dict[int, float]:
     use (`REALIZ3D_DEVICE`, default auto) and, on CPU, their 2 threads."""
     import torch
 
-    from engines.runtime.bench_unet import batch_scaling
+    from engines.bench.unet import batch_scaling
     from engines.runtime.cpu_setup import tune_allocator
 
     tune_allocator()  # as the workers do

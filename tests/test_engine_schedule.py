@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from engines.types import MAX_BLOCK_SPLIT, DomainCombo, DomainSchedule
+from engines.types import MAX_BLOCK_SPLIT, DomainCombo, DomainSchedule, uniform_combo
 
 
 def test_split_04_over_10_steps_is_4_synthetic_then_6_real():
@@ -16,10 +16,10 @@ def test_split_04_over_10_steps_is_4_synthetic_then_6_real():
 
 
 def test_split_0_is_all_real_and_1_all_synthetic():
-    assert {c for c in DomainSchedule(split=0).combos(7)} == {("real",) * 3}
-    assert {c for c in DomainSchedule(split=1).combos(7)} == {("synthetic",) * 3}
+    assert {c for c in DomainSchedule(split=0).combos(7)} == {uniform_combo("real")}
+    assert {c for c in DomainSchedule(split=1).combos(7)} == {uniform_combo("synthetic")}
     assert DomainSchedule.parse("real") == DomainSchedule(domain="real")
-    assert {c for c in DomainSchedule.parse("synthetic").combos(3)} == {("synthetic",) * 3}
+    assert {c for c in DomainSchedule.parse("synthetic").combos(3)} == {uniform_combo("synthetic")}
 
 
 def test_rounding_is_half_up():

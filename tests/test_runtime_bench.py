@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from engines.runtime.bench_backends import Row, markdown, summarize, write_report
+from engines.bench.backends import Row, markdown, summarize, write_report
 from service.cli import main
 
 
@@ -48,8 +48,8 @@ def test_bench_rejects_an_unknown_backend_with_exit_2(capsys):
 
 
 def test_batch_scaling_times_each_batch_of_whole_cfg_objects(tiny_model_dir):
+    from engines.bench.unet import batch_scaling, unet_inputs
     from engines.models.model_folder import load_model
-    from engines.runtime.bench_unet import batch_scaling, unet_inputs
 
     x = unet_inputs(load_model(tiny_model_dir), views=2, objects=3)
     assert x.batch == 12 and x.cameras.shape == (12, 16)

@@ -12,10 +12,14 @@ import torch
 
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
-from engines.types import UNetInputs
+from engines.types import DomainCombo, UNetInputs, uniform_combo
 from tests.fixtures.models import eager_unet as eager
 
-REAL, SYN, SPLIT = ("real",) * 3, ("synthetic",) * 3, ("synthetic", "synthetic", "real")
+REAL, SYN, SPLIT = (
+    uniform_combo("real"),
+    uniform_combo("synthetic"),
+    DomainCombo("synthetic", "synthetic", "real"),
+)
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
 
 
@@ -46,10 +50,30 @@ def test_compiled_unet_matches_eager_fp32_for_both_domains_and_a_layer_split(pip
         assert diff <= 1e-4, (combo, diff)
 
 
-def test_switching_weight_sets_does_not_recompile(pipes):
-    _, compiled = pipes
-    x = unet_inputs(2, 2, seed=1)
+BLOCKS = DomainCombo("real", "real", "real", 6)
+
+
+def test_one_compiled_graph_serves_every_schedule_and_a_mixed_batch(pipes):
+    eager_pipe, compiled = pipes
+    x = unet_inputs(4, 2, seed=1)
     compiled.runner(x, REAL)  # compiled (or already compiled) for this shape
+    # block-shift: the per-sample domain ids are a graph input, the offset tables constants
+    with torch.compiler.set_stance("fail_on_recompile"):
+        outs = [compiled.runner(x, combo) for combo in (SYN, REAL, SPLIT, BLOCKS, SYN)]
+        mixed = compiled.runner(x, [REAL, REAL, BLOCKS, BLOCKS])
+    assert not torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], outs[4])
+    assert (mixed[2:] - eager(eager_pipe.model, x, BLOCKS)[2:]).abs().max().item() <= 1e-4
+
+
+def test_lora_weight_swaps_do_not_recompile(tmp_path):
+    from engines.models.model_folder import save_model
+    from tests.fixtures.models import tiny_model
+
+    folder = save_model(tiny_model(seed=4, form="lora"), tmp_path / "lora")
+    compiled = Realiz3DPipeline.load(folder, backend="compile", device="cpu")
+    x = unet_inputs(2, 2, seed=1)
+    compiled.runner(x, REAL)
     # Parameters are graph inputs under torch 2.13's nn-module inlining: a reference swap is no recompile.
     with torch.compiler.set_stance("fail_on_recompile"):
         outs = [compiled.runner(x, combo) for combo in (SYN, REAL, SPLIT, SYN)]

@@ -11,13 +11,23 @@ import torch
 from engines.models.model_folder import load_model
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
-from engines.runtime.onnx_export import BATCH_AXIS, check_tensorrt_compatible, graph_ops, tensorrt_op_list
+from engines.runtime.onnx_export import (
+    BATCH_AXIS,
+    check_tensorrt_compatible,
+    graph_ops,
+    input_names,
+    tensorrt_op_list,
+)
 from engines.runtime.onnx_runner import GRAPH_FILE, OnnxRunner
-from engines.types import UNetInputs
+from engines.types import DomainCombo, UNetInputs, uniform_combo
 from service.cli import main
 from tests.fixtures.models import eager_unet as eager
 
-REAL, SYN, SPLIT = ("real",) * 3, ("synthetic",) * 3, ("synthetic", "synthetic", "real")
+REAL, SYN, SPLIT = (
+    uniform_combo("real"),
+    uniform_combo("synthetic"),
+    DomainCombo("synthetic", "synthetic", "real"),
+)
 
 
 def unet_inputs(n: int, views: int, seed: int = 0, geometry: bool = False) -> UNetInputs:
@@ -51,15 +61,31 @@ def test_onnx_unet_matches_eager_fp32_for_both_domains_and_every_batch_size(runn
             assert diff <= 1e-4, (n, views, combo, diff)
 
 
-def test_a_batch_mixing_domain_combos_is_split_per_combo(runner):
-    x = unet_inputs(4, 2, seed=3)
-    out = runner(x, [REAL, REAL, SYN, SYN])
+def test_a_batch_mixing_domain_combos_runs_in_one_graph(runner):
+    x = unet_inputs(6, 2, seed=3)
+    blocks = DomainCombo("real", "real", "real", 6)
+    out = runner(x, [REAL, REAL, SYN, SYN, blocks, blocks])
     assert (out[:2] - eager(runner.model, x, REAL)[:2]).abs().max() <= 1e-4
-    assert (out[2:] - eager(runner.model, x, SYN)[2:]).abs().max() <= 1e-4
+    assert (out[2:4] - eager(runner.model, x, SYN)[2:4]).abs().max() <= 1e-4
+    assert (out[4:] - eager(runner.model, x, blocks)[4:]).abs().max() <= 1e-4
+    assert {c for c, _ in runner._sessions} == {None}
+
+
+def test_lora_form_exports_one_graph_per_weight_set(tmp_path):
+    from tests.fixtures.models import tiny_model
+
+    model = tiny_model(seed=2, form="lora")
+    lora = OnnxRunner(model, cache_dir=tmp_path, num_views=2)
+    x = unet_inputs(4, 2, seed=3)
+    out = lora(x, [REAL, REAL, SYN, SYN])
+    assert (out[:2] - eager(model, x, REAL)[:2]).abs().max() <= 1e-4
+    assert (out[2:] - eager(model, x, SYN)[2:]).abs().max() <= 1e-4
+    assert {c for c, _ in lora._sessions} == {REAL, SYN}
+    assert "domain_ids" not in input_names(model)
 
 
 def test_exported_graph_passes_checker_uses_only_tensorrt_ops_and_has_a_profiled_batch_axis(runner):
-    entry = runner.graph(REAL, runner.default_shape())
+    entry = runner.graph(None, runner.default_shape())
     path = entry.file(GRAPH_FILE)
     onnx.checker.check_model(str(path), full_check=True)
     assert check_tensorrt_compatible(path) == []
@@ -68,7 +94,7 @@ def test_exported_graph_passes_checker_uses_only_tensorrt_ops_and_has_a_profiled
     assert graph_ops(path) <= supported.ops
     model = onnx.load(str(path))
     names = [i.name for i in model.graph.input]
-    assert names == ["sample", "timestep", "text", "cameras", "geometry"]
+    assert names == ["sample", "timestep", "text", "cameras", "geometry", "domain_ids"]
     for value in [*model.graph.input, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
         assert dims[0].dim_param == BATCH_AXIS
@@ -94,7 +120,7 @@ def test_a_second_runner_loads_the_graphs_from_the_cache(runner, tiny_model_dir,
     runner.prepare([REAL, SYN])
     again = OnnxRunner(load_model(tiny_model_dir).eval(), cache_dir=cache_dir, num_views=2)
     again.prepare([REAL, SYN])
-    assert [e.hit for _, _, e in again.entries] == [True, True]
+    assert [e.hit for _, _, e in again.entries] == [True]  # block-shift: one graph for both domains
     x = unet_inputs(4, 2)
     assert torch.equal(again(x, SYN), runner(x, SYN))
 
@@ -102,11 +128,11 @@ def test_a_second_runner_loads_the_graphs_from_the_cache(runner, tiny_model_dir,
 def test_a_corrupted_cached_graph_is_rebuilt_and_still_correct(tiny_model_dir, tmp_path):
     model = load_model(tiny_model_dir).eval()
     first = OnnxRunner(model, cache_dir=tmp_path, num_views=2)
-    entry = first.graph(REAL, first.default_shape())
+    entry = first.graph(None, first.default_shape())
     path = entry.file(GRAPH_FILE)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a half-written file
     second = OnnxRunner(load_model(tiny_model_dir).eval(), cache_dir=tmp_path, num_views=2)
-    rebuilt = second.graph(REAL, second.default_shape())
+    rebuilt = second.graph(None, second.default_shape())
     assert not rebuilt.hit
     x = unet_inputs(4, 2)
     assert (second(x, REAL) - eager(model, x, REAL)).abs().max() <= 1e-4
@@ -120,19 +146,55 @@ def pipes(tiny_model_dir, cache_dir):
     )
 
 
-@pytest.mark.parametrize("schedule", [{"domain": "real"}, {"domain": "synthetic"}, {"split": 0.5}])
-def test_onnx_pipeline_images_match_eager_within_2_levels(pipes, schedule):
-    eager_pipe, onnx_pipe = pipes
-    # guidance 1: on an untrained model guidance 7.5 amplifies fp32 rounding ~10x per step
-    req = MultiviewRequest(
-        prompt="a red cube", num_views=2, steps=4, seed=7, guidance_scale=1.0, schedule=schedule
-    )
-    a, b = eager_pipe.multiview(req), onnx_pipe.multiview(req)
-    diff = max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(a.images, b.images, strict=True))
-    assert diff <= 2
-    assert b.meta["backend"] == "onnx"
-    if "split" in schedule:
-        assert b.meta["schedule_steps"] == ["sss", "sss", "rrr", "rrr"]  # weight sets switched mid-run
+SCHEDULES = ["real", "synthetic", "0.4", "0.4,blocks=6"]
+
+
+def test_one_onnx_graph_serves_every_schedule_and_a_batched_mix(tiny_model_dir, tmp_path):
+    import concurrent.futures as cf
+
+    from engines.types import DomainSchedule
+
+    eager_pipe = Realiz3DPipeline.load(tiny_model_dir, device="cpu")
+    onnx_pipe = Realiz3DPipeline.load(tiny_model_dir, backend="onnx", device="cpu", engine_cache_dir=tmp_path)
+
+    def request(s: str) -> MultiviewRequest:
+        # guidance 1: on an untrained model guidance 7.5 amplifies fp32 rounding ~10x per step
+        return MultiviewRequest(
+            prompt="a red cube",
+            num_views=2,
+            steps=5,
+            seed=7,
+            guidance_scale=1.0,
+            schedule=DomainSchedule.parse(s),
+        )
+
+    def diff(a, b) -> int:
+        return max(
+            np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(a.images, b.images, strict=True)
+        )
+
+    alone = {}
+    for s in SCHEDULES:
+        a, b = eager_pipe.multiview(request(s)), onnx_pipe.multiview(request(s))
+        assert diff(a, b) <= 2, s
+        assert b.meta["backend"] == "onnx"
+        alone[s] = a
+    assert onnx_pipe.multiview(request("0.4")).meta["schedule_steps"] == ["sss", "sss", "rrr", "rrr", "rrr"]
+    assert alone["0.4,blocks=6"].meta["schedule_steps"][2:] == ["rrr-b6"] * 3
+    # the four schedules in one batch: jobs at different schedule positions share every UNet call
+    onnx_pipe.enable_batching(max_jobs=4, max_wait_ms=500)
+    jobs_per_call: list[int] = []
+    onnx_pipe.on_unet_call = lambda images, jobs, seconds: jobs_per_call.append(jobs)
+    with cf.ThreadPoolExecutor(4) as pool:
+        mixed = dict(
+            zip(SCHEDULES, pool.map(lambda s: onnx_pipe.multiview(request(s)), SCHEDULES), strict=True)
+        )
+    onnx_pipe.batcher.close()
+    assert max(jobs_per_call) == 4  # one call held all four schedules
+    for s in SCHEDULES:
+        assert diff(mixed[s], alone[s]) <= 2, s
+    graphs = [p for p in tmp_path.rglob("unet.onnx")]
+    assert len(graphs) == 1, graphs  # one graph per shape, whatever the schedule
 
 
 def test_build_engines_cli_builds_then_hits(tiny_model_dir, tmp_path, capsys):
@@ -140,8 +202,8 @@ def test_build_engines_cli_builds_then_hits(tiny_model_dir, tmp_path, capsys):
     args += ["--schedule", "0.5", "--engine-cache", str(tmp_path), "--device", "cpu"]
     assert main(args) == 0
     first = capsys.readouterr().out
-    assert first.count("built in") == 2 and "2 entries (2 built, 0 cache hits)" in first
+    assert first.count("built in") == 1 and "1 entries (1 built, 0 cache hits)" in first
     assert main(args) == 0
     second = capsys.readouterr().out
-    assert "2 entries (0 built, 2 cache hits)" in second
-    assert "real/real/real" in second and "synthetic/synthetic/synthetic" in second
+    assert "1 entries (0 built, 1 cache hits)" in second
+    assert "onnx domains views=2" in second

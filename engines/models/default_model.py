@@ -16,7 +16,7 @@ import torch
 
 from engines.models.config import ModelConfig
 from engines.models.domain_shifter import build_domain_shifter
-from engines.models.model_folder import load_model, save_model
+from engines.models.model_folder import save_model
 from engines.models.realiz3d_model import DEFAULT_SCHEDULER_CONFIG, Realiz3DModel
 from engines.models.shifter_config import BlockShiftConfig, DomainShifterConfig
 from engines.models.text_encoder import HashedWordTextEncoder
@@ -89,7 +89,3 @@ def default_model_dir() -> Path:
     if not (folder / "realiz3d.json").is_file():
         save_model(build_model(), folder)
     return folder
-
-
-def load_default_model() -> Realiz3DModel:
-    return load_model(default_model_dir())

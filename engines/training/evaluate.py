@@ -1,12 +1,15 @@
-"""`realiz3d eval`: realism, control adherence and cross-view consistency of naive vs Realiz3D.
+"""`realiz3d eval`: realism, control adherence and cross-view consistency of naive vs Realiz3D's
+block-shift and lora forms.
 
 For a fixed set of held-out objects (the `eval` split's seed; chromatic colours only, so the colour
 metrics are defined) every condition generates, with the same seeds:
 - geometry-conditioned views (the object's 4 orbit cameras + its geometry maps: the texturing task),
 - text-to-multiview views (the same cameras, no geometry),
-and is scored with `metrics.py` and the domain classifier (`domain_classifier.py`). Conditions: the naive
-baseline, and the Realiz3D model at step-split schedules (0 = all real ... 1 = all synthetic). Reference
-rows score the data itself (synthetic renders, photographs) to calibrate the metrics.
+and is scored with `metrics.py`, the domain classifier (`domain_classifier.py`) and KID on that
+classifier's features against held-out photographs and renders (`kid.py`), with object-bootstrap 95%
+intervals and paired differences against the naive baseline. Conditions: the naive baseline, and each
+Realiz3D model at step splits (0 = all real ... 1 = all synthetic) and block splits (`blocks=K` after a
+step split of 0). Reference rows score the data itself to calibrate the metrics.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ from engines.training.domain_classifier import (
     evaluate_classifier,
     train_domain_classifier,
 )
+from engines.training.kid import (
+    KIDReference,
+    ObjectKernels,
+    bootstrap_weights,
+    kid_with_interval,
+    mean_with_interval,
+    paired_difference,
+    paired_mean_difference,
+)
 from engines.training.metrics import colour_mask, cross_view_error, dominant_colour, mask_iou
 from engines.training.shapes import CHROMATIC, ObjectSpec, random_spec
 from engines.training.synthetic_data import object_cameras, render_object
@@ -50,10 +62,12 @@ METRIC_KEYS = (
 
 @dataclass
 class EvalConfig:
-    objects: int = 12
+    objects: int = 48
     steps: int = 30
     guidance: float = 3.0
-    splits: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 1.0)
+    splits: tuple[float, ...] = (0.0, 0.4, 1.0)
+    block_splits: tuple[int, ...] = ()  # blocks=K conditions (after a step split of 0)
+    bootstrap: int = 1000
     seed: int = 0
     views: int = 4
     metric_resolution: int = 32
@@ -155,9 +169,11 @@ def run_condition(pipe, schedule: DomainSchedule, objects: list[EvalObject], cfg
                 "xview_err": g["xview_err"],
             }
         )
+        per_obj[-1]["_feat_geo"] = clf.features(np.stack(geo))
+        per_obj[-1]["_feat_text"] = clf.features(np.stack(txt))
         samples_geo.append(geo)
         samples_text.append(txt)
-    mean = _mean(per_obj)
+    mean = _mean([{k: v for k, v in r.items() if not k.startswith("_")} for r in per_obj])
     mean["feat_real_geo"] = round(feat(np.stack([im for s in samples_geo for im in s])), 4)
     mean["feat_real_text"] = round(feat(np.stack([im for s in samples_text for im in s])), 4)
     return mean, per_obj, samples_geo, samples_text
@@ -206,16 +222,54 @@ def _upscale(images: list[np.ndarray], factor: int = 3) -> list[np.ndarray]:
     return [np.kron(a, np.ones((factor, factor, 1), np.uint8)) for a in images]
 
 
+@dataclass
+class Condition:
+    name: str
+    method: str  # "naive", "block-shift", "lora", "seeded"
+    folder: Path
+    schedule: DomainSchedule
+
+
+def conditions_for(
+    models: dict[str, Path], baseline_dir: Path | None, cfg: EvalConfig, seeded: Path | None = None
+) -> list[Condition]:
+    """naive at domain real, then every Realiz3D model at each step split and block split."""
+    out: list[Condition] = []
+    if seeded is not None:
+        out.append(
+            Condition("seeded untrained default (split 0.4)", "seeded", seeded, DomainSchedule(split=0.4))
+        )
+    if baseline_dir is not None:
+        out.append(
+            Condition("naive baseline (no covariate)", "naive", baseline_dir, DomainSchedule(domain="real"))
+        )
+    for method, folder in models.items():
+        for s in cfg.splits:
+            out.append(
+                Condition(f"{method}, step split {s:g}", method, folder, DomainSchedule(split=float(s)))
+            )
+        for k in cfg.block_splits:
+            out.append(
+                Condition(f"{method}, 0,blocks={k}", method, folder, DomainSchedule(split=0.0, blocks=k))
+            )
+    return out
+
+
 def evaluate(
-    model_dir: Path,
+    model_dir: Path | dict[str, Path],
     out_dir: Path,
     baseline_dir: Path | None = None,
     cfg: EvalConfig | None = None,
     log=print,
 ) -> dict:
+    """Score every condition; `model_dir` is one Realiz3D model folder or {method: folder}."""
+    from engines.models.model_folder import load_model
     from engines.pipelines import Realiz3DPipeline
 
     cfg = cfg or EvalConfig()
+    models = (
+        model_dir if isinstance(model_dir, dict) else {load_model(model_dir).shifter.form: Path(model_dir)}
+    )
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     res = cfg.metric_resolution
@@ -228,49 +282,70 @@ def evaluate(
     clf = train_domain_classifier(
         c_real.images, c_syn.images.reshape(-1, res, res, 3), seed=cfg.seed, steps=cfg.classifier_steps
     )
-    clf_report = evaluate_classifier(clf, e_real.images, e_syn.images.reshape(-1, res, res, 3))
+    e_renders = e_syn.images.reshape(-1, res, res, 3)
+    clf_report = evaluate_classifier(clf, e_real.images, e_renders)
     log(f"domain classifier: held-out accuracy {clf_report['accuracy']:.3f}")
     objects = eval_objects(cfg)
     feat = FeatureRealism(clf, c_real.images, c_syn.images.reshape(-1, res, res, 3))
+    # KID references: held-out photographs and renders (the eval split, unseen by the classifier)
+    ref_real, ref_syn = KIDReference(clf.features(e_real.images)), KIDReference(clf.features(e_renders))
+    weights = bootstrap_weights(len(objects), cfg.bootstrap, seed=cfg.seed)
 
-    conditions: list[tuple[str, Path, DomainSchedule]] = []
     tmp = None
+    seeded = None
     if cfg.include_seeded:
         from engines.models.default_model import build_model
         from engines.models.model_folder import save_model
 
         tmp = Path(tempfile.mkdtemp(prefix="realiz3d-seeded-"))
-        save_model(build_model(), tmp / "seeded")
-        conditions.append(("seeded untrained default (split 0.4)", tmp / "seeded", DomainSchedule(split=0.4)))
-    if baseline_dir is not None:
-        conditions.append(("naive baseline (no covariate)", baseline_dir, DomainSchedule(domain="real")))
-    for s in cfg.splits:
-        name = {0.0: "Realiz3D, domain real (split 0)", 1.0: "Realiz3D, domain synthetic (split 1)"}.get(
-            float(s), f"Realiz3D, step-split {s:g}"
-        )
-        conditions.append((name, model_dir, DomainSchedule(split=float(s))))
+        seeded = save_model(build_model(), tmp / "seeded")
+    conditions = conditions_for(models, baseline_dir, cfg, seeded)
 
     rows, per_object, grids_geo, grids_text = [], {}, [], []
+    kernels: dict[str, dict[str, ObjectKernels]] = {}
+    per_obj_metrics: dict[str, dict[str, np.ndarray]] = {}
     pipes: dict[Path, object] = {}
     try:
-        for name, folder, schedule in conditions:
+        for c in conditions:
             t0 = time.perf_counter()
-            if folder not in pipes:
-                pipes[folder] = Realiz3DPipeline.load(folder, device="cpu")
-            mean, objs, sg, st = run_condition(pipes[folder], schedule, objects, cfg, clf, feat)
-            rows.append({"condition": name, "model": str(folder), "schedule": schedule.describe(), **mean})
-            per_object[name] = objs
+            if c.folder not in pipes:
+                pipes[c.folder] = Realiz3DPipeline.load(c.folder, device="cpu")
+            mean, objs, sg, st = run_condition(pipes[c.folder], c.schedule, objects, cfg, clf, feat)
+            k = {
+                f"{task}_{ref}": ObjectKernels.build(
+                    np.concatenate([o[f"_feat_{task}"] for o in objs]), cfg.views, r
+                )
+                for task in ("geo", "text")
+                for ref, r in (("real", ref_real), ("syn", ref_syn))
+            }
+            kernels[c.name] = k
+            per_obj_metrics[c.name] = {
+                m: np.array([o[m] for o in objs]) for m in ("mask_iou", "colour_hit_geo")
+            }
+            stats = {f"kid_{key}": _scaled(kid_with_interval(v, weights)) for key, v in k.items()}
+            stats["mask_iou_ci"] = mean_with_interval(per_obj_metrics[c.name]["mask_iou"], weights)
+            rows.append(
+                {
+                    "condition": c.name,
+                    "method": c.method,
+                    "model": str(c.folder),
+                    "schedule": c.schedule.describe(),
+                    **mean,
+                    **stats,
+                }
+            )
+            per_object[c.name] = [{m: v for m, v in o.items() if not m.startswith("_")} for o in objs]
             n = min(cfg.grid_objects, len(objects))
-            grids_geo.append([im for k in range(n) for im in sg[k]])
-            grids_text.append([im for k in range(n) for im in st[k]])
+            grids_geo.append([im for j in range(n) for im in sg[j]])
+            grids_text.append([im for j in range(n) for im in st[j]])
             log(
-                f"{name}: "
-                + ", ".join(f"{k} {mean[k]:.3f}" for k in METRIC_KEYS)
-                + f" ({time.perf_counter() - t0:.0f} s)"
+                f"{c.name}: KID real geo {stats['kid_geo_real']['kid']:.2f} text {stats['kid_text_real']['kid']:.2f} "
+                f"(x1e3), mask IoU {mean['mask_iou']:.3f} ({time.perf_counter() - t0:.0f} s)"
             )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    comparisons = compare(conditions, kernels, per_obj_metrics, weights)
     rows += reference_rows(objects, e_real, clf, feat)
 
     n = min(cfg.grid_objects, len(objects))
@@ -286,13 +361,14 @@ def evaluate(
     )
     result = {
         "config": asdict(cfg),
-        "model": str(model_dir),
+        "models": {k: str(v) for k, v in models.items()},
         "baseline": str(baseline_dir) if baseline_dir else None,
         "classifier": clf_report,
         "objects": [o.spec.caption for o in objects],
         "rows": rows,
+        "comparisons": comparisons,
         "per_object": per_object,
-        "grid_rows": ["reference renders"] + [c[0] for c in conditions],
+        "grid_rows": ["reference renders"] + [c.name for c in conditions],
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     (out_dir / "results.json").write_text(json.dumps(result, indent=2))
@@ -300,31 +376,102 @@ def evaluate(
     return result
 
 
+def _scaled(d: dict[str, float]) -> dict[str, float]:
+    """KID x 1000, the usual reporting scale."""
+    return {k: round(v * 1e3, 3) for k, v in d.items()}
+
+
+def compare(
+    conditions: list[Condition],
+    kernels: dict[str, dict[str, ObjectKernels]],
+    metrics: dict[str, dict[str, np.ndarray]],
+    weights: np.ndarray,
+) -> list[dict]:
+    """Paired differences: every Realiz3D condition against the naive baseline, and block-shift
+    against lora at the same schedule. KID differences x 1000 (negative = closer to the photographs)."""
+    pairs: list[tuple[str, str]] = []
+    naive = next((c.name for c in conditions if c.method == "naive"), None)
+    for c in conditions:
+        if c.method in ("block-shift", "lora") and naive is not None:
+            pairs.append((c.name, naive))
+    by_schedule: dict[str, dict[str, str]] = {}
+    for c in conditions:
+        by_schedule.setdefault(c.schedule.describe(), {})[c.method] = c.name
+    for methods in by_schedule.values():
+        if "block-shift" in methods and "lora" in methods:
+            pairs.append((methods["block-shift"], methods["lora"]))
+    out = []
+    for a, b in pairs:
+        row: dict = {"a": a, "b": b}
+        for key in ("geo_real", "text_real"):
+            d = paired_difference(kernels[a][key], kernels[b][key], weights)
+            row[f"kid_{key}"] = {k: (round(v * 1e3, 3) if isinstance(v, float) else v) for k, v in d.items()}
+        row["mask_iou"] = paired_mean_difference(metrics[a]["mask_iou"], metrics[b]["mask_iou"], weights)
+        out.append(row)
+    return out
+
+
+def _ci(d: dict, key: str = "kid") -> str:
+    return f"{d[key]:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"
+
+
+def _diff(d: dict) -> str:
+    mark = " **sig.**" if d["significant"] else ""
+    return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{mark}"
+
+
 def markdown(result: dict) -> str:
     cfg = result["config"]
-    head = (
-        "| condition | schedule | P(real) geo | P(real) text | feature realism geo | feature realism text "
-        "| mask IoU | colour hit geo | colour hit text | cross-view err |"
-    )
     lines = [
-        "# Evaluation: naive vs Realiz3D (generated by `realiz3d eval`)",
+        "# Evaluation: naive vs Realiz3D block-shift and lora (generated by `realiz3d eval`)",
         "",
-        f"{cfg['objects']} held-out objects ({', '.join(result['objects'])}), {cfg['views']} views each, "
-        f"{cfg['steps']} DDIM steps, guidance {cfg['guidance']}, metrics at {cfg['metric_resolution']} px. "
-        "*geo* = geometry-conditioned (texturing task), *text* = text-to-multiview. Higher is better except "
-        "cross-view error. *P(real)*: mean per-image probability of the real domain under the domain "
-        "classifier; *feature realism*: where the set of images sits between the renders (0) and the "
-        "photographs (1) in the classifier's feature space (see docs/training.md). Domain classifier "
-        "held-out accuracy "
+        f"{cfg['objects']} held-out objects, {cfg['views']} views each, {cfg['steps']} DDIM steps, guidance "
+        f"{cfg['guidance']}, metrics at {cfg['metric_resolution']} px. *geo* = geometry-conditioned "
+        "(texturing task), *text* = text-to-multiview. **KID real**: kernel inception distance x 1000 between "
+        "the generated views and held-out photographs on the domain classifier's features (lower = more "
+        "photographic); **KID syn**: the same against held-out renders. Brackets: 95% object-bootstrap "
+        f"intervals ({cfg['bootstrap']} resamples). Domain classifier held-out accuracy "
         f"{result['classifier']['accuracy']:.3f} (P(real) on photos {result['classifier']['p_real_on_real']:.3f}, "
         f"on renders {result['classifier']['p_real_on_synthetic']:.3f}).",
         "",
-        head,
-        "|" + "---|" * 10,
+        "| condition | schedule | KID real geo | KID real text | KID syn geo | KID syn text | mask IoU "
+        "| colour hit geo | colour hit text | cross-view err | P(real) geo |",
+        "|" + "---|" * 11,
     ]
     for r in result["rows"]:
-        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else "–" for k in METRIC_KEYS]
-        lines.append(f"| {r['condition']} | {r.get('schedule', '–')} | " + " | ".join(cells) + " |")
+        if "kid_geo_real" not in r:
+            continue
+        lines.append(
+            f"| {r['condition']} | {r['schedule']} | {_ci(r['kid_geo_real'])} | {_ci(r['kid_text_real'])} "
+            f"| {_ci(r['kid_geo_syn'])} | {_ci(r['kid_text_syn'])} | {_ci(r['mask_iou_ci'], 'mean')} "
+            f"| {r['colour_hit_geo']:.3f} | {r['colour_hit_text']:.3f} | {r['xview_err']:.3f} | {r['p_real_geo']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Paired differences (a - b, same objects and seeds; **sig.** = 95% interval excludes 0)",
+        "",
+        "| a | b | KID real geo | KID real text | mask IoU |",
+        "|---|---|---|---|---|",
+    ]
+    for c in result["comparisons"]:
+        lines.append(
+            f"| {c['a']} | {c['b']} | {_diff(c['kid_geo_real'])} | {_diff(c['kid_text_real'])} | {_diff(c['mask_iou'])} |"
+        )
+    lines += [
+        "",
+        "## Reference rows (the data itself)",
+        "",
+        "| row | P(real) geo | P(real) text | feature realism geo | feature realism text |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if "kid_geo_real" in r:
+            continue
+        cells = [
+            f"{r[k]:.3f}" if isinstance(r.get(k), float) else "–"
+            for k in ("p_real_geo", "p_real_text", "feat_real_geo", "feat_real_text")
+        ]
+        lines.append(f"| {r['condition']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Sample grids: `samples_geometry.png`, `samples_text.png` (rows: "

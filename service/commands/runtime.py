@@ -141,11 +141,13 @@ def run_build_engines(args: argparse.Namespace) -> int:
             refit=args.refit,
             cfg=args.cfg,
         )
+    from engines.runtime.onnx_runner import weight_set_label
+
     runner.prepare(combos)
     for combo, shape, entry in runner.entries:
         state = "hit  " if entry.hit else f"built in {entry.build_seconds:.1f} s:"
         print(
-            f"{args.backend} {'/'.join(combo)} views={shape.num_views} {shape.height}x{shape.width}: {state} {entry.path}"
+            f"{args.backend} {weight_set_label(combo)} views={shape.num_views} {shape.height}x{shape.width}: {state} {entry.path}"
         )
     built = sum(not e.hit for _, _, e in runner.entries)
     print(
@@ -193,14 +195,14 @@ def _bench_unet(args: argparse.Namespace) -> int:
         )
     if not args.skip_domain_cost:
         try:
-            from engines.runtime.bench_unet import run_unet_bench
+            from engines.bench.unet import run_unet_bench
         except ImportError:
             print(
-                "bench unet: Domain Shifter cost part skipped (engines.runtime.bench_unet not in this build)"
+                "bench unet: Domain Shifter cost part skipped (engines.bench.unet not in this build)"
             )
         else:
             run_unet_bench(out_dir=args.out)
-    from engines.runtime.bench_backends import run_backend_bench
+    from engines.bench.backends import run_backend_bench
 
     run_backend_bench(
         backends=args.backend,

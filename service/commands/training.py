@@ -10,21 +10,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="two-stage Realiz3D training (and the naive baseline) on data generated here",
-        description="Stage 1 learns the Domain Shifter without controls; stage 2 the controls with the "
-        "shifter frozen; naive = the same model and data with no domain covariate. 'all' runs stage 1, "
-        "stage 2 and naive into OUT/stage1, OUT/stage2, OUT/naive. Each run writes OUT/checkpoint "
-        "(resumable) and OUT/final (the model folder, EMA weights). See docs/training.md.",
+        description="base = the pre-trained image model (photos only, no shifter); stage 1 trains only "
+        "the Domain Shifter (backbone frozen, empty controls); stage 2 the controls with the shifter "
+        "frozen, real samples reassigning the first i ~ U{0..tau_B} sites to synthetic; naive = the "
+        "same base and data with no domain covariate. 'all' runs base, stage 1, stage 2 and naive into "
+        "OUT/base, OUT/stage1, OUT/stage2, OUT/naive (and OUT/lora/... with --with-lora). Each run "
+        "writes OUT/checkpoint (resumable) and OUT/final (the model folder, EMA weights). See "
+        "docs/training.md.",
     )
-    p.add_argument("--stage", choices=["1", "2", "naive", "all"], required=True)
+    p.add_argument("--stage", choices=["base", "1", "2", "naive", "all"], required=True)
     p.add_argument("--out", type=Path, required=True, help="output folder of this run")
-    p.add_argument("--steps", type=int, default=5000, help="steps of this stage (all/naive: both stages)")
+    p.add_argument(
+        "--steps", type=int, default=5000, help="steps of this stage (all/naive: stage 1 + stage 2)"
+    )
     p.add_argument(
         "--stage1-steps",
         type=int,
         default=None,
         help="all/naive: steps on stage-1 data before stage-2 data (default: 30%% of --steps)",
     )
-    p.add_argument("--init", type=Path, default=None, help="model folder to start from (stage 2: stage 1's)")
+    p.add_argument("--base-steps", type=int, default=1500, help="all: steps of the base stage")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="model folder to start from (stage 1 and naive: the base's; stage 2: stage 1's)",
+    )
+    p.add_argument(
+        "--form", choices=["block-shift", "lora"], default="block-shift", help="Domain Shifter form"
+    )
+    p.add_argument("--with-lora", action="store_true", help="all: also train the lora form (OUT/lora)")
+    p.add_argument(
+        "--tau-blocks", type=int, default=None, help="stage 2: i ~ U{0..tau_B} (default: the shifter's)"
+    )
     p.add_argument("--batch", type=int, default=2, help="synthetic objects per step (x 4 views)")
     p.add_argument("--batch-real", type=int, default=8, help="photographs per step")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -35,8 +53,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-objects", type=int, default=800, help="training objects (x 4 views)")
     p.add_argument("--photos", type=int, default=3200, help="training photographs")
     p.add_argument("--channels", default="32,64,64", help="UNet block widths of a fresh model")
-    p.add_argument("--no-layer-aware", action="store_true", help="stage 2: let real samples train 'down'")
-    p.add_argument("--reassign-prob", type=float, default=0.25, help="stage 2: domain reassignment rate")
+    p.add_argument(
+        "--no-layer-aware",
+        action="store_true",
+        help="stage 2: let real samples train the reassigned first i sites too",
+    )
     p.set_defaults(handler=run_train)
 
     e = sub.add_parser(
@@ -81,8 +102,6 @@ def run_train(args: argparse.Namespace) -> int:
         channels = tuple(int(c) for c in args.channels.split(","))
     except ValueError:
         raise UserInputError(f"--channels {args.channels!r}: expected comma-separated integers") from None
-    if not 0 <= args.reassign_prob <= 1:
-        raise UserInputError(f"--reassign-prob must be in [0, 1], got {args.reassign_prob}")
     stage1 = args.stage1_steps if args.stage1_steps is not None else max(1, int(0.3 * steps))
     if args.stage in ("all", "naive") and not 0 < stage1 < steps:
         raise UserInputError(f"--stage1-steps must be in [1, {steps - 1}], got {stage1}")
@@ -94,7 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     cfg = TrainConfig(
-        stage="1" if args.stage == "all" else args.stage,
+        stage="base" if args.stage == "all" else args.stage,
         steps=steps,
         seed=args.seed,
         batch_objects=_positive("--batch", args.batch),
@@ -106,10 +125,13 @@ def run_train(args: argparse.Namespace) -> int:
         data=data,
         channels=channels,
         layer_aware=not args.no_layer_aware,
-        reassign_prob=args.reassign_prob,
+        tau_blocks=args.tau_blocks,
+        shifter_form=args.form,
     )
     if args.stage == "all":
-        paths = train_all(cfg, args.out, stage1, args.resume, log=_log)
+        forms = ("block-shift", "lora") if args.with_lora else ("block-shift",)
+        base_steps = _positive("--base-steps", args.base_steps)
+        paths = train_all(cfg, args.out, base_steps, stage1, args.resume, forms=forms, log=_log)
         for k, v in paths.items():
             print(f"{k}: {v}")
         return 0

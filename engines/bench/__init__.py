@@ -1,0 +1,1 @@
+"""Benchmarks that drive whole pipelines and runners (figures go to docs/benchmarks/; never tests)."""

@@ -1,0 +1,301 @@
+"""`realiz3d bench unet`, part 1: what the Domain Shifter costs at run time.
+
+Measured in one run on the embedded default model (4 views, CFG: a UNet batch of 8). The baseline of
+every ratio is the **bare UNet**: the same weights loaded again with the Domain Shifter removed (no
+hooks at all), interleaved with the measured variant, medians.
+- fused block-shift step (the model's form: offset-table lookups with per-sample domain ids) / bare;
+- the lora form on the same UNet (fused weight sets, reference swap) / bare, for comparison;
+- domain switch / step: block-shift builds the next call's domain-id tensor; lora swaps references;
+- extra bytes for all domains (block-shift: the offset tables; lora: one weight set per domain);
+- compiled graphs a mixed workload needs (real, synthetic, 0.4, 0.4+blocks=6, one batch mixing them),
+  counted as ONNX graphs exported into a fresh engine cache, per form;
+- UNet FLOP/s / measured fp32 matmul peak; the model's 4-view, 30-step generation time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from engines.pipelines import Realiz3DPipeline
+from engines.requests import MultiviewRequest
+from engines.runtime.torch_runner import cast_inputs
+from engines.sampling.cameras import camera_embeddings, orbit_cameras
+from engines.types import DomainCombo, DomainSchedule, UNetInputs, uniform_combo
+
+REAL, SYN = uniform_combo("real"), uniform_combo("synthetic")
+MIXED_SCHEDULES = ("real", "synthetic", "0.4", "0.4,blocks=6")
+
+
+def matmul_peak_gflops(size: int = 1024, repeats: int = 30) -> float:
+    """Best-of fp32 matmul throughput: the machine's practical peak for dense math."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def unet_inputs(model, views: int, objects: int) -> UNetInputs:
+    """One UNet call's inputs for `objects` objects of `views` views with CFG (2 x views rows each)."""
+    cfg = model.config
+    n = 2 * views * objects  # classifier-free guidance doubles the batch
+    size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
+    gen = torch.Generator().manual_seed(0)
+    return UNetInputs(
+        sample=torch.randn(n, cfg.image_channels, size, size, generator=gen),
+        timestep=torch.full((n,), 500, dtype=torch.long),
+        text=model.text_encoder.encode(["a red cube"]).expand(n, -1, -1).contiguous(),
+        cameras=torch.from_numpy(camera_embeddings(orbit_cameras(views))).repeat(2 * objects, 1),
+        geometry=None,
+        num_views=views,
+    )
+
+
+@torch.no_grad()
+def batch_scaling(
+    views: int,
+    objects: list[int],
+    repeats: int = 7,
+    model_dir: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[int, float]:
+    """UNet milliseconds per image at each batch of `objects` CFG objects (fused real weights, eager).
+
+    Repetitions are interleaved across batch sizes and the median kept. per-image(1) / per-image(k) is
+    the most that batching k jobs' steps together can speed up a UNet-bound worker on `device`.
+    """
+    pipe = Realiz3DPipeline.load(model_dir, device=device)
+    model = pipe.model
+    calls = {k: cast_inputs(unet_inputs(model, views, k), model.device, model.dtype) for k in objects}
+
+    def call(x: UNetInputs) -> None:
+        pipe.runner(x, REAL)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)  # time the kernels, not their launch
+
+    for x in calls.values():
+        call(x)
+    times: dict[int, list[float]] = {k: [] for k in objects}
+    for _ in range(repeats):
+        for k, x in calls.items():
+            times[k] += _timed(lambda x=x: call(x), 1)
+    return {k: round(statistics.median(t) * 1e3 / calls[k].batch, 3) for k, t in times.items()}
+
+
+def bare_unet(model_dir: str | Path | None):
+    """The model's UNet loaded again with its Domain Shifter removed: the honest baseline."""
+    from engines.models.default_model import default_model_dir
+    from engines.models.model_folder import load_model
+
+    bare = load_model(model_dir if model_dir is not None else default_model_dir())
+    bare.shifter.remove()
+    bare.unet.attach_domain_context(None)
+    return bare
+
+
+def lora_twin(model_dir: str | Path | None):
+    """The same UNet weights with a lora-form shifter (random domain vectors), for the form comparison."""
+    from engines.models.default_model import randomize_shifter
+    from engines.models.domain_shifter import build_domain_shifter
+    from engines.models.shifter_config import LoraShifterConfig
+
+    model = bare_unet(model_dir)
+    model.shifter = build_domain_shifter(LoraShifterConfig(), model.unet.unet)
+    model.shifter_config = model.shifter.config
+    model.unet.attach_domain_context(model.shifter.context)
+    randomize_shifter(model.shifter, 1.0)
+    return model.eval()
+
+
+def count_graphs(model, cache_dir: Path, views: int) -> int:
+    """ONNX graphs exported for the mixed workload (each schedule, then one batch mixing them)."""
+    from engines.runtime.onnx_runner import OnnxRunner
+
+    runner = OnnxRunner(model, cache_dir=cache_dir, num_views=views)
+    combos = sorted({c for s in MIXED_SCHEDULES for c in DomainSchedule.parse(s).combos(10)})
+    runner.prepare(combos)
+    x = unet_inputs(model, views, objects=len(combos))
+    runner(x, [c for c in combos for _ in range(2 * views)])  # one batch mixing every combo
+    return len(list(cache_dir.rglob("unet.onnx")))
+
+
+def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):  # interleaved so drift and other load hit every variant alike
+        for k, fn in fns.items():
+            times[k] += _timed(fn, 1)
+    return {k: statistics.median(t) * 1e3 for k, t in times.items()}
+
+
+@torch.no_grad()
+def run_unet_bench(
+    out_dir: str | Path = "docs/benchmarks",
+    repeats: int = 15,
+    gen_steps: int = 30,
+    model_dir: str | Path | None = None,
+    name: str = "unet",
+) -> dict:
+    """Measure on `model_dir` (None = the embedded default); write `<name>.json` and `<name>.md`."""
+    import tempfile
+
+    from engines.runtime.torch_runner import TorchRunner
+
+    pipe = Realiz3DPipeline.load(model_dir, device="cpu")
+    model = pipe.model
+    shifter = model.shifter
+    cfg = model.config
+    views = 4
+    inputs = unet_inputs(model, views, objects=1)
+    n = inputs.batch
+    bare = bare_unet(model_dir)
+    lora = lora_twin(model_dir)
+    fused, lora_fused = TorchRunner(model, "fused"), TorchRunner(lora, "fused")
+    fused.prepare([REAL, SYN])
+    lora_fused.prepare([REAL, SYN])
+    mixed = [SYN] * (n // 2) + [DomainCombo("real", "real", "real", min(6, shifter.num_sites))] * (n // 2)
+    ms = _interleaved(
+        {
+            "bare": lambda: bare.unet.run(inputs),
+            "fused": lambda: fused(inputs, REAL),
+            "fused_mixed": lambda: fused(inputs, mixed),
+            "lora_fused": lambda: lora_fused(inputs, REAL),
+        },
+        repeats,
+    )
+
+    switches = 2000
+    t0 = time.perf_counter()
+    for i in range(switches):  # what changes per call when the domain changes: the id tensor
+        shifter.domain_ids([SYN if i % 2 == 0 else REAL] * n)
+    switch_ms = (time.perf_counter() - t0) / switches * 1e3
+    t0 = time.perf_counter()
+    for i in range(switches):
+        lora.shifter.activate(SYN if i % 2 == 0 else REAL)
+    lora_switch_ms = (time.perf_counter() - t0) / switches * 1e3
+
+    flops = FlopCounterMode(display=False)
+    with flops:
+        bare.unet.run(inputs)
+    gflop = flops.get_total_flops() / 1e9
+    peak = matmul_peak_gflops()
+    achieved = gflop / (ms["fused"] / 1e3)
+
+    shifter.invalidate_fused()
+    table_bytes = shifter.fused_bytes()
+    lora.shifter.invalidate_fused()
+    lora.shifter.fuse()
+    lora_bytes = lora.shifter.fused_bytes()
+    unet_bytes = sum(p.numel() * p.element_size() for p in model.unet.parameters())
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        graphs = {
+            "block-shift": count_graphs(model, Path(a), views),
+            "lora": count_graphs(lora, Path(b), views),
+        }
+
+    request = MultiviewRequest(prompt="a red cube", num_views=4, steps=gen_steps, seed=0)
+    pipe.multiview(MultiviewRequest(prompt="warm", num_views=4, steps=2, seed=0))
+    gen_s = [pipe.multiview(request).timings["total"] for _ in range(2)]
+
+    result = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.__version__,
+        },
+        "model": {
+            "name": cfg.name,
+            "resolution": cfg.resolution,
+            "unet_parameters": sum(p.numel() for p in model.unet.parameters()),
+            "shifter_form": shifter.form,
+            "block_sites": shifter.num_sites,
+            "shifter_rank": shifter.config.rank,
+        },
+        "unet_batch": n,
+        "bare_step_ms": round(ms["bare"], 3),
+        "fused_step_ms": round(ms["fused"], 3),
+        "fused_over_bare": round(ms["fused"] / ms["bare"], 4),
+        "fused_mixed_step_ms": round(ms["fused_mixed"], 3),
+        "fused_mixed_over_bare": round(ms["fused_mixed"] / ms["bare"], 4),
+        "lora_fused_step_ms": round(ms["lora_fused"], 3),
+        "lora_fused_over_bare": round(ms["lora_fused"] / ms["bare"], 4),
+        "domain_switch_ms": round(switch_ms, 4),
+        "switch_over_step": round(switch_ms / ms["fused"], 5),
+        "lora_switch_ms": round(lora_switch_ms, 4),
+        "unet_gflop_per_step": round(gflop, 2),
+        "achieved_gflops": round(achieved, 1),
+        "matmul_peak_gflops": round(peak, 1),
+        "flops_over_peak": round(achieved / peak, 3),
+        "unet_weight_bytes": unet_bytes,
+        "extra_bytes_all_domains": table_bytes,
+        "lora_extra_bytes_all_domains": lora_bytes,
+        "graphs_for_mixed_workload": graphs,
+        "default_4view_30step_seconds": [round(s, 2) for s in gen_s],
+        "goals": {
+            "fused_over_bare": "<= 1.01",
+            "switch_over_step": "<= 0.01",
+            "flops_over_peak": ">= 0.4",
+            "default_4view_30step_seconds": "<= 10",
+        },
+    }
+    write_report(result, Path(out_dir), name)
+    return result
+
+
+def write_report(result: dict, out_dir: Path, name: str = "unet") -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
+    r = result
+    g = r["graphs_for_mixed_workload"]
+    lines = [
+        "# UNet step: Domain Shifter cost (`realiz3d bench unet`)",
+        "",
+        f"Machine: {r['machine']}. Model: {r['model']}. UNet batch {r['unet_batch']} (4 views x CFG). "
+        "Baseline: the bare UNet (same weights, shifter removed, no hooks), interleaved in the same run.",
+        "",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| bare UNet step | {r['bare_step_ms']} ms | |",
+        f"| fused block-shift step | {r['fused_step_ms']} ms | |",
+        f"| fused block-shift / bare | {r['fused_over_bare']} | <= 1.01 |",
+        f"| fused block-shift, batch mixing two schedules / bare | {r['fused_mixed_over_bare']} | |",
+        f"| fused lora (same UNet) / bare | {r['lora_fused_over_bare']} | |",
+        f"| domain switch (block-shift: new domain-id tensor) | {r['domain_switch_ms']} ms | |",
+        f"| switch / step | {r['switch_over_step']} | <= 0.01 |",
+        f"| lora domain switch (reference swap) | {r['lora_switch_ms']} ms | |",
+        f"| extra bytes, all domains (block-shift offset tables) | {r['extra_bytes_all_domains']} B | |",
+        f"| extra bytes, all domains (lora fused weight sets) | {r['lora_extra_bytes_all_domains']} B | |",
+        f"| ONNX graphs for the mixed workload (block-shift / lora) | {g['block-shift']} / {g['lora']} | |",
+        f"| UNet GFLOP per step | {r['unet_gflop_per_step']} | |",
+        f"| achieved GFLOP/s | {r['achieved_gflops']} | |",
+        f"| fp32 matmul peak GFLOP/s | {r['matmul_peak_gflops']} | |",
+        f"| FLOP/s / peak | {r['flops_over_peak']} | >= 0.4 |",
+        f"| UNet weights | {r['unet_weight_bytes'] / 1e6:.2f} MB | |",
+        f"| this model, 4 views, 30 steps | {r['default_4view_30step_seconds']} s | <= 10 s |",
+        "",
+    ]
+    (out_dir / f"{name}.md").write_text("\n".join(lines))
