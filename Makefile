@@ -45,10 +45,10 @@ bench: install
 
 ## Retrain the embedded default model (CPU, ~25 min), evaluate against the naive baseline, ship it.
 train: install
-	$(BIN)/realiz3d train --stage all --out runs --steps 4000 --stage1-steps 1500
+	$(BIN)/realiz3d train --stage all --out runs --base-steps 1500 --steps 3000 --stage1-steps 600 --with-lora
 
 eval: install
-	$(BIN)/realiz3d eval --model runs/stage2/final --baseline runs/naive/final --out docs/eval --with-seeded
+	$(BIN)/realiz3d eval --model runs/stage2/final --lora runs/lora/stage2/final --baseline runs/naive/final --block-splits 4,9 --out docs/eval
 
 ship: install
 	$(BIN)/python -m engines.training.ship runs/stage2/final --eval docs/eval/results.json

@@ -35,7 +35,9 @@ class GenerationParams(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="random when omitted; echoed back")
     schedule: DomainSchedule | None = Field(
-        None, description="{split: 0..1} or {domain: real|synthetic}; the model's default when omitted"
+        None,
+        description="{split: 0..1} or {domain: real|synthetic}, optionally with blocks: K (after the step "
+        "split the first K block sites stay synthetic); the model's default when omitted",
     )
     scheduler: Literal["ddim", "dpm++"] = "ddim"
 

@@ -49,6 +49,15 @@ _MULTIVIEW_EXAMPLES = {
             "schedule": {"split": 0.4},
         },
     },
+    "block_split_schedule": {
+        "summary": "step split, then the first 6 block sites stay synthetic",
+        "value": {
+            "prompt": "a ceramic vase",
+            "num_views": 4,
+            "steps": 30,
+            "schedule": {"split": 0.4, "blocks": 6},
+        },
+    },
     "real_domain": {
         "summary": "all steps in the real domain",
         "value": {"prompt": "a leather boot", "num_views": 2, "steps": 20, "schedule": {"domain": "real"}},

@@ -197,9 +197,7 @@ def _bench_unet(args: argparse.Namespace) -> int:
         try:
             from engines.bench.unet import run_unet_bench
         except ImportError:
-            print(
-                "bench unet: Domain Shifter cost part skipped (engines.bench.unet not in this build)"
-            )
+            print("bench unet: Domain Shifter cost part skipped (engines.bench.unet not in this build)")
         else:
             run_unet_bench(out_dir=args.out)
     from engines.bench.backends import run_backend_bench

@@ -64,13 +64,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval",
         help="realism / control adherence / cross-view consistency: naive vs Realiz3D step-splits",
     )
-    e.add_argument("--model", type=Path, required=True, help="the Realiz3D model folder")
+    e.add_argument("--model", type=Path, required=True, help="the Realiz3D model folder (its own form)")
+    e.add_argument("--lora", type=Path, default=None, help="a lora-form Realiz3D model folder to compare")
     e.add_argument("--baseline", type=Path, default=None, help="the naive baseline's model folder")
     e.add_argument("--out", type=Path, default=Path("docs/eval"))
-    e.add_argument("--objects", type=int, default=12)
+    e.add_argument("--objects", type=int, default=48)
     e.add_argument("--steps", type=int, default=30)
     e.add_argument("--guidance", type=float, default=3.0)
-    e.add_argument("--splits", default="0,0.2,0.4,0.6,1", help="comma-separated step splits")
+    e.add_argument("--splits", default="0,0.4,1", help="comma-separated step splits")
+    e.add_argument(
+        "--block-splits", default="", help="comma-separated block splits K (schedule 0,blocks=K), e.g. 4,9"
+    )
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--with-seeded", action="store_true", help="also score the untrained seeded default")
     e.set_defaults(handler=run_eval)
@@ -146,9 +151,16 @@ def _log(msg: str) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from engines.errors import UserInputError
+    from engines.models.model_folder import load_model
     from engines.training.evaluate import EvalConfig, evaluate
 
     model = _model_folder(args.model, "--model")
+    models = {load_model(model).shifter.form: model}
+    if args.lora is not None:
+        lora = _model_folder(args.lora, "--lora")
+        if load_model(lora).shifter.form != "lora":
+            raise UserInputError(f"--lora {lora}: its Domain Shifter is not the lora form")
+        models["lora"] = lora
     baseline = _model_folder(args.baseline, "--baseline") if args.baseline is not None else None
     try:
         splits = tuple(float(s) for s in args.splits.split(","))
@@ -158,15 +170,25 @@ def run_eval(args: argparse.Namespace) -> int:
         ) from None
     if not splits or any(not 0 <= s <= 1 for s in splits):
         raise UserInputError(f"--splits {args.splits!r}: every split must be in [0, 1]")
+    try:
+        block_splits = tuple(int(k) for k in args.block_splits.split(",") if k.strip())
+    except ValueError:
+        raise UserInputError(
+            f"--block-splits {args.block_splits!r}: expected comma-separated integers"
+        ) from None
+    if any(k < 0 for k in block_splits):
+        raise UserInputError(f"--block-splits {args.block_splits!r}: every K must be >= 0")
     cfg = EvalConfig(
         objects=_positive("--objects", args.objects),
         steps=_positive("--steps", args.steps),
         guidance=args.guidance,
         splits=splits,
+        block_splits=block_splits,
+        bootstrap=_positive("--bootstrap", args.bootstrap),
         seed=args.seed,
         include_seeded=args.with_seeded,
     )
-    result = evaluate(model, args.out, baseline, cfg, log=_log)
+    result = evaluate(models, args.out, baseline, cfg, log=_log)
     print((args.out / "results.md").read_text())
     print(
         f"wrote {args.out}/results.md, results.json, samples_geometry.png, samples_text.png ({result['seconds']} s)"
