@@ -35,9 +35,7 @@ class Realiz3DModel:
     vae: AutoencoderKL | None = None
 
     def modules(self) -> list[nn.Module]:
-        mods: list[nn.Module] = [self.unet, self.shifter]
-        if isinstance(self.text_encoder, nn.Module):
-            mods.append(self.text_encoder)
+        mods: list[nn.Module] = [self.unet, self.shifter, self.text_encoder]
         if self.vae is not None:
             mods.append(self.vae)
         return mods
@@ -47,8 +45,6 @@ class Realiz3DModel:
         self.shifter.invalidate_fused()
         for m in self.modules():
             m.to(device=device, dtype=dtype)
-        if isinstance(self.text_encoder, ClipTextEncoder):
-            self.text_encoder.model.to(device=device, dtype=dtype)
         return self
 
     def eval(self) -> Realiz3DModel:
