@@ -117,6 +117,9 @@ def _text_encoder(
     else:
         return encoder  # the file has no text encoder: the SD folder's
     expected = encoder.model.state_dict()
+    if not any(k.startswith("text_model.") for k in expected):  # transformers 5 drops the prefix
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    # A CLIPTextModel has no projection (OpenCLIP's text_projection is for CLIPTextModelWithProjection).
     state = {k: v for k, v in state.items() if k in expected or not k.startswith("text_projection")}
     problem = describe_mismatch(encoder.model, state)
     if problem is not None:
