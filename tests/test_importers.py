@@ -21,7 +21,6 @@ from tests.fixtures.tiny_sd import (
     TEXT_DIM,
     clip_to_open_clip,
     diffusers_unet_to_ldm,
-    make_sd_folder,
     unet_config,
 )
 
@@ -33,8 +32,8 @@ COMBOS = [
 
 
 @pytest.fixture(scope="module")
-def sd_folder(tmp_path_factory) -> Path:
-    return make_sd_folder(tmp_path_factory.mktemp("sd") / "tiny-sd", seed=1)
+def sd_folder(tiny_sd_dir) -> Path:
+    return tiny_sd_dir  # sharded UNet, legacy VAE attention keys
 
 
 @pytest.fixture(scope="module")

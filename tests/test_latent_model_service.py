@@ -11,24 +11,16 @@ import pytest
 import trimesh
 from PIL import Image
 
-from engines.importers.sd import import_sd
 from engines.sampling.cameras import Camera, cameras_from_json
 from service.client import Realiz3DAPIError, Realiz3DClient
-from tests.fixtures.tiny_sd import make_sd_folder
 from tests.service_helpers import box_glb
 
 pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def latent_model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("latent")
-    return import_sd(make_sd_folder(root / "sd", seed=2), root / "model")
-
-
-@pytest.fixture(scope="module")
-def latent_service(service_launcher, latent_model_dir):
-    server = service_launcher.gateway(None, REALIZ3D_BROKER_URL="", REALIZ3D_MODEL_DIR=str(latent_model_dir))
+def latent_service(service_launcher, tiny_sd_model_dir):
+    server = service_launcher.gateway(None, REALIZ3D_BROKER_URL="", REALIZ3D_MODEL_DIR=str(tiny_sd_model_dir))
     service_launcher.wait_ready(server)
     yield server
     server.stop()
@@ -45,7 +37,7 @@ def test_latent_model_textures_a_mesh_over_http(latent_service):
         view = np.asarray(Image.open(io.BytesIO(client.download(job.id, "views/view_00.png"))))
         assert view.shape == (64, 64, 3)  # the model's own resolution: 8x8 latents through the 8x VAE
         meta = json.loads(client.download(job.id, "meta.json"))
-        assert meta["view_resolution"] == 64 and meta["model"] == "sd"
+        assert meta["view_resolution"] == 64 and meta["model"] == "tiny-sd"
         scene = trimesh.load(io.BytesIO(client.download(job.id, "textured.glb")), file_type="glb")
         assert len(scene.geometry) == 1
 
@@ -73,7 +65,7 @@ def test_requests_the_model_cannot_serve_are_refused_at_submission(latent_servic
         with pytest.raises(Realiz3DAPIError) as err:
             client.submit_multiview({"prompt": "a vase", "num_views": 1, "steps": 2, "resolution": 72})
         assert err.value.status == 422 and err.value.code == "unsupported_by_model"
-        assert "multiple of 16" in err.value.message and "'sd'" in err.value.message
+        assert "multiple of 16" in err.value.message and "'tiny-sd'" in err.value.message
         with pytest.raises(Realiz3DAPIError) as err:
             client.submit_texture(box_glb(), {"prompt": "a box", "view_resolution": 40}, filename="box.glb")
         assert err.value.status == 422 and "resolution 40" in err.value.message
