@@ -158,3 +158,9 @@ def test_clip_models_save_and_load_again(tiny_sd_model_dir, tmp_path):
     assert torch.equal(again.text_encoder.encode(["a red cube"]), model.text_encoder.encode(["a red cube"]))
     names = dict(model.text_encoder.named_parameters())  # `train --init` collects parameters like this
     assert names and all(not p.requires_grad for p in names.values())
+
+
+def test_train_init_on_a_latent_clip_model_is_a_clear_user_error(tiny_sd_model_dir, tmp_path, capsys):
+    args = ["train", "--stage", "1", "--init", str(tiny_sd_model_dir), "--steps", "1", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "latent (VAE) model" in capsys.readouterr().err
