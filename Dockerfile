@@ -114,7 +114,8 @@ COPY deploy/docker/constraints-worker.txt /opt/realiz3d/constraints.txt
 RUN pip install --requirement /opt/realiz3d/constraints.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-deps /wheels/realiz3d_serve-*.whl \
-    && pip check
+    && pip check \
+    && python -c "import diffusers, transformers, tokenizers"
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/realiz3d
@@ -165,7 +166,8 @@ COPY deploy/docker/constraints-worker.txt /opt/realiz3d/constraints.txt
 RUN pip install --requirement /opt/realiz3d/constraints.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install --no-deps /wheels/realiz3d_serve-*.whl \
-    && pip check
+    && pip check \
+    && python -c "import diffusers, transformers, tokenizers"
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /home/realiz3d

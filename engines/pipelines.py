@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from engines.errors import UserInputError
 from engines.image_io import make_grid, save_png, tensor_to_uint8
@@ -26,6 +27,7 @@ from engines.models.realiz3d_model import Realiz3DModel
 from engines.requests import (
     CancelCheck,
     GenerationParams,
+    ModelCapabilities,
     MultiviewRequest,
     ProgressCallback,
     StageTimer,
@@ -138,8 +140,9 @@ class Realiz3DPipeline:
         dev = resolve_device(device)
         if dev.type == "cpu" and precision == "fp16":
             raise UserInputError("fp16 needs a GPU; use fp32 or bf16 on the CPU")
-        model = load_model(model_dir if model_dir is not None else default_model_dir())
-        model.to(dev, PRECISIONS[precision] if backend == "torch" else torch.float32)
+        dtype = PRECISIONS[precision] if backend == "torch" else torch.float32
+        model = load_model(model_dir if model_dir is not None else default_model_dir(), dtype=dtype)
+        model.to(dev, dtype)
         model.eval()
         return cls(
             model,
@@ -155,11 +158,41 @@ class Realiz3DPipeline:
         return self.model.config
 
     # ---- planning ----------------------------------------------------------------------------------
+    def capabilities(self) -> ModelCapabilities:
+        """What this model can serve (workers advertise it; the gateway refuses the rest at submission)."""
+        cfg = self.model.config
+        halvings = len(self.model.unet.unet.config.block_out_channels) - 1  # each down block but the last
+        return ModelCapabilities(
+            name=cfg.name,
+            resolution=cfg.resolution,
+            resolution_step=cfg.downsample_factor * 2**halvings,
+            geometry=cfg.geometry_channels > 0,
+        )
+
     def check_resolution(self, resolution: int) -> int:
-        step = self.model.config.downsample_factor * 4  # the UNet halves its grid twice
-        if resolution % step:
-            raise UserInputError(f"resolution {resolution} must be a multiple of {step} for this model")
+        problem = self.capabilities().resolution_refusal(resolution)
+        if problem is not None:
+            raise UserInputError(problem)
         return resolution
+
+    def unet_geometry(self, geometry: np.ndarray, resolution: int) -> torch.Tensor:
+        """Geometry maps (V, G, res, res) at the view resolution -> the UNet's input resolution.
+
+        A latent model's UNet sees one cell per `vae_scale_factor`^2 pixels: all channels are area-averaged
+        over the cell (normals and positions weighted by coverage like the mask itself, which becomes the
+        covered fraction), the same linear map for every channel, so they stay consistent."""
+        cfg = self.model.config
+        if not cfg.geometry_channels:
+            raise UserInputError(f"model {cfg.name!r} takes no geometry conditioning")
+        geom = torch.from_numpy(np.ascontiguousarray(geometry, dtype=np.float32))
+        views = geom.shape[0] if geom.ndim == 4 else 0
+        if geom.shape != (views, cfg.geometry_channels, resolution, resolution):
+            raise UserInputError(
+                f"geometry maps have shape {tuple(geom.shape)}, expected "
+                f"{(views, cfg.geometry_channels, resolution, resolution)} (the view resolution)"
+            )
+        factor = cfg.unet_input_factor
+        return F.avg_pool2d(geom, factor) if factor > 1 else geom
 
     @torch.no_grad()
     def plan(
@@ -192,19 +225,15 @@ class Realiz3DPipeline:
         noise = torch.randn((views, channels, size, size), generator=gen, dtype=torch.float32)
         geom = None
         if geometry is not None:
-            if not cfg.geometry_channels:
-                raise UserInputError("this model takes no geometry conditioning")
-            geom = torch.from_numpy(np.ascontiguousarray(geometry, dtype=np.float32)).to(dev)
-            if geom.shape != (views, cfg.geometry_channels, size, size):
-                raise UserInputError(
-                    f"geometry maps have shape {tuple(geom.shape)}, expected {(views, cfg.geometry_channels, size, size)}"
-                )
+            geom = self.unet_geometry(geometry, resolution).to(dev)
+            if geom.shape[0] != views:
+                raise UserInputError(f"geometry maps for {geom.shape[0]} views, {views} cameras")
         job = DenoiseJob(
             scheduler=make_scheduler(params.scheduler, self.model.scheduler_config),
             latents=noise.to(dev),
             text=prompt_emb.expand(views, -1, -1).to(dev),
             uncond_text=negative_emb.expand(views, -1, -1).to(dev),
-            cameras=torch.from_numpy(camera_embeddings(cameras)).to(dev),
+            cameras=torch.from_numpy(camera_embeddings(cameras, cfg.camera.convention)).to(dev),
             geometry=geom,
             guidance_scale=guidance,
             schedule=schedule,
@@ -267,8 +296,8 @@ class Realiz3DPipeline:
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> MultiviewResult:
-        """Text-to-multiview: `request.num_views` views of one object on an orbit."""
-        cameras = orbit_cameras(
+        """Text-to-multiview: `request.num_views` views of one object on an orbit, or at `request.cameras`."""
+        cameras = request.explicit_cameras() or orbit_cameras(
             request.num_views, request.elevation_deg, request.azimuths_deg, request.radius, request.fov_deg
         )
         return self.generate_views(request, cameras, request.resolution, None, progress, should_cancel)
@@ -280,9 +309,15 @@ class Realiz3DPipeline:
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ):
-        """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB."""
+        """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB.
+
+        Geometry is rendered at the view resolution (baking uses it there) and area-averaged to the UNet's
+        input resolution for latent models."""
         from engines.texturing.pipeline import texture_mesh
 
+        problem = self.capabilities().refusal("texture", request.model_dump())
+        if problem is not None:
+            raise UserInputError(problem)
         self._enter_job_thread()
         generated: list[MultiviewResult] = []
 
@@ -300,6 +335,7 @@ class Realiz3DPipeline:
             progress=None,
             should_cancel=should_cancel,
             resolution=self.model.config.resolution,
+            cameras=request.explicit_cameras(),
         )
         if generated:
             gen = generated[0]

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engines.sampling.cameras import Camera, check_camera_matrix
 from engines.types import DomainSchedule
 
 MAX_VIEWS = 8
@@ -49,8 +50,58 @@ class GenerationParams(BaseModel):
         return v
 
 
-class MultiviewRequest(GenerationParams):
-    """N views of one object at given cameras."""
+class CameraSpec(BaseModel):
+    """An explicit camera: camera-to-world 4x4 (Y-up world, OpenGL camera frame looking down -Z) and fov."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    camera_to_world: list[list[float]] = Field(
+        ...,
+        description="4x4 rigid transform, rows; the camera looks down its -Z axis, +Y up in the image",
+        examples=[[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2.2], [0, 0, 0, 1]]],
+    )
+    fov_deg: float = Field(40.0, gt=5.0, lt=120.0, description="vertical field of view (square images)")
+
+    @field_validator("camera_to_world")
+    @classmethod
+    def _rigid(cls, v: list[list[float]]) -> list[list[float]]:
+        check_camera_matrix(v)
+        return v
+
+    def to_camera(self) -> Camera:
+        return Camera.from_matrix(self.camera_to_world, self.fov_deg)
+
+    @classmethod
+    def from_camera(cls, camera: Camera) -> CameraSpec:
+        return cls(camera_to_world=camera.camera_to_world().tolist(), fov_deg=camera.fov_deg)
+
+
+class ExplicitCameras(BaseModel):
+    """`cameras`: one explicit camera per view, instead of the default view set. `num_views` follows them."""
+
+    cameras: list[CameraSpec] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_VIEWS,
+        description="explicit cameras, one per view (an alternative to the orbit parameters)",
+    )
+
+    def _views_follow_cameras(self, orbit_fields: tuple[str, ...]) -> None:
+        if self.cameras is None:
+            return
+        given = sorted(self.model_fields_set & set(orbit_fields))
+        if given:
+            raise ValueError(f"give either cameras or {', '.join(given)}, not both")
+        if "num_views" in self.model_fields_set and self.num_views != len(self.cameras):  # type: ignore[attr-defined]
+            raise ValueError(f"{len(self.cameras)} cameras but num_views is {self.num_views}")  # type: ignore[attr-defined]
+        self.num_views = len(self.cameras)  # type: ignore[attr-defined]
+
+    def explicit_cameras(self) -> list[Camera] | None:
+        return [c.to_camera() for c in self.cameras] if self.cameras is not None else None
+
+
+class MultiviewRequest(ExplicitCameras, GenerationParams):
+    """N views of one object at given cameras: an orbit (elevation, azimuths, radius, fov) or `cameras`."""
 
     num_views: int = Field(4, ge=1, le=MAX_VIEWS)
     elevation_deg: float = Field(15.0, ge=-90.0, le=90.0)
@@ -61,6 +112,7 @@ class MultiviewRequest(GenerationParams):
 
     @model_validator(mode="after")
     def _azimuths_match_views(self) -> MultiviewRequest:
+        self._views_follow_cameras(("elevation_deg", "azimuths_deg", "radius", "fov_deg"))
         if self.azimuths_deg is not None and len(self.azimuths_deg) != self.num_views:
             raise ValueError(
                 f"azimuths_deg has {len(self.azimuths_deg)} values but num_views is {self.num_views}"
@@ -68,12 +120,18 @@ class MultiviewRequest(GenerationParams):
         return self
 
 
-class TextureRequest(GenerationParams):
-    """Texture a mesh: geometry-conditioned views baked into a UV atlas."""
+class TextureRequest(ExplicitCameras, GenerationParams):
+    """Texture a mesh: geometry-conditioned views baked into a UV atlas. Cameras: the default view set
+    (ring + top + bottom) of `num_views`, or explicit `cameras` in the mesh's normalised frame."""
 
     num_views: int = Field(6, ge=1, le=MAX_VIEWS)
     atlas_size: int = Field(1024, ge=64, le=4096)
     view_resolution: int | None = Field(None, ge=16, le=2048)
+
+    @model_validator(mode="after")
+    def _cameras_set_views(self) -> TextureRequest:
+        self._views_follow_cameras(())
+        return self
 
 
 @dataclass
@@ -84,3 +142,28 @@ class StageTimer:
 
     def add(self, stage: str, value: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + value
+
+
+class ModelCapabilities(BaseModel):
+    """What a loaded model can serve. Workers advertise it; the gateway refuses at submission (4xx) what
+    no worker's model can serve, with the same reason the worker would give."""
+
+    name: str
+    resolution: int = Field(..., description="native image size in pixels")
+    resolution_step: int = Field(..., description="image sizes must be multiples of this")
+    geometry: bool = Field(..., description="takes geometry maps (can texture meshes)")
+
+    def refusal(self, kind: str, params: dict) -> str | None:
+        """Why this model cannot serve a `kind` job with these (validated) parameters; None if it can."""
+        if kind == "texture" and not self.geometry:
+            return f"model {self.name!r} takes no geometry conditioning, so it cannot texture meshes"
+        res = params.get("resolution" if kind == "multiview" else "view_resolution") or self.resolution
+        return self.resolution_refusal(int(res))
+
+    def resolution_refusal(self, resolution: int) -> str | None:
+        if resolution % self.resolution_step:
+            return (
+                f"resolution {resolution} is not a multiple of {self.resolution_step}, "
+                f"which model {self.name!r} needs"
+            )
+        return None

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "service.commands.runtime",
     "service.commands.loadtest",
     "service.commands.training",
+    "service.commands.importing",
 )
 
 

@@ -43,7 +43,7 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     heartbeat: list[WorkerHeartbeat] = []
 
     def start_worker() -> None:
-        from service.worker import enable_batching, load_pipeline, prepare_compute
+        from service.worker import enable_batching, load_pipeline, model_info, prepare_compute
 
         try:
             threads = prepare_compute(settings)
@@ -64,7 +64,8 @@ def create_embedded_app(settings: Settings) -> FastAPI:
             backend=settings.backend,
         )
         queue.start(lambda job_id: execute_job(wctx, job_id), threads=slots)
-        hb = WorkerHeartbeat(wctx, {"name": "embedded", "queues": ["multiview", "texture"]}, queue=queue)
+        info = {"name": "embedded", "queues": ["multiview", "texture"], **model_info(pipeline)}
+        hb = WorkerHeartbeat(wctx, info, queue=queue)
         hb.start()
         heartbeat.append(hb)
         log.info("embedded worker ready")

@@ -33,6 +33,13 @@ def default_worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
 
 
+def model_info(pipeline: Any) -> dict[str, Any]:
+    """The heartbeat's `model` entry: what the loaded model can serve (the gateway refuses the rest)."""
+    if not hasattr(pipeline, "capabilities"):
+        return {}
+    return {"model": pipeline.capabilities().model_dump()}
+
+
 def load_pipeline(settings: Settings) -> Any:
     """The pipeline this worker serves (`engines.pipelines.Realiz3DPipeline` unless a factory is set),
     with its UNet-call hook feeding `realiz3d_unet_step_seconds` and `realiz3d_unet_batch_size`."""
@@ -198,6 +205,7 @@ def run_worker(settings: Settings) -> int:
         "metrics_port": probes.port,
         "pid": os.getpid(),
         "slots": slots,
+        **model_info(pipeline),
     }
     heartbeat = WorkerHeartbeat(ctx, info, queue=CeleryJobQueue(app))
     heartbeat.start()

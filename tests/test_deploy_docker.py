@@ -106,6 +106,18 @@ def test_torch_pin_matches_pyproject_engine_extra() -> None:
         assert f"ARG TORCH_VERSION={pinned}" in stages()[stage], stage
 
 
+def test_worker_lock_pins_every_engine_dependency_but_torch() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    engine = re.search(r"^engine = \[(.*?)^\]", pyproject, re.S | re.M).group(1)
+    wanted = {re.match(r"[A-Za-z0-9_.-]+", dep).group(0).lower() for dep in re.findall(r'"([^"]+)"', engine)}
+    lock = (ROOT / "deploy" / "docker" / "constraints-worker.txt").read_text()
+    names = {line.split("==")[0] for line in lock.splitlines() if line and not line.startswith("#")}
+    assert "transformers" in wanted  # CLIP text encoders of SD-family model folders
+    assert wanted - {"torch"} <= names, wanted - names
+    for stage in ("worker", "worker-cpu"):
+        assert "import diffusers, transformers, tokenizers" in " ".join(stages()[stage]), stage
+
+
 def test_every_lock_line_is_an_exact_pin() -> None:
     for lock in (ROOT / "deploy" / "docker").glob("constraints-*.txt"):
         for line in lock.read_text().splitlines():

@@ -29,6 +29,18 @@ class TextEncoderConfig(BaseModel):
     heads: int = Field(4, ge=1)
 
 
+class CameraConfig(BaseModel):
+    """How the UNet's camera embedding reads a camera (engines/sampling/cameras.py converts exactly).
+
+    `realiz3d`: our Y-up camera-to-world matrix as is. `mvdream`: MVDream's Z-up world with the camera moved
+    onto the unit sphere (what MVDream's released checkpoints were trained on).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    convention: Literal["realiz3d", "mvdream"] = "realiz3d"
+
+
 class ModelConfig(BaseModel):
     """Contents of `realiz3d.json`."""
 
@@ -40,11 +52,15 @@ class ModelConfig(BaseModel):
     num_views: int = Field(4, ge=1, le=8, description="views the model was trained with")
     image_channels: int = Field(3, description="channels of the denoised space (3 = pixel space)")
     latent_space: Literal["pixel", "vae"] = "pixel"
+    vae_scale_factor: int = Field(
+        8, ge=1, le=64, description="pixels per latent along one side; must match vae/config.json"
+    )
     patch_size: int = Field(
         2, ge=1, le=4, description="pixel-unshuffle factor: the UNet runs at resolution / patch_size"
     )
     geometry_channels: int = Field(GEOMETRY_CHANNELS, description="0 = no geometry conditioning")
     multiview_attention: bool = True
+    camera: CameraConfig = Field(default_factory=CameraConfig)
     text_encoder: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     default_schedule: DomainSchedule = Field(default_factory=lambda: DomainSchedule(split=0.4))
     default_scheduler: Literal["ddim", "dpm++"] = "ddim"
@@ -56,4 +72,9 @@ class ModelConfig(BaseModel):
     @property
     def downsample_factor(self) -> int:
         """Pixels per UNet cell along one side."""
-        return (8 if self.latent_space == "vae" else 1) * self.patch_size
+        return (self.vae_scale_factor if self.latent_space == "vae" else 1) * self.patch_size
+
+    @property
+    def unet_input_factor(self) -> int:
+        """Pixels per cell of the UNet's input (geometry maps are made at this size, before patching)."""
+        return self.vae_scale_factor if self.latent_space == "vae" else 1

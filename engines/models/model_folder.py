@@ -1,15 +1,19 @@
 """Model folder I/O: a diffusers-style directory, safetensors only (never pickle).
 
-    realiz3d.json                       ModelConfig (format version, views, resolution, channels, schedule)
+    realiz3d.json                       ModelConfig (format version, views, resolution, channels, schedule,
+                                        camera convention, VAE scale factor): docs/realiz3d-json.md
     unet/config.json                    diffusers UNet2DConditionModel config
-    unet/diffusion_pytorch_model.safetensors
+    unet/diffusion_pytorch_model.safetensors   (or sharded: ...safetensors.index.json + its shards)
     scheduler/scheduler_config.json
-    domain_shifter/config.json          rank, target module patterns, domains
-    domain_shifter/adapter.safetensors  A, B and the per-domain vectors of every adapted layer
+    domain_shifter/config.json          form (block-shift | lora; none = lora), rank, site/target patterns
+    domain_shifter/adapter.safetensors  block-shift: Embed, W_left, W_right per site; lora: A, B, e_d per layer
     text_encoder/config.json + model.safetensors   (hashed-words)   | text_encoder/ + tokenizer/ (clip)
     vae/config.json + diffusion_pytorch_model.safetensors            (only when latent_space = vae)
 
-Every missing or inconsistent file raises `ModelFolderError` naming the file.
+Loading is diffusers' way: the UNet and VAE are built on the meta device and the file's tensors become their
+weights (one copy in memory, cast to the requested dtype as they are assigned); sharded safetensors and the
+old attention key names (`query`/`key`/`value`/`proj_attn`) are read. Every missing or inconsistent file
+raises `ModelFolderError` naming the file and showing the whole first mismatch.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from pydantic import BaseModel, ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from engines.errors import ModelFolderError
 from engines.models.config import FORMAT_VERSION, ModelConfig, TextEncoderConfig
@@ -32,9 +37,12 @@ from engines.models.domain_shifter import build_domain_shifter
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.shifter_config import parse_shifter_config
 from engines.models.text_encoder import ClipTextEncoder, HashedWordTextEncoder
-from engines.models.unet import MultiViewUNet, build_unet
+from engines.models.unet import MultiViewUNet, install_multiview_attention
+from engines.models.weights import assign_weights, build_on_meta, read_state_dict, weights_path
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
+diffusers_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar: noise in a service
+WEIGHTS_STEM = "diffusion_pytorch_model"
+WEIGHTS = f"{WEIGHTS_STEM}.safetensors"
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -63,22 +71,33 @@ def _first_error(e: ValidationError) -> str:
     return f"{loc}: {first['msg']}"
 
 
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelFolderError(f"{path}: missing")
-    try:
-        return load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise ModelFolderError(f"{path}: unreadable safetensors ({e})") from None
+def _load_into(module: torch.nn.Module, folder: Path, stem: str, dtype: torch.dtype | None = None) -> None:
+    """Strict load of `folder/stem.safetensors` (or its shards); diffusers models get their legacy keys fixed."""
+    state = read_state_dict(folder, stem)
+    fix_keys = getattr(module, "_fix_state_dict_keys_on_load", None)
+    if fix_keys is not None:
+        state = fix_keys(state) or state  # diffusers: deprecated attention block names -> current ones
+    assign_weights(module, state, weights_path(folder, stem), dtype)
 
 
-def _load_into(module: torch.nn.Module, path: Path) -> None:
-    state = _load_weights(path)
+def _build(cls, config: dict, path: Path):  # noqa: ANN001, ANN202 - a diffusers model class
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        summary = str(e).splitlines()[0]
-        raise ModelFolderError(f"{path}: does not match its config ({summary})") from None
+        return build_on_meta(lambda: cls.from_config(config))
+    except (TypeError, ValueError) as e:
+        raise ModelFolderError(f"{path}: invalid {cls.__name__} config ({e})") from None
+
+
+def load_component(cls, directory: Path, dtype: torch.dtype = torch.float32, config: dict | None = None):  # noqa: ANN001, ANN201
+    """A diffusers model (`cls`, e.g. AutoencoderKL) from `directory/config.json` and its weights."""
+    path = directory / "config.json"
+    module = _build(cls, config if config is not None else _read_json(path), path)
+    _load_into(module, directory, WEIGHTS_STEM, dtype)
+    return module.eval()
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a model folder file; ModelFolderError naming the file otherwise."""
+    return _read_json(path)
 
 
 def save_model(model: Realiz3DModel, folder: str | Path) -> Path:
@@ -98,7 +117,7 @@ def save_model(model: Realiz3DModel, folder: str | Path) -> Path:
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2))
         (tmp / "domain_shifter").mkdir()
-        (tmp / "domain_shifter" / "config.json").write_text(model.shifter_config.model_dump_json(indent=2))
+        (tmp / "domain_shifter" / "config.json").write_text(model.shifter.config.model_dump_json(indent=2))
         save_file(model.shifter.adapter_state_dict(), str(tmp / "domain_shifter" / "adapter.safetensors"))
         if isinstance(model.text_encoder, HashedWordTextEncoder):
             (tmp / "text_encoder").mkdir()
@@ -109,9 +128,7 @@ def save_model(model: Realiz3DModel, folder: str | Path) -> Path:
                 _contiguous(model.text_encoder.state_dict()), str(tmp / "text_encoder" / "model.safetensors")
             )
         else:
-            raise ModelFolderError(
-                "saving CLIP text encoders is not supported; copy text_encoder/ and tokenizer/"
-            )
+            model.text_encoder.save(tmp)
         if model.vae is not None:
             model.vae.save_pretrained(tmp / "vae", safe_serialization=True)
         if folder.exists():
@@ -127,8 +144,8 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def load_model(folder: str | Path) -> Realiz3DModel:
-    """Load a model folder (CPU, fp32, eval mode). Raises ModelFolderError naming the bad file."""
+def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Realiz3DModel:
+    """Load a model folder onto the CPU in `dtype`, eval mode. Raises ModelFolderError naming the bad file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: model folder not found")
@@ -139,21 +156,19 @@ def load_model(folder: str | Path) -> Realiz3DModel:
             f"(this build reads {FORMAT_VERSION})"
         )
 
-    unet_config = _read_json(folder / "unet" / "config.json")
+    unet_path = folder / "unet" / "config.json"
+    unet_config = _read_json(unet_path)
     expected_in = (config.image_channels + config.geometry_channels) * config.patch_size**2
     if unet_config.get("in_channels") != expected_in:
         raise ModelFolderError(
-            f"{folder / 'unet' / 'config.json'}: in_channels {unet_config.get('in_channels')} != "
+            f"{unet_path}: in_channels {unet_config.get('in_channels')} != "
             f"(image_channels + geometry_channels) * patch_size^2 = {expected_in} from realiz3d.json"
         )
     if unet_config.get("projection_class_embeddings_input_dim") != 16:
-        raise ModelFolderError(f"{folder / 'unet' / 'config.json'}: the camera embedding must take 16 inputs")
-    try:
-        unet_kwargs = {k: v for k, v in unet_config.items() if not k.startswith("_")}
-        unet = build_unet(unet_kwargs, multiview=config.multiview_attention)
-    except (TypeError, ValueError) as e:
-        raise ModelFolderError(f"{folder / 'unet' / 'config.json'}: invalid UNet config ({e})") from None
-    _load_into(unet, folder / "unet" / WEIGHTS)
+        raise ModelFolderError(f"{unet_path}: the camera embedding must take 16 inputs")
+    unet = _build(UNet2DConditionModel, unet_config, unet_path)
+    _load_into(unet, folder / "unet", WEIGHTS_STEM, dtype)
+    install_multiview_attention(unet, multiview=config.multiview_attention)
     mv_unet = MultiViewUNet(unet, config.geometry_channels, config.patch_size)
 
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
@@ -167,27 +182,32 @@ def load_model(folder: str | Path) -> Realiz3DModel:
         shifter = build_domain_shifter(shifter_config, unet)
     except ValueError as e:
         raise ModelFolderError(f"{folder / 'domain_shifter' / 'config.json'}: {e}") from None
-    _load_into(shifter.adapters, folder / "domain_shifter" / "adapter.safetensors")
+    _load_into(shifter.adapters, folder / "domain_shifter", "adapter", dtype)
 
     text_encoder: HashedWordTextEncoder | ClipTextEncoder
     if config.text_encoder.kind == "hashed-words":
         te_config = _validated(TextEncoderConfig, folder / "text_encoder" / "config.json")
         text_encoder = HashedWordTextEncoder(te_config)
-        _load_into(text_encoder, folder / "text_encoder" / "model.safetensors")
+        _load_into(text_encoder, folder / "text_encoder", "model", dtype)
     else:
-        text_encoder = ClipTextEncoder(folder, torch.device("cpu"), torch.float32)
+        text_encoder = ClipTextEncoder(folder, torch.device("cpu"), dtype)
     if unet_config.get("cross_attention_dim") != text_encoder.dim:
         raise ModelFolderError(
-            f"{folder / 'unet' / 'config.json'}: cross_attention_dim {unet_config.get('cross_attention_dim')} "
+            f"{unet_path}: cross_attention_dim {unet_config.get('cross_attention_dim')} "
             f"!= text encoder width {text_encoder.dim}"
         )
 
     vae = None
     if config.latent_space == "vae":
-        vae_dir = folder / "vae"
-        vae_config = _read_json(vae_dir / "config.json")
-        vae = AutoencoderKL.from_config(vae_config)
-        _load_into(vae, vae_dir / WEIGHTS)
+        vae_path = folder / "vae" / "config.json"
+        vae_config = _read_json(vae_path)
+        factor = vae_scale_factor(vae_config)
+        if factor != config.vae_scale_factor:
+            raise ModelFolderError(
+                f"{vae_path}: the VAE downsamples {factor}x (2^(len(block_out_channels) - 1)) but "
+                f"realiz3d.json says vae_scale_factor {config.vae_scale_factor}"
+            )
+        vae = load_component(AutoencoderKL, folder / "vae", dtype, vae_config)
 
     model = Realiz3DModel(
         config=config,
@@ -199,3 +219,8 @@ def load_model(folder: str | Path) -> Realiz3DModel:
         vae=vae,
     )
     return model.eval()
+
+
+def vae_scale_factor(vae_config: dict) -> int:
+    """Pixels per latent along one side, as diffusers' pipelines compute it from the VAE config."""
+    return 2 ** (len(vae_config.get("block_out_channels") or (0,)) - 1)

@@ -39,9 +39,7 @@ class Realiz3DModel:
         self.unet.attach_domain_context(self.shifter.context)
 
     def modules(self) -> list[nn.Module]:
-        mods: list[nn.Module] = [self.unet, self.shifter]
-        if isinstance(self.text_encoder, nn.Module):
-            mods.append(self.text_encoder)
+        mods: list[nn.Module] = [self.unet, self.shifter, self.text_encoder]
         if self.vae is not None:
             mods.append(self.vae)
         return mods
@@ -51,8 +49,6 @@ class Realiz3DModel:
         self.shifter.invalidate_fused()
         for m in self.modules():
             m.to(device=device, dtype=dtype)
-        if isinstance(self.text_encoder, ClipTextEncoder):
-            self.text_encoder.model.to(device=device, dtype=dtype)
         return self
 
     def eval(self) -> Realiz3DModel:

@@ -71,29 +71,44 @@ class HashedWordTextEncoder(nn.Module):
         return self(self.tokenize(prompts).to(device))
 
 
-class ClipTextEncoder:
-    """A transformers CLIPTextModel + tokenizer loaded from a local model folder (never from a hub)."""
+class ClipTextEncoder(nn.Module):
+    """A transformers CLIPTextModel + tokenizer loaded from a local model folder (never from a hub).
+
+    An `nn.Module` like the hashed-words encoder, so training, `.to()` and saving treat both alike."""
 
     def __init__(self, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
         try:
             from transformers import CLIPTextModel, CLIPTokenizer
+            from transformers.utils import logging as transformers_logging
         except ImportError:
             raise ModelFolderError(
-                f"{folder}/text_encoder: a CLIP text encoder needs the 'transformers' package (pip install transformers)"
+                f"{folder}/text_encoder: a CLIP text encoder needs the 'transformers' package "
+                "(pip install 'realiz3d-serve[engine]')"
             ) from None
         for sub in ("text_encoder", "tokenizer"):
             if not (folder / sub).is_dir():
                 raise ModelFolderError(
                     f"{folder / sub}: missing (realiz3d.json says text_encoder.kind = clip)"
                 )
-        self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        self.model = CLIPTextModel.from_pretrained(
-            folder / "text_encoder", local_files_only=True, use_safetensors=True
-        ).to(device=device, dtype=dtype)
+        transformers_logging.disable_progress_bar()  # a local folder: nothing to download, no bars
+        try:
+            self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+            self.model = CLIPTextModel.from_pretrained(
+                folder / "text_encoder", local_files_only=True, use_safetensors=True
+            ).to(device=device, dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise ModelFolderError(
+                f"{folder}/text_encoder: cannot load the CLIP text encoder ({e})"
+            ) from None
         self.model.eval()
         self.dim = self.model.config.hidden_size
 
-    @torch.no_grad()
+    def save(self, folder: Path) -> None:
+        """Write `folder/text_encoder` and `folder/tokenizer` (safetensors), loadable by `__init__`."""
+        self.model.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(
             prompts,

@@ -7,6 +7,7 @@ import json
 import logging
 from typing import Any
 
+from engines.requests import ModelCapabilities
 from service.api.context import ServiceContext
 from service.api.errors import ApiError
 from service.jobs.records import JobKind, JobRecord, new_job_id
@@ -24,8 +25,26 @@ def body_hash(params: dict[str, Any], extra: bytes = b"") -> str:
     return h.hexdigest()
 
 
-def check_admission(ctx: ServiceContext, kind: JobKind, owner: str | None) -> None:
-    """Raise 429 (over rate) or 503 (no live worker for this kind) before anything is stored."""
+def model_refusal(workers: list[dict[str, Any]], kind: JobKind, params: dict[str, Any]) -> str | None:
+    """Why no live worker's model can serve this job (None when one can, or one does not say)."""
+    reasons = []
+    for worker in workers:
+        if str(kind) not in worker.get("queues", []):
+            continue
+        if not isinstance(worker.get("model"), dict):
+            return None  # a worker that advertises no capabilities decides when it runs the job
+        reason = ModelCapabilities.model_validate(worker["model"]).refusal(str(kind), params)
+        if reason is None:
+            return None
+        reasons.append(reason)
+    return reasons[0] if reasons else None
+
+
+def check_admission(
+    ctx: ServiceContext, kind: JobKind, owner: str | None, params: dict[str, Any] | None = None
+) -> None:
+    """Raise 429 (over rate), 503 (no live worker for this kind) or 422 (no worker's model can serve
+    this request) before anything is stored."""
     s = ctx.settings
     retry = {"Retry-After": str(s.retry_after_seconds)}
     if s.rate_limit_per_minute and ctx.store.hit_rate(owner or "anonymous") > s.rate_limit_per_minute:
@@ -36,6 +55,9 @@ def check_admission(ctx: ServiceContext, kind: JobKind, owner: str | None) -> No
         raise ApiError(503, "broker_unavailable", "the job broker is unreachable", retry) from e
     if not worker_serves(workers, kind):
         raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", retry)
+    reason = model_refusal(workers, kind, params or {})
+    if reason is not None:
+        raise ApiError(422, "unsupported_by_model", reason)
 
 
 def submit(
@@ -49,7 +71,7 @@ def submit(
     """Store and enqueue a validated job; returns (job, created). A repeated Idempotency-Key returns the
     first job (created=False) without enqueuing again."""
     s = ctx.settings
-    check_admission(ctx, kind, owner)
+    check_admission(ctx, kind, owner, params)
     record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner)
     if mesh is not None:
         record.input_name = "mesh" + mesh[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from service.commands.camera_args import explicit_camera_args
 from service.commands.progress_bar import progress_bar
 from service.commands.schedule_arg import parse_schedule
 
@@ -13,14 +14,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate N consistent views of one object from a prompt")
     p.add_argument("prompt")
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--views", type=int, default=4, help="number of views (1-8)")
+    p.add_argument("--views", type=int, default=None, help="number of views (1-8, default 4)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument(
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees")
+    p.add_argument("--elevation", type=float, default=None, help="camera elevation in degrees (default 15)")
     p.add_argument("--azimuths", default=None, help="comma-separated azimuths in degrees (default: even)")
+    p.add_argument(
+        "--cameras", type=Path, default=None, help="cameras.json: explicit cameras instead of an orbit"
+    )
     p.add_argument(
         "--schedule",
         default=None,
@@ -48,15 +52,15 @@ def run(args: argparse.Namespace) -> int:
         azimuths = [float(a) for a in args.azimuths.split(",")] if args.azimuths else None
     except ValueError as e:
         raise UserInputError(f"--azimuths: {str(e).splitlines()[0]}") from None
+    orbit = {"elevation_deg": args.elevation, "azimuths_deg": azimuths}
     request = MultiviewRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
-        num_views=args.views,
+        **explicit_camera_args(args.cameras, args.views, 4),
+        **{k: v for k, v in orbit.items() if v is not None},
         steps=args.steps,
         guidance_scale=args.guidance,
         seed=args.seed,
-        elevation_deg=args.elevation,
-        azimuths_deg=azimuths,
         schedule=schedule,
         scheduler=args.scheduler,
         resolution=args.resolution,

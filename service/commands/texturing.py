@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserInputError
+from service.commands.camera_args import explicit_camera_args
+from service.commands.camera_args import load_cameras_arg as _load_cameras
 from service.commands.progress_bar import progress_bar
 from service.commands.schedule_arg import parse_schedule
 
@@ -19,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mesh", type=Path, help="GLB, OBJ or PLY")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
-    p.add_argument("--views", type=int, default=6, help="number of views (default set: ring + top + bottom)")
+    p.add_argument("--views", type=int, default=None, help="number of views (default 6: ring + top + bottom)")
+    p.add_argument(
+        "--cameras", type=Path, default=None, help="cameras.json: explicit cameras instead of the default set"
+    )
     p.add_argument("--atlas", type=int, default=1024, help="texture atlas size in texels")
     p.add_argument("--resolution", type=int, default=None, help="view resolution (the model's by default)")
     p.add_argument("--steps", type=int, default=30)
@@ -68,15 +73,6 @@ def _check_range(name: str, value: int, lo: int, hi: int) -> None:
         raise UserInputError(f"{name} must be in [{lo}, {hi}], got {value}")
 
 
-def _load_cameras(path: Path):
-    from engines.sampling.cameras import load_cameras
-
-    try:
-        return load_cameras(path)
-    except ValueError as e:
-        raise UserInputError(str(e)) from None
-
-
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
@@ -87,10 +83,11 @@ def run_texture(args: argparse.Namespace) -> int:
     from engines.requests import TextureRequest
 
     schedule = parse_schedule(args.schedule)
+    views = explicit_camera_args(args.cameras, args.views, 6)
     request = TextureRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
-        num_views=args.views,
+        **views,
         atlas_size=args.atlas,
         view_resolution=args.resolution,
         steps=args.steps,

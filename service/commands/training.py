@@ -97,6 +97,19 @@ def _model_folder(path: Path, flag: str) -> Path:
     return path
 
 
+def _pixel_space_only(folder: Path) -> None:
+    """Training runs in pixel space on 32 px procedural data for now: refuse a latent model cleanly."""
+    import json
+
+    from engines.errors import UserInputError
+
+    if json.loads((folder / "realiz3d.json").read_text()).get("latent_space") == "vae":
+        raise UserInputError(
+            f"--init {folder}: a latent (VAE) model; training in its latent space is not supported yet "
+            "(docs/bring-your-own-model.md)"
+        )
+
+
 def run_train(args: argparse.Namespace) -> int:
     from engines.errors import UserInputError
     from engines.training.data import DataSpec
@@ -112,6 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise UserInputError(f"--stage1-steps must be in [1, {steps - 1}], got {stage1}")
     if args.init is not None:
         _model_folder(args.init, "--init")
+        _pixel_space_only(args.init)
     data = DataSpec(
         synthetic=_positive("--synthetic-objects", args.synthetic_objects),
         real=_positive("--photos", args.photos),

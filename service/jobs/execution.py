@@ -118,6 +118,7 @@ def _run(ctx: WorkerContext, started: StartedJob) -> JobStatus:
         else:
             status, error = JobStatus.canceled, JobError("canceled", "canceled while running")
     except UserInputError as e:
+        log.warning("job %s: %s (%s)", job.id, e, e.code)  # the request or the model folder is at fault
         error = JobError(e.code, str(e))
     except Exception as e:  # noqa: BLE001 - a bug fails this job, never the worker
         log.exception("job %s failed", job.id)
