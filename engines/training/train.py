@@ -305,6 +305,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr,
+            foreach=True,  # one fused update over the many small tensors (torch's CPU default is a loop)
         )
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
