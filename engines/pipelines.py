@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
 from engines.sampling.denoise import DenoiseJob, denoise, make_scheduler
 from engines.sampling.schedule import DomainSchedule
+
+if TYPE_CHECKING:  # texturing imports trimesh: only inside texture()
+    from engines.texturing.mesh_io import MeshLimits
 
 
 @dataclass
@@ -278,8 +281,11 @@ class Realiz3DPipeline:
         mesh_path: str | Path,
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        limits: MeshLimits | None = None,
     ):
-        """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB."""
+        """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB.
+
+        `limits`: the caller's mesh limits (faces, bytes, unwrap timeout); the defaults when omitted."""
         from engines.texturing.pipeline import texture_mesh
 
         self._enter_job_thread()
@@ -298,6 +304,7 @@ class Realiz3DPipeline:
             generate_views,
             progress=None,
             should_cancel=should_cancel,
+            limits=limits,
             resolution=self.model.config.resolution,
         )
         if generated:

@@ -25,7 +25,8 @@ CancelCheck = Callable[[], bool]
 class GenerationParams(BaseModel):
     """Settings shared by text-to-multiview and texturing."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers only: NaN or 1e999 (inf) would pass every bound check and break the cameras later.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Field(..., min_length=1, max_length=1000, examples=["a red cube"])
     negative_prompt: str = Field("", max_length=1000)
@@ -55,7 +56,9 @@ class MultiviewRequest(GenerationParams):
     azimuths_deg: list[float] | None = Field(None, description="one per view; evenly spaced when omitted")
     radius: float = Field(2.2, gt=0.5, le=10.0)
     fov_deg: float = Field(40.0, gt=5.0, lt=120.0)
-    resolution: int | None = Field(None, ge=16, le=2048, description="the model's native size when omitted")
+    resolution: int | None = Field(
+        None, ge=16, le=2048, multiple_of=8, description="the model's native size when omitted"
+    )
 
     @model_validator(mode="after")
     def _azimuths_match_views(self) -> MultiviewRequest:
@@ -71,7 +74,7 @@ class TextureRequest(GenerationParams):
 
     num_views: int = Field(6, ge=1, le=MAX_VIEWS)
     atlas_size: int = Field(1024, ge=64, le=4096)
-    view_resolution: int | None = Field(None, ge=16, le=2048)
+    view_resolution: int | None = Field(None, ge=16, le=2048, multiple_of=8)
 
 
 @dataclass
