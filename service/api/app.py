@@ -147,7 +147,7 @@ def fail_unserved(ctx: ServiceContext) -> int:
 async def maintenance_loop(ctx: ServiceContext, requeue: bool) -> None:
     """Every heartbeat period: re-queue jobs of dead workers (gateway), fail jobs no worker came for;
     now and then: delete expired artifacts and dead runs' staging directories."""
-    from service.jobs.heartbeat import SWEEP_SECONDS, requeue_lost_jobs, sweep_staging
+    from service.jobs.heartbeat import SWEEP_EVERY_BEATS, requeue_lost_jobs, sweep_staging
 
     s = ctx.settings
     last_expiry = last_sweep = 0.0
@@ -157,7 +157,7 @@ async def maintenance_loop(ctx: ServiceContext, requeue: bool) -> None:
             if requeue:
                 await asyncio.to_thread(requeue_lost_jobs, ctx.store, ctx.queue, s.job_max_attempts)
             await asyncio.to_thread(fail_unserved, ctx)
-            if time.monotonic() - last_sweep > SWEEP_SECONDS:
+            if time.monotonic() - last_sweep > SWEEP_EVERY_BEATS * s.heartbeat_seconds:
                 last_sweep = time.monotonic()
                 await asyncio.to_thread(sweep_staging, ctx.store, ctx.artifacts)
             if time.monotonic() - last_expiry > 300:

@@ -26,7 +26,8 @@ from service.storage import ArtifactStore
 
 log = logging.getLogger("realiz3d.heartbeat")
 
-SWEEP_SECONDS = 30.0
+#: Heartbeats between two sweeps of staging directories.
+SWEEP_EVERY_BEATS = 10
 
 
 def requeue_lost_jobs(store: JobStore, queue: JobQueue, max_attempts: int) -> int:
@@ -129,7 +130,7 @@ class WorkerHeartbeat:
                 self.beat()
                 if self.queue is not None:
                     requeue_lost_jobs(self.ctx.store, self.queue, s.job_max_attempts)
-                if time.monotonic() - self._last_sweep > SWEEP_SECONDS:
+                if time.monotonic() - self._last_sweep > SWEEP_EVERY_BEATS * s.heartbeat_seconds:
                     self._last_sweep = time.monotonic()
                     sweep_staging(self.ctx.store, self.ctx.artifacts)
             except Exception:  # noqa: BLE001 - a broker blip must not kill the heartbeat
