@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
 from engines.sampling.denoise import DenoiseJob, denoise, make_scheduler
 from engines.types import DomainSchedule
+
+if TYPE_CHECKING:  # texturing imports trimesh: only inside texture()
+    from engines.texturing.mesh_io import MeshLimits
 
 
 @dataclass
@@ -167,6 +170,7 @@ class Realiz3DPipeline:
             resolution=cfg.resolution,
             resolution_step=cfg.downsample_factor * 2**halvings,
             geometry=cfg.geometry_channels > 0,
+            block_sites=self.model.shifter.num_sites,
         )
 
     def check_resolution(self, resolution: int) -> int:
@@ -207,7 +211,9 @@ class Realiz3DPipeline:
         cfg = self.model.config
         seed = params.seed if params.seed is not None else secrets.randbits(31)
         schedule = params.schedule or cfg.default_schedule
-        self.model.shifter.check_blocks(schedule.blocks)
+        problem = self.capabilities().schedule_refusal(schedule.blocks)
+        if problem is not None:
+            raise UserInputError(problem)
         guidance = params.guidance_scale if params.guidance_scale is not None else cfg.default_guidance_scale
         dev = self.runner.device
         t0 = time.perf_counter()
@@ -308,11 +314,13 @@ class Realiz3DPipeline:
         mesh_path: str | Path,
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        limits: MeshLimits | None = None,
     ):
         """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB.
 
         Geometry is rendered at the view resolution (baking uses it there) and area-averaged to the UNet's
-        input resolution for latent models."""
+        input resolution for latent models. `limits`: the caller's mesh limits (faces, bytes, unwrap
+        timeout); the defaults when omitted."""
         from engines.texturing.pipeline import texture_mesh
 
         problem = self.capabilities().refusal("texture", request.model_dump())
@@ -334,6 +342,7 @@ class Realiz3DPipeline:
             generate_views,
             progress=None,
             should_cancel=should_cancel,
+            limits=limits,
             resolution=self.model.config.resolution,
             cameras=request.explicit_cameras(),
         )

@@ -26,7 +26,8 @@ CancelCheck = Callable[[], bool]
 class GenerationParams(BaseModel):
     """Settings shared by text-to-multiview and texturing."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers only: NaN or 1e999 (inf) would pass every bound check and break the cameras later.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     prompt: str = Field(..., min_length=1, max_length=1000, examples=["a red cube"])
     negative_prompt: str = Field("", max_length=1000)
@@ -108,7 +109,9 @@ class MultiviewRequest(ExplicitCameras, GenerationParams):
     azimuths_deg: list[float] | None = Field(None, description="one per view; evenly spaced when omitted")
     radius: float = Field(2.2, gt=0.5, le=10.0)
     fov_deg: float = Field(40.0, gt=5.0, lt=120.0)
-    resolution: int | None = Field(None, ge=16, le=2048, description="the model's native size when omitted")
+    resolution: int | None = Field(
+        None, ge=16, le=2048, multiple_of=8, description="the model's native size when omitted"
+    )
 
     @model_validator(mode="after")
     def _azimuths_match_views(self) -> MultiviewRequest:
@@ -126,7 +129,7 @@ class TextureRequest(ExplicitCameras, GenerationParams):
 
     num_views: int = Field(6, ge=1, le=MAX_VIEWS)
     atlas_size: int = Field(1024, ge=64, le=4096)
-    view_resolution: int | None = Field(None, ge=16, le=2048)
+    view_resolution: int | None = Field(None, ge=16, le=2048, multiple_of=8)
 
     @model_validator(mode="after")
     def _cameras_set_views(self) -> TextureRequest:
@@ -152,13 +155,24 @@ class ModelCapabilities(BaseModel):
     resolution: int = Field(..., description="native image size in pixels")
     resolution_step: int = Field(..., description="image sizes must be multiples of this")
     geometry: bool = Field(..., description="takes geometry maps (can texture meshes)")
+    block_sites: int = Field(..., description="Domain Shifter block sites: the largest block split `blocks`")
 
     def refusal(self, kind: str, params: dict) -> str | None:
         """Why this model cannot serve a `kind` job with these (validated) parameters; None if it can."""
         if kind == "texture" and not self.geometry:
             return f"model {self.name!r} takes no geometry conditioning, so it cannot texture meshes"
+        schedule = params.get("schedule")
+        if isinstance(schedule, dict) and (
+            problem := self.schedule_refusal(int(schedule.get("blocks") or 0))
+        ):
+            return problem
         res = params.get("resolution" if kind == "multiview" else "view_resolution") or self.resolution
         return self.resolution_refusal(int(res))
+
+    def schedule_refusal(self, blocks: int) -> str | None:
+        if blocks > self.block_sites:
+            return f"schedule blocks={blocks}: model {self.name!r} has {self.block_sites} block sites"
+        return None
 
     def resolution_refusal(self, resolution: int) -> str | None:
         if resolution % self.resolution_step:

@@ -33,8 +33,9 @@ class Realiz3DAPIError(Exception):
 
 @dataclass
 class JobEvent:
-    event: str  # "status" | "progress" | "error"
+    event: str  # "status" | "progress" | "error" | "shutdown" (the server is going away: reconnect)
     data: dict[str, Any]
+    id: str | None = None  # the job's version: send it back as Last-Event-ID to resume
 
     @property
     def terminal(self) -> bool:
@@ -79,14 +80,14 @@ class _SSEParser:
     """Server-Sent Events framing: `event:` and `data:` lines, a blank line ends an event."""
 
     def __init__(self) -> None:
-        self.event, self.data = "message", []
+        self.event, self.data, self.id = "message", [], None
 
     def feed(self, line: str) -> JobEvent | None:
         if not line:
             if not self.data:
                 return None
-            ev = JobEvent(self.event, json.loads("\n".join(self.data)))
-            self.event, self.data = "message", []
+            ev = JobEvent(self.event, json.loads("\n".join(self.data)), self.id)
+            self.event, self.data, self.id = "message", [], None
             return ev
         if line.startswith(":"):
             return None
@@ -94,6 +95,8 @@ class _SSEParser:
         value = value.removeprefix(" ")
         if field == "event":
             self.event = value
+        elif field == "id":
+            self.id = value
         elif field == "data":
             self.data.append(value)
         return None
@@ -146,10 +149,15 @@ class Realiz3DClient:
     def cancel(self, job_id: str) -> JobOut:
         return JobOut.model_validate(self._json("DELETE", f"/v1/jobs/{job_id}"))
 
-    def events(self, job_id: str, timeout: float | None = None) -> Iterator[JobEvent]:
-        """The job's events until it ends (or the server closes the stream)."""
+    def events(
+        self, job_id: str, timeout: float | None = None, last_event_id: str | None = None
+    ) -> Iterator[JobEvent]:
+        """The job's events until it ends (or the server closes the stream); `last_event_id` resumes
+        after an event already seen."""
         parser = _SSEParser()
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=timeout) as response:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        url = f"/v1/jobs/{job_id}/events"
+        with self._http.stream("GET", url, timeout=timeout, headers=headers) as response:
             if not response.is_success:
                 response.read()
                 _raise_for(response)
@@ -167,7 +175,9 @@ class Realiz3DClient:
         return self.get_job(job_id)
 
     def download(self, job_id: str, name: str) -> bytes:
-        response = self._http.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+        """The artifact's bytes, from the gateway or the object store it redirects to (presigned URL;
+        httpx drops the API key on a redirect to another origin)."""
+        response = self._http.get(f"/v1/jobs/{job_id}/artifacts/{name}", follow_redirects=True)
         _raise_for(response)
         return response.content
 
@@ -247,7 +257,7 @@ class AsyncRealiz3DClient:
         return await self.get_job(job_id)
 
     async def download(self, job_id: str, name: str) -> bytes:
-        response = await self._http.get(f"/v1/jobs/{job_id}/artifacts/{name}")
+        response = await self._http.get(f"/v1/jobs/{job_id}/artifacts/{name}", follow_redirects=True)
         _raise_for(response)
         return response.content
 

@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from service.api.app import create_app, maintenance_loop
 from service.api.auth import ApiKeys
 from service.api.context import ServiceContext
-from service.jobs.execution import WorkerContext, execute_job
+from service.jobs.execution import WorkerContext, execute_job, model_info
 from service.jobs.heartbeat import WorkerHeartbeat
 from service.jobs.memory_store import MemoryJobStore
 from service.jobs.queue import InProcessJobQueue
 from service.settings import Settings
-from service.storage import LocalArtifactStore
+from service.storage import make_artifact_store
 
 log = logging.getLogger("realiz3d.embedded")
 
@@ -29,7 +29,8 @@ log = logging.getLogger("realiz3d.embedded")
 def create_embedded_app(settings: Settings) -> FastAPI:
     store = MemoryJobStore()
     queue = InProcessJobQueue()
-    artifacts = LocalArtifactStore(settings.artifact_dir)
+    artifacts = make_artifact_store(settings)
+    loading = {"state": "warming"}  # -> ready | failed
     ctx = ServiceContext(
         settings=settings,
         store=store,
@@ -37,13 +38,15 @@ def create_embedded_app(settings: Settings) -> FastAPI:
         artifacts=artifacts,
         keys=ApiKeys(settings.api_keys),
         mode="embedded",
+        # Jobs are accepted while the model loads (they wait in the queue), not once loading failed.
+        warming=lambda: loading["state"] == "warming",
     )
     store.add_listener(ctx.hub.notify_threadsafe)
     stop = threading.Event()
     heartbeat: list[WorkerHeartbeat] = []
 
     def start_worker() -> None:
-        from service.worker import enable_batching, load_pipeline, model_info, prepare_compute
+        from service.worker import enable_batching, load_pipeline, prepare_compute
 
         try:
             threads = prepare_compute(settings)
@@ -51,6 +54,7 @@ def create_embedded_app(settings: Settings) -> FastAPI:
             slots = enable_batching(pipeline, settings, threads)
             pipeline.warmup()  # after batching is on: warms up the thread that will compute
         except Exception:
+            loading["state"] = "failed"
             log.exception("the embedded worker could not load the model; /readyz stays false")
             return
         if stop.is_set():
@@ -62,12 +66,15 @@ def create_embedded_app(settings: Settings) -> FastAPI:
             pipeline=pipeline,
             name="embedded",
             backend=settings.backend,
+            slots=slots,
         )
         queue.start(lambda job_id: execute_job(wctx, job_id), threads=slots)
-        info = {"name": "embedded", "queues": ["multiview", "texture"], **model_info(pipeline)}
-        hb = WorkerHeartbeat(wctx, info, queue=queue)
+        info = {"name": "embedded", "queues": ["multiview", "texture"], "model": model_info(pipeline)}
+        # A hung step past the hard limit fails its job and loses one thread, never the server.
+        hb = WorkerHeartbeat(wctx, info, queue=queue, on_hard_limit=lambda job: queue.replace_stuck_thread())
         hb.start()
         heartbeat.append(hb)
+        loading["state"] = "ready"
         log.info("embedded worker ready")
 
     def background(c: ServiceContext) -> list[Callable[[], object]]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 API_PORT = 8000
@@ -29,11 +30,42 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(64, ge=1, description="jobs waiting per queue before 429")
     rate_limit_per_minute: int = Field(0, ge=0, description="submissions per client per minute; 0 = off")
     job_ttl_seconds: int = Field(24 * 3600, ge=60, description="jobs and artifacts expire after this")
-    sse_poll_seconds: float = Field(0.1, gt=0)
+    sse_poll_seconds: float = Field(
+        30.0, gt=0, description="an event stream re-reads its job this often when no change was pushed"
+    )
     retry_after_seconds: int = Field(5, ge=1, description="Retry-After sent with 429 and 503")
+    admission: Literal["require-worker", "queue"] = Field(
+        "require-worker",
+        description="require-worker: 503 no_worker while no live worker serves the kind; queue: accept "
+        "and wait up to worker_wait_seconds for one (scale from zero)",
+    )
+    worker_wait_seconds: int = Field(
+        600, ge=1, description="admission=queue: a job still waiting for a worker after this fails no_worker"
+    )
+    body_timeout_seconds: float = Field(60.0, gt=0, description="a request body must arrive within this")
+    metrics_token: str = Field("", description="bearer token /metrics requires; empty = open")
+    public_docs: bool = Field(True, description="serve /docs and /openapi.json without an API key")
+
+    # Cost bound of one request (checked at submission, and again by the worker)
+    max_step_pixels: int = Field(
+        8 * 512 * 512, ge=1, description="views x pixels of one denoising step of one job"
+    )
+    max_pixel_steps: int = Field(8 * 256 * 256 * 50, ge=1, description="views x pixels x steps of one job")
+    max_atlas_size: int = Field(2048, ge=64, le=4096, description="largest texture atlas side (pixels)")
 
     # Storage
+    artifact_store: Literal["local", "s3"] = "local"
     artifact_dir: Path = Path("./realiz3d-artifacts")
+    staging_dir: Path | None = Field(None, description="runs' local scratch; default: a temp dir (s3)")
+    artifact_download: Literal["gateway", "presigned"] = Field(
+        "gateway", description="gateway: the API streams artifacts; presigned: 307 to a presigned URL (s3)"
+    )
+    presigned_url_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = Field(None, description="e.g. http://minio:9000; unset = AWS")
+    s3_public_endpoint_url: str | None = Field(None, description="endpoint presigned URLs are signed for")
+    s3_region: str = "us-east-1"
 
     # Worker
     model_dir: Path | None = Field(None, description="model folder; unset = embedded default model")
@@ -44,6 +76,9 @@ class Settings(BaseSettings):
     engine_cache_dir: Path = Path("./realiz3d-engines")
     queues: str = "multiview,texture"
     worker_metrics_port: int = Field(WORKER_METRICS_PORT, ge=0, le=65535)
+    worker_probe_host: str = Field(
+        "127.0.0.1", description="bind address of the worker's probe port (0.0.0.0 in containers)"
+    )
     heartbeat_seconds: float = Field(2.0, gt=0)
     heartbeat_ttl_seconds: float = Field(10.0, gt=0)
     job_soft_time_limit: int = Field(1800, ge=1)
@@ -80,6 +115,12 @@ class Settings(BaseSettings):
         if v not in {"fused", "unfused"}:
             raise ValueError("adapters must be fused or unfused")
         return v
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Settings:
+        if self.job_time_limit <= self.job_soft_time_limit:
+            raise ValueError("job_time_limit (hard) must be larger than job_soft_time_limit")
+        return self
 
     @property
     def queue_names(self) -> list[str]:

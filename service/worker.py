@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from service import metrics
-from service.jobs.execution import WorkerContext, execute_job
+from service.jobs.execution import WorkerContext, execute_job, model_info
 from service.settings import Settings
 
 log = logging.getLogger("realiz3d.worker")
@@ -31,13 +31,6 @@ log = logging.getLogger("realiz3d.worker")
 
 def default_worker_name(settings: Settings) -> str:
     return settings.worker_name or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def model_info(pipeline: Any) -> dict[str, Any]:
-    """The heartbeat's `model` entry: what the loaded model can serve (the gateway refuses the rest)."""
-    if not hasattr(pipeline, "capabilities"):
-        return {}
-    return {"model": pipeline.capabilities().model_dump()}
 
 
 def load_pipeline(settings: Settings) -> Any:
@@ -158,7 +151,7 @@ def run_worker(settings: Settings) -> int:
     from service.jobs.heartbeat import WorkerHeartbeat
     from service.jobs.queue import CeleryJobQueue
     from service.jobs.redis_store import RedisJobStore
-    from service.storage import LocalArtifactStore
+    from service.storage import make_artifact_store
 
     if not settings.broker_url:
         raise ValueError("realiz3d worker needs --broker URL (or REALIZ3D_BROKER_URL)")
@@ -171,7 +164,10 @@ def run_worker(settings: Settings) -> int:
         return not beats or beats[0].seconds_since_beat() < 3 * settings.heartbeat_ttl_seconds
 
     probes = ProbeServer(
-        "0.0.0.0", settings.worker_metrics_port, lambda: state["loaded"] and store.ping(), healthy
+        settings.worker_probe_host,
+        settings.worker_metrics_port,
+        lambda: state["loaded"] and store.ping(),
+        healthy,
     )
     probes.start()
     log.info("worker %s: probes on port %d; loading the model", name, probes.port)
@@ -187,10 +183,11 @@ def run_worker(settings: Settings) -> int:
     ctx = WorkerContext(
         settings=settings,
         store=store,
-        artifacts=LocalArtifactStore(settings.artifact_dir),
+        artifacts=make_artifact_store(settings),
         pipeline=pipeline,
         name=name,
         backend=settings.backend,
+        slots=slots,
     )
     app = make_celery_app(settings)
 
@@ -205,9 +202,9 @@ def run_worker(settings: Settings) -> int:
         "metrics_port": probes.port,
         "pid": os.getpid(),
         "slots": slots,
-        **model_info(pipeline),
+        "model": model_info(pipeline),
     }
-    heartbeat = WorkerHeartbeat(ctx, info, queue=CeleryJobQueue(app))
+    heartbeat = WorkerHeartbeat(ctx, info, queue=CeleryJobQueue(app, 3 * settings.heartbeat_ttl_seconds))
     heartbeat.start()
     beats.append(heartbeat)
     worker = app.Worker(

@@ -13,4 +13,4 @@ os.environ.setdefault("REALIZ3D_DEBUG", "1")
 # The embedded default model is built on first use; keep it out of the user's cache during tests.
 os.environ.setdefault("REALIZ3D_HOME", tempfile.mkdtemp(prefix="realiz3d-test-home-"))
 
-pytest_plugins = ["tests.fixtures.models", "tests.fixtures.redis_server"]
+pytest_plugins = ["tests.fixtures.models", "tests.fixtures.redis_server", "tests.fixtures.s3_server"]

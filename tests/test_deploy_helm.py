@@ -180,7 +180,7 @@ def test_model_volume_is_read_only_and_engine_cache_is_mounted() -> None:
     assert mounts["model"]["readOnly"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["model"]["persistentVolumeClaim"]["readOnly"] is True
-    assert "persistentVolumeClaim" in volumes["engine-cache"]
+    assert "ephemeral" in volumes["engine-cache"]  # a claim per pod, not one RWO claim for every replica
     assert "engine-cache" in mounts and "artifacts" in mounts
 
 

@@ -148,12 +148,18 @@ def test_block_shift_extra_memory_is_the_offset_tables(model):
     assert shifter.fused_bytes() == 2 * sum(shifter.channels) * 4  # two domains, fp32
 
 
-def test_block_split_beyond_the_sites_is_a_clear_error(model):
+def test_block_split_beyond_the_sites_is_a_clear_error(tiny_model_dir):
     from engines.errors import UserInputError
+    from engines.pipelines import Realiz3DPipeline
+    from engines.requests import MultiviewRequest
 
-    model.shifter.check_blocks(model.shifter.num_sites)
-    with pytest.raises(UserInputError, match="block sites"):
-        model.shifter.check_blocks(model.shifter.num_sites + 1)
+    pipe = Realiz3DPipeline.load(tiny_model_dir, device="cpu")
+    sites = pipe.model.shifter.num_sites
+    assert pipe.capabilities().block_sites == sites
+    with pytest.raises(UserInputError, match=f"has {sites} block sites"):
+        pipe.multiview(
+            MultiviewRequest(prompt="a cube", steps=1, schedule={"split": 0.4, "blocks": sites + 1})
+        )
 
 
 def test_tau_blocks_is_fixed_at_build_and_bounded(model):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from service.client import AsyncRealiz3DClient, Realiz3DClient
+from tests.service_helpers import metric_value
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,3 +55,30 @@ def test_embedded_async_client(embedded):
             assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
     asyncio.run(run())
+
+
+def test_embedded_hard_limit_fails_the_job_not_the_server(service_launcher):
+    """A step hung past the hard limit fails its job; the server, and jobs after it, carry on. Jobs
+    submitted while the model is still loading are accepted and run once it is up."""
+    server = service_launcher.gateway(
+        None,
+        REALIZ3D_BROKER_URL="",
+        REALIZ3D_PIPELINE_FACTORY="tests.fixtures.pipelines:faulty",
+        REALIZ3D_JOB_SOFT_TIME_LIMIT="1",
+        REALIZ3D_JOB_TIME_LIMIT="3",
+    )
+    try:
+        with Realiz3DClient(server.url) as client:
+            early = client.submit_multiview({"prompt": "early bird", "num_views": 1, "steps": 2})
+            assert not client.ready()  # accepted during warm-up, not refused with 503 no_worker
+            hung = client.submit_multiview({"prompt": "hang 8", "num_views": 1, "steps": 4})
+            assert client.wait(early.id, timeout=120).status == "succeeded"
+            job = client.wait(hung.id, timeout=60)
+            assert job.status == "failed" and job.error.code == "time_limit", job
+            assert "hard limit" in job.error.message
+            after = client.submit_multiview({"prompt": "after", "num_views": 1, "steps": 2})
+            assert client.wait(after.id, timeout=60).status == "succeeded"
+            assert server.proc.poll() is None
+            assert metric_value(client.metrics(), "realiz3d_jobs_total", status="failed") == 1
+    finally:
+        server.stop()

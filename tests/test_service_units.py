@@ -9,7 +9,8 @@ from service.jobs.memory_store import MemoryJobStore
 from service.jobs.progress import ProgressThrottle
 from service.jobs.records import JobKind, JobRecord, JobStatus
 from service.jobs.store import QueueFull
-from service.storage import LocalArtifactStore, safe_relative_name
+from service.storage import safe_relative_name
+from service.storage.local import LocalArtifactStore
 
 
 def test_memory_store_lifecycle_and_lease_requeue():
@@ -34,12 +35,13 @@ def test_memory_store_lifecycle_and_lease_requeue():
         body_hash="h",
     )
     assert not created and again.id == job.id
-    started = store.start(job.id, "w1", lease_seconds=0.0)
-    assert started and started.attempt == 1 and store.start(job.id, "w2", 1.0) is None
-    [requeued] = store.requeue_expired(max_attempts=3)
+    started = store.start(job.id, "w1", lease_seconds=0.0, ttl_seconds=60)
+    assert started and started.attempt == 1 and store.start(job.id, "w2", 1.0, 60) is None
+    [requeued] = store.requeue_expired(max_attempts=3).requeued
     assert requeued.status == JobStatus.queued
     assert not store.finish(job.id, 1, JobStatus.succeeded, ttl_seconds=60)  # the lost run cannot finish
-    second = store.start(job.id, "w2", 10.0)
+    assert store.run_check(job.id, 1) == "lost"
+    second = store.start(job.id, "w2", 10.0, 60)
     assert second and second.attempt == 2
     assert store.finish(job.id, 2, JobStatus.succeeded, ttl_seconds=60)
     assert store.get(job.id).status == JobStatus.succeeded
@@ -51,7 +53,8 @@ def test_artifact_names_cannot_escape(tmp_path):
         assert safe_relative_name(bad) is None
     store = LocalArtifactStore(tmp_path)
     store.put_input("j" * 22, "mesh.glb", b"data")
-    assert store.open("j" * 22, "_inputs/mesh.glb") is None
+    assert store.open("j" * 22, 1, "_inputs/mesh.glb") is None
+    assert store.open("j" * 22, 1, "../_inputs/mesh.glb") is None
 
 
 def test_api_keys_are_kept_hashed():

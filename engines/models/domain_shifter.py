@@ -24,7 +24,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from engines.errors import UserInputError
 from engines.models.shifter_config import (
     BlockShiftConfig,
     DomainShifterConfig,
@@ -94,11 +93,6 @@ class DomainShifterBase(nn.Module):
         """(n, slots) int64 domain index of every slot for each sample's combo."""
         rows = {c: [self.domain_index[d] for d in self.slot_domains(c)] for c in dict.fromkeys(combos)}
         return torch.tensor([rows[c] for c in combos], dtype=torch.long, device=device)
-
-    def check_blocks(self, blocks: int) -> None:
-        """A block split must name at most every site of this model."""
-        if blocks > self.num_sites:
-            raise UserInputError(f"schedule blocks={blocks}: this model has {self.num_sites} block sites")
 
     def _ids_for(self, batch: int) -> torch.Tensor:
         ids = self.context.ids

@@ -17,9 +17,9 @@ from service.api.errors import install_error_handlers
 from service.api.events import listen_redis
 from service.api.routes import router
 from service.api.uploads import BodyLimitMiddleware
-from service.metrics import HTTP_REQUEST_DURATION
+from service.metrics import HTTP_REQUEST_DURATION, JOBS_TOTAL
 from service.settings import Settings
-from service.storage import LocalArtifactStore
+from service.storage import make_artifact_store
 
 log = logging.getLogger("realiz3d.api")
 
@@ -80,28 +80,88 @@ def create_app(
             if on_shutdown:
                 on_shutdown()
 
-    app = FastAPI(title="Realiz3D Serve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    s = context.settings
+    hide_docs = context.keys.enabled and not s.public_docs
+    app = FastAPI(
+        title="Realiz3D Serve",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None if hide_docs else "/docs",
+        redoc_url=None if hide_docs else "/redoc",
+        openapi_url=None if hide_docs else "/openapi.json",
+    )
     app.state.context = context
     install_error_handlers(app)
     app.include_router(router)
-    app.add_middleware(BodyLimitMiddleware, limit=context.settings.max_upload_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=s.max_upload_bytes, timeout_s=s.body_timeout_seconds)
     app.add_middleware(RequestMetricsMiddleware)
+    declare_security(app)
     return app
 
 
-async def maintenance_loop(ctx: ServiceContext, requeue: bool) -> None:
-    """Re-queue jobs of dead workers (gateway) and delete expired artifacts, every heartbeat period."""
-    from service.jobs.heartbeat import requeue_lost_jobs
+def declare_security(app: FastAPI) -> None:
+    """The OpenAPI names the API-key scheme (`Authorization: Bearer KEY`, or `X-API-Key`) on every job
+    route, so generated clients send it."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = build()
+        spec.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (REALIZ3D_API_KEYS)"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        for path, operations in spec.get("paths", {}).items():
+            if path.startswith("/v1/"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def fail_unserved(ctx: ServiceContext) -> int:
+    """Queued jobs of a kind no live worker serves fail `no_worker` after `worker_wait_seconds` (with
+    admission=queue the autoscaler had that long to bring one up). Returns how many failed."""
+    from service.jobs.records import JobError, JobKind
+    from service.jobs.store import worker_serves
 
     s = ctx.settings
-    last_sweep = 0.0
+    if ctx.warming():
+        return 0
+    workers = ctx.store.live_workers()
+    failed = 0
+    for kind in JobKind:
+        if worker_serves(workers, kind):
+            continue
+        error = JobError("no_worker", f"no worker served '{kind}' jobs within {s.worker_wait_seconds} s")
+        for job in ctx.store.fail_waiting(kind, time.time() - s.worker_wait_seconds, error):
+            JOBS_TOTAL.labels(job.kind.value, "failed").inc()
+            failed += 1
+    return failed
+
+
+async def maintenance_loop(ctx: ServiceContext, requeue: bool) -> None:
+    """Every heartbeat period: re-queue jobs of dead workers (gateway), fail jobs no worker came for;
+    now and then: delete expired artifacts and dead runs' staging directories."""
+    from service.jobs.heartbeat import SWEEP_EVERY_BEATS, requeue_lost_jobs, sweep_staging
+
+    s = ctx.settings
+    last_expiry = last_sweep = 0.0
     while True:
         await asyncio.sleep(s.heartbeat_seconds)
         try:
             if requeue:
                 await asyncio.to_thread(requeue_lost_jobs, ctx.store, ctx.queue, s.job_max_attempts)
-            if time.monotonic() - last_sweep > 300:
+            await asyncio.to_thread(fail_unserved, ctx)
+            if time.monotonic() - last_sweep > SWEEP_EVERY_BEATS * s.heartbeat_seconds:
                 last_sweep = time.monotonic()
+                await asyncio.to_thread(sweep_staging, ctx.store, ctx.artifacts)
+            if time.monotonic() - last_expiry > 300:
+                last_expiry = time.monotonic()
                 await asyncio.to_thread(ctx.artifacts.delete_expired, s.job_ttl_seconds + 60)
         except Exception:  # noqa: BLE001 - keep the loop alive through broker blips
             log.exception("maintenance pass failed")
@@ -121,8 +181,8 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     ctx = ServiceContext(
         settings=settings,
         store=store,
-        queue=CeleryJobQueue(celery_app),
-        artifacts=LocalArtifactStore(settings.artifact_dir),
+        queue=CeleryJobQueue(celery_app, 3 * settings.heartbeat_ttl_seconds),
+        artifacts=make_artifact_store(settings),
         keys=ApiKeys(settings.api_keys),
         mode="gateway",
     )

@@ -6,6 +6,7 @@ and submission logic do not know which mode they run in.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -27,6 +28,8 @@ class ServiceContext:
     keys: ApiKeys
     hub: ChangeHub = field(default_factory=ChangeHub)
     mode: str = "gateway"  # or "embedded"
+    #: True while this process's own worker is still loading its model (embedded): jobs are accepted
+    warming: Callable[[], bool] = lambda: False
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -48,10 +48,34 @@ def validation_message(errors: list[dict]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (a 405's `Allow`; Starlette names only the first
+    route's, and GET and DELETE of a job are two routes). Each method is tried against the routes."""
+    from starlette.routing import Match
+
+    return [
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in request.app.routes)
+    ]
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = getattr(exc, "code", None) or _CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
+
+
+async def _broker_down(request: Request, exc: Exception) -> JSONResponse:
+    """Redis unreachable (or restarting) on any route: 503 with Retry-After, never a 500."""
+    log.warning("broker unavailable on %s %s: %s", request.method, request.url.path, exc)
+    context = getattr(request.app.state, "context", None)
+    retry = str(context.settings.retry_after_seconds) if context is not None else "5"
+    body = error_body("broker_unavailable", "the job broker is unreachable; retry later")
+    return JSONResponse(body, status_code=503, headers={"Retry-After": retry})
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -70,3 +94,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
+    try:
+        import redis
+    except ImportError:  # embedded-only install: no broker to lose
+        return
+    app.add_exception_handler(redis.RedisError, _broker_down)

@@ -24,6 +24,7 @@ class ChangeHub:
     def __init__(self) -> None:
         self._watchers: dict[str, set[asyncio.Event]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False  # the server is shutting down: streams send a final event and end
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -32,9 +33,21 @@ class ChangeHub:
         for event in self._watchers.get(job_id, ()):
             event.set()
 
+    def notify_all(self) -> None:
+        """Wake every stream to re-read its job (after a pub/sub reconnect, messages may have been missed)."""
+        for events in self._watchers.values():
+            for event in events:
+                event.set()
+
     def notify_threadsafe(self, job_id: str) -> None:
         if self._loop is not None and job_id in self._watchers:
             self._loop.call_soon_threadsafe(self.notify, job_id)
+
+    def close_threadsafe(self) -> None:
+        """Called on SIGTERM before the server drains connections: streams end with a `shutdown` event."""
+        self.closed = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.notify_all)
 
     def watch(self, job_id: str) -> asyncio.Event:
         event = asyncio.Event()
@@ -50,20 +63,22 @@ class ChangeHub:
 
 
 async def listen_redis(url: str, channel: str, hub: ChangeHub) -> None:
-    """Feed the hub from Redis pub/sub until cancelled; reconnects after errors."""
+    """Feed the hub from Redis pub/sub until cancelled; reconnects after errors, and wakes every stream
+    once subscribed again (changes published while it was away were missed)."""
     import redis.asyncio as aioredis
 
     while True:
-        client = aioredis.Redis.from_url(url, decode_responses=True)
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2)
         try:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             await pubsub.subscribe(channel)
+            hub.notify_all()
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     hub.notify(message["data"])
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001 - Redis restarts; streams fall back to polling meanwhile
+        except Exception as e:  # noqa: BLE001 - Redis restarts: streams are woken once it is back
             log.warning("job-event subscription lost (%s); retrying", e)
             await asyncio.sleep(1.0)
         finally:
@@ -80,21 +95,34 @@ async def job_event_stream(
     load: Callable[[str], object],
     hub: ChangeHub,
     poll_seconds: float,
+    last_event_id: str | None = None,
 ) -> AsyncIterator[bytes]:
     """`status` events (the whole job) when the status changes, `progress` events per step; ends when done.
 
+    Pushed: the job is re-read only when the hub says it changed (or every `poll_seconds` as a safety
+    net), never on a timer per stream. Each event's id is the job's version: a client that reconnects
+    with `Last-Event-ID` gets nothing it already saw, and then the current status if it changed. At
+    shutdown the stream ends with a `shutdown` event (reconnect elsewhere, with Last-Event-ID).
     `load(job_id)` is an async callable returning the JobRecord or None.
     """
     event = hub.watch(job_id)
     try:
+        resume = int(last_event_id) if last_event_id and last_event_id.strip().isdigit() else None
         last_version, last_status = -1, None
-        idle = 0.0
+        waited = 0.0
         while True:
+            if hub.closed:
+                yield b"retry: 2000\n" + _frame("shutdown", {"message": "the server is shutting down"})
+                return
             event.clear()  # before reading, so a change during the read still wakes the next wait
             record: JobRecord | None = await load(job_id)  # type: ignore[misc]
             if record is None:
                 yield _frame("error", {"code": "not_found", "message": "the job expired"})
                 return
+            if resume is not None:
+                if record.version <= resume:  # the client saw this state already
+                    last_version, last_status = record.version, record.status
+                resume = None
             if record.version != last_version:
                 if record.status != last_status:
                     yield _frame("status", job_out(record).model_dump(mode="json"), record.version)
@@ -102,15 +130,15 @@ async def job_event_stream(
                     progress = {"step": record.progress_step, "total": record.progress_total}
                     yield _frame("progress", {"status": record.status.value, **progress}, record.version)
                 last_version, last_status = record.version, record.status
-                idle = 0.0
             if record.status.terminal:
                 return
-            try:
-                await asyncio.wait_for(event.wait(), timeout=max(poll_seconds, 0.5))
-            except TimeoutError:
-                idle += max(poll_seconds, 0.5)
-                if idle >= KEEPALIVE_SECONDS:
-                    idle = 0.0
+            waited = 0.0
+            while not event.is_set() and waited < poll_seconds and not hub.closed:
+                wait = min(KEEPALIVE_SECONDS, poll_seconds - waited)
+                try:
+                    await asyncio.wait_for(event.wait(), timeout=wait)
+                except TimeoutError:
+                    waited += wait
                     yield b": keepalive\n\n"
     finally:
         hub.unwatch(job_id, event)

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 from pathlib import PurePosixPath
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engines.errors import MeshError
 from engines.requests import MultiviewRequest, TextureRequest
-from service.api.auth import authenticate
+from service.api.auth import authenticate, presented_key
 from service.api.context import ServiceContext, get_context
 from service.api.errors import ApiError, validation_message
 from service.api.events import job_event_stream
 from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted, job_out
 from service.api.submission import MESH_FORMATS, submit
-from service.api.uploads import read_mesh_upload
+from service.api.uploads import check_gltf_json, read_mesh_upload
+from service.jobs.execution import mesh_limits
 from service.jobs.records import JobKind, JobRecord
 from service.metrics import JOBS_TOTAL, QueueDepthCollector, render
+from service.settings import Settings
 
 router = APIRouter()
 
@@ -104,7 +108,8 @@ def create_multiview(
     idempotency_key: str | None = IDEMPOTENCY_KEY,
 ) -> JobAccepted:
     params = request_body.model_dump(mode="json", exclude_unset=True)
-    job, created = submit(ctx, JobKind.multiview, params, owner, idempotency_key)
+    full = request_body.model_dump(mode="json")
+    job, created = submit(ctx, JobKind.multiview, params, owner, idempotency_key, compare=full)
     return _accepted(response, job, created)
 
 
@@ -159,7 +164,7 @@ async def create_texture(
     suffix = PurePosixPath(upload.filename).suffix.lower()
     if suffix not in MESH_FORMATS:
         raise ApiError(415, "unsupported_mesh_format", f"mesh must be one of {', '.join(MESH_FORMATS)}")
-    await run_in_threadpool(validate_mesh, upload.data, upload.filename)
+    await run_in_threadpool(validate_mesh, upload.data, upload.filename, ctx.settings)
     job, created = await run_in_threadpool(
         submit,
         ctx,
@@ -168,22 +173,32 @@ async def create_texture(
         owner,
         idempotency_key,
         (suffix, upload.data),
+        params.model_dump(mode="json"),
     )
     return _accepted(response, job, created)
 
 
-def validate_mesh(data: bytes, filename: str) -> None:
-    """Cheap parse before queuing, so a garbage upload is a 422 now rather than a failed job later."""
+def validate_mesh(data: bytes, filename: str, settings: Settings) -> None:
+    """Cheap parse before queuing, so a garbage upload is a 422 now rather than a failed job later.
+
+    The limits are this deployment's (`REALIZ3D_MAX_UPLOAD_BYTES`, `REALIZ3D_MAX_MESH_FACES`); a GLB's
+    JSON chunk is bounded in size and nesting before any parser sees it."""
     if not data:
         raise ApiError(422, "invalid_mesh", "mesh: the file is empty")
+    try:
+        check_gltf_json(data)
+    except MeshError as e:
+        raise ApiError(422, e.code, f"mesh: {e}") from e
     try:
         from engines.texturing.mesh_io import validate_mesh_bytes
     except ImportError:  # a gateway-only install without the texturing extras: the worker validates
         return
     try:
-        validate_mesh_bytes(data, filename)
+        validate_mesh_bytes(data, filename, mesh_limits(settings))
     except MeshError as e:
         raise ApiError(422, e.code, f"mesh: {e}") from e
+    except RecursionError as e:  # a parser's stack is not a client's business: still a bad mesh
+        raise ApiError(422, "invalid_mesh", "mesh: the file is nested too deeply to read") from e
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
@@ -196,29 +211,47 @@ def get_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
 def cancel_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
     """Cancel: a queued job at once, a running one at its next denoising step. Finished jobs stay as they are."""
     _owned_job(ctx, job_id, owner)
-    before = ctx.store.get(job_id)
-    job = ctx.store.request_cancel(job_id, ctx.settings.job_ttl_seconds)
-    if job is None:
+    outcome = ctx.store.request_cancel(job_id, ctx.settings.job_ttl_seconds)
+    if outcome is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
-    if before is not None and before.status.value == "queued" and job.status.value == "canceled":
-        JOBS_TOTAL.labels(job.kind.value, "canceled").inc()
-    return job_out(job)
+    if outcome.canceled_now:  # concurrent DELETEs: only the one that canceled it counts
+        JOBS_TOTAL.labels(outcome.record.kind.value, "canceled").inc()
+    return job_out(outcome.record)
 
 
 @router.get(
     "/v1/jobs/{job_id}/artifacts/{name:path}",
     responses=_ERRORS,
     tags=["jobs"],
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="Download an artifact (PNG, GLB, JSON) by its name",
+    description="Streamed by the gateway, or (REALIZ3D_ARTIFACT_DOWNLOAD=presigned with object storage) "
+    "a 307 redirect to a presigned URL of the object store.",
 )
 def get_artifact(ctx: Ctx, owner: Owner, job_id: str = JOB_ID, name: str = Path(..., max_length=300)):  # noqa: ANN201
     job = _owned_job(ctx, job_id, owner)
     artifact = next((a for a in job.artifacts if a.name == name), None)
-    path = ctx.artifacts.open(job_id, name) if artifact else None
-    if artifact is None or path is None:
+    s = ctx.settings
+    if artifact is not None and s.artifact_download == "presigned":
+        url = ctx.artifacts.download_url(job_id, job.attempts, name, s.presigned_url_seconds)
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+    body = ctx.artifacts.open(job_id, job.attempts, name) if artifact else None
+    if artifact is None or body is None:
         raise ApiError(404, "not_found", f"job {job_id} has no artifact {name!r}")
-    return FileResponse(path, media_type=artifact.media_type, filename=PurePosixPath(name).name)
+    filename = quote(PurePosixPath(name).name)
+    headers = {"Content-Disposition": f"attachment; filename*=utf-8''{filename}"}
+    if artifact.size_bytes is not None:
+        headers["Content-Length"] = str(artifact.size_bytes)
+    return StreamingResponse(_chunks(body), media_type=artifact.media_type, headers=headers)
+
+
+def _chunks(body, size: int = 1 << 16):  # noqa: ANN001, ANN202 - a binary file object
+    try:
+        while chunk := body.read(size):
+            yield chunk
+    finally:
+        body.close()
 
 
 @router.get(
@@ -228,13 +261,18 @@ def get_artifact(ctx: Ctx, owner: Owner, job_id: str = JOB_ID, name: str = Path(
     summary="Server-Sent Events: `status` (whole job) on each status change, `progress` per step",
     response_class=StreamingResponse,
 )
-async def job_events(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> StreamingResponse:
+async def job_events(
+    ctx: Ctx,
+    owner: Owner,
+    job_id: str = JOB_ID,
+    last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=32),
+) -> StreamingResponse:
     await run_in_threadpool(_owned_job, ctx, job_id, owner)
 
     async def load(jid: str) -> JobRecord | None:
         return await run_in_threadpool(ctx.store.get, jid)
 
-    stream = job_event_stream(job_id, load, ctx.hub, ctx.settings.sse_poll_seconds)
+    stream = job_event_stream(job_id, load, ctx.hub, ctx.settings.sse_poll_seconds, last_event_id)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
@@ -255,8 +293,13 @@ def readyz(ctx: Ctx, response: Response) -> dict:
     return {"ready": ready, "broker": broker, "workers": len(workers), "mode": ctx.mode}
 
 
-@router.get("/metrics", tags=["ops"], response_class=Response)
-def metrics_endpoint(ctx: Ctx) -> Response:
-    """Prometheus text format."""
+@router.get("/metrics", tags=["ops"], response_class=Response, responses={401: {"model": ErrorResponse}})
+def metrics_endpoint(ctx: Ctx, request: Request) -> Response:
+    """Prometheus text format; with REALIZ3D_METRICS_TOKEN set, only for `Authorization: Bearer TOKEN`."""
+    token = ctx.settings.metrics_token
+    if token and not hmac.compare_digest(presented_key(request) or "", token):
+        raise ApiError(
+            401, "unauthorized", "/metrics needs the metrics token", {"WWW-Authenticate": "Bearer"}
+        )
     body, content_type = render((QueueDepthCollector(ctx.store.queue_depths),))
     return Response(body, media_type=content_type)

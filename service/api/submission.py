@@ -1,4 +1,9 @@
-"""Accepting a job: limits, idempotency, readiness, then store and enqueue. Never waits for a worker."""
+"""Accepting a job: idempotency, limits, cost, admission, then store and enqueue. Never waits for a worker.
+
+Order matters. An Idempotency-Key seen before answers the first job at once: a client's retry is never
+rate-counted nor refused for want of a worker. Then the request's cost and the model envelope (what a
+202 promises: the job can run), then admission (rate limit, a worker for the kind), then the store.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 from engines.requests import ModelCapabilities
 from service.api.context import ServiceContext
 from service.api.errors import ApiError
+from service.jobs.cost import OverBudget, check_cost, job_cost
 from service.jobs.records import JobKind, JobRecord, new_job_id
 from service.jobs.store import IdempotencyConflict, QueueFull, worker_serves
 from service.metrics import JOBS_TOTAL
@@ -40,24 +46,47 @@ def model_refusal(workers: list[dict[str, Any]], kind: JobKind, params: dict[str
     return reasons[0] if reasons else None
 
 
-def check_admission(
-    ctx: ServiceContext, kind: JobKind, owner: str | None, params: dict[str, Any] | None = None
+def _retry(ctx: ServiceContext) -> dict[str, str]:
+    return {"Retry-After": str(ctx.settings.retry_after_seconds)}
+
+
+def check_request(
+    ctx: ServiceContext, kind: JobKind, params: dict[str, Any], workers: list[dict[str, Any]]
 ) -> None:
-    """Raise 429 (over rate), 503 (no live worker for this kind) or 422 (no worker's model can serve
-    this request) before anything is stored."""
-    s = ctx.settings
-    retry = {"Retry-After": str(s.retry_after_seconds)}
-    if s.rate_limit_per_minute and ctx.store.hit_rate(owner or "anonymous") > s.rate_limit_per_minute:
-        raise ApiError(429, "rate_limited", f"over {s.rate_limit_per_minute} submissions per minute", retry)
-    try:
-        workers = ctx.store.live_workers()
-    except Exception as e:  # noqa: BLE001 - the broker being down is the server's problem, not the client's
-        raise ApiError(503, "broker_unavailable", "the job broker is unreachable", retry) from e
-    if not worker_serves(workers, kind):
-        raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", retry)
-    reason = model_refusal(workers, kind, params or {})
+    """422 when the job could not run: no serving model can take it (its capabilities, from the live
+    workers' heartbeats: resolution step, geometry, block sites), or it is over the cost bound.
+
+    With no live worker (admission=queue, scaled to zero) the worker checks what needs the model."""
+    reason = model_refusal(workers, kind, params)
     if reason is not None:
         raise ApiError(422, "unsupported_by_model", reason)
+    envelopes = [w.get("model") or {} for w in workers if str(kind) in w.get("queues", [])]
+    envelope = next((e for e in envelopes if e), {})
+    field = "resolution" if kind == JobKind.multiview else "view_resolution"
+    requested = params.get(field)
+    native = envelope.get("resolution")
+    if requested is None and native is None:
+        cost_params = {**params, field: 0}  # steps and views still checked; pixels by the worker
+    else:
+        cost_params = params
+    try:
+        check_cost(job_cost(kind, cost_params, int(native or 0)), ctx.settings)
+    except OverBudget as e:
+        raise ApiError(422, e.code, str(e)) from e
+
+
+def check_admission(
+    ctx: ServiceContext, kind: JobKind, owner: str | None, workers: list[dict[str, Any]]
+) -> None:
+    """Raise 429 (over rate) or 503 (no live worker for this kind, with admission=require-worker)."""
+    s = ctx.settings
+    if s.rate_limit_per_minute and ctx.store.hit_rate(owner or "anonymous") > s.rate_limit_per_minute:
+        raise ApiError(
+            429, "rate_limited", f"over {s.rate_limit_per_minute} submissions per minute", _retry(ctx)
+        )
+    if s.admission == "queue" or ctx.warming() or worker_serves(workers, kind):
+        return
+    raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", _retry(ctx))
 
 
 def submit(
@@ -67,18 +96,24 @@ def submit(
     owner: str | None,
     idempotency_key: str | None,
     mesh: tuple[str, bytes] | None = None,
+    compare: dict[str, Any] | None = None,
 ) -> tuple[JobRecord, bool]:
     """Store and enqueue a validated job; returns (job, created). A repeated Idempotency-Key returns the
-    first job (created=False) without enqueuing again."""
+    first job (created=False) without enqueuing again. `compare`: the request with its defaults filled
+    in, which is what two bodies under one key are compared by (default: `params`)."""
     s = ctx.settings
-    check_admission(ctx, kind, owner, params)
-    record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner)
-    if mesh is not None:
-        record.input_name = "mesh" + mesh[0]
     # Keys are per client: two clients using the same key string get separate jobs.
     scoped_key = f"{owner or '-'}:{idempotency_key}" if idempotency_key else None
-    digest = body_hash(params, hashlib.sha256(mesh[1]).digest() if mesh else b"")
+    digest = body_hash(compare or params, hashlib.sha256(mesh[1]).digest() if mesh else b"")
     try:
+        if scoped_key and (replay := ctx.store.find_idempotent(scoped_key, digest)) is not None:
+            return replay, False
+        workers = ctx.store.live_workers()
+        check_request(ctx, kind, params, workers)
+        check_admission(ctx, kind, owner, workers)
+        record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner)
+        if mesh is not None:
+            record.input_name = "mesh" + mesh[0]
         job, created = ctx.store.create(
             record,
             max_queue_depth=s.max_queue_depth,
@@ -91,7 +126,7 @@ def submit(
             429,
             "queue_full",
             f"the {kind} queue is full ({s.max_queue_depth} jobs waiting); retry later",
-            {"Retry-After": str(s.retry_after_seconds)},
+            _retry(ctx),
         ) from e
     except IdempotencyConflict as e:
         raise ApiError(
@@ -99,13 +134,15 @@ def submit(
         ) from e
     if not created:
         return job, False
-    if mesh is not None:
-        ctx.artifacts.put_input(job.id, job.input_name or "mesh", mesh[1])
     try:
+        if mesh is not None:
+            ctx.artifacts.put_input(job.id, job.input_name or "mesh", mesh[1])
         ctx.queue.enqueue(job)
     except Exception as e:  # noqa: BLE001 - do not leave a queued record that no message will ever run
         log.exception("enqueue of job %s failed", job.id)
         ctx.store.request_cancel(job.id, s.job_ttl_seconds)
-        raise ApiError(503, "broker_unavailable", "the job could not be queued; retry later") from e
+        raise ApiError(
+            503, "broker_unavailable", "the job could not be queued; retry later", _retry(ctx)
+        ) from e
     JOBS_TOTAL.labels(kind.value, "queued").inc()
     return job, True

@@ -1,15 +1,29 @@
-"""Request size limits, enforced while the body streams in (never after buffering all of it)."""
+"""Request limits, enforced while the body streams in (never after buffering all of it): size, the time
+the body may take to arrive, and the size and nesting of a GLB's JSON before any parser reads it."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+import struct
+import time
 from dataclasses import dataclass
 
+import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engines.errors import MeshError
 from service.api.errors import ApiError
+
+#: A GLB's JSON chunk describes the scene; real ones are kilobytes to a few megabytes.
+MAX_GLTF_JSON_BYTES = 32 * 1024 * 1024
+#: glTF nests a handful of levels (extensions and extras a few more): deeper is an attack on the parser.
+MAX_GLTF_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 
 # Past the limit the rest of the body is read and dropped, up to this many times the limit, so the
 # client gets its 413 instead of a reset connection; beyond that the connection is cut.
@@ -30,12 +44,31 @@ async def _drain(receive: Receive, budget: int) -> None:
         more = message.get("more_body", False)
 
 
-class BodyLimitMiddleware:
-    """413 for any request body over `limit` bytes: early from Content-Length, else while streaming."""
+def check_gltf_json(data: bytes) -> None:
+    """MeshError when `data` is a GLB whose JSON chunk is over MAX_GLTF_JSON_BYTES or nests deeper than
+    MAX_GLTF_JSON_DEPTH (Python's json module recurses per level: 100k levels is a RecursionError)."""
+    if len(data) < 20 or data[:4] != b"glTF":
+        return
+    (chunk_len,) = struct.unpack_from("<I", data, 12)
+    if chunk_len > MAX_GLTF_JSON_BYTES:
+        raise MeshError(f"the GLB's JSON chunk is {chunk_len} bytes, over {MAX_GLTF_JSON_BYTES}")
+    text = _JSON_STRING.sub(b'""', data[20 : 20 + chunk_len])  # brackets inside strings do not nest
+    brackets = np.frombuffer(text.translate(None, _BRACKETS), dtype=np.uint8)
+    if brackets.size:
+        step = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+        depth = int(np.cumsum(step).max())
+        if depth > MAX_GLTF_JSON_DEPTH:
+            raise MeshError(f"the GLB's JSON nests {depth} levels deep, over {MAX_GLTF_JSON_DEPTH}")
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodyLimitMiddleware:
+    """413 for any request body over `limit` bytes (early from Content-Length, else while streaming), and
+    408 for a body that takes longer than `timeout_s` to arrive (a slow client holds no worker of ours)."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float = 60.0) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,10 +79,22 @@ class BodyLimitMiddleware:
             await _drain(receive, limit * _DRAIN_FACTOR)
             return await _send_413(send, limit)
         seen = 0
+        deadline: float | None = None
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, deadline, body_done
+            if body_done:  # later receives wait for a disconnect (streaming responses): no deadline
+                return await receive()
+            if deadline is None:
+                deadline = time.monotonic() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ApiError(
+                    408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s"
+                ) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
@@ -91,7 +136,7 @@ async def read_mesh_upload(request: Request) -> MeshUpload:
     past 1 MiB inside the parser, so memory stays bounded too.
     """
     ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
+    if ctype.split(";")[0].strip().lower() != "multipart/form-data":  # media types are case-insensitive
         raise ApiError(
             415, "unsupported_media_type", "send multipart/form-data with parts 'mesh' and 'params'"
         )

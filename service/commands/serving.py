@@ -66,9 +66,17 @@ def run_serve(args: argparse.Namespace) -> int:
         from service.embedded import create_embedded_app
 
         app = create_embedded_app(s)
-    uvicorn.run(
+    hub = app.state.context.hub
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # noqa: ANN001 - signal handler signature
+            hub.close_threadsafe()  # event streams end with a final event, then connections drain
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app, host=s.host, port=s.port, log_level="warning", access_log=False, timeout_graceful_shutdown=5
     )
+    Server(config).run()
     return 0
 
 

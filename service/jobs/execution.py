@@ -3,6 +3,13 @@
 Shared by the Celery task (workers) and the in-process queue (embedded mode). The pipeline is whatever
 `load_pipeline()` returned (engines.pipelines.Realiz3DPipeline in production); this module never imports
 torch or the engines' compute code.
+
+A run owns its job from `start()` to `finish()`, both checked by attempt number in the store. Before each
+step it asks the store whether it still owns the job (`run_check`): a run whose lease was taken over
+stops at once, and its files, written under its own attempt, are deleted instead of promoted.
+Who is charged for a lost worker: a run reports its phase once it computes, solo (alone on the worker:
+one slot, or a job that was lost twice and now runs unbatched) or batched. Only a solo run's loss counts
+toward `job_max_attempts` (service.jobs.store).
 """
 
 from __future__ import annotations
@@ -11,15 +18,18 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from engines.errors import JobCanceled, UserInputError
 from engines.requests import MultiviewRequest, TextureRequest
 from service import metrics
+from service.jobs.cost import check_cost, job_cost
 from service.jobs.progress import ProgressThrottle
 from service.jobs.records import JobError, JobKind, JobRecord, JobStatus
-from service.jobs.store import JobStore, StartedJob
+from service.jobs.store import PHASE_BATCHED, PHASE_SOLO, JobStore, StartedJob
 from service.settings import Settings
 from service.storage import ArtifactStore
 
@@ -36,7 +46,45 @@ class RunningJob:
 
     job_id: str
     attempt: int
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)  # reset when the run starts computing
+    #: the store says another run owns the job now (lease lapsed): stop at the next step, publish nothing
+    lost: bool = False
+    #: failed by the hard limit while a step hung: the heartbeat leaves it alone from then on
+    abandoned: bool = False
+
+
+class RunGate:
+    """Batched runs share the worker; a solo run waits for them to finish and keeps new ones out.
+
+    A readers-writer lock with writer preference: a solo run waiting blocks new batched runs, so it
+    cannot starve behind a stream of them."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._batched = 0
+        self._solo = False
+        self._solo_waiting = 0
+
+    @contextmanager
+    def hold(self, solo: bool) -> Iterator[None]:
+        with self._cond:
+            if solo:
+                self._solo_waiting += 1
+                self._cond.wait_for(lambda: not self._solo and self._batched == 0)
+                self._solo_waiting -= 1
+                self._solo = True
+            else:
+                self._cond.wait_for(lambda: not self._solo and self._solo_waiting == 0)
+                self._batched += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if solo:
+                    self._solo = False
+                else:
+                    self._batched -= 1
+                self._cond.notify_all()
 
 
 @dataclass
@@ -49,26 +97,44 @@ class WorkerContext:
     pipeline: Any
     name: str
     backend: str = "torch"
+    slots: int = 1  # jobs this worker runs at once (batched); 1 = every run is solo
     #: Jobs this process runs now (several when the step batcher shares UNet calls between them).
     running: dict[str, RunningJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gate: RunGate = field(default_factory=RunGate)
 
     def running_jobs(self) -> list[RunningJob]:
         with self.lock:
             return list(self.running.values())
 
 
+def model_info(pipeline: Any) -> dict[str, Any]:
+    """The heartbeat's `model` entry: what the loaded model can serve (`engines.requests.ModelCapabilities`:
+    native resolution, resolution step, geometry, block sites); the gateway refuses the rest."""
+    if not hasattr(pipeline, "capabilities"):
+        return {}
+    return pipeline.capabilities().model_dump()
+
+
 def execute_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
     """Run job `job_id` if it is still queued; returns its final status (None = not ours to run)."""
-    started = ctx.store.start(job_id, ctx.name, ctx.settings.heartbeat_ttl_seconds)
+    s = ctx.settings
+    started = ctx.store.start(job_id, ctx.name, s.heartbeat_ttl_seconds, s.job_ttl_seconds)
     if started is None:
         log.info("job %s is no longer queued; skipping", job_id)
         return None
+    running = RunningJob(job_id, started.attempt)
     with ctx.lock:
-        ctx.running[job_id] = RunningJob(job_id, started.attempt)
+        ctx.running[job_id] = running
         metrics.WORKER_BUSY.set(len(ctx.running))
     try:
-        return _run(ctx, started)
+        solo = ctx.slots == 1 or started.record.run_alone
+        with ctx.gate.hold(solo):
+            running.started = time.monotonic()  # the hard limit counts compute, not the wait for the gate
+            if not ctx.store.set_phase(job_id, started.attempt, PHASE_SOLO if solo else PHASE_BATCHED):
+                log.warning("job %s: run %d lost the job before it computed", job_id, started.attempt)
+                return None
+            return _run(ctx, started, running)
     finally:
         with ctx.lock:
             ctx.running.pop(job_id, None)
@@ -76,7 +142,7 @@ def execute_job(ctx: WorkerContext, job_id: str) -> JobStatus | None:
         metrics.update_gpu_memory()
 
 
-def _run(ctx: WorkerContext, started: StartedJob) -> JobStatus:
+def _run(ctx: WorkerContext, started: StartedJob, running: RunningJob) -> JobStatus | None:
     job, attempt, settings = started.record, started.attempt, ctx.settings
     queue_wait = max(0.0, (job.started_at or time.time()) - job.created_at)
     metrics.JOB_STAGE_SECONDS.labels(job.kind, "queue_wait").observe(queue_wait)
@@ -86,7 +152,7 @@ def _run(ctx: WorkerContext, started: StartedJob) -> JobStatus:
     guidance = job.params.get("guidance_scale")
     batch = views * (2 if guidance is None or float(guidance) > 1 else 1)
     step_clock = _StepClock(ctx.backend, batch) if not hasattr(ctx.pipeline, "on_unet_call") else None
-    timed_out = False
+    stop_reason = ""
     write_progress = ProgressThrottle(
         lambda step, total: ctx.store.progress(job.id, attempt, step, total),
         settings.progress_interval_ms / 1e3,
@@ -98,24 +164,35 @@ def _run(ctx: WorkerContext, started: StartedJob) -> JobStatus:
         write_progress(step, total)
 
     def should_cancel() -> bool:
-        nonlocal timed_out
-        if time.monotonic() > deadline:
-            timed_out = True
-            return True
-        return ctx.store.cancel_requested(job.id)
+        nonlocal stop_reason
+        if running.lost or running.abandoned:
+            stop_reason = "lost"
+        elif time.monotonic() > deadline:
+            stop_reason = "time_limit"
+        else:
+            state = ctx.store.run_check(job.id, attempt)
+            if state == "lost":
+                running.lost = True
+            stop_reason = state or ""
+        return bool(stop_reason)
 
-    out_dir = ctx.artifacts.staging_dir()
+    staging = ctx.artifacts.staging_dir(job.id, attempt)
+    out_dir = staging / "out"
     status, timings, error, artifacts = JobStatus.failed, {}, None, []
     try:
-        result = _call_pipeline(ctx, job, progress, should_cancel)
+        check_cost(job_cost(job.kind, job.params, _native_resolution(ctx)), settings)
+        result = _call_pipeline(ctx, job, staging, progress, should_cancel)
         timings = {k: float(v) for k, v in (result.timings or {}).items()}
+        if running.lost or ctx.store.run_check(job.id, attempt) == "lost":
+            running.lost = True  # taken over while it computed its last stage: publish nothing
+            raise JobCanceled("the run lost its job")
         result.save(out_dir)
-        artifacts = ctx.artifacts.put_tree(job.id, out_dir)
+        artifacts = ctx.artifacts.put_run(job.id, attempt, out_dir)
         status = JobStatus.succeeded
     except JobCanceled:
-        if timed_out:
+        if stop_reason == "time_limit":
             error = JobError("time_limit", f"the job ran past {settings.job_soft_time_limit} s")
-        else:
+        elif stop_reason == "canceled":
             status, error = JobStatus.canceled, JobError("canceled", "canceled while running")
     except UserInputError as e:
         log.warning("job %s: %s (%s)", job.id, e, e.code)  # the request or the model folder is at fault
@@ -124,32 +201,59 @@ def _run(ctx: WorkerContext, started: StartedJob) -> JobStatus:
         log.exception("job %s failed", job.id)
         error = JobError("internal_error", f"{type(e).__name__}: the job failed inside the worker")
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     timings["queue_wait"] = queue_wait
-    if ctx.store.finish(
-        job.id,
-        attempt,
-        status,
-        ttl_seconds=settings.job_ttl_seconds,
-        timings=timings,
-        error=error,
-        artifacts=artifacts,
+    if (
+        running.lost
+        or running.abandoned
+        or not ctx.store.finish(
+            job.id,
+            attempt,
+            status,
+            ttl_seconds=settings.job_ttl_seconds,
+            timings=timings,
+            error=error,
+            artifacts=artifacts,
+        )
     ):
-        metrics.JOBS_TOTAL.labels(job.kind, status.value).inc()
-        if status == JobStatus.succeeded:
-            metrics.observe_job_timings(job.kind, {k: v for k, v in timings.items() if k != "queue_wait"})
-    else:
-        log.warning("job %s: run %d lost its lease before finishing; result dropped", job.id, attempt)
+        log.warning("job %s: run %d lost its job before finishing; its result is dropped", job.id, attempt)
+        ctx.artifacts.discard_run(job.id, attempt)
+        return None
+    metrics.JOBS_TOTAL.labels(job.kind, status.value).inc()
+    if status == JobStatus.succeeded:
+        metrics.observe_job_timings(job.kind, {k: v for k, v in timings.items() if k != "queue_wait"})
     return status
 
 
-def _call_pipeline(ctx: WorkerContext, job: JobRecord, progress, should_cancel):  # noqa: ANN001, ANN202
+def _native_resolution(ctx: WorkerContext) -> int:
+    return model_info(ctx.pipeline).get("resolution", 512)
+
+
+def mesh_limits(settings: Settings) -> Any:
+    """The texturing limits of this deployment (`REALIZ3D_MAX_MESH_FACES`, `..._MAX_UPLOAD_BYTES`,
+    `..._UNWRAP_TIMEOUT_SECONDS`), as the engines take them."""
+    from engines.texturing.mesh_io import MeshLimits
+
+    return MeshLimits(
+        max_faces=settings.max_mesh_faces,
+        max_bytes=settings.max_upload_bytes,
+        unwrap_timeout_s=settings.unwrap_timeout_seconds,
+    )
+
+
+def _call_pipeline(ctx: WorkerContext, job: JobRecord, staging, progress, should_cancel):  # noqa: ANN001, ANN202
     if job.kind == JobKind.multiview:
         request = MultiviewRequest.model_validate(job.params)
         return ctx.pipeline.multiview(request, progress=progress, should_cancel=should_cancel)
     request = TextureRequest.model_validate(job.params)
-    mesh_path = ctx.artifacts.input_path(job.id, job.input_name or "mesh.glb")
-    return ctx.pipeline.texture(request, mesh_path, progress=progress, should_cancel=should_cancel)
+    mesh_path = ctx.artifacts.fetch_input(job.id, job.input_name or "mesh.glb", staging)
+    return ctx.pipeline.texture(
+        request,
+        mesh_path,
+        progress=progress,
+        should_cancel=should_cancel,
+        limits=mesh_limits(ctx.settings),
+    )
 
 
 class _StepClock:

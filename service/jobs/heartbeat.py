@@ -1,9 +1,10 @@
-"""Worker liveness: a heartbeat thread that advertises readiness, keeps the running job's lease, re-queues
-jobs of dead workers, and enforces the hard time limit.
+"""Worker liveness: a heartbeat thread that advertises readiness, keeps the running jobs' leases, re-queues
+jobs of dead workers, cleans what dead runs left, and enforces the hard time limit.
 
-Readiness is a key with a TTL, so a worker that dies simply stops being ready. The lease of the running
+Readiness is a key with a TTL, so a worker that dies simply stops being ready. The lease of a running
 job has the same TTL: when it lapses, any live worker (or the gateway) moves the job back to queued and
-sends it again, seconds after the crash instead of after the broker's visibility timeout.
+sends it again, seconds after the crash instead of after the broker's visibility timeout. The same pass
+drops the dead run's broker message and, every `SWEEP_SECONDS`, its staging directory.
 """
 
 from __future__ import annotations
@@ -16,21 +17,52 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from service import metrics
 from service.jobs.execution import RunningJob, WorkerContext
 from service.jobs.queue import JobQueue
 from service.jobs.records import JobError, JobStatus
 from service.jobs.store import JobStore
+from service.storage import ArtifactStore
 
 log = logging.getLogger("realiz3d.heartbeat")
 
+#: Heartbeats between two sweeps of staging directories.
+SWEEP_EVERY_BEATS = 10
+
 
 def requeue_lost_jobs(store: JobStore, queue: JobQueue, max_attempts: int) -> int:
-    """Move jobs whose worker died back to the queue; returns how many were re-sent."""
-    jobs = store.requeue_expired(max_attempts)
-    for job in jobs:
-        log.warning("job %s lost its worker; re-queued (attempt %d next)", job.id, job.attempts + 1)
+    """Move jobs whose worker died back to the queue (or fail them); returns how many were re-sent.
+
+    The process that moves a job to failed counts it in `realiz3d_jobs_total`. A queue that keeps
+    delivered messages (Celery's unacked hash) forgets those of the lost runs before the new ones go out.
+    """
+    lost = store.requeue_expired(max_attempts)
+    for job in lost.failed:
+        log.error("job %s failed: %s", job.id, job.error.message if job.error else "worker lost")
+        metrics.JOBS_TOTAL.labels(job.kind.value, JobStatus.failed.value).inc()
+    reclaim = getattr(queue, "reclaim", None)
+    if reclaim is not None:
+        reclaim(store, {j.id for j in lost.requeued + lost.failed})
+    for job in lost.requeued:
+        log.warning("job %s lost its worker; re-queued (run %d next)", job.id, job.attempts + 1)
         queue.enqueue(job)
-    return len(jobs)
+    return len(lost.requeued)
+
+
+def sweep_staging(store: JobStore, artifacts: ArtifactStore) -> int:
+    """Remove staging directories of runs that are over (a killed worker leaves its own behind)."""
+
+    def live(job_id: str, attempt: int) -> bool:
+        job = store.get(job_id)
+        return job is not None and job.status == JobStatus.running and job.attempts == attempt
+
+    return artifacts.sweep_staging(live)
+
+
+def exit_process() -> None:
+    """A Celery worker's answer to a hung step: end the process (its supervisor restarts it), since a
+    stuck native call cannot be interrupted from Python."""
+    os._exit(70)
 
 
 class WorkerHeartbeat:
@@ -39,14 +71,15 @@ class WorkerHeartbeat:
         ctx: WorkerContext,
         info: dict[str, Any],
         queue: JobQueue | None = None,
-        on_hard_limit: Callable[[], None] | None = None,
+        on_hard_limit: Callable[[RunningJob], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.info = info
         self.queue = queue
-        self.on_hard_limit = on_hard_limit or (lambda: os._exit(70))
+        self.on_hard_limit = on_hard_limit or (lambda job: exit_process())
         self._stop = threading.Event()
         self._last_beat = time.monotonic()
+        self._last_sweep = 0.0
         self._thread = threading.Thread(target=self._loop, name="realiz3d-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -68,20 +101,27 @@ class WorkerHeartbeat:
         self.ctx.store.heartbeat(self.ctx.name, self.info, s.heartbeat_ttl_seconds)
         self._last_beat = time.monotonic()
         for current in self.ctx.running_jobs():
-            self.ctx.store.renew_lease(current.job_id, current.attempt, s.heartbeat_ttl_seconds)
+            if current.abandoned:
+                continue
+            if not self.ctx.store.renew_lease(current.job_id, current.attempt, s.heartbeat_ttl_seconds):
+                current.lost = True  # re-queued meanwhile: the run stops at its next step
             self._enforce_hard_limit(current)
 
     def _enforce_hard_limit(self, current: RunningJob) -> None:
         s = self.ctx.settings
-        if time.monotonic() - current.started > s.job_time_limit:
-            # A step hung past the hard limit: fail the job, then end the process (its supervisor
-            # restarts it) because a stuck native call cannot be interrupted from Python.
-            log.error("job %s ran past the hard time limit; failing it and exiting", current.job_id)
-            error = JobError("time_limit", f"the job ran past the hard limit of {s.job_time_limit} s")
-            self.ctx.store.finish(
-                current.job_id, current.attempt, JobStatus.failed, ttl_seconds=s.job_ttl_seconds, error=error
-            )
-            self.on_hard_limit()
+        if time.monotonic() - current.started <= s.job_time_limit:
+            return
+        # A step hung past the hard limit: fail the job here, since its own thread is stuck.
+        log.error("job %s ran past the hard time limit of %d s", current.job_id, s.job_time_limit)
+        current.abandoned = True
+        error = JobError("time_limit", f"the job ran past the hard limit of {s.job_time_limit} s")
+        if self.ctx.store.finish(
+            current.job_id, current.attempt, JobStatus.failed, ttl_seconds=s.job_ttl_seconds, error=error
+        ):
+            job = self.ctx.store.get(current.job_id)
+            kind = job.kind.value if job else "multiview"
+            metrics.JOBS_TOTAL.labels(kind, JobStatus.failed.value).inc()
+        self.on_hard_limit(current)
 
     def _loop(self) -> None:
         s = self.ctx.settings
@@ -90,5 +130,8 @@ class WorkerHeartbeat:
                 self.beat()
                 if self.queue is not None:
                     requeue_lost_jobs(self.ctx.store, self.queue, s.job_max_attempts)
+                if time.monotonic() - self._last_sweep > SWEEP_EVERY_BEATS * s.heartbeat_seconds:
+                    self._last_sweep = time.monotonic()
+                    sweep_staging(self.ctx.store, self.ctx.artifacts)
             except Exception:  # noqa: BLE001 - a broker blip must not kill the heartbeat
                 log.exception("heartbeat failed")

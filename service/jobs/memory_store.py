@@ -8,7 +8,17 @@ import time
 from typing import Any
 
 from service.jobs.records import Artifact, JobError, JobKind, JobRecord, JobStatus
-from service.jobs.store import IdempotencyConflict, Listener, QueueFull, StartedJob
+from service.jobs.store import (
+    LOSSES_BEFORE_SOLO,
+    PHASE_BATCHED,
+    PHASE_SOLO,
+    CancelOutcome,
+    IdempotencyConflict,
+    Listener,
+    LostJobs,
+    QueueFull,
+    StartedJob,
+)
 
 
 class MemoryJobStore:
@@ -39,6 +49,16 @@ class MemoryJobStore:
 
     def ping(self) -> bool:
         return True
+
+    def find_idempotent(self, idempotency_key: str, body_hash: str) -> JobRecord | None:
+        with self._lock:
+            job_id, seen_hash = self._idem.get(idempotency_key, ("", ""))
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if seen_hash != body_hash:
+                raise IdempotencyConflict(idempotency_key)
+            return copy.deepcopy(job)
 
     def create(
         self,
@@ -74,7 +94,7 @@ class MemoryJobStore:
             job = self._jobs.get(job_id)
             return copy.deepcopy(job) if job else None
 
-    def start(self, job_id: str, worker: str, lease_seconds: float) -> StartedJob | None:
+    def start(self, job_id: str, worker: str, lease_seconds: float, ttl_seconds: int) -> StartedJob | None:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.status != JobStatus.queued:
@@ -84,21 +104,33 @@ class MemoryJobStore:
             job.worker = worker
             job.attempts += 1
             job.progress_step = 0
+            job.phase = ""
             self._leases[job_id] = time.monotonic() + lease_seconds
+            self._expires[job_id] = time.time() + ttl_seconds
             self._changed(job)
             return StartedJob(copy.deepcopy(job), job.attempts)
 
+    def _owned(self, job_id: str, attempt: int) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        return job if job and job.status == JobStatus.running and job.attempts == attempt else None
+
+    def set_phase(self, job_id: str, attempt: int, phase: str) -> bool:
+        with self._lock:
+            job = self._owned(job_id, attempt)
+            if job is not None:
+                job.phase = phase
+            return job is not None
+
     def progress(self, job_id: str, attempt: int, step: int, total: int) -> None:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job and job.status == JobStatus.running and job.attempts == attempt:
+            job = self._owned(job_id, attempt)
+            if job is not None:
                 job.progress_step, job.progress_total = step, total
                 self._changed(job)
 
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job and job.status == JobStatus.running and job.attempts == attempt:
+            if self._owned(job_id, attempt) is not None:
                 self._leases[job_id] = time.monotonic() + lease_seconds
                 return True
             return False
@@ -115,10 +147,11 @@ class MemoryJobStore:
         artifacts: list[Artifact] | None = None,
     ) -> bool:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None or job.status != JobStatus.running or job.attempts != attempt:
+            job = self._owned(job_id, attempt)
+            if job is None:
                 return False
             job.status = status
+            job.phase = ""
             job.finished_at = time.time()
             job.timings = dict(timings or {})
             job.error = error
@@ -129,25 +162,29 @@ class MemoryJobStore:
             self._changed(job)
             return True
 
-    def request_cancel(self, job_id: str, ttl_seconds: int) -> JobRecord | None:
+    def request_cancel(self, job_id: str, ttl_seconds: int) -> CancelOutcome | None:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            if job.status == JobStatus.queued:
+            canceled_now = job.status == JobStatus.queued
+            if canceled_now:
                 job.status = JobStatus.canceled
                 job.finished_at = time.time()
                 job.error = JobError("canceled", "canceled before it started")
                 self._changed(job)
             elif job.status == JobStatus.running:
                 self._cancel.add(job_id)
-            return copy.deepcopy(job)
+            return CancelOutcome(copy.deepcopy(job), canceled_now)
 
-    def cancel_requested(self, job_id: str) -> bool:
-        return job_id in self._cancel
+    def run_check(self, job_id: str, attempt: int) -> str | None:
+        with self._lock:
+            if self._owned(job_id, attempt) is None:
+                return "lost"
+            return "canceled" if job_id in self._cancel else None
 
-    def requeue_expired(self, max_attempts: int) -> list[JobRecord]:
-        requeued = []
+    def requeue_expired(self, max_attempts: int) -> LostJobs:
+        lost = LostJobs()
         with self._lock:
             now = time.monotonic()
             for job_id, until in list(self._leases.items()):
@@ -157,17 +194,40 @@ class MemoryJobStore:
                 job = self._jobs.get(job_id)
                 if job is None or job.status != JobStatus.running:
                     continue
-                if job.attempts >= max_attempts:
+                if job.phase == PHASE_SOLO:
+                    job.charged_runs += 1
+                elif job.phase == PHASE_BATCHED:
+                    job.lost_runs += 1
+                    job.run_alone = job.run_alone or job.lost_runs >= LOSSES_BEFORE_SOLO
+                job.phase = ""
+                if job.charged_runs >= max_attempts:
                     job.status = JobStatus.failed
                     job.finished_at = time.time()
-                    job.error = JobError("worker_lost", f"the worker was lost {job.attempts} times")
+                    job.error = JobError(
+                        "worker_lost", f"its worker was lost {max_attempts} times while it ran alone"
+                    )
+                    lost.failed.append(job)
                 else:
                     job.status = JobStatus.queued
                     job.started_at = None
                     job.progress_step = 0
-                    requeued.append(copy.deepcopy(job))
+                    lost.requeued.append(job)
                 self._changed(job)
-        return requeued
+            lost.requeued = [copy.deepcopy(j) for j in lost.requeued]
+            lost.failed = [copy.deepcopy(j) for j in lost.failed]
+        return lost
+
+    def fail_waiting(self, kind: JobKind, older_than: float, error: JobError) -> list[JobRecord]:
+        failed = []
+        with self._lock:
+            for job in self._jobs.values():
+                if job.kind == kind and job.status == JobStatus.queued and job.created_at < older_than:
+                    job.status = JobStatus.failed
+                    job.finished_at = time.time()
+                    job.error = error
+                    self._changed(job)
+                    failed.append(copy.deepcopy(job))
+        return failed
 
     def queue_depths(self) -> dict[str, int]:
         with self._lock:

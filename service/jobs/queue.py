@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import Protocol
 
-from service.jobs.records import JobRecord
+from service.jobs.records import JobRecord, JobStatus
+from service.jobs.store import JobStore
 
 log = logging.getLogger("realiz3d.queue")
 
@@ -20,14 +24,71 @@ class JobQueue(Protocol):
 
 
 class CeleryJobQueue:
-    def __init__(self, app) -> None:  # noqa: ANN001 - celery.Celery, imported lazily by callers
+    """Celery over Redis. Each message's task id is `{job_id}:{random}`, so the queue can tell which job a
+    delivered-but-unacknowledged message (kombu's `unacked` hash) belongs to.
+
+    With acks_late, a worker killed mid-job leaves its messages unacknowledged, and Redis would
+    redeliver them only after the visibility timeout (hours). `reclaim()` settles them early: the
+    messages of jobs the store just re-queued or failed are dropped (the store's new message replaces
+    them), and a message held for `stale_after_s` by a worker that never started its job (a dead
+    worker's prefetched one) is sent again."""
+
+    UNACKED = "unacked"
+    UNACKED_INDEX = "unacked_index"
+
+    def __init__(self, app, stale_after_s: float = 30.0) -> None:  # noqa: ANN001 - celery.Celery
         from service.jobs.celery_app import RUN_JOB_TASK
 
         self._app = app
         self._task = RUN_JOB_TASK
+        self._stale_after_s = stale_after_s
+        self._redis = None
 
     def enqueue(self, job: JobRecord) -> None:
-        self._app.send_task(self._task, args=[job.id], queue=job.kind.value)
+        task_id = f"{job.id}:{uuid.uuid4().hex[:12]}"
+        self._app.send_task(self._task, args=[job.id], queue=job.kind.value, task_id=task_id)
+
+    def _broker(self):  # noqa: ANN202
+        if self._redis is None:
+            import redis
+
+            url = self._app.conf.broker_url
+            self._redis = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+        return self._redis
+
+    def reclaim(self, store: JobStore, lost_job_ids: set[str]) -> int:
+        """Drop unacked messages of `lost_job_ids`; re-send stale ones of still-queued jobs. Returns how
+        many messages it removed."""
+        r = self._broker()
+        held = dict(r.zrange(self.UNACKED_INDEX, 0, -1, withscores=True))
+        if not held:
+            return 0
+        now, removed = time.time(), 0
+        for tag, raw in r.hscan_iter(self.UNACKED):
+            try:
+                payload = json.loads(raw)[0]
+                job_id = str(payload["headers"]["id"]).partition(":")[0]
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+            resend = None
+            if job_id not in lost_job_ids:
+                if now - held.get(tag, now) < self._stale_after_s:
+                    continue
+                job = store.get(job_id)
+                if job is not None and job.status == JobStatus.running:
+                    continue  # a live run holds it (its lease is what tells a dead one)
+                if job is not None and job.status == JobStatus.queued:
+                    resend = job  # prefetched by a worker that died before it started the job
+            pipe = r.pipeline()
+            pipe.zrem(self.UNACKED_INDEX, tag)
+            pipe.hdel(self.UNACKED, tag)
+            if not pipe.execute()[1]:
+                continue  # another process settled it first
+            removed += 1
+            if resend is not None:
+                log.warning("job %s: its message was held by a lost worker; sent again", job_id)
+                self.enqueue(resend)
+        return removed
 
 
 class InProcessJobQueue:
@@ -36,22 +97,42 @@ class InProcessJobQueue:
     def __init__(self) -> None:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self._run: Callable[[str], object] | None = None
+        self._lock = threading.Lock()
+        self._retire = 0  # threads to end after their current job (replaced while they hung)
 
     def enqueue(self, job: JobRecord) -> None:
         self._queue.put(job.id)
 
     def start(self, run: Callable[[str], object], threads: int = 1) -> None:
-        for i in range(threads):
-            t = threading.Thread(target=self._drain, args=(run,), name=f"realiz3d-worker-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._run = run
+        for _ in range(threads):
+            self._spawn()
 
-    def _drain(self, run: Callable[[str], object]) -> None:
+    def _spawn(self) -> None:
+        i = len(self._threads)
+        t = threading.Thread(target=self._drain, name=f"realiz3d-worker-{i}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def replace_stuck_thread(self) -> None:
+        """A job's thread hangs in a step past the hard limit: a new thread takes its slot, and the stuck
+        one ends when (if ever) its step returns, instead of the whole process exiting."""
+        with self._lock:
+            self._retire += 1
+        self._spawn()
+
+    def _drain(self) -> None:
+        assert self._run is not None
         while (job_id := self._queue.get()) is not None:
             try:
-                run(job_id)
+                self._run(job_id)
             except Exception:  # noqa: BLE001 - keep draining; the job itself was marked failed
                 log.exception("job %s crashed the in-process worker loop", job_id)
+            with self._lock:
+                if self._retire:
+                    self._retire -= 1
+                    return
 
     def stop(self) -> None:
         for _ in self._threads:

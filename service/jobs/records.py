@@ -68,6 +68,13 @@ class JobRecord:
     artifacts: list[Artifact] = field(default_factory=list)
     input_name: str | None = None  # the uploaded mesh, stored under the job's inputs
     attempts: int = 0  # runs started so far; a lost worker's run counts
+    # How the current run computes: "" (started, not computing yet: waiting for a slot), "batched"
+    # (sharing a worker with other jobs) or "solo" (alone on its worker). A lost worker charges only
+    # the jobs that ran solo: a batch-mate of the job that killed it is re-queued free of charge.
+    phase: str = ""
+    lost_runs: int = 0  # runs lost while batched (free); after two the job runs solo
+    charged_runs: int = 0  # runs lost while solo; the job fails worker_lost at job_max_attempts
+    run_alone: bool = False  # the next run must be solo
     worker: str | None = None
     version: int = 0  # bumped on every change; SSE compares it
 

@@ -17,23 +17,27 @@ from typing import Any
 import redis
 
 from service.jobs.records import Artifact, JobError, JobKind, JobRecord, JobStatus
-from service.jobs.store import EVENTS_CHANNEL, IdempotencyConflict, QueueFull, StartedJob
+from service.jobs.store import (
+    EVENTS_CHANNEL,
+    LOSSES_BEFORE_SOLO,
+    CancelOutcome,
+    IdempotencyConflict,
+    LostJobs,
+    QueueFull,
+    StartedJob,
+)
 
 P = "realiz3d:"
 
+# Every script names each key it touches in KEYS (none is built inside Lua).
 _CREATE = """
 if ARGV[6] == '1' then
-  local existing = redis.call('GET', KEYS[2])
-  if existing then
-    local sep = string.find(existing, '|', 1, true)
-    if redis.call('EXISTS', 'realiz3d:job:' .. string.sub(existing, 1, sep - 1)) == 1 then
-      return {'existing', existing}
-    end
-  end
+  local current = redis.call('GET', KEYS[2])
+  if current and current ~= ARGV[7] then return {'existing', current} end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[2]))
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'full', ''} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2]) end
@@ -44,8 +48,9 @@ _START = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[2],
-           'progress_step', '0')
+           'progress_step', '0', 'phase', '')
 redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[4], attempt, 'PX', ARGV[4])
@@ -53,17 +58,27 @@ redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
 return {attempt, redis.call('HGETALL', KEYS[1])}
 """
 
-_PROGRESS = """
-if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'attempts') == ARGV[2] then
+_OWNS = "redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'attempts') == ARGV[1]"
+
+_PHASE = f"""
+if {_OWNS} then
+  redis.call('HSET', KEYS[1], 'phase', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_PROGRESS = f"""
+if {_OWNS} then
   redis.call('HSET', KEYS[1], 'progress_step', ARGV[3], 'progress_total', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'version', 1)
-  redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+  redis.call('PUBLISH', 'realiz3d:job-events', ARGV[2])
 end
 return 1
 """
 
-_RENEW = """
-if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'attempts') == ARGV[1] then
+_RENEW = f"""
+if {_OWNS} then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return 1
 end
@@ -83,6 +98,7 @@ redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
 return 1
 """
 
+# Returns the status before the call: 'queued' only for the one caller that canceled a queued job.
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'queued' then
@@ -96,31 +112,54 @@ end
 return st
 """
 
-_REQUEUE_EXPIRED = """
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', 'realiz3d:lease:' .. id) == 0 then
-    local job = 'realiz3d:job:' .. id
-    redis.call('SREM', KEYS[1], id)
-    if redis.call('HGET', job, 'status') == 'running' then
-      if tonumber(redis.call('HGET', job, 'attempts')) >= tonumber(ARGV[1]) then
-        redis.call('HSET', job, 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
-      else
-        redis.call('HSET', job, 'status', 'queued', 'started_at', '', 'worker', '', 'progress_step', '0')
-        redis.call('ZADD', 'realiz3d:queued:' .. redis.call('HGET', job, 'kind'), ARGV[2], id)
-        table.insert(out, id)
-      end
-      redis.call('HINCRBY', job, 'version', 1)
-      redis.call('PUBLISH', 'realiz3d:job-events', id)
-    end
+# One lapsed lease (KEYS: running set, lease, job, queued zset of its kind). A run lost while solo is
+# charged; one lost while batched (or before it computed) is re-queued free, and after two batched
+# losses the job runs alone next time.
+_REQUEUE_ONE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 'alive'
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[3], 'status') ~= 'running' then return 'stale' end
+local phase = redis.call('HGET', KEYS[3], 'phase')
+local outcome = 'requeued'
+if phase == 'solo' then
+  local charged = redis.call('HINCRBY', KEYS[3], 'charged_runs', 1)
+  if charged >= tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[3], 'status', 'failed', 'finished_at', ARGV[3], 'error', ARGV[4], 'phase', '')
+    outcome = 'failed'
+  end
+elseif phase == 'batched' then
+  if redis.call('HINCRBY', KEYS[3], 'lost_runs', 1) >= tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[3], 'run_alone', 'True')
   end
 end
-return out
+if outcome == 'requeued' then
+  redis.call('HSET', KEYS[3], 'status', 'queued', 'started_at', '', 'worker', '', 'progress_step', '0',
+             'phase', '')
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+end
+redis.call('HINCRBY', KEYS[3], 'version', 1)
+redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+return outcome
+"""
+
+_FAIL_WAITING = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+return 1
 """
 
 _JSON_FIELDS = ("params", "timings", "error", "artifacts")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
-_INT_FIELDS = ("progress_step", "progress_total", "attempts", "version")
+_INT_FIELDS = ("progress_step", "progress_total", "attempts", "version", "lost_runs", "charged_runs")
+_BOOL_FIELDS = ("run_alone",)
 
 
 def _encode(fields: dict[str, Any]) -> list[str]:
@@ -143,6 +182,10 @@ def _decode(h: dict[str, str]) -> JobRecord:
             d[key] = float(raw) if raw else None
         elif key in _INT_FIELDS:
             d[key] = int(raw) if raw else 0
+        elif key in _BOOL_FIELDS:
+            d[key] = raw in ("True", "1")
+        elif key == "phase":
+            d[key] = raw
         else:
             d[key] = raw or None
     d["timings"] = d.get("timings") or {}
@@ -158,15 +201,24 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 class RedisJobStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.redis = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        # Bounded waits: with Redis down every call fails within seconds (the API answers 503), never hangs.
+        self.redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+        )
         r = self.redis
         self._create = r.register_script(_CREATE)
         self._start = r.register_script(_START)
+        self._phase = r.register_script(_PHASE)
         self._progress = r.register_script(_PROGRESS)
         self._renew = r.register_script(_RENEW)
         self._finish = r.register_script(_FINISH)
         self._cancel = r.register_script(_CANCEL)
-        self._requeue = r.register_script(_REQUEUE_EXPIRED)
+        self._requeue_one = r.register_script(_REQUEUE_ONE)
+        self._fail_waiting = r.register_script(_FAIL_WAITING)
 
     def close(self) -> None:
         self.redis.close()
@@ -177,6 +229,19 @@ class RedisJobStore:
         except redis.RedisError:
             return False
 
+    def _live_idempotent(self, key: str) -> tuple[str, JobRecord | None]:
+        """(the raw `id|hash` stored under the key or '', that job if it still exists)."""
+        raw = self.redis.get(P + "idem:" + key) or ""
+        if not raw:
+            return "", None
+        return raw, self.get(raw.partition("|")[0])
+
+    def find_idempotent(self, idempotency_key: str, body_hash: str) -> JobRecord | None:
+        raw, job = self._live_idempotent(idempotency_key)
+        if job is not None and raw.partition("|")[2] != body_hash:
+            raise IdempotencyConflict(idempotency_key)
+        return job
+
     def create(
         self,
         record: JobRecord,
@@ -186,38 +251,49 @@ class RedisJobStore:
         idempotency_key: str | None = None,
         body_hash: str = "",
     ) -> tuple[JobRecord, bool]:
+        stale = ""
+        if idempotency_key:
+            raw, existing = self._live_idempotent(idempotency_key)
+            if existing is not None:
+                if raw.partition("|")[2] != body_hash:
+                    raise IdempotencyConflict(idempotency_key)
+                return existing, False
+            stale = raw  # a key whose job expired: overwritten, unless another request wins the race
         fields = record.to_dict()
         keys = [P + "job:" + record.id, P + "idem:" + (idempotency_key or "-"), P + "queued:" + record.kind]
         argv = [record.id, ttl_seconds, max_queue_depth, record.created_at, body_hash]
-        outcome, value = self._create(keys, [*argv, "1" if idempotency_key else "0", *_encode(fields)])
+        use_key = "1" if idempotency_key else "0"
+        outcome, value = self._create(keys, [*argv, use_key, stale, *_encode(fields)])
         if outcome == "full":
             raise QueueFull(record.kind)
-        if outcome == "existing":
+        if outcome == "existing":  # a concurrent request with the same key won
             job_id, _, seen_hash = value.partition("|")
-            if seen_hash != body_hash:
-                raise IdempotencyConflict(idempotency_key)
             existing = self.get(job_id)
-            if existing is not None:
-                return existing, False
+            if seen_hash != body_hash or existing is None:
+                raise IdempotencyConflict(idempotency_key)
+            return existing, False
         return record, True
 
     def get(self, job_id: str) -> JobRecord | None:
         h = self.redis.hgetall(P + "job:" + job_id)
         return _decode(h) if h else None
 
-    def start(self, job_id: str, worker: str, lease_seconds: float) -> StartedJob | None:
+    def start(self, job_id: str, worker: str, lease_seconds: float, ttl_seconds: int) -> StartedJob | None:
         keys = [P + "job:" + job_id, "", P + "running", P + "lease:" + job_id]
         job = self.redis.hget(keys[0], "kind")
         if job is None:
             return None
         keys[1] = P + "queued:" + job
-        res = self._start(keys, [job_id, worker, time.time(), int(lease_seconds * 1000)])
+        res = self._start(keys, [job_id, worker, time.time(), int(lease_seconds * 1000), ttl_seconds])
         if not res:
             return None
         return StartedJob(_decode(_pairs(res[1])), int(res[0]))
 
+    def set_phase(self, job_id: str, attempt: int, phase: str) -> bool:
+        return bool(self._phase([P + "job:" + job_id], [attempt, phase]))
+
     def progress(self, job_id: str, attempt: int, step: int, total: int) -> None:
-        self._progress([P + "job:" + job_id], [job_id, attempt, step, total])
+        self._progress([P + "job:" + job_id], [attempt, job_id, step, total])
 
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
         keys = [P + "job:" + job_id, P + "lease:" + job_id]
@@ -238,27 +314,63 @@ class RedisJobStore:
             "timings": timings or {},
             "error": vars(error) if error else None,
             "artifacts": [vars(a) for a in artifacts or []],
+            "phase": "",
         }
         keys = [P + "job:" + job_id, P + "running", P + "lease:" + job_id, P + "cancel:" + job_id]
         argv = [job_id, attempt, status.value, time.time(), ttl_seconds, *_encode(fields)]
         return bool(self._finish(keys, argv))
 
-    def request_cancel(self, job_id: str, ttl_seconds: int) -> JobRecord | None:
+    def request_cancel(self, job_id: str, ttl_seconds: int) -> CancelOutcome | None:
         kind = self.redis.hget(P + "job:" + job_id, "kind")
         if kind is None:
             return None
         keys = [P + "job:" + job_id, P + "queued:" + kind, P + "cancel:" + job_id]
         error = json.dumps({"code": "canceled", "message": "canceled before it started"})
-        self._cancel(keys, [job_id, time.time(), ttl_seconds, error])
-        return self.get(job_id)
+        before = self._cancel(keys, [job_id, time.time(), ttl_seconds, error])
+        job = self.get(job_id)
+        return CancelOutcome(job, before == "queued") if job is not None else None
 
-    def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.redis.exists(P + "cancel:" + job_id))
+    def run_check(self, job_id: str, attempt: int) -> str | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(P + "job:" + job_id, "status", "attempts")
+        pipe.exists(P + "cancel:" + job_id)
+        (status, attempts), canceled = pipe.execute()
+        if status != JobStatus.running.value or attempts != str(attempt):
+            return "lost"
+        return "canceled" if canceled else None
 
-    def requeue_expired(self, max_attempts: int) -> list[JobRecord]:
-        error = json.dumps({"code": "worker_lost", "message": f"the worker was lost {max_attempts} times"})
-        ids = self._requeue([P + "running"], [max_attempts, time.time(), error])
-        return [job for job in (self.get(i) for i in ids) if job is not None]
+    def requeue_expired(self, max_attempts: int) -> LostJobs:
+        ids = sorted(self.redis.smembers(P + "running"))
+        if not ids:
+            return LostJobs()
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(P + "lease:" + job_id)
+            pipe.hget(P + "job:" + job_id, "kind")
+        answers = pipe.execute()
+        lost = LostJobs()
+        error = json.dumps(
+            {"code": "worker_lost", "message": f"its worker was lost {max_attempts} times while it ran alone"}
+        )
+        for job_id, leased, kind in zip(ids, answers[::2], answers[1::2], strict=True):
+            if leased:
+                continue
+            keys = [P + "running", P + "lease:" + job_id, P + "job:" + job_id, P + "queued:" + (kind or "-")]
+            outcome = self._requeue_one(keys, [job_id, max_attempts, time.time(), error, LOSSES_BEFORE_SOLO])
+            if outcome in ("requeued", "failed") and (job := self.get(job_id)) is not None:
+                (lost.requeued if outcome == "requeued" else lost.failed).append(job)
+        return lost
+
+    def fail_waiting(self, kind: JobKind, older_than: float, error: JobError) -> list[JobRecord]:
+        queued = P + "queued:" + kind
+        failed = []
+        for job_id in self.redis.zrangebyscore(queued, "-inf", older_than):
+            keys = [P + "job:" + job_id, queued]
+            if self._fail_waiting(keys, [job_id, time.time(), json.dumps(vars(error))]):
+                job = self.get(job_id)
+                if job is not None:
+                    failed.append(job)
+        return failed
 
     def queue_depths(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)

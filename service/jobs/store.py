@@ -9,7 +9,7 @@ re-queued job, can never both win.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from service.jobs.records import Artifact, JobError, JobKind, JobRecord, JobStatus
@@ -32,6 +32,28 @@ class StartedJob:
     attempt: int  # this run's number; finish/progress from an older run are ignored
 
 
+@dataclass
+class CancelOutcome:
+    record: JobRecord
+    #: True for the one request that moved a queued job to canceled (concurrent DELETEs: only one)
+    canceled_now: bool
+
+
+@dataclass
+class LostJobs:
+    """What one pass over lapsed leases did: jobs sent back to the queue, and jobs that failed."""
+
+    requeued: list[JobRecord] = field(default_factory=list)
+    failed: list[JobRecord] = field(default_factory=list)
+
+
+# Job phases (JobRecord.phase) a worker reports once a run computes; see records.py.
+PHASE_BATCHED = "batched"
+PHASE_SOLO = "solo"
+# Runs lost while batched before a job must run alone on its next attempt.
+LOSSES_BEFORE_SOLO = 2
+
+
 class JobStore(Protocol):
     def ping(self) -> bool: ...
 
@@ -47,10 +69,19 @@ class JobStore(Protocol):
         """Store a queued job; returns (job, created). An Idempotency-Key seen before returns its job."""
         ...
 
+    def find_idempotent(self, idempotency_key: str, body_hash: str) -> JobRecord | None:
+        """The live job stored under this key, if any; IdempotencyConflict if its body differs."""
+        ...
+
     def get(self, job_id: str) -> JobRecord | None: ...
 
-    def start(self, job_id: str, worker: str, lease_seconds: float) -> StartedJob | None:
-        """queued -> running and take the lease; None when the job is not queued (canceled, taken, gone)."""
+    def start(self, job_id: str, worker: str, lease_seconds: float, ttl_seconds: int) -> StartedJob | None:
+        """queued -> running, take the lease and refresh the job's TTL; None when the job is not
+        queued (canceled, taken, gone)."""
+        ...
+
+    def set_phase(self, job_id: str, attempt: int, phase: str) -> bool:
+        """Record how this run computes (PHASE_BATCHED or PHASE_SOLO); False if the run lost the job."""
         ...
 
     def progress(self, job_id: str, attempt: int, step: int, total: int) -> None: ...
@@ -71,17 +102,25 @@ class JobStore(Protocol):
         """running -> terminal, only for the run that holds the job (same attempt)."""
         ...
 
-    def request_cancel(self, job_id: str, ttl_seconds: int) -> JobRecord | None:
+    def request_cancel(self, job_id: str, ttl_seconds: int) -> CancelOutcome | None:
         """A queued job is canceled at once; a running one gets a flag its worker checks every step."""
         ...
 
-    def cancel_requested(self, job_id: str) -> bool: ...
+    def run_check(self, job_id: str, attempt: int) -> str | None:
+        """Polled by a run before each step: "lost" (this run no longer owns the job), "canceled"
+        (a cancel was requested) or None (go on)."""
+        ...
 
-    def requeue_expired(self, max_attempts: int) -> list[JobRecord]:
-        """Running jobs whose lease lapsed (worker died) go back to queued, or fail after max_attempts.
+    def requeue_expired(self, max_attempts: int) -> LostJobs:
+        """Running jobs whose lease lapsed (worker died) go back to queued. Only a run lost while solo is
+        charged: a job fails `worker_lost` after `max_attempts` charged runs.
 
-        Returns the re-queued records: the caller sends them to the queue again.
+        The caller sends the re-queued jobs to the queue again.
         """
+        ...
+
+    def fail_waiting(self, kind: JobKind, older_than: float, error: JobError) -> list[JobRecord]:
+        """Queued jobs of `kind` created before `older_than` (epoch s) fail with `error`."""
         ...
 
     def queue_depths(self) -> dict[str, int]: ...
@@ -103,6 +142,8 @@ def worker_serves(workers: list[dict[str, Any]], kind: JobKind | str) -> bool:
 
 Listener = Callable[[str], None]
 __all__ = [
+    "CancelOutcome",
+    "LostJobs",
     "EVENTS_CHANNEL",
     "IdempotencyConflict",
     "JobStore",

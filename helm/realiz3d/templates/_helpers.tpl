@@ -108,11 +108,27 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.persistence.artifacts.mountPath | quote }}
 - name: HOME
   value: /tmp
+{{- if and (eq (toString .Values.settings.artifact_store) "s3") .Values.persistence.s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.persistence.s3.existingSecret }}
+      key: {{ .Values.persistence.s3.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.persistence.s3.existingSecret }}
+      key: {{ .Values.persistence.s3.secretAccessKeyKey }}
+{{- end }}
 {{- end }}
 
 {{- define "realiz3d.artifactVolume" -}}
+{{- $s3 := eq (toString .Values.settings.artifact_store) "s3" }}
+{{- if and (not .Values.persistence.artifacts.enabled) (not $s3) }}
+{{- fail "persistence.artifacts.enabled=false with settings.artifact_store=local gives every api and worker pod its own emptyDir: downloads would 404. Enable persistence.artifacts (a ReadWriteMany claim) or set settings.artifact_store=s3" }}
+{{- end }}
 - name: artifacts
-{{- if .Values.persistence.artifacts.enabled }}
+{{- if and .Values.persistence.artifacts.enabled (not $s3) }}
   persistentVolumeClaim:
     claimName: {{ default (printf "%s-artifacts" (include "realiz3d.fullname" .)) .Values.persistence.artifacts.existingClaim }}
 {{- else }}
@@ -152,5 +168,50 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- with .Values.networkPolicy.extraEgress }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The worker's grace period: a drain must cover the longest job (the soft limit at least). */}}
+{{- define "realiz3d.workerGracePeriod" -}}
+{{- $soft := int (default 1800 .Values.settings.job_soft_time_limit) }}
+{{- $hard := int (default 1900 .Values.settings.job_time_limit) }}
+{{- $grace := .Values.worker.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $grace }}
+{{- add $hard 60 }}
+{{- else if lt (int $grace) $soft }}
+{{- fail (printf "worker.terminationGracePeriodSeconds=%d is shorter than settings.job_soft_time_limit=%d: a drained worker would be killed mid-job" (int $grace) $soft) }}
+{{- else }}
+{{- int $grace }}
+{{- end }}
+{{- end }}
+
+{{/* The engine cache of a worker pod: emptyDir, a per-pod ephemeral claim, or one shared RWX claim. */}}
+{{- define "realiz3d.engineCacheVolume" -}}
+{{- $ec := .Values.worker.engineCache }}
+- name: engine-cache
+{{- if eq $ec.type "ephemeral" }}
+  ephemeral:
+    volumeClaimTemplate:
+      metadata:
+        labels:
+          {{- include "realiz3d.componentSelector" (dict "ctx" . "component" "worker") | nindent 10 }}
+      spec:
+        accessModes:
+          - ReadWriteOnce
+        {{- with $ec.storageClass }}
+        storageClassName: {{ . | quote }}
+        {{- end }}
+        resources:
+          requests:
+            storage: {{ $ec.size | quote }}
+{{- else if eq $ec.type "shared" }}
+{{- if and (not (has "ReadWriteMany" $ec.accessModes)) (or .Values.worker.keda.enabled (gt (int .Values.worker.replicaCount) 1)) }}
+{{- fail "worker.engineCache.type=shared mounts one claim in every worker replica: its accessModes must include ReadWriteMany (a ReadWriteOnce claim fails with Multi-Attach on a second node); use type=ephemeral for a cache per pod" }}
+{{- end }}
+  persistentVolumeClaim:
+    claimName: {{ default (printf "%s-engine-cache" (include "realiz3d.fullname" .)) $ec.existingClaim }}
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ $ec.emptyDirSizeLimit }}
 {{- end }}
 {{- end }}
