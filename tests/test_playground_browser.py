@@ -3,7 +3,7 @@
 Against `realiz3d serve` in embedded mode on a free port (and, for auth, rate limits, 413 and 503, two more
 servers). Nothing downloads a browser: Playwright drives /usr/bin/chromium through `executable_path`.
 Every test records each request the page makes and fails if one leaves the service's origin (offline).
-Screenshots go to the test's temp dir; REALIZ3D_PLAYGROUND_SHOTS=DIR also writes the docs' one there.
+Screenshots go to the test's temp dir; REALIZ3D_PLAYGROUND_SHOTS=docs/samples also writes the docs' one there.
 """
 
 from __future__ import annotations
@@ -121,11 +121,11 @@ def embedded(service_launcher):
     server.stop()
 
 
-def shot(locator, tmp_path: Path, name: str) -> Image.Image:
+def shot(locator, tmp_path: Path, name: str, for_docs: bool = False) -> Image.Image:
     path = tmp_path / f"{name}.png"
     locator.screenshot(path=str(path))
     docs = os.environ.get("REALIZ3D_PLAYGROUND_SHOTS")
-    if docs:
+    if docs and for_docs:
         Path(docs).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(docs) / f"playground_{name}.png")
     return Image.open(path).convert("RGB")
@@ -258,10 +258,38 @@ def test_field_errors_from_the_api_show_next_to_their_field(embedded, browser_fa
     b.check_clean()
 
 
+def test_every_control_is_labelled_and_the_forms_work_from_the_keyboard(embedded, browser_factory):
+    b = browser_factory(embedded.url)
+    page = b.page
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')].filter(e =>
+            e.tagName === 'BUTTON' ? !e.textContent.trim() && !e.getAttribute('aria-label')
+                                   : !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+        ).map(e => e.outerHTML)"""
+    )
+    assert unlabelled == []
+    ids = page.evaluate("[...document.querySelectorAll('[id]')].map(e => e.id)")
+    assert len(ids) == len(set(ids)), "duplicate ids break labels"
+
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+    # The schedule's buttons are a radio group: arrow keys move the choice.
+    schedule = page.locator("#mv-form fieldset.schedule").first
+    schedule.locator("[data-role=mode][value=default]").focus()
+    page.keyboard.press("ArrowRight")
+    assert schedule.locator("[data-role=mode][value=split]").is_checked()
+    # Enter in a field submits its form; the API's answer comes back to that field.
+    page.locator("#mv-num_views").fill("0")
+    page.locator("#mv-num_views").press("Enter")
+    page.locator("#mv-form [data-error-for=num_views]").filter(has_text="greater than").wait_for()
+    b.check_clean()
+
+
 def test_cancel_from_the_page(embedded, browser_factory):
     b = browser_factory(embedded.url)
     page = b.page
-    fill_job(page, "mv-form", prompt="a long one", num_views="8", steps="150")
+    # Long enough that it is still running when the click lands (4x the default model's 32 px).
+    fill_job(page, "mv-form", prompt="a long one", num_views="8", steps="150", resolution="64")
     page.locator("#mv-submit").click()
     job = page.locator("#mv-results article.job")
     job.locator("[data-role=steps]").filter(has_text="step").wait_for(timeout=JOB_TIMEOUT_MS)
@@ -314,7 +342,7 @@ def test_texture_upload_shows_the_textured_glb_in_the_3d_viewer(embedded, browse
         "async a => new TextDecoder().decode((await (await fetch(a.href)).arrayBuffer()).slice(0, 4))"
     )
     assert magic == "glTF"
-    shot(page.locator("#texture"), tmp_path, "texture")
+    shot(page.locator("#tx-results"), tmp_path, "texture", for_docs=True)
     b.check_clean()
 
 
@@ -324,7 +352,9 @@ def test_texture_upload_shows_the_textured_glb_in_the_3d_viewer(embedded, browse
 
 @pytest.fixture(scope="module")
 def embedded_with_auth(service_launcher):
-    server = service_launcher.embedded(REALIZ3D_API_KEYS="key-alice", REALIZ3D_RATE_LIMIT_PER_MINUTE="1")
+    server = service_launcher.embedded(
+        REALIZ3D_API_KEYS="key-alice,key-bob", REALIZ3D_RATE_LIMIT_PER_MINUTE="1"
+    )
     yield server
     server.stop()
 
@@ -355,13 +385,14 @@ def test_api_key_stays_in_the_browser_and_429_shows_its_retry(embedded_with_auth
     assert "retry in" in page.locator("#mv-submit").inner_text()
     b.check_clean()
 
-    # Another browser without the key sees none of it: its list is empty, the job's link is a 404.
+    # Another client's browser sees none of it: its list is empty, the job's link is a 404 to it.
     other = browser_factory(embedded_with_auth.url)
     assert other.page.locator("#jobs-table tbody tr").count() == 0
-    other.page.locator("#api-key").fill("key-bob-is-not-valid")
+    other.page.locator("#api-key").fill("key-bob")
     job_id = job.get_attribute("data-job-id")
     other.open(f"/#job={job_id}")
-    other.page.locator("#page-error").filter(has_text=job_id).wait_for()
+    other.page.locator("#page-error").filter(has_text=f"Job {job_id} does not exist").wait_for()
+    assert other.page.locator("#mv-results article.job").count() == 0
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,7 @@ export async function followJob(id, onEvent, signal) {
       job = await readEvents(response, onEvent);
     } catch (e) {
       if (signal?.aborted) throw e;
+      // 4xx (not found, unauthorized) will not get better by asking again; network and 5xx might
       if (e instanceof ApiError && e.status !== 0 && e.status < 500) throw e;
     }
     if (job && ["succeeded", "failed", "canceled"].includes(job.status)) return job;

@@ -91,6 +91,8 @@ function setupKey() {
 
 /** Object URLs of a results area, revoked when the area is reused. */
 const objectUrls = new WeakMap();
+/** The event streams of a results area's jobs, closed when the area is reused (browsers allow ~6 per host). */
+const streams = new WeakMap();
 
 async function artifactUrl(area, artifact) {
   const url = URL.createObjectURL(await artifactBlob(artifact));
@@ -100,6 +102,8 @@ async function artifactUrl(area, artifact) {
 }
 
 function resetArea(area) {
+  for (const controller of streams.get(area) || []) controller.abort();
+  streams.delete(area);
   for (const url of objectUrls.get(area) || []) URL.revokeObjectURL(url);
   objectUrls.delete(area);
   area.replaceChildren();
@@ -231,8 +235,8 @@ async function showTexture(area, job) {
 // ---------------------------------------------------------------------------------------------------------
 // One job's panel: status, progress (SSE), cancel, then its results
 
-function jobPanel(container, job, title) {
-  const status = el("span", { class: `status status-${job.status}`, dataset: { role: "status" } }, job.status);
+function jobPanel(area, container, job, title) {
+  const status = el("span", { class: `status status-${job.status}`, dataset: { role: "status" }, "aria-live": "polite" }, job.status);
   const progress = el("progress", { max: 1, value: 0, "aria-label": `progress of ${title}` });
   const steps = el("span", { class: "steps", dataset: { role: "steps" } }, "");
   const cancel = el("button", { type: "button", class: "secondary", dataset: { role: "cancel" } }, "Cancel");
@@ -264,8 +268,9 @@ function jobPanel(container, job, title) {
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
     try {
-      const j = await cancelJob(job.id);
-      message.textContent = j.status === "canceled" ? "Canceled." : "Cancel requested: it stops at its next step.";
+      await cancelJob(job.id);
+      // The event stream may have said "canceled" before this answer came: the final word is its.
+      if (!TERMINAL.includes(panel.dataset.status)) message.textContent = "Cancel requested: it stops at its next step.";
     } catch (e) {
       message.textContent = e instanceof ApiError ? e.describe() : String(e);
       cancel.disabled = false;
@@ -286,18 +291,26 @@ function jobPanel(container, job, title) {
     }
   };
 
+  const controller = new AbortController();
+  if (!streams.has(area)) streams.set(area, []);
+  streams.get(area).push(controller);
   (async () => {
     try {
-      const final = await followJob(job.id, (type, data) => {
-        if (type === "status") {
-          update(data.status, data.progress.step, data.progress.total);
-          updateJob(data);
-        } else if (type === "progress") {
+      const final = await followJob(
+        job.id,
+        (type, data) => {
+          if (type === "status") {
+            update(data.status, data.progress.step, data.progress.total);
+            updateJob(data);
+          } else if (type === "progress") {
           update(data.status, data.step, data.total);
-        }
-      });
+          }
+        },
+        controller.signal,
+      );
       await finish(final);
     } catch (e) {
+      if (controller.signal.aborted) return; // the panel was replaced
       message.textContent = e instanceof ApiError ? e.describe() : `Error: ${e.message || e}`;
       panel.dataset.status = "error";
     }
@@ -385,7 +398,7 @@ function setupMultiview() {
     for (const { job, schedule } of accepted) {
       const label = `${shortPrompt(params.prompt ?? "")} · ${describeSchedule(schedule)}`;
       rememberJob({ id: job.id, kind: job.kind, label });
-      jobPanel(row, job, describeSchedule(schedule));
+      jobPanel(results, row, job, describeSchedule(schedule));
     }
   });
 }
@@ -418,7 +431,7 @@ function setupTexture() {
     }
     resetArea(results);
     rememberJob({ id: job.id, kind: job.kind, label: `${file?.name ?? "mesh"} · ${shortPrompt(params.prompt ?? "")}` });
-    jobPanel(results, job, `${file?.name ?? "mesh"} · ${describeSchedule(schedule)}`);
+    jobPanel(results, results, job, `${file?.name ?? "mesh"} · ${describeSchedule(schedule)}`);
   });
 }
 
@@ -443,7 +456,7 @@ async function openFromHash() {
   const section = job.kind === "texture" ? "#tx-results" : "#mv-results";
   const area = $(section);
   resetArea(area);
-  jobPanel(area, job, `job ${id.slice(0, 10)}`);
+  jobPanel(area, area, job, `job ${id.slice(0, 10)}`);
   area.closest("section").scrollIntoView();
 }
 
@@ -452,6 +465,11 @@ function setupJobs() {
   refreshJobs();
   $("#jobs-refresh").addEventListener("click", refreshJobs);
   $("#jobs-clear").addEventListener("click", clearJobs);
+  // A link to the job already in the address bar fires no hashchange: open it all the same.
+  $("#jobs-table").addEventListener("click", (e) => {
+    const link = e.target.closest("a");
+    if (link && link.getAttribute("href") === location.hash) openFromHash();
+  });
   window.addEventListener("hashchange", openFromHash);
   openFromHash();
 }
