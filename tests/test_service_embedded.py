@@ -16,8 +16,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def embedded(service_launcher):
-    server = service_launcher.gateway(None, REALIZ3D_BROKER_URL="")
-    service_launcher.wait_ready(server)
+    server = service_launcher.embedded()
     yield server
     server.stop()
 

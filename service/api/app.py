@@ -15,6 +15,7 @@ from service.api.auth import ApiKeys
 from service.api.context import ServiceContext
 from service.api.errors import install_error_handlers
 from service.api.events import listen_redis
+from service.api.playground import install_playground
 from service.api.routes import router
 from service.api.uploads import BodyLimitMiddleware
 from service.metrics import HTTP_REQUEST_DURATION, JOBS_TOTAL
@@ -94,6 +95,7 @@ def create_app(
     app.state.context = context
     install_error_handlers(app)
     app.include_router(router)
+    install_playground(app)
     app.add_middleware(BodyLimitMiddleware, limit=s.max_upload_bytes, timeout_s=s.body_timeout_seconds)
     app.add_middleware(RequestMetricsMiddleware)
     declare_security(app)

@@ -1,0 +1,482 @@
+// The playground page: forms -> API jobs -> live progress -> results (view grid, compare, 3D viewer).
+
+import {
+  ApiError,
+  apiKey,
+  artifactBlob,
+  call,
+  cancelJob,
+  followJob,
+  getJob,
+  setApiKey,
+  submitMultiview,
+  submitTexture,
+} from "./api.js";
+import {
+  clearErrors,
+  describeSchedule,
+  generationFields,
+  linkErrorIds,
+  readParams,
+  schedulePicker,
+  showError,
+} from "./forms.js";
+import { clearJobs, refreshJobs, rememberJob, renderJobs, updateJob } from "./jobs.js";
+
+const TERMINAL = ["succeeded", "failed", "canceled"];
+const $ = (sel, root = document) => root.querySelector(sel);
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "class") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k in node) node[k] = v;
+    else node.setAttribute(k, v);
+  }
+  node.append(...children.filter((c) => c != null));
+  return node;
+}
+
+// Never a blank page: anything unexpected is said in a banner.
+function pageError(message) {
+  const banner = $("#page-error");
+  banner.textContent = `Something went wrong in the page: ${message}`;
+  banner.hidden = false;
+}
+window.addEventListener("error", (e) => pageError(e.message));
+window.addEventListener("unhandledrejection", (e) => pageError(e.reason?.message || String(e.reason)));
+
+// ---------------------------------------------------------------------------------------------------------
+// Service status and the API key
+
+async function pollStatus() {
+  const pill = $("#service-status");
+  let ready = false;
+  try {
+    const response = await fetch("readyz", { cache: "no-store" });
+    const body = await response.json();
+    ready = Boolean(body.ready);
+    if (ready) pill.textContent = `ready (${body.mode} mode)`;
+    else if (!body.broker) pill.textContent = "not ready: the job broker is unreachable";
+    else pill.textContent = "not ready: no worker has a loaded model yet (jobs are refused with 503)";
+  } catch {
+    pill.textContent = "the service cannot be reached";
+  }
+  pill.dataset.ready = String(ready);
+  setTimeout(pollStatus, ready ? 30000 : 3000);
+}
+
+function setupKey() {
+  const input = $("#api-key");
+  input.value = apiKey();
+  const clear = () => {
+    $("#api-key-error").textContent = "";
+    input.removeAttribute("aria-invalid");
+  };
+  input.addEventListener("input", () => {
+    setApiKey(input.value.trim());
+    clear();
+  });
+  $("#api-key-forget").addEventListener("click", () => {
+    input.value = "";
+    setApiKey("");
+    clear();
+  });
+  $("#key-form").addEventListener("submit", (e) => e.preventDefault());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Artifacts
+
+/** Object URLs of a results area, revoked when the area is reused. */
+const objectUrls = new WeakMap();
+/** The event streams of a results area's jobs, closed when the area is reused (browsers allow ~6 per host). */
+const streams = new WeakMap();
+
+async function artifactUrl(area, artifact) {
+  const url = URL.createObjectURL(await artifactBlob(artifact));
+  if (!objectUrls.has(area)) objectUrls.set(area, []);
+  objectUrls.get(area).push(url);
+  return url;
+}
+
+function resetArea(area) {
+  for (const controller of streams.get(area) || []) controller.abort();
+  streams.delete(area);
+  for (const url of objectUrls.get(area) || []) URL.revokeObjectURL(url);
+  objectUrls.delete(area);
+  area.replaceChildren();
+}
+
+function byName(job, name) {
+  return job.artifacts.find((a) => a.name === name);
+}
+
+function views(job, prefix = "") {
+  const re = new RegExp(`^${prefix}view_(\\d+)\\.png$`);
+  return job.artifacts.filter((a) => re.test(a.name)).sort((a, b) => a.name.localeCompare(b.name));
+}
+
+async function downloadLinks(area, job, names) {
+  const list = el("ul", { class: "downloads" });
+  for (const name of names) {
+    const artifact = byName(job, name);
+    if (!artifact) continue;
+    const url = await artifactUrl(area, artifact);
+    const base = name.split("/").pop();
+    list.append(el("li", {}, el("a", { href: url, download: base, class: "button secondary" }, `Download ${name}`)));
+  }
+  return list;
+}
+
+async function artifactJson(job, name) {
+  const artifact = byName(job, name);
+  return artifact ? (await call(artifact.url)).json() : null;
+}
+
+async function viewGrid(area, job, prefix, cameras) {
+  const grid = el("div", { class: "view-grid" });
+  for (const artifact of views(job, prefix)) {
+    const i = Number(/(\d+)\.png$/.exec(artifact.name)[1]);
+    const cam = cameras?.cameras?.[i];
+    const where = cam ? `azimuth ${cam.azimuth_deg.toFixed(0)}°, elevation ${cam.elevation_deg.toFixed(0)}°` : "";
+    const url = await artifactUrl(area, artifact);
+    const base = artifact.name.split("/").pop();
+    grid.append(
+      el(
+        "figure",
+        { class: "view" },
+        el("img", { src: url, alt: `view ${i}${where ? `: ${where}` : ""}`, width: 256, height: 256 }),
+        el(
+          "figcaption",
+          {},
+          `view ${i}${where ? ` · ${where}` : ""} `,
+          el("a", { href: url, download: base }, "download"),
+        ),
+      ),
+    );
+  }
+  return grid;
+}
+
+function camerasTable(cameras) {
+  if (!cameras?.cameras?.length) return null;
+  const rows = cameras.cameras.map((c) =>
+    el(
+      "tr",
+      {},
+      el("th", { scope: "row" }, String(c.index)),
+      ...[c.azimuth_deg, c.elevation_deg, c.radius, c.fov_deg].map((v) => el("td", {}, v.toFixed(1))),
+    ),
+  );
+  const head = el("tr", {}, ...["view", "azimuth °", "elevation °", "radius", "fov °"].map((h) => el("th", { scope: "col" }, h)));
+  return el(
+    "details",
+    { class: "cameras" },
+    el("summary", {}, `Cameras (${cameras.convention || "camera_to_world in cameras.json"})`),
+    el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))),
+  );
+}
+
+async function showMultiview(area, job) {
+  const [cameras, meta] = await Promise.all([artifactJson(job, "cameras.json"), artifactJson(job, "meta.json")]);
+  const seed = meta?.seed != null ? `seed ${meta.seed}` : "";
+  area.append(
+    el("p", { class: "result-meta" }, [seed, cameras ? `${cameras.resolution} px` : ""].filter(Boolean).join(" · ")),
+    await viewGrid(area, job, "", cameras),
+    await downloadLinks(area, job, ["grid.png", "cameras.json", "meta.json"]),
+    camerasTable(cameras),
+  );
+}
+
+async function showTexture(area, job) {
+  const viewerBox = el("div", { class: "viewer", "data-state": "loading" }, "Loading the 3D viewer…");
+  const atlas = byName(job, "texture.png");
+  const cameras = await artifactJson(job, "cameras.json");
+  const atlasFigure = atlas
+    ? el(
+        "figure",
+        { class: "atlas" },
+        el("img", { src: await artifactUrl(area, atlas), alt: "the baked texture atlas", width: 256, height: 256 }),
+        el("figcaption", {}, "texture atlas (texture.png)"),
+      )
+    : null;
+  area.append(
+    el("div", { class: "texture-top" }, viewerBox, atlasFigure),
+    el("div", { class: "viewer-help hint" }, "Drag to orbit, wheel to zoom, right-drag to pan; with the viewer focused: arrows orbit, + and − zoom, 0 resets."),
+    await downloadLinks(area, job, ["textured.glb", "texture.png", "cameras.json", "meta.json"]),
+    el("h4", {}, "Generated views"),
+    await viewGrid(area, job, "views/", cameras),
+    camerasTable(cameras),
+  );
+  const glb = byName(job, "textured.glb");
+  if (!glb) {
+    viewerBox.textContent = "This job has no textured.glb.";
+    viewerBox.dataset.state = "error";
+    return;
+  }
+  const { showGlb, webglAvailable } = await import("./viewer.js");
+  if (!webglAvailable()) {
+    viewerBox.textContent = "This browser has no WebGL, so the model cannot be shown here: download textured.glb.";
+    viewerBox.dataset.state = "error";
+    return;
+  }
+  try {
+    const buffer = await (await artifactBlob(glb)).arrayBuffer();
+    await showGlb(viewerBox, buffer, "The textured mesh (textured.glb)");
+    viewerBox.dataset.state = "ready";
+  } catch (e) {
+    viewerBox.textContent = `The 3D viewer could not show textured.glb: ${e.message || e}`;
+    viewerBox.dataset.state = "error";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One job's panel: status, progress (SSE), cancel, then its results
+
+function jobPanel(area, container, job, title) {
+  const status = el("span", { class: `status status-${job.status}`, dataset: { role: "status" }, "aria-live": "polite" }, job.status);
+  const progress = el("progress", { max: 1, value: 0, "aria-label": `progress of ${title}` });
+  const steps = el("span", { class: "steps", dataset: { role: "steps" } }, "");
+  const cancel = el("button", { type: "button", class: "secondary", dataset: { role: "cancel" } }, "Cancel");
+  const message = el("p", { class: "job-message", role: "status" });
+  const body = el("div", { class: "job-body" });
+  const panel = el(
+    "article",
+    { class: "job", dataset: { jobId: job.id, kind: job.kind } },
+    el("h3", {}, title, " ", el("a", { href: `#job=${encodeURIComponent(job.id)}`, class: "job-id", title: "link to this job" }, job.id.slice(0, 10))),
+    el("div", { class: "job-progress" }, status, progress, steps, cancel),
+    message,
+    body,
+  );
+  container.append(panel);
+
+  const update = (s, step, total) => {
+    status.textContent = s;
+    status.className = `status status-${s}`;
+    panel.dataset.status = s;
+    if (total) {
+      progress.max = total;
+      progress.value = step;
+      steps.textContent = `step ${step} / ${total}`;
+    }
+    cancel.hidden = TERMINAL.includes(s);
+  };
+  update(job.status, job.progress?.step || 0, job.progress?.total || 0);
+
+  cancel.addEventListener("click", async () => {
+    cancel.disabled = true;
+    try {
+      await cancelJob(job.id);
+      // The event stream may have said "canceled" before this answer came: the final word is its.
+      if (!TERMINAL.includes(panel.dataset.status)) message.textContent = "Cancel requested: it stops at its next step.";
+    } catch (e) {
+      message.textContent = e instanceof ApiError ? e.describe() : String(e);
+      cancel.disabled = false;
+    }
+  });
+
+  const finish = async (final) => {
+    update(final.status, final.progress.step, final.progress.total);
+    updateJob(final);
+    if (final.status === "succeeded") {
+      message.textContent = "";
+      await (final.kind === "texture" ? showTexture : showMultiview)(body, final);
+      panel.dataset.ready = "true";
+    } else if (final.status === "failed") {
+      message.textContent = `Failed: ${final.error?.message || "unknown error"} (${final.error?.code || "error"})`;
+    } else if (final.status === "canceled") {
+      message.textContent = `Canceled at step ${final.progress.step} of ${final.progress.total}.`;
+    }
+  };
+
+  const controller = new AbortController();
+  if (!streams.has(area)) streams.set(area, []);
+  streams.get(area).push(controller);
+  (async () => {
+    try {
+      const final = await followJob(
+        job.id,
+        (type, data) => {
+          if (type === "status") {
+            update(data.status, data.progress.step, data.progress.total);
+            updateJob(data);
+          } else if (type === "progress") {
+          update(data.status, data.step, data.total);
+          }
+        },
+        controller.signal,
+      );
+      await finish(final);
+    } catch (e) {
+      if (controller.signal.aborted) return; // the panel was replaced
+      message.textContent = e instanceof ApiError ? e.describe() : `Error: ${e.message || e}`;
+      panel.dataset.status = "error";
+    }
+  })();
+  return panel;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Forms
+
+/** After a 429/503 with Retry-After, the submit button says when to try again. */
+function holdButton(button, error) {
+  if (!(error instanceof ApiError) || error.retryAfter == null) return;
+  const label = button.dataset.label || button.textContent;
+  button.dataset.label = label;
+  let left = Math.ceil(error.retryAfter);
+  button.disabled = true;
+  const tick = () => {
+    if (left <= 0) {
+      button.disabled = false;
+      button.textContent = label;
+      return;
+    }
+    button.textContent = `${label} (retry in ${left} s)`;
+    left -= 1;
+    setTimeout(tick, 1000);
+  };
+  tick();
+}
+
+function shortPrompt(p) {
+  return p.length > 40 ? `${p.slice(0, 39)}…` : p;
+}
+
+function setupMultiview() {
+  const form = $("#mv-form");
+  const results = $("#mv-results");
+  generationFields($(".generation-slot", form));
+  linkErrorIds(form);
+  const pickerA = schedulePicker($(".schedule-slot[data-schedule=a]", form));
+  const slotB = $(".schedule-slot[data-schedule=b]", form);
+  const pickerB = schedulePicker(slotB);
+  pickerB.set({ domain: "real" });
+  const compare = $("#mv-compare");
+  compare.addEventListener("change", () => {
+    slotB.hidden = !compare.checked;
+  });
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = $("#mv-submit");
+    clearErrors(form);
+    const params = readParams(form);
+    const schedules = [pickerA.value()];
+    if (compare.checked) {
+      schedules.push(pickerB.value());
+      // One seed for both, so that only the schedule differs.
+      if (params.seed == null) params.seed = Math.floor(Math.random() * 2 ** 31);
+    }
+    button.disabled = true;
+    const accepted = [];
+    try {
+      for (const [i, schedule] of schedules.entries()) {
+        const body = schedule ? { ...params, schedule } : { ...params };
+        const scope = i === 0 ? pickerA.el : pickerB.el;
+        try {
+          accepted.push({ job: await submitMultiview(body), schedule });
+        } catch (e) {
+          if (!(e instanceof ApiError)) throw e;
+          showError(form, e, scope);
+          holdButton(button, e);
+          break;
+        }
+      }
+    } finally {
+      if (!button.textContent.includes("retry in")) button.disabled = false;
+    }
+    if (!accepted.length) return;
+    resetArea(results);
+    const row = el("div", { class: accepted.length > 1 ? "compare" : "single" });
+    results.append(row);
+    if (accepted.length > 1) {
+      row.before(el("p", { class: "result-meta" }, `Same prompt and seed ${params.seed}; only the domain schedule differs.`));
+    }
+    for (const { job, schedule } of accepted) {
+      const label = `${shortPrompt(params.prompt ?? "")} · ${describeSchedule(schedule)}`;
+      rememberJob({ id: job.id, kind: job.kind, label });
+      jobPanel(results, row, job, describeSchedule(schedule));
+    }
+  });
+}
+
+function setupTexture() {
+  const form = $("#tx-form");
+  const results = $("#tx-results");
+  generationFields($(".generation-slot", form));
+  linkErrorIds(form);
+  const picker = schedulePicker($(".schedule-slot[data-schedule=t]", form));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = $("#tx-submit");
+    clearErrors(form);
+    const params = readParams(form);
+    const schedule = picker.value();
+    if (schedule) params.schedule = schedule;
+    const file = $("#tx-mesh").files[0] || null;
+    button.disabled = true;
+    let job;
+    try {
+      job = await submitTexture(file, params);
+    } catch (e) {
+      if (!(e instanceof ApiError)) throw e;
+      showError(form, e, picker.el);
+      holdButton(button, e);
+      return;
+    } finally {
+      if (!button.textContent.includes("retry in")) button.disabled = false;
+    }
+    resetArea(results);
+    rememberJob({ id: job.id, kind: job.kind, label: `${file?.name ?? "mesh"} · ${shortPrompt(params.prompt ?? "")}` });
+    jobPanel(results, results, job, `${file?.name ?? "mesh"} · ${describeSchedule(schedule)}`);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Links back to a job: #job=ID opens it in its section
+
+async function openFromHash() {
+  const m = /^#job=([A-Za-z0-9_-]+)$/.exec(location.hash);
+  if (!m) return;
+  const id = decodeURIComponent(m[1]);
+  let job;
+  try {
+    job = await getJob(id);
+  } catch (e) {
+    const banner = $("#page-error");
+    banner.textContent =
+      e instanceof ApiError && e.status === 404 ? `Job ${id} does not exist any more (jobs expire).` : `Job ${id}: ${e.describe ? e.describe() : e}`;
+    banner.hidden = false;
+    if (e instanceof ApiError && e.status === 404) updateJob({ id, status: "expired" });
+    return;
+  }
+  const section = job.kind === "texture" ? "#tx-results" : "#mv-results";
+  const area = $(section);
+  resetArea(area);
+  jobPanel(area, area, job, `job ${id.slice(0, 10)}`);
+  area.closest("section").scrollIntoView();
+}
+
+function setupJobs() {
+  renderJobs();
+  refreshJobs();
+  $("#jobs-refresh").addEventListener("click", refreshJobs);
+  $("#jobs-clear").addEventListener("click", clearJobs);
+  // A link to the job already in the address bar fires no hashchange: open it all the same.
+  $("#jobs-table").addEventListener("click", (e) => {
+    const link = e.target.closest("a");
+    if (link && link.getAttribute("href") === location.hash) openFromHash();
+  });
+  window.addEventListener("hashchange", openFromHash);
+  openFromHash();
+}
+
+setupKey();
+setupMultiview();
+setupTexture();
+setupJobs();
+pollStatus();
+document.body.dataset.ready = "true";
