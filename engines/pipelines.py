@@ -38,6 +38,7 @@ from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
 from engines.sampling.denoise import DenoiseJob, denoise, make_scheduler
 from engines.sampling.schedule import DomainSchedule
+from engines.texturing.mesh_io import MeshLimits
 
 
 @dataclass
@@ -278,8 +279,12 @@ class Realiz3DPipeline:
         mesh_path: str | Path,
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        limits: MeshLimits | None = None,
     ):
-        """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB."""
+        """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB.
+
+        `limits` (faces, bytes, unwrap timeout) come from the caller's settings; defaults otherwise.
+        """
         from engines.texturing.pipeline import texture_mesh
 
         self._enter_job_thread()
@@ -299,6 +304,7 @@ class Realiz3DPipeline:
             progress=None,
             should_cancel=should_cancel,
             resolution=self.model.config.resolution,
+            limits=limits,
         )
         if generated:
             gen = generated[0]
@@ -357,7 +363,8 @@ def texture(
     adapters: str = "fused",
     progress: ProgressCallback | None = None,
     should_cancel: CancelCheck | None = None,
+    limits: MeshLimits | None = None,
 ):
     """Texture a mesh with a cached pipeline for (model_dir, backend, adapters)."""
     pipe = get_pipeline(model_dir, backend=backend, adapters=adapters)
-    return pipe.texture(request, mesh_path, progress, should_cancel)
+    return pipe.texture(request, mesh_path, progress, should_cancel, limits)

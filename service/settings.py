@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         None, description="'module:callable' returning a pipeline; unset = engines.pipelines (tests, benches)"
     )
 
-    # Texturing limits
+    # Texturing limits (`mesh_limits()`): the CLI, the gateway and the worker all apply them.
     max_mesh_faces: int = Field(500_000, ge=1)
     unwrap_timeout_seconds: float = Field(180.0, gt=0)
 
@@ -80,6 +80,16 @@ class Settings(BaseSettings):
         if v not in {"fused", "unfused"}:
             raise ValueError("adapters must be fused or unfused")
         return v
+
+    def mesh_limits(self):  # noqa: ANN201 - engines' MeshLimits, imported lazily (no engines at import time)
+        """The texturing limits every entry point applies: CLI `texture`/`bake`/`render`, gateway, worker."""
+        from engines.texturing.mesh_io import MeshLimits
+
+        return MeshLimits(
+            max_faces=self.max_mesh_faces,
+            max_bytes=self.max_upload_bytes,
+            unwrap_timeout_s=self.unwrap_timeout_seconds,
+        )
 
     @property
     def queue_names(self) -> list[str]:

@@ -150,7 +150,7 @@ async def create_texture(
     suffix = PurePosixPath(upload.filename).suffix.lower()
     if suffix not in MESH_FORMATS:
         raise ApiError(415, "unsupported_mesh_format", f"mesh must be one of {', '.join(MESH_FORMATS)}")
-    await run_in_threadpool(validate_mesh, upload.data, upload.filename)
+    await run_in_threadpool(validate_mesh, upload.data, upload.filename, ctx.settings)
     job, created = await run_in_threadpool(
         submit,
         ctx,
@@ -163,8 +163,10 @@ async def create_texture(
     return _accepted(response, job, created)
 
 
-def validate_mesh(data: bytes, filename: str) -> None:
-    """Cheap parse before queuing, so a garbage upload is a 422 now rather than a failed job later."""
+def validate_mesh(data: bytes, filename: str, settings) -> None:  # noqa: ANN001 - service.settings.Settings
+    """Cheap parse before queuing, so a garbage upload is a 422 now rather than a failed job later.
+
+    Applies the same limits as the worker (`REALIZ3D_MAX_MESH_FACES`, `REALIZ3D_MAX_UPLOAD_BYTES`)."""
     if not data:
         raise ApiError(422, "invalid_mesh", "mesh: the file is empty")
     try:
@@ -172,7 +174,7 @@ def validate_mesh(data: bytes, filename: str) -> None:
     except ImportError:  # a gateway-only install without the texturing extras: the worker validates
         return
     try:
-        validate_mesh_bytes(data, filename)
+        validate_mesh_bytes(data, filename, settings.mesh_limits())
     except MeshError as e:
         raise ApiError(422, e.code, f"mesh: {e}") from e
 

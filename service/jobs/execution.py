@@ -148,7 +148,9 @@ def _call_pipeline(ctx: WorkerContext, job: JobRecord, progress, should_cancel):
         return ctx.pipeline.multiview(request, progress=progress, should_cancel=should_cancel)
     request = TextureRequest.model_validate(job.params)
     mesh_path = ctx.artifacts.input_path(job.id, job.input_name or "mesh.glb")
-    return ctx.pipeline.texture(request, mesh_path, progress=progress, should_cancel=should_cancel)
+    return ctx.pipeline.texture(
+        request, mesh_path, progress=progress, should_cancel=should_cancel, limits=ctx.settings.mesh_limits()
+    )
 
 
 class _StepClock:
