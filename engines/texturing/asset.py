@@ -10,7 +10,7 @@ every node that draws it, the instance's world positions:
 - morph targets are applied with the default weights (node's, else mesh's);
 - strips and fans become triangle lists for rendering (degenerate restart triangles dropped); the
   document itself is not touched here.
-Compressed geometry that cannot be decoded is refused with the extension's name.
+Draco primitives are decoded first (`draco.py`); meshopt-compressed buffers are refused by name.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from engines.texturing.gltf_document import GltfDocument
 
 TRIANGLE_MODES = (4, 5, 6)
 # Extensions that change how geometry bytes are read; without a decoder the asset cannot be textured.
+# (Draco is decoded by `draco.decode_draco` before this module reads the document.)
 _UNREADABLE_GEOMETRY = {
-    "KHR_draco_mesh_compression": "Draco-compressed geometry (KHR_draco_mesh_compression)",
     "EXT_meshopt_compression": "meshopt-compressed buffers (EXT_meshopt_compression)",
 }
 
@@ -235,8 +235,12 @@ def _skinned_positions(document: GltfDocument, world, node: dict, prim: dict, lo
 
 def read_asset(document: GltfDocument, name: str = "mesh") -> Asset:
     """Every drawn triangle primitive of the default scene, with its instances placed in world space."""
+    from engines.texturing.draco import decode_draco, uses_draco
+
     doc = document.json
     check_decodable(doc, name)
+    if uses_draco(doc):
+        decode_draco(document, name)
     world = world_matrices(doc)
     nodes = doc.get("nodes", [])
     primitives: list[Primitive] = []

@@ -96,6 +96,11 @@ def run_texture(args: argparse.Namespace) -> int:
     )
     if not args.mesh.is_file():
         raise UserInputError(f"{args.mesh}: no such mesh file")
+    from engines.texturing.mesh_io import validate_mesh_bytes
+
+    limits = _limits()
+    # The cheap header checks (size, format, face count) before a model is loaded.
+    validate_mesh_bytes(args.mesh.read_bytes(), args.mesh.name, limits)
     # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
     from engines import pipelines
 
@@ -107,7 +112,7 @@ def run_texture(args: argparse.Namespace) -> int:
             backend=args.backend,
             adapters=args.adapters,
             progress=update,
-            limits=_limits(),
+            limits=limits,
         )
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
