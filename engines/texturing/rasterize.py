@@ -178,10 +178,13 @@ def geometry_channels(maps: list[ViewMaps]) -> np.ndarray:
 
 
 # Candidate (texel, face) pairs evaluated per chunk: bounds memory to ~100 MB whatever the atlas size.
-_RASTER_CHUNK = 1 << 21
+_RASTER_CHUNK = 1 << 20
 # A texel counts as covered twice only if its centre is this far inside both faces (in barycentric
 # units): centres on an edge two neighbouring faces share are not an overlap.
 _OVERLAP_INSIDE = 1e-4
+# Bounding-box sides are rounded up to these sizes so faces are processed in a few dense groups
+# (broadcasting, no per-candidate gathers); the extra candidates fail the inside test.
+_BOX_SIDES = np.unique(np.round(1.5 ** np.arange(40)).astype(np.int64))
 
 
 def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int) -> UVMaps:
@@ -191,35 +194,57 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int) -> UVMaps:
     x = corners[..., 0] * size  # texel-space x right, y down
     y = (1.0 - corners[..., 1]) * size
     area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    ok = np.abs(area2) > 1e-12
+    inv = np.where(ok, 1.0 / np.where(ok, area2, 1.0), 0.0)
+    # Barycentrics are affine in the texel position: l1 = a1 dx + b1 dy, l2 = a2 dx + b2 dy from corner 0.
+    coef = np.stack(
+        [
+            (y[:, 2] - y[:, 0]) * inv,
+            -(x[:, 2] - x[:, 0]) * inv,
+            -(y[:, 1] - y[:, 0]) * inv,
+            (x[:, 1] - x[:, 0]) * inv,
+        ],
+        axis=1,
+    )
     j0 = np.ceil(x.min(axis=1) - 0.5).astype(np.int64)
     i0 = np.ceil(y.min(axis=1) - 0.5).astype(np.int64)
-    w = np.maximum(np.floor(x.max(axis=1) - 0.5).astype(np.int64) - j0 + 1, 0)
-    h = np.maximum(np.floor(y.max(axis=1) - 0.5).astype(np.int64) - i0 + 1, 0)
-    count = np.where(np.abs(area2) > 1e-12, w * h, 0)
+    w = np.floor(x.max(axis=1) - 0.5).astype(np.int64) - j0 + 1
+    h = np.floor(y.max(axis=1) - 0.5).astype(np.int64) - i0 + 1
+    live = np.flatnonzero(ok & (w > 0) & (h > 0))
+    wb = _BOX_SIDES[np.searchsorted(_BOX_SIDES, w[live])]
+    hb = _BOX_SIDES[np.searchsorted(_BOX_SIDES, h[live])]
     texels, fids, barys, depth = [], [], [], []
-    bounds = np.searchsorted(np.cumsum(count), np.arange(1, count.sum() // _RASTER_CHUNK + 2) * _RASTER_CHUNK)
-    start = 0
-    for stop in np.unique(np.minimum(bounds + 1, len(faces))):
-        sel = np.arange(start, stop)
-        start = stop
-        n = count[sel]
-        if not n.sum():
-            continue
-        fid = np.repeat(sel, n)
-        k = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-        jj = j0[fid] + k % w[fid]
-        ii = i0[fid] + k // w[fid]
-        cx, cy = jj + 0.5, ii + 0.5
-        fx, fy, a = x[fid], y[fid], area2[fid]
-        l1 = ((cx - fx[:, 0]) * (fy[:, 2] - fy[:, 0]) - (cy - fy[:, 0]) * (fx[:, 2] - fx[:, 0])) / a
-        l2 = ((fx[:, 1] - fx[:, 0]) * (cy - fy[:, 0]) - (fy[:, 1] - fy[:, 0]) * (cx - fx[:, 0])) / a
-        l0 = 1.0 - l1 - l2
-        inside_by = np.minimum(np.minimum(l0, l1), l2)
-        keep = inside_by >= -1e-9
-        texels.append((ii[keep] % size) * size + jj[keep] % size)
-        fids.append(fid[keep])
-        barys.append(np.stack([l0[keep], l1[keep], l2[keep]], axis=1).clip(0, 1).astype(np.float32))
-        depth.append(inside_by[keep])
+    keys, group_of = np.unique(wb * (1 << 32) + hb, return_inverse=True)
+    order = np.argsort(group_of, kind="stable")
+    bounds = np.searchsorted(group_of[order], np.arange(len(keys) + 1))
+    for g, key in enumerate(keys):
+        bw, bh = int(key >> 32), int(key & 0xFFFFFFFF)
+        dj = np.tile(np.arange(bw), bh)
+        di = np.repeat(np.arange(bh), bw)
+        members = live[order[bounds[g] : bounds[g + 1]]]
+        step = max(_RASTER_CHUNK // (bw * bh), 1)
+        for s0 in range(0, len(members), step):
+            f = members[s0 : s0 + step]
+            dx = (j0[f, None] + dj + 0.5) - x[f, 0, None]
+            dy = (i0[f, None] + di + 0.5) - y[f, 0, None]
+            c = coef[f]
+            l1 = c[:, 0, None] * dx + c[:, 1, None] * dy
+            l2 = c[:, 2, None] * dx + c[:, 3, None] * dy
+            l0 = 1.0 - l1 - l2
+            inside_by = np.minimum(np.minimum(l0, l1), l2)
+            rows, cols = np.nonzero(inside_by >= -1e-9)
+            if not len(rows):
+                continue
+            jj = j0[f[rows]] + dj[cols]
+            ii = i0[f[rows]] + di[cols]
+            texels.append((ii % size) * size + jj % size)
+            fids.append(f[rows])
+            barys.append(
+                np.stack([l0[rows, cols], l1[rows, cols], l2[rows, cols]], axis=1)
+                .clip(0, 1)
+                .astype(np.float32)
+            )
+            depth.append(inside_by[rows, cols])
     face_id = np.full(size * size, -1, np.int32)
     bary = np.zeros((size * size, 3), np.float32)
     if not texels:
