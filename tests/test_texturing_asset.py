@@ -170,3 +170,15 @@ def test_texture_job_on_a_rigged_asset_writes_a_valid_glb_and_reports_the_layout
     assert meta["uv"]["overlapping_texels"] == 0
     out = GltfDocument.from_bytes((tmp_path / "out" / "textured.glb").read_bytes())
     assert out.json["skins"] == skinned_animated().json["skins"]
+
+
+def test_a_mesh_made_in_code_exports_as_a_fresh_valid_document(tmp_path):
+    from engines.texturing.bench import bumpy_torus
+
+    mesh = bumpy_torus(2_000)
+    assert mesh.asset is None
+    out_path = _write(tmp_path, "torus.glb", textured_glb_bytes(mesh, procedural_texture(32)))
+    assert_valid(out_path)
+    back = load_mesh(out_path)
+    np.testing.assert_allclose(back.vertices, mesh.vertices, atol=1e-6)
+    np.testing.assert_allclose(back.uv, mesh.uv, atol=1e-6)

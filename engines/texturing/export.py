@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engines.texturing.gltf_document import ELEMENT_ARRAY_BUFFER, GltfDocument, build_document
+from engines.texturing.gltf_document import ELEMENT_ARRAY_BUFFER, GltfDocument, build_document, unit_vectors
 from engines.texturing.mesh_io import LoadedMesh, mesh_from_document
 
 BAKED_MATERIAL = "realiz3d_baked"
@@ -45,12 +45,7 @@ def smooth_normals(positions: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     acc = np.zeros((weld.max() + 1 if len(weld) else 0, 3))
     for k in range(3):
         np.add.at(acc, weld[triangles[:, k]], face_n)
-    normals = acc[weld]
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.where(length > 1e-30, normals / np.maximum(length, 1e-300), [0.0, 0.0, 1.0])
-    normals = normals.astype(np.float32)
-    # float32 rounding can leave |n| a few ulps off 1: renormalise in float32 (the validator checks it).
-    return normals / np.linalg.norm(normals, axis=1, keepdims=True)
+    return unit_vectors(acc[weld])
 
 
 def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:

@@ -290,8 +290,19 @@ def _image_mime(raw: bytes, uri: str) -> str:
     raise MeshError(f"image '{uri[:60]}' is neither PNG, JPEG nor WebP")
 
 
+def unit_vectors(vectors: np.ndarray) -> np.ndarray:
+    """(n, 3) float32 unit vectors (zero or non-finite ones become +Z), normalised again after the float32
+    cast: glTF-Validator checks that normals are unit length."""
+    v = np.asarray(vectors, np.float64)
+    length = np.linalg.norm(v, axis=1, keepdims=True)
+    good = np.isfinite(length) & (length > 1e-30)
+    v = np.where(good, v / np.where(good, length, 1.0), [0.0, 0.0, 1.0]).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 def build_document(parts: list[tuple]) -> GltfDocument:
-    """A fresh document from flat parts `(name, world vertices float64, faces, uv v-up | None, PIL image | None)`.
+    """A fresh document from flat parts
+    `(name, world vertices float64, faces, uv v-up | None, PIL image | None[, unit normals | None])`.
 
     One mesh and child node per part, under a root node whose float64 translation carries the common
     centre: positions are stored relative to it, so float32 keeps their precision far from the origin.
@@ -306,8 +317,11 @@ def build_document(parts: list[tuple]) -> GltfDocument:
         root["translation"] = center.tolist()
     doc.json["nodes"] = [root]
     doc.json["scenes"] = [{"nodes": [0]}]
-    for name, vertices, faces, uv, image in parts:
+    for name, vertices, faces, uv, image, *rest in parts:
+        normals = rest[0] if rest else None
         attributes = {"POSITION": doc.add_accessor((vertices - center).astype(np.float32), "VEC3")}
+        if normals is not None:
+            attributes["NORMAL"] = doc.add_accessor(unit_vectors(normals), "VEC3")
         if uv is not None:
             flipped = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1).astype(np.float32)
             attributes["TEXCOORD_0"] = doc.add_accessor(flipped, "VEC2")

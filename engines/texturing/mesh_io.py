@@ -303,7 +303,7 @@ def _load(source: Path | bytes, fmt: str, name: str, limits: MeshLimits) -> Load
     return mesh_from_document(document, name, limits)
 
 
-def mesh_from_document(document, name: str, limits: MeshLimits | None = None) -> LoadedMesh:
+def mesh_from_document(document, name: str = "mesh", limits: MeshLimits | None = None) -> LoadedMesh:
     """The `LoadedMesh` of a glTF document: its drawn primitives flattened, the UV layout planned."""
     from engines.texturing.asset import read_asset
     from engines.texturing.uv_layout import plan_layout
@@ -396,9 +396,13 @@ def _trimesh_document(source, fmt: str, name: str):
         if isinstance(geom, trimesh.Trimesh) and len(geom.faces):
             m = np.asarray(transform, dtype=np.float64)
             v = np.asarray(geom.vertices, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
-            parts.append(
-                (str(geom_name), v, np.asarray(geom.faces, np.int64), _part_uv(geom), _part_image(geom))
-            )
+            normals = None
+            if (
+                "vertex_normals" in geom._cache
+            ):  # the file had normals (trimesh computes them lazily otherwise)
+                normals = np.asarray(geom.vertex_normals, np.float64) @ np.linalg.inv(m[:3, :3])
+            faces = np.asarray(geom.faces, np.int64)
+            parts.append((str(geom_name), v, faces, _part_uv(geom), _part_image(geom), normals))
     if not parts and fmt == "ply":
         parts = _ply_strips(source, name)
     if not parts:
