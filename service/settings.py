@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         None, description="'module:callable' returning a pipeline; unset = engines.pipelines (tests, benches)"
     )
 
-    # Texturing limits
+    # Texturing limits (`mesh_limits()`): the CLI, the gateway and the worker all apply them.
     max_mesh_faces: int = Field(500_000, ge=1)
     unwrap_timeout_seconds: float = Field(180.0, gt=0)
 
@@ -121,6 +121,16 @@ class Settings(BaseSettings):
         if self.job_time_limit <= self.job_soft_time_limit:
             raise ValueError("job_time_limit (hard) must be larger than job_soft_time_limit")
         return self
+
+    def mesh_limits(self):  # noqa: ANN201 - engines' MeshLimits, imported lazily (no engines at import time)
+        """The texturing limits every entry point applies: CLI `texture`/`bake`/`render`, gateway, worker."""
+        from engines.texturing.mesh_io import MeshLimits
+
+        return MeshLimits(
+            max_faces=self.max_mesh_faces,
+            max_bytes=self.max_upload_bytes,
+            unwrap_timeout_s=self.unwrap_timeout_seconds,
+        )
 
     @property
     def queue_names(self) -> list[str]:

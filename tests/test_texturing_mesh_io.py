@@ -13,6 +13,7 @@ from engines.errors import MeshError
 from engines.texturing import unwrap
 from engines.texturing.export import textured_glb_bytes
 from engines.texturing.mesh_io import FIT_RADIUS, MeshLimits, load_mesh, load_mesh_bytes, validate_mesh_bytes
+from engines.texturing.rasterize import rasterize_uv
 from engines.texturing.unwrap import ensure_uv
 from tests.fixtures.texturing import procedural_texture, textured_box_glb, textured_trimesh, uv_box
 
@@ -61,7 +62,7 @@ def test_multi_mesh_scene_is_merged_with_its_transforms():
     assert mesh.uv is None  # plain boxes carry no UVs: they will be unwrapped
 
 
-def test_parts_with_their_own_uvs_are_packed_without_overlap():
+def test_parts_sharing_one_material_keep_their_uvs_and_their_overlap_is_known():
     v, f, uv = uv_box()
     scene = trimesh.Scene()
     for k in range(2):
@@ -71,10 +72,12 @@ def test_parts_with_their_own_uvs_are_packed_without_overlap():
             transform=trimesh.transformations.translation_matrix([3 * k, 0, 0]),
         )
     mesh = load_mesh_bytes(scene.export(file_type="glb"), "two.glb")
-    assert mesh.uv_source == "packed" and len(mesh.uv) == 48
-    first, second = mesh.uv[:24], mesh.uv[24:]
-    assert first[:, 0].max() <= second[:, 0].min() or first[:, 1].min() >= second[:, 1].max()
-    assert mesh.uv.min() >= 0 and mesh.uv.max() <= 1
+    # One material, the artist's UVs: kept as they are (no packing, no new UV set).
+    assert mesh.uv_source == "input" and len(mesh.uv) == 48
+    np.testing.assert_allclose(mesh.uv[:24], mesh.uv[24:])
+    uv_maps = rasterize_uv(mesh.uv, mesh.faces, 64)
+    # Every chart texel is covered by both copies: the bake picks the better-seen one per texel.
+    assert uv_maps.overlapping_texels == pytest.approx(int(uv_maps.mask.sum()), rel=0.05)
 
 
 def test_obj_and_ply_load_from_files(tmp_path):

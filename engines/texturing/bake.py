@@ -12,6 +12,10 @@ For every texel centre inside a UV chart we know its face and barycentrics (`ras
 Contributions are blended with weight `view_weight * cos(theta)^k` (theta between the face normal and the
 direction to the camera; two-sided, so open meshes and flipped normals still bake). Texels no view
 sees stay uncovered; `fill.py` fills them.
+
+A texel that several faces cover (overlapping or mirrored UV islands, instances sharing UVs) is baked
+from each of them, and keeps the face whose views weigh most: the best-seen copy, chosen per texel (ties
+go to the face `rasterize_uv` listed first, which is deterministic).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ class BakeResult:
     coverage: np.ndarray  # (S, S) bool: texels at least one view coloured
     chart: np.ndarray  # (S, S) bool: texels whose centre lies on the mesh
     weight: np.ndarray  # (S, S) float32: summed view weights
+    face_id: np.ndarray | None = None  # (S, S) int32: the face each texel was baked from (-1 off-chart)
+    bary: np.ndarray | None = None  # (S, S, 3) float32: where on that face
+    overlapping_texels: int = 0  # texels more than one face covers
 
     @property
     def coverage_fraction(self) -> float:
@@ -46,14 +53,22 @@ class BakeResult:
         return float(self.coverage.sum() / max(int(self.chart.sum()), 1))
 
 
+def texel_samples(uv_maps: UVMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat texel index, face, barycentrics) of every sample: each on-mesh texel, then the extra faces."""
+    face_id = uv_maps.face_id.reshape(-1)
+    flat = np.flatnonzero(face_id >= 0)
+    return (
+        np.concatenate([flat, uv_maps.extra_texel]),
+        np.concatenate([face_id[flat], uv_maps.extra_face]),
+        np.concatenate([uv_maps.bary.reshape(-1, 3)[flat], uv_maps.extra_bary]),
+    )
+
+
 def texel_surface(
     uv_maps: UVMaps, vertices: np.ndarray, faces: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat indices of on-mesh texels, their 3D points and face normals (float32: a million texels)."""
-    face_id = uv_maps.face_id.reshape(-1)
-    flat = np.flatnonzero(face_id >= 0)
-    fid = face_id[flat]
-    bary = uv_maps.bary.reshape(-1, 3)[flat]
+    """Flat indices of texel samples, their 3D points and face normals (float32: a million texels)."""
+    flat, fid, bary = texel_samples(uv_maps)
     tri = vertices.astype(np.float32)[faces]
     points = bary[:, 0:1] * tri[fid, 0] + bary[:, 1:2] * tri[fid, 1] + bary[:, 2:3] * tri[fid, 2]
     normals = face_normals(vertices, faces).astype(np.float32)[fid]
@@ -150,6 +165,18 @@ def bake_views(
         w = view_weight * cos.astype(np.float64) ** s.cos_power
         color_sum[idx] += w[:, None] * sample_bilinear(image[..., :3], x[idx], y[idx])
         weight_sum[idx] += w
+    _, fid, bary = texel_samples(uv_maps)
+    if len(uv_maps.extra_texel):
+        # One sample per texel: the best-seen face (most view weight); ties keep the listed order.
+        order = np.lexsort((np.arange(len(flat)), -weight_sum, flat))
+        best = order[np.r_[True, flat[order][1:] != flat[order][:-1]]]
+        flat, color_sum, weight_sum, fid, bary = (
+            flat[best],
+            color_sum[best],
+            weight_sum[best],
+            fid[best],
+            bary[best],
+        )
     covered = weight_sum > 0
     atlas = np.zeros((size * size, 3), np.float32)
     atlas[flat[covered]] = (color_sum[covered] / weight_sum[covered, None]).astype(np.float32)
@@ -157,9 +184,16 @@ def bake_views(
     coverage[flat[covered]] = True
     weight = np.zeros(size * size, np.float32)
     weight[flat] = weight_sum
+    face_id = np.full(size * size, -1, np.int32)
+    face_id[flat] = fid
+    texel_bary = np.zeros((size * size, 3), np.float32)
+    texel_bary[flat] = bary
     return BakeResult(
         atlas=atlas.reshape(size, size, 3),
         coverage=coverage.reshape(size, size),
         chart=uv_maps.mask,
         weight=weight.reshape(size, size),
+        face_id=face_id.reshape(size, size),
+        bary=texel_bary.reshape(size, size, 3),
+        overlapping_texels=uv_maps.overlapping_texels,
     )

@@ -26,7 +26,7 @@ import numpy as np
 from engines.sampling.cameras import texturing_cameras
 from engines.texturing.bake import bake_views
 from engines.texturing.export import write_texture_png, write_textured_glb
-from engines.texturing.fill import fill_atlas
+from engines.texturing.fill import fill_over_surface
 from engines.texturing.mesh_io import FIT_RADIUS, LoadedMesh
 from engines.texturing.rasterize import RayCaster, geometry_channels, rasterize_uv, render_views
 from engines.texturing.unwrap import unwrap_uv
@@ -87,7 +87,7 @@ def _time_geometry(mesh: LoadedMesh, views: int, resolution: int, atlas_size: in
     baked = bake_views(uv_maps, vertices, mesh.faces, images, maps)
     t["bake"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    atlas = fill_atlas(baked.atlas, baked.coverage, baked.chart)
+    atlas = fill_over_surface(baked, vertices, mesh.faces)
     t["fill"] = time.perf_counter() - mark
     t["geometry_total"] = time.perf_counter() - start
     # CPU seconds of this process: every stage runs on one thread, so on a shared machine this is what
@@ -155,7 +155,8 @@ def run_geometry_benchmark(
             "python": platform.python_version(),
             "numpy": np.__version__,
         },
-        "rasterizer": "embreex ray casting (engines/texturing/rasterize.py)",
+        "rasterizer": "embreex ray casting for views, numpy edge functions for the UV atlas "
+        "(engines/texturing/rasterize.py)",
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

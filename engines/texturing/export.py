@@ -1,19 +1,31 @@
-"""Write the results: `texture.png` and a textured GLB.
+"""Write the results: `texture.png`, the input asset as a textured GLB, and OBJ + MTL for OBJ inputs.
 
-The GLB holds the input's geometry in its original coordinates (scene transforms applied, the
-normalisation undone), its UVs as they are, and a glTF PBR material whose baseColorTexture is the atlas
-(metallic 0, roughness 1: the atlas is albedo). trimesh writes standard glTF 2.0 (UVs flipped to glTF's
-top-left origin on the way out and back on the way in), which Blender and three.js read.
+The GLB is the input document with the atlas added, not a rebuilt mesh (`gltf_document`):
+- nodes, transforms, skins, animations, cameras, every primitive and material, names, extras and
+  extensions pass through; accessors that did not change keep their bytes;
+- every textured material gets `baseColorTexture` = the atlas (its base-colour factor becomes white,
+  alpha kept); its other PBR maps and factors stay. Primitives without a material get a new one;
+- the original UV sets stay. When the layout packed or unwrapped UVs, they are a new `TEXCOORD_n` and
+  the material reads that set. Unwrapped primitives are re-indexed (seams split vertices): each of their
+  attributes and morph targets is gathered through the unwrap's vertex map, bytes copied;
+- primitives without normals get smooth normals (area weighted, welded by position so UV seams stay
+  smooth).
+Inputs without a document (a mesh made in code) get a fresh one (`build_document`).
 """
 
 from __future__ import annotations
 
+import copy
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from engines.texturing.mesh_io import LoadedMesh
+from engines.texturing.gltf_document import ELEMENT_ARRAY_BUFFER, GltfDocument, build_document, unit_vectors
+from engines.texturing.mesh_io import LoadedMesh, mesh_from_document
+
+BAKED_MATERIAL = "realiz3d_baked"
 
 
 def write_texture_png(atlas: np.ndarray, path: str | Path) -> Path:
@@ -23,26 +35,95 @@ def write_texture_png(atlas: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def textured_glb_bytes(mesh: LoadedMesh, atlas: np.ndarray) -> bytes:
-    """The mesh with `atlas` as its base colour, as GLB bytes."""
-    import trimesh
+def smooth_normals(positions: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """(n, 3) float32 unit normals: area-weighted face normals summed over vertices at the same position."""
+    positions = np.asarray(positions, np.float64)
+    _, weld = np.unique(positions, axis=0, return_inverse=True)
+    weld = weld.reshape(-1)
+    tri = positions[triangles]
+    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    acc = np.zeros((weld.max() + 1 if len(weld) else 0, 3))
+    for k in range(3):
+        np.add.at(acc, weld[triangles[:, k]], face_n)
+    return unit_vectors(acc[weld])
 
+
+def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:
+    """A copy of the mesh's document with the atlas as base colour (the mesh itself is not changed)."""
     if mesh.uv is None:
         raise ValueError("cannot export a textured mesh without UVs")
-    material = trimesh.visual.material.PBRMaterial(
-        name="realiz3d_baked",
-        baseColorTexture=Image.fromarray(np.ascontiguousarray(atlas[..., :3], dtype=np.uint8)),
-        metallicFactor=0.0,
-        roughnessFactor=1.0,
-        doubleSided=False,
+    if mesh.asset is None or mesh.layout is None or not mesh.layout.complete:
+        mesh = mesh_from_document(build_document([("mesh", mesh.vertices, mesh.faces, mesh.uv, None)]))
+    asset, layout = mesh.asset, mesh.layout
+    doc = GltfDocument(copy.deepcopy(asset.document.json), bytearray(asset.document.binary))
+    png = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(atlas[..., :3], dtype=np.uint8)).save(png, format="PNG")
+    image = doc.add("images", {"name": BAKED_MATERIAL, "bufferView": doc.add_buffer_view(png.getvalue())})
+    doc.json["images"][image]["mimeType"] = "image/png"
+    sampler = doc.add("samplers", {"magFilter": 9729, "minFilter": 9987})
+    texture = doc.add("textures", {"name": BAKED_MATERIAL, "source": image, "sampler": sampler})
+    new_material = None
+    if None in layout.texcoord:
+        new_material = doc.add(
+            "materials",
+            {
+                "name": BAKED_MATERIAL,
+                "pbrMetallicRoughness": {"metallicFactor": 0.0, "roughnessFactor": 1.0},
+            },
+        )
+    drawn = sorted({inst.primitive for inst in asset.instances})
+    for p in drawn:
+        prim = asset.primitives[p]
+        entry = doc.json["meshes"][prim.mesh]["primitives"][prim.index]
+        if p in layout.vertex_maps:
+            _reindex(doc, entry, layout.vertex_maps[p], prim.triangles)
+        attrs = entry["attributes"]
+        if p in layout.new_texcoord:
+            n = layout.texcoord[prim.material]
+            uv = doc.add_accessor(layout.bake_uv[p].astype(np.float32), "VEC2")
+            for k in range(n + 1):
+                attrs.setdefault(f"TEXCOORD_{k}", uv)
+            attrs[f"TEXCOORD_{n}"] = uv
+        if "NORMAL" not in attrs:
+            attrs["NORMAL"] = doc.add_accessor(smooth_normals(prim.positions, prim.triangles), "VEC3")
+        if prim.material is None:
+            entry["material"] = new_material
+    for material, texcoord in layout.texcoord.items():
+        target = doc.json["materials"][new_material if material is None else material]
+        pbr = target.setdefault("pbrMetallicRoughness", {})
+        pbr["baseColorTexture"] = {"index": texture, **({"texCoord": texcoord} if texcoord else {})}
+        alpha = float(pbr.get("baseColorFactor", [1, 1, 1, 1])[3])
+        if alpha != 1.0:
+            pbr["baseColorFactor"] = [1.0, 1.0, 1.0, alpha]
+        else:
+            pbr.pop("baseColorFactor", None)
+    return doc
+
+
+def _reindex(doc: GltfDocument, entry: dict, vertex_map: np.ndarray, triangles: np.ndarray) -> None:
+    """Gather every attribute (and morph target) of a primitive through `vertex_map`; new triangle indices."""
+
+    def gather(accessor: int) -> int:
+        acc = doc.accessor(accessor)
+        values = doc.read(accessor, normalized_to_float=False)[vertex_map]
+        out = doc.add_accessor(values, acc["type"])
+        if acc.get("normalized"):
+            doc.json["accessors"][out]["normalized"] = True
+        return out
+
+    entry["attributes"] = {name: gather(a) for name, a in entry["attributes"].items()}
+    if "targets" in entry:
+        entry["targets"] = [{name: gather(a) for name, a in t.items()} for t in entry["targets"]]
+    dtype = np.uint16 if len(vertex_map) < 65535 else np.uint32
+    entry["indices"] = doc.add_accessor(
+        triangles.astype(dtype).reshape(-1, 1), "SCALAR", ELEMENT_ARRAY_BUFFER
     )
-    out = trimesh.Trimesh(
-        vertices=mesh.vertices,
-        faces=mesh.faces,
-        visual=trimesh.visual.TextureVisuals(uv=mesh.uv, material=material),
-        process=False,
-    )
-    return out.export(file_type="glb")
+    entry["mode"] = 4
+
+
+def textured_glb_bytes(mesh: LoadedMesh, atlas: np.ndarray) -> bytes:
+    """The input asset with `atlas` as its base colour, as GLB bytes."""
+    return textured_document(mesh, atlas).to_glb()
 
 
 def write_textured_glb(mesh: LoadedMesh, atlas: np.ndarray, path: str | Path) -> Path:
@@ -50,3 +131,19 @@ def write_textured_glb(mesh: LoadedMesh, atlas: np.ndarray, path: str | Path) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(textured_glb_bytes(mesh, atlas))
     return path
+
+
+def write_textured_obj(mesh: LoadedMesh, atlas_png: str, path: str | Path) -> list[Path]:
+    """OBJ + MTL of the flat mesh in its own coordinates (full float64 precision), reading `atlas_png`."""
+    path = Path(path)
+    mtl = path.with_suffix(".mtl")
+    normals = smooth_normals(mesh.vertices, mesh.faces)
+    f = mesh.faces + 1
+    lines = [f"mtllib {mtl.name}", "usemtl realiz3d_baked"]
+    lines += [f"v {x!r} {y!r} {z!r}" for x, y, z in mesh.vertices.tolist()]
+    lines += [f"vt {u:.9g} {v:.9g}" for u, v in mesh.uv.tolist()]
+    lines += [f"vn {x:.7g} {y:.7g} {z:.7g}" for x, y, z in normals.tolist()]
+    lines += [f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}" for a, b, c in f.tolist()]
+    path.write_text("\n".join(lines) + "\n")
+    mtl.write_text(f"newmtl realiz3d_baked\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {atlas_png}\n")
+    return [path, mtl]

@@ -1,12 +1,15 @@
-"""Mesh input: GLB / OBJ (+MTL) / PLY into one `LoadedMesh`, with the limits checked and clear errors.
+"""Mesh input: GLB / glTF / OBJ (+MTL) / PLY / a zip of them, into one `LoadedMesh`, limits checked.
 
-- Multi-mesh scenes are merged into one mesh in world space (the scene graph's transforms applied), so the
-  exported GLB lands where the input was.
-- Existing UVs and topology are kept as they are (users rig these meshes): no vertex merging, no
-  reordering. When several parts each carry UVs, each part's UV square is packed into its own cell of one
-  atlas (an affine map per part) because they would otherwise overlap.
-- Rendering and baking work on `normalized_vertices`: centred and scaled into a sphere of radius
-  `FIT_RADIUS`, inside the unit sphere. The original coordinates stay in `vertices` for export.
+Every input becomes a glTF document (`gltf_document.GltfDocument`): a GLB or .gltf is that document,
+kept whole for export; OBJ and PLY are converted by trimesh into a fresh one. `asset.read_asset` then
+lists the drawn triangle primitives and places each instance in world space (float64, skinned meshes in
+their bind pose), and `uv_layout.plan_layout` decides which UVs the atlas is baked on. The `LoadedMesh`
+is the flat view rendering and baking need: every instance's triangles in world coordinates, concatenated.
+Existing topology is never merged or reordered: users rig these meshes.
+
+Rendering and baking work on `normalized_vertices`: centred and scaled into a sphere of radius
+`FIT_RADIUS`, inside the unit sphere, computed in float64 (the offset of an asset far from the origin is
+removed before anything goes to float32). The original coordinates stay in `vertices`.
 
 trimesh is imported inside the functions so that `validate_mesh_bytes` (which the HTTP gateway calls
 before queuing a job) works on a gateway-only install.
@@ -20,12 +23,18 @@ import re
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engines.errors import MeshError
 
-FORMATS = ("glb", "obj", "ply")
+if TYPE_CHECKING:
+    from engines.texturing.asset import Asset
+    from engines.texturing.uv_layout import UVLayout
+
+FORMATS = ("glb", "gltf", "obj", "ply", "zip")
+_FORMAT_NAMES = ".glb, .gltf, .obj, .ply or a .zip of one with its files"
 # Radius of the sphere the object is normalised into. The default cameras sit at distance 2.2 with a
 # 40 deg vertical fov: a sphere of radius r stays in frame while asin(r / 2.2) <= 20 deg, so r <= 0.75.
 FIT_RADIUS = 0.7
@@ -60,6 +69,8 @@ class LoadedMesh:
     source: str = ""
     uv_source: str = "input"  # input | packed | xatlas
     notes: list[str] = field(default_factory=list)
+    asset: Asset | None = field(default=None, repr=False)  # the document and its primitives (export)
+    layout: UVLayout | None = field(default=None, repr=False)
 
     @property
     def normalized_vertices(self) -> np.ndarray:
@@ -80,6 +91,38 @@ class LoadedMesh:
             uv=uv.astype(np.float64),
             uv_source=uv_source,
             texture=None,  # the old texture belongs to the old UVs
+            asset=None,  # a flat re-unwrap no longer matches the document's primitives
+            layout=None,
+        )
+
+    def with_layout(self, layout: UVLayout) -> LoadedMesh:
+        """The flat mesh of `self.asset` under `layout`: faces, and UVs once the layout is complete."""
+        asset = self.asset
+        vertices, faces, uvs = [], [], []
+        offset = 0
+        for inst in asset.instances:
+            prim = asset.primitives[inst.primitive]
+            vertices.append(inst.positions)
+            faces.append(prim.triangles + offset)
+            offset += len(inst.positions)
+            if layout.complete:
+                uv = layout.bake_uv[inst.primitive]
+                uvs.append(np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1))  # glTF's v points down
+        texture = None
+        if layout.mode == "original":
+            texture = _base_color_image(asset, asset.primitives[asset.instances[0].primitive].material)
+        source = {"original": "input", "atlas": "packed"}[layout.mode]
+        if layout.vertex_maps:
+            source = "xatlas" if len(layout.vertex_maps) == len(layout.bake_uv) else "packed+xatlas"
+        return replace(
+            self,
+            vertices=np.concatenate(vertices),
+            faces=np.concatenate(faces).astype(np.int64),
+            uv=np.concatenate(uvs) if layout.complete else None,
+            texture=texture,
+            uv_source=source,
+            layout=layout,
+            notes=[*asset.notes, *layout.notes],
         )
 
     def describe(self) -> dict:
@@ -90,7 +133,34 @@ class LoadedMesh:
             "uv_source": self.uv_source if self.uv is not None else None,
             "normalization": {"center": self.center.tolist(), "scale": float(self.scale)},
             "notes": list(self.notes),
+            **(
+                {
+                    "primitives": len({i.primitive for i in self.asset.instances}),
+                    "instances": len(self.asset.instances),
+                    "uv_layout": self.layout.describe(),
+                }
+                if self.asset is not None and self.layout is not None
+                else {}
+            ),
         }
+
+
+def _base_color_image(asset: Asset, material: int | None) -> np.ndarray | None:
+    """The decoded base-colour image of a material, if it has one."""
+    from PIL import Image
+
+    doc = asset.document.json
+    if material is None:
+        return None
+    info = doc["materials"][material].get("pbrMetallicRoughness", {}).get("baseColorTexture")
+    try:
+        source = doc["textures"][info["index"]]["source"]
+        view = doc["bufferViews"][doc["images"][source]["bufferView"]]
+        start = int(view.get("byteOffset", 0))
+        raw = bytes(asset.document.binary[start : start + int(view["byteLength"])])
+        return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"), dtype=np.uint8)
+    except (KeyError, IndexError, TypeError, OSError):
+        return None
 
 
 def detect_format(filename: str | None, data: bytes | None = None) -> str:
@@ -99,41 +169,55 @@ def detect_format(filename: str | None, data: bytes | None = None) -> str:
     if ext in FORMATS:
         return ext
     if ext:
-        raise MeshError(f"{filename}: unsupported mesh format '.{ext}' (use .glb, .obj or .ply)")
+        raise MeshError(f"{filename}: unsupported mesh format '.{ext}' (use {_FORMAT_NAMES})")
     if data is not None:
         if data[:4] == b"glTF":
             return "glb"
         if data[:3] == b"ply":
             return "ply"
+        if data[:4] == b"PK\x03\x04":
+            return "zip"
+        if data.lstrip()[:1] == b"{" and b'"asset"' in data[: 1 << 20]:
+            return "gltf"
         if re.search(rb"^\s*v\s", data[:65536], re.MULTILINE):
             return "obj"
-    raise MeshError("cannot tell the mesh format: name the file .glb, .obj or .ply")
+    raise MeshError(f"cannot tell the mesh format: name the file {_FORMAT_NAMES}")
 
 
 def _glb_face_count(data: bytes) -> int | None:
     """Triangles declared by a GLB's JSON chunk (index accessors), without decoding any buffer."""
-    import json
-
     if len(data) < 20 or data[:4] != b"glTF":
         raise MeshError("not a GLB file (missing 'glTF' header)")
     chunk_len, chunk_type = struct.unpack_from("<II", data, 12)
     if chunk_type != 0x4E4F534A or 20 + chunk_len > len(data):
         raise MeshError("GLB file is truncated or its JSON chunk is malformed")
+    return _gltf_json_face_count(data[20 : 20 + chunk_len], "GLB file")
+
+
+def _gltf_json_face_count(text: bytes, what: str) -> int:
+    """Triangles a glTF JSON declares (drawn or not), refusing geometry we cannot decode by name."""
+    import json
+
+    from engines.texturing.asset import check_decodable
+
     try:
-        doc = json.loads(data[20 : 20 + chunk_len])
+        doc = json.loads(text)
         accessors = doc.get("accessors", [])
         total = 0
         for mesh in doc.get("meshes", []):
             for prim in mesh.get("primitives", []):
-                if prim.get("mode", 4) != 4:
+                mode = prim.get("mode", 4)
+                if mode not in (4, 5, 6):
                     continue
-                if "indices" in prim:
-                    total += int(accessors[prim["indices"]]["count"]) // 3
-                elif "POSITION" in prim.get("attributes", {}):
-                    total += int(accessors[prim["attributes"]["POSITION"]]["count"]) // 3
-        return total
+                key = prim["indices"] if "indices" in prim else prim.get("attributes", {}).get("POSITION")
+                if key is None:
+                    continue
+                count = int(accessors[key]["count"])
+                total += count // 3 if mode == 4 else max(count - 2, 0)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise MeshError("GLB file has a malformed JSON chunk") from None
+        raise MeshError(f"{what} has a malformed JSON chunk") from None
+    check_decodable(doc, what)
+    return total
 
 
 def _ply_face_count(data: bytes) -> int | None:
@@ -141,6 +225,8 @@ def _ply_face_count(data: bytes) -> int | None:
     if not data.startswith(b"ply") or header_end < 0:
         raise MeshError("not a PLY file (missing 'ply' header or 'end_header')")
     m = re.search(rb"element\s+face\s+(\d+)", data[:header_end])
+    if m is None and re.search(rb"element\s+tristrips\s+\d+", data[:header_end]):
+        return None  # strips: counted once decoded
     return int(m.group(1)) if m else 0
 
 
@@ -152,8 +238,8 @@ def _obj_face_count(data: bytes) -> int:
 def validate_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | None = None) -> str:
     """Cheap checks before a mesh upload is queued: size, format, declared face count.
 
-    Reads headers only (no mesh decoding, no trimesh, no torch). Returns the format ('glb', 'obj',
-    'ply'); raises `MeshError` naming the problem. The worker's full load repeats every check.
+    Reads headers only (no mesh decoding, no trimesh, no torch). Returns the format (one of `FORMATS`);
+    raises `MeshError` naming the problem. The worker's full load repeats every check.
     """
     limits = limits or MeshLimits()
     if not data:
@@ -163,6 +249,10 @@ def validate_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | 
     fmt = detect_format(filename, data)
     if fmt == "glb":
         faces = _glb_face_count(data)
+    elif fmt == "gltf":
+        faces = _gltf_json_face_count(data, "glTF file")
+    elif fmt == "zip":
+        faces = None  # counted after unpacking, against the same limit
     elif fmt == "ply":
         faces = _ply_face_count(data)
     else:
@@ -184,18 +274,115 @@ def load_mesh(path: str | Path, limits: MeshLimits | None = None) -> LoadedMesh:
     if size > limits.max_bytes:
         raise MeshError(f"{path.name}: {size} bytes, over the limit of {limits.max_bytes} bytes")
     fmt = detect_format(path.name)
-    # From the path (not bytes) so an OBJ finds its MTL and texture files.
-    return _load(str(path), fmt, path.name, limits)
+    # From the path (not bytes) so an OBJ finds its MTL and a .gltf its buffers and images.
+    return _load(path, fmt, path.name, limits)
 
 
 def load_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | None = None) -> LoadedMesh:
     """Load an uploaded mesh from memory; `filename` gives the format (or the bytes do)."""
     limits = limits or MeshLimits()
     fmt = validate_mesh_bytes(data, filename, limits)
-    return _load(io.BytesIO(data), fmt, filename or f"upload.{fmt}", limits)
+    return _load(data, fmt, filename or f"upload.{fmt}", limits)
 
 
-def _load(source, fmt: str, name: str, limits: MeshLimits) -> LoadedMesh:
+def _load(source: Path | bytes, fmt: str, name: str, limits: MeshLimits) -> LoadedMesh:
+    """Any supported input as a glTF document, then its primitives and UV layout."""
+    from engines.texturing.gltf_document import GltfDocument
+
+    if fmt == "zip":
+        data = source.read_bytes() if isinstance(source, Path) else source
+        document = _zip_document(data, name, limits)
+    elif fmt in ("glb", "gltf"):
+        data = source.read_bytes() if isinstance(source, Path) else source
+        resolve = _folder_resolver(source.parent) if isinstance(source, Path) else None
+        document = GltfDocument.from_bytes(data, name, resolve)
+    else:
+        document = _trimesh_document(
+            str(source) if isinstance(source, Path) else io.BytesIO(source), fmt, name
+        )
+    return mesh_from_document(document, name, limits)
+
+
+def mesh_from_document(document, name: str = "mesh", limits: MeshLimits | None = None) -> LoadedMesh:
+    """The `LoadedMesh` of a glTF document: its drawn primitives flattened, the UV layout planned."""
+    from engines.texturing.asset import read_asset
+    from engines.texturing.uv_layout import plan_layout
+
+    limits = limits or MeshLimits()
+    asset = read_asset(document, name)
+    if asset.num_faces > limits.max_faces:
+        raise MeshError(f"{name}: {asset.num_faces} faces, over the limit of {limits.max_faces}")
+    layout = plan_layout(asset)
+    vertices = np.concatenate([inst.positions for inst in asset.instances])
+    if not len(vertices) or not np.isfinite(vertices).all():
+        raise MeshError(
+            f"{name}: vertex positions contain NaN or infinity" if len(vertices) else "mesh is empty"
+        )
+    center = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    radius = float(np.linalg.norm(vertices - center, axis=1).max())
+    scale = FIT_RADIUS / radius if radius > 0 and math.isfinite(radius) else 1.0
+    mesh = LoadedMesh(vertices, np.zeros((0, 3), np.int64), None, center, scale, source=name, asset=asset)
+    mesh = mesh.with_layout(layout)
+    _check_geometry(mesh, name)
+    return mesh
+
+
+def _folder_resolver(folder: Path):
+    def resolve(uri: str) -> bytes:
+        path = folder / uri
+        if not path.is_file():
+            raise MeshError(f"the glTF refers to '{uri}', which is not next to it in {folder}")
+        return path.read_bytes()
+
+    return resolve
+
+
+def _zip_document(data: bytes, name: str, limits: MeshLimits):
+    """A .zip holding one .gltf (with its buffers and images), .glb, .obj (with MTL and images) or .ply."""
+    import posixpath
+    import tempfile
+    import zipfile
+
+    from engines.texturing.gltf_document import GltfDocument
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        entries = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+    except zipfile.BadZipFile as e:
+        raise MeshError(f"{name}: not a valid zip file ({e})") from None
+    total = sum(i.file_size for i in entries)
+    if total > limits.max_bytes:
+        raise MeshError(f"{name}: unpacks to {total} bytes, over the limit of {limits.max_bytes} bytes")
+    mains = [i.filename for i in entries if Path(i.filename).suffix.lower().lstrip(".") in FORMATS[:4]]
+    if len(mains) != 1:
+        found = ", ".join(mains) or "none"
+        raise MeshError(f"{name}: a zip must hold exactly one .gltf, .glb, .obj or .ply (found: {found})")
+    main = mains[0]
+    fmt = Path(main).suffix.lower().lstrip(".")
+    folder = posixpath.dirname(main)
+
+    def resolve(uri: str) -> bytes:
+        path = posixpath.normpath(posixpath.join(folder, uri))
+        try:
+            return zf.read(path)
+        except KeyError:
+            raise MeshError(f"{name}: the glTF refers to '{uri}', which is not in the zip") from None
+
+    if fmt in ("gltf", "glb"):
+        return GltfDocument.from_bytes(zf.read(main), main, resolve)
+    with tempfile.TemporaryDirectory(prefix="realiz3d-zip-") as tmp:
+        root = Path(tmp).resolve()
+        for info in entries:
+            target = (root / info.filename).resolve()
+            if root not in target.parents:
+                raise MeshError(f"{name}: zip entry '{info.filename}' points outside the archive")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(zf.read(info))
+        return _trimesh_document(str(root / main), fmt, main)
+
+
+def _trimesh_document(source, fmt: str, name: str):
+    """OBJ / PLY through trimesh into a fresh glTF document (one mesh per part, float64 offset kept)."""
     import trimesh
 
     try:
@@ -207,15 +394,56 @@ def _load(source, fmt: str, name: str, limits: MeshLimits) -> LoadedMesh:
         transform, geom_name = scene.graph[node]
         geom = scene.geometry.get(geom_name)
         if isinstance(geom, trimesh.Trimesh) and len(geom.faces):
-            parts.append((np.asarray(transform, dtype=np.float64), geom))
+            m = np.asarray(transform, dtype=np.float64)
+            v = np.asarray(geom.vertices, dtype=np.float64) @ m[:3, :3].T + m[:3, 3]
+            normals = None
+            if (
+                "vertex_normals" in geom._cache
+            ):  # the file had normals (trimesh computes them lazily otherwise)
+                normals = np.asarray(geom.vertex_normals, np.float64) @ np.linalg.inv(m[:3, :3])
+            faces = np.asarray(geom.faces, np.int64)
+            parts.append((str(geom_name), v, faces, _part_uv(geom), _part_image(geom), normals))
+    if not parts and fmt == "ply":
+        parts = _ply_strips(source, name)
     if not parts:
         raise MeshError(f"{name}: contains no triangle mesh (empty, or only points/lines)")
-    faces_total = sum(len(g.faces) for _, g in parts)
-    if faces_total > limits.max_faces:
-        raise MeshError(f"{name}: {faces_total} faces, over the limit of {limits.max_faces}")
-    mesh = _merge(parts, name)
-    _check_geometry(mesh, name)
-    return mesh
+    from engines.texturing.gltf_document import build_document
+
+    return build_document(parts)
+
+
+def _ply_strips(source, name: str) -> list:
+    """A PLY whose faces come as `tristrips` (Stanford's -1-separated strips), which trimesh skips."""
+    from plyfile import PlyData
+
+    from engines.texturing.asset import triangle_list
+
+    try:
+        if hasattr(source, "seek"):
+            source.seek(0)
+        ply = PlyData.read(source)
+        names = [e.name for e in ply.elements]
+        if "tristrips" not in names or "vertex" not in names:
+            return []
+        vert = ply["vertex"]
+        v = np.stack([np.asarray(vert[k], np.float64) for k in ("x", "y", "z")], axis=1)
+        strips = ply["tristrips"].data[ply["tristrips"].properties[0].name]
+    except Exception as e:  # noqa: BLE001 - any parser failure is the file's fault
+        raise MeshError(f"{name}: cannot parse as PLY ({type(e).__name__}: {e})") from None
+    tris = []
+    for strip in strips:
+        strip = np.asarray(strip, np.int64)
+        cuts = np.flatnonzero(strip < 0)
+        for seg in np.split(strip, cuts):
+            seg = seg[seg >= 0]
+            if len(seg) >= 3:
+                tris.append(triangle_list(5, seg))
+    if not tris:
+        return []
+    faces = np.concatenate(tris)
+    if faces.max() >= len(v):
+        raise MeshError(f"{name}: triangle strips index vertices that do not exist")
+    return [("tristrips", v, faces, None, None)]
 
 
 def _part_uv(geom) -> np.ndarray | None:
@@ -226,58 +454,9 @@ def _part_uv(geom) -> np.ndarray | None:
     return uv if np.isfinite(uv).all() else None
 
 
-def _part_texture(geom) -> np.ndarray | None:
+def _part_image(geom):
     material = getattr(geom.visual, "material", None)
-    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
-    if image is None:
-        return None
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def _merge(parts: list, name: str) -> LoadedMesh:
-    vertices, faces, uvs, notes = [], [], [], []
-    offset = 0
-    for transform, geom in parts:
-        v = np.asarray(geom.vertices, dtype=np.float64)
-        vertices.append(v @ transform[:3, :3].T + transform[:3, 3])
-        faces.append(np.asarray(geom.faces, dtype=np.int64) + offset)
-        uvs.append(_part_uv(geom))
-        offset += len(v)
-    all_v = np.concatenate(vertices)
-    all_f = np.concatenate(faces)
-    uv, uv_source, texture = None, "input", None
-    if all(u is not None for u in uvs):
-        if len(uvs) == 1:
-            uv = uvs[0]
-            texture = _part_texture(parts[0][1])
-        else:
-            uv, uv_source = _pack_part_uvs(uvs), "packed"
-            notes.append(f"{len(uvs)} parts with their own UVs were packed into one atlas")
-        if uv.min() < -1e-3 or uv.max() > 1 + 1e-3:
-            # Tiled / UDIM layouts overlap once wrapped into one atlas; a fresh unwrap is the safe choice.
-            notes.append("input UVs leave [0, 1] (tiled or UDIM); they will be re-unwrapped")
-            uv, texture = None, None
-    elif any(u is not None for u in uvs):
-        notes.append("some parts have no UVs; the whole mesh will be unwrapped")
-    center = (all_v.min(axis=0) + all_v.max(axis=0)) / 2 if len(all_v) else np.zeros(3)
-    radius = float(np.linalg.norm(all_v - center, axis=1).max()) if len(all_v) else 0.0
-    scale = FIT_RADIUS / radius if radius > 0 and math.isfinite(radius) else 1.0
-    return LoadedMesh(all_v, all_f, uv, center, scale, texture, name, uv_source, notes)
-
-
-def _pack_part_uvs(uvs: list[np.ndarray]) -> np.ndarray:
-    """Each part's UV square into its own cell of a near-square grid, with a small gutter."""
-    n = len(uvs)
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    cell = 1.0 / max(cols, rows)
-    gutter = 0.02 * cell
-    packed = []
-    for i, uv in enumerate(uvs):
-        r, c = divmod(i, cols)
-        u = np.clip(uv, 0.0, 1.0) * (cell - 2 * gutter)
-        packed.append(u + np.array([c * cell + gutter, 1.0 - (r + 1) * cell + gutter]))
-    return np.concatenate(packed)
+    return getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
 
 
 def _check_geometry(mesh: LoadedMesh, name: str) -> None:

@@ -21,11 +21,17 @@ from engines.errors import JobCanceled
 from engines.requests import CancelCheck, ProgressCallback, TextureRequest
 from engines.sampling.cameras import CONVENTION, Camera, cameras_to_json, texturing_cameras
 from engines.texturing.bake import BakeResult, BakeSettings, bake_views
-from engines.texturing.export import write_texture_png, write_textured_glb
-from engines.texturing.fill import fill_atlas
+from engines.texturing.export import write_texture_png, write_textured_glb, write_textured_obj
+from engines.texturing.fill import fill_over_surface
 from engines.texturing.mesh_io import LoadedMesh, MeshLimits, load_mesh
-from engines.texturing.rasterize import RayCaster, geometry_channels, rasterize_uv, render_views
-from engines.texturing.unwrap import ensure_uv
+from engines.texturing.rasterize import (
+    RayCaster,
+    geometry_channels,
+    mirrored_faces,
+    rasterize_uv,
+    render_views,
+)
+from engines.texturing.uv_layout import ensure_layout
 
 # generate_views(cameras, geometry (V, 7, H, W) float32, resolution) -> V uint8 (H, W, 3) images.
 GenerateViews = Callable[[list[Camera], np.ndarray, int], list[np.ndarray]]
@@ -47,12 +53,12 @@ class TextureResult:
     coverage: np.ndarray | None = field(default=None, repr=False)  # (S, S) bool, before filling
 
     def save(self, out_dir: str | Path) -> list[Path]:
-        """Write texture.png, textured.glb, views/view_XX.png, cameras.json, meta.json; return their paths."""
+        """Write texture.png, textured.glb (+ textured.obj/.mtl for OBJ input), views/view_XX.png,
+        cameras.json, meta.json; return their paths."""
         start = time.perf_counter()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        files = [write_texture_png(self.atlas, out / "texture.png")]
-        files.append(write_textured_glb(self.mesh, self.atlas, out / "textured.glb"))
+        files = save_textured(self.mesh, self.atlas, out)
         (out / "views").mkdir(exist_ok=True)
         for i, view in enumerate(self.views):
             path = out / "views" / f"view_{i:02d}.png"
@@ -69,6 +75,35 @@ class TextureResult:
         meta.write_text(json.dumps(self.meta, indent=2, default=str))
         files.append(meta)
         return files
+
+
+def save_textured(mesh: LoadedMesh, atlas: np.ndarray, out: Path) -> list[Path]:
+    """texture.png and textured.glb; an OBJ input also gets textured.obj + textured.mtl reading texture.png."""
+    files = [
+        write_texture_png(atlas, out / "texture.png"),
+        write_textured_glb(mesh, atlas, out / "textured.glb"),
+    ]
+    if mesh.source.lower().endswith(".obj"):
+        files += write_textured_obj(mesh, "texture.png", out / "textured.obj")
+    return files
+
+
+def uv_report(mesh: LoadedMesh, baked: BakeResult) -> dict:
+    """What meta.json says about the UVs the atlas was baked on (overlaps are baked from the best view)."""
+    return {
+        "overlapping_texels": baked.overlapping_texels,
+        "overlapping_fraction": round(baked.overlapping_texels / max(int(baked.chart.sum()), 1), 4),
+        "mirrored_faces": mirrored_faces(mesh.uv, mesh.faces, mesh.vertices),
+    }
+
+
+def _overlap_notes(report: dict) -> list[str]:
+    if not report["overlapping_texels"]:
+        return []
+    return [
+        f"{report['overlapping_texels']} texels are shared by several faces (overlapping or mirrored UVs, "
+        f"{report['mirrored_faces']} mirrored faces): each is baked from the face its views see best"
+    ]
 
 
 class _Stages:
@@ -108,7 +143,7 @@ def bake_images(
 ) -> tuple[np.ndarray, BakeResult]:
     """Bake images seen from `cameras` into a filled, padded uint8 atlas of a mesh that has UVs."""
     if mesh.uv is None:
-        raise ValueError("bake_images needs a mesh with UVs (call ensure_uv first)")
+        raise ValueError("bake_images needs a mesh with UVs (call uv_layout.ensure_layout first)")
     if len(images) != len(cameras):
         raise ValueError(f"{len(images)} images for {len(cameras)} cameras")
     vertices = mesh.normalized_vertices
@@ -116,7 +151,7 @@ def bake_images(
     view_maps = [rasterizer.render(cam, img.shape[0]) for cam, img in zip(cameras, images, strict=True)]
     uv_maps = rasterize_uv(mesh.uv, mesh.faces, atlas_size)
     baked = bake_views(uv_maps, vertices, mesh.faces, images, view_maps, view_weights, settings)
-    return fill_atlas(baked.atlas, baked.coverage, baked.chart), baked
+    return fill_over_surface(baked, vertices, mesh.faces), baked
 
 
 def _as_view_image(image: np.ndarray, resolution: int, index: int) -> np.ndarray:
@@ -163,7 +198,7 @@ def texture_mesh(
     with stages.stage("load"):
         loaded = mesh if isinstance(mesh, LoadedMesh) else load_mesh(mesh, limits)
     with stages.stage("unwrap"):
-        loaded = ensure_uv(loaded, limits.unwrap_timeout_s)
+        loaded = ensure_layout(loaded, limits.unwrap_timeout_s)
     with stages.stage("render"):
         vertices = loaded.normalized_vertices
         rasterizer = RayCaster(vertices, loaded.faces)
@@ -178,13 +213,15 @@ def texture_mesh(
         uv_maps = rasterize_uv(loaded.uv, loaded.faces, request.atlas_size)
         baked = bake_views(uv_maps, vertices, loaded.faces, views, view_maps, view_weights, bake_settings)
     with stages.stage("fill"):
-        atlas = fill_atlas(baked.atlas, baked.coverage, baked.chart)
+        atlas = fill_over_surface(baked, vertices, loaded.faces)
     stages.timings["total"] = sum(stages.timings.values())
+    uvs = uv_report(loaded, baked)
 
     meta = {
         "kind": "texture",
         "request": request.model_dump(mode="json"),
-        "mesh": loaded.describe(),
+        "mesh": {**loaded.describe(), "notes": [*loaded.notes, *_overlap_notes(uvs)]},
+        "uv": uvs,
         "atlas_size": request.atlas_size,
         "view_resolution": res,
         "num_views": len(cams),

@@ -10,8 +10,10 @@ Why Embree and not the alternatives (2 CPU cores, 100k faces, 512x512 view; see 
 - moderngl on EGL/llvmpipe: ~0.06 s per view, but needs Mesa from apt and a GL context in the worker.
 - a vectorised numpy z-buffer: 3-4x slower than Embree in our measurements (per-triangle bounding-box
   loops do not vectorise well for mixed triangle sizes).
-The same ray caster rasterises the mesh in UV space (`rasterize_uv`): the UV layout is laid flat at z=0 and
-one ray per texel centre is shot straight down, which gives each texel its face and barycentrics.
+UV space is rasterised separately (`rasterize_uv`, vectorised edge functions over each face's texel
+bounding box): it finds *every* face covering a texel centre, so overlapping or mirrored UV islands
+(and instances sharing UVs) are known, and UVs outside [0, 1] wrap onto the atlas as a repeat sampler
+reads them.
 
 Conventions: images are row-major with row 0 at the top; pixel (row i, col j) has its centre at
 (j + 0.5, i + 0.5). Depth is the distance along the camera's viewing axis (-Z of the camera frame), not
@@ -20,7 +22,7 @@ the ray length. Atlas texel (i, j) has UV ((j + 0.5) / S, 1 - (i + 0.5) / S): v 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -54,14 +56,25 @@ class ViewMaps:
 
 @dataclass
 class UVMaps:
-    """The mesh rasterised in UV space: which face and where on it each texel centre falls."""
+    """The mesh rasterised in UV space: which face and where on it each texel centre falls.
+
+    `face_id`/`bary` hold one face per texel (the one the centre is deepest inside); texels that more
+    than one face covers (overlapping or mirrored UVs, wrapped tiles) list the others in `extra_*`.
+    """
 
     face_id: np.ndarray  # (S, S) int32, -1 outside every chart
     bary: np.ndarray  # (S, S, 3) float32
+    extra_texel: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (K,) flat texel index
+    extra_face: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (K,)
+    extra_bary: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.float32))  # (K, 3)
 
     @property
     def mask(self) -> np.ndarray:
         return self.face_id >= 0
+
+    @property
+    def overlapping_texels(self) -> int:
+        return int(len(np.unique(self.extra_texel)))
 
 
 class Rasterizer(Protocol):
@@ -164,19 +177,112 @@ def geometry_channels(maps: list[ViewMaps]) -> np.ndarray:
     return out
 
 
+# Candidate (texel, face) pairs evaluated per chunk: bounds memory to ~100 MB whatever the atlas size.
+_RASTER_CHUNK = 1 << 20
+# A texel counts as covered twice only if its centre is this far inside both faces (in barycentric
+# units): centres on an edge two neighbouring faces share are not an overlap.
+_OVERLAP_INSIDE = 1e-4
+# Bounding-box sides are rounded up to these sizes so faces are processed in a few dense groups
+# (broadcasting, no per-candidate gathers); the extra candidates fail the inside test.
+_BOX_SIDES = np.unique(np.round(1.5 ** np.arange(40)).astype(np.int64))
+
+
 def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int) -> UVMaps:
-    """Which face covers each texel centre of a `size` x `size` atlas, with its barycentrics."""
-    flat = np.zeros((len(uv), 3), np.float64)
-    flat[:, :2] = uv
-    scene = _embree_scene(flat, faces)
-    jj, ii = np.meshgrid((np.arange(size) + 0.5) / size, 1.0 - (np.arange(size) + 0.5) / size)
-    origins = np.stack([jj, ii, np.ones_like(jj)], axis=-1).reshape(-1, 3).astype(np.float32)
-    dirs = np.broadcast_to(np.array([0, 0, -1], np.float32), origins.shape).copy()
-    hit = scene.run(origins, dirs, output=1)
-    face_id = hit["primID"].astype(np.int32)
-    bary = np.stack([1.0 - hit["u"] - hit["v"], hit["u"], hit["v"]], axis=-1).astype(np.float32)
-    bary[face_id < 0] = 0
-    return UVMaps(face_id=face_id.reshape(size, size), bary=bary.reshape(size, size, 3))
+    """Every face covering each texel centre of a `size` x `size` atlas, with barycentrics; UVs wrap."""
+    size = int(size)
+    corners = np.asarray(uv, np.float64)[faces]  # (F, 3, 2), v up
+    x = corners[..., 0] * size  # texel-space x right, y down
+    y = (1.0 - corners[..., 1]) * size
+    area2 = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    ok = np.abs(area2) > 1e-12
+    inv = np.where(ok, 1.0 / np.where(ok, area2, 1.0), 0.0)
+    # Barycentrics are affine in the texel position: l1 = a1 dx + b1 dy, l2 = a2 dx + b2 dy from corner 0.
+    coef = np.stack(
+        [
+            (y[:, 2] - y[:, 0]) * inv,
+            -(x[:, 2] - x[:, 0]) * inv,
+            -(y[:, 1] - y[:, 0]) * inv,
+            (x[:, 1] - x[:, 0]) * inv,
+        ],
+        axis=1,
+    )
+    j0 = np.ceil(x.min(axis=1) - 0.5).astype(np.int64)
+    i0 = np.ceil(y.min(axis=1) - 0.5).astype(np.int64)
+    w = np.floor(x.max(axis=1) - 0.5).astype(np.int64) - j0 + 1
+    h = np.floor(y.max(axis=1) - 0.5).astype(np.int64) - i0 + 1
+    live = np.flatnonzero(ok & (w > 0) & (h > 0))
+    wb = _BOX_SIDES[np.searchsorted(_BOX_SIDES, w[live])]
+    hb = _BOX_SIDES[np.searchsorted(_BOX_SIDES, h[live])]
+    texels, fids, barys, depth = [], [], [], []
+    keys, group_of = np.unique(wb * (1 << 32) + hb, return_inverse=True)
+    order = np.argsort(group_of, kind="stable")
+    bounds = np.searchsorted(group_of[order], np.arange(len(keys) + 1))
+    for g, key in enumerate(keys):
+        bw, bh = int(key >> 32), int(key & 0xFFFFFFFF)
+        dj = np.tile(np.arange(bw), bh)
+        di = np.repeat(np.arange(bh), bw)
+        members = live[order[bounds[g] : bounds[g + 1]]]
+        step = max(_RASTER_CHUNK // (bw * bh), 1)
+        for s0 in range(0, len(members), step):
+            f = members[s0 : s0 + step]
+            dx = (j0[f, None] + dj + 0.5) - x[f, 0, None]
+            dy = (i0[f, None] + di + 0.5) - y[f, 0, None]
+            c = coef[f]
+            l1 = c[:, 0, None] * dx + c[:, 1, None] * dy
+            l2 = c[:, 2, None] * dx + c[:, 3, None] * dy
+            l0 = 1.0 - l1 - l2
+            inside_by = np.minimum(np.minimum(l0, l1), l2)
+            rows, cols = np.nonzero(inside_by >= -1e-9)
+            if not len(rows):
+                continue
+            jj = j0[f[rows]] + dj[cols]
+            ii = i0[f[rows]] + di[cols]
+            texels.append((ii % size) * size + jj % size)
+            fids.append(f[rows])
+            barys.append(
+                np.stack([l0[rows, cols], l1[rows, cols], l2[rows, cols]], axis=1)
+                .clip(0, 1)
+                .astype(np.float32)
+            )
+            depth.append(inside_by[rows, cols])
+    face_id = np.full(size * size, -1, np.int32)
+    bary = np.zeros((size * size, 3), np.float32)
+    if not texels:
+        return UVMaps(face_id.reshape(size, size), bary.reshape(size, size, 3))
+    texel, fid, bar, inside = map(np.concatenate, (texels, fids, barys, depth))
+    hits = np.bincount(texel, minlength=size * size)
+    single = hits[texel] == 1
+    face_id[texel[single]] = fid[single]
+    bary[texel[single]] = bar[single]
+    multi = np.flatnonzero(~single)
+    extra = np.zeros(0, np.int64)
+    if len(multi):
+        # Deepest-inside face first, then the lower face index: deterministic whatever the input order.
+        order = multi[np.lexsort((fid[multi], -inside[multi], texel[multi]))]
+        first = np.r_[True, texel[order][1:] != texel[order][:-1]]
+        face_id[texel[order[first]]] = fid[order[first]]
+        bary[texel[order[first]]] = bar[order[first]]
+        rest = order[~first]
+        extra = rest[inside[rest] > _OVERLAP_INSIDE]
+    return UVMaps(
+        face_id=face_id.reshape(size, size),
+        bary=bary.reshape(size, size, 3),
+        extra_texel=texel[extra].astype(np.int64),
+        extra_face=fid[extra].astype(np.int32),
+        extra_bary=bar[extra],
+    )
+
+
+def mirrored_faces(uv: np.ndarray, faces: np.ndarray, vertices: np.ndarray) -> int:
+    """Faces whose UV winding is opposite to the mesh's usual one (mirrored islands)."""
+    c = np.asarray(uv, np.float64)[faces]
+    signed = (c[:, 1, 0] - c[:, 0, 0]) * (c[:, 2, 1] - c[:, 0, 1]) - (c[:, 2, 0] - c[:, 0, 0]) * (
+        c[:, 1, 1] - c[:, 0, 1]
+    )
+    tri = np.asarray(vertices, np.float64)[faces]
+    weight = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    majority = np.sign(np.sum(np.sign(signed) * weight)) or 1.0
+    return int(np.sum(np.sign(signed) == -majority))
 
 
 def sample_bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -22,7 +22,6 @@ from service.api.events import job_event_stream
 from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted, job_out
 from service.api.submission import MESH_FORMATS, submit
 from service.api.uploads import check_gltf_json, read_mesh_upload
-from service.jobs.execution import mesh_limits
 from service.jobs.records import JobKind, JobRecord
 from service.metrics import JOBS_TOTAL, QueueDepthCollector, render
 from service.settings import Settings
@@ -194,7 +193,7 @@ def validate_mesh(data: bytes, filename: str, settings: Settings) -> None:
     except ImportError:  # a gateway-only install without the texturing extras: the worker validates
         return
     try:
-        validate_mesh_bytes(data, filename, mesh_limits(settings))
+        validate_mesh_bytes(data, filename, settings.mesh_limits())
     except MeshError as e:
         raise ApiError(422, e.code, f"mesh: {e}") from e
     except RecursionError as e:  # a parser's stack is not a client's business: still a bad mesh

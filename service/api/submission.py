@@ -22,7 +22,7 @@ from service.metrics import JOBS_TOTAL
 
 log = logging.getLogger("realiz3d.api")
 
-MESH_FORMATS = (".glb", ".obj", ".ply")
+MESH_FORMATS = (".glb", ".gltf", ".obj", ".ply", ".zip")
 
 
 def body_hash(params: dict[str, Any], extra: bytes = b"") -> str:

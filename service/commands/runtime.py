@@ -161,8 +161,10 @@ def run_bench(args: argparse.Namespace) -> int:
         return _bench_unet(args)
     if args.target == "geometry":
         from engines.texturing.bench import run_geometry_benchmark
+        from engines.texturing.bench_asset import run_asset_benchmark
 
         run_geometry_benchmark(out_dir=args.out)
+        run_asset_benchmark(out_dir=args.out)
     elif args.target == "gateway":
         from service.bench_gateway import run
 

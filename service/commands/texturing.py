@@ -18,7 +18,7 @@ from service.commands.schedule_arg import parse_schedule
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("texture", help="texture a mesh from a prompt (views generated, then baked)")
-    p.add_argument("mesh", type=Path, help="GLB, OBJ or PLY")
+    p.add_argument("mesh", type=Path, help="GLB, glTF (buffers beside it), OBJ, PLY, or a .zip of one")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--views", type=int, default=None, help="number of views (default 6: ring + top + bottom)")
@@ -59,13 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _limits():
-    from engines.texturing.mesh_io import MeshLimits
     from service.settings import get_settings
 
-    s = get_settings()
-    return MeshLimits(
-        max_faces=s.max_mesh_faces, max_bytes=s.max_upload_bytes, unwrap_timeout_s=s.unwrap_timeout_seconds
-    )
+    return get_settings().mesh_limits()
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:
@@ -97,6 +93,11 @@ def run_texture(args: argparse.Namespace) -> int:
     )
     if not args.mesh.is_file():
         raise UserInputError(f"{args.mesh}: no such mesh file")
+    from engines.texturing.mesh_io import validate_mesh_bytes
+
+    limits = _limits()
+    # The cheap header checks (size, format, face count) before a model is loaded.
+    validate_mesh_bytes(args.mesh.read_bytes(), args.mesh.name, limits)
     # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
     from engines import pipelines
 
@@ -108,6 +109,7 @@ def run_texture(args: argparse.Namespace) -> int:
             backend=args.backend,
             adapters=args.adapters,
             progress=update,
+            limits=limits,
         )
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
@@ -117,10 +119,9 @@ def run_texture(args: argparse.Namespace) -> int:
 def run_bake(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from engines.texturing.export import write_texture_png, write_textured_glb
     from engines.texturing.mesh_io import load_mesh
-    from engines.texturing.pipeline import bake_images
-    from engines.texturing.unwrap import ensure_uv
+    from engines.texturing.pipeline import bake_images, save_textured, uv_report
+    from engines.texturing.uv_layout import ensure_layout
 
     _check_range("--atlas", args.atlas, 64, 4096)
     cameras, _ = _load_cameras(args.cameras)
@@ -143,17 +144,17 @@ def run_bake(args: argparse.Namespace) -> int:
     limits = _limits()
     timings = {}
     start = time.perf_counter()
-    mesh = ensure_uv(load_mesh(args.mesh, limits), limits.unwrap_timeout_s)
+    mesh = ensure_layout(load_mesh(args.mesh, limits), limits.unwrap_timeout_s)
     timings["load_unwrap"] = time.perf_counter() - start
     start = time.perf_counter()
     atlas, baked = bake_images(mesh, images, cameras, args.atlas)
     timings["bake"] = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
-    write_texture_png(atlas, args.out / "texture.png")
-    write_textured_glb(mesh, atlas, args.out / "textured.glb")
+    save_textured(mesh, atlas, args.out)
     meta = {
         "kind": "bake",
         "mesh": mesh.describe(),
+        "uv": uv_report(mesh, baked),
         "views": [p.name for p in paths],
         "atlas_size": args.atlas,
         "coverage": round(baked.coverage_fraction, 4),

@@ -229,18 +229,6 @@ def _native_resolution(ctx: WorkerContext) -> int:
     return model_info(ctx.pipeline).get("resolution", 512)
 
 
-def mesh_limits(settings: Settings) -> Any:
-    """The texturing limits of this deployment (`REALIZ3D_MAX_MESH_FACES`, `..._MAX_UPLOAD_BYTES`,
-    `..._UNWRAP_TIMEOUT_SECONDS`), as the engines take them."""
-    from engines.texturing.mesh_io import MeshLimits
-
-    return MeshLimits(
-        max_faces=settings.max_mesh_faces,
-        max_bytes=settings.max_upload_bytes,
-        unwrap_timeout_s=settings.unwrap_timeout_seconds,
-    )
-
-
 def _call_pipeline(ctx: WorkerContext, job: JobRecord, staging, progress, should_cancel):  # noqa: ANN001, ANN202
     if job.kind == JobKind.multiview:
         request = MultiviewRequest.model_validate(job.params)
@@ -248,11 +236,7 @@ def _call_pipeline(ctx: WorkerContext, job: JobRecord, staging, progress, should
     request = TextureRequest.model_validate(job.params)
     mesh_path = ctx.artifacts.fetch_input(job.id, job.input_name or "mesh.glb", staging)
     return ctx.pipeline.texture(
-        request,
-        mesh_path,
-        progress=progress,
-        should_cancel=should_cancel,
-        limits=mesh_limits(ctx.settings),
+        request, mesh_path, progress=progress, should_cancel=should_cancel, limits=ctx.settings.mesh_limits()
     )
 
 
