@@ -36,9 +36,10 @@ from engines.requests import (
 from engines.runtime.batching import StepBatcher, UNetCallObserver
 from engines.runtime.cpu_setup import compute_threads, helper_thread
 from engines.runtime.factory import make_runner
+from engines.runtime.solo import denoise
 from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
-from engines.sampling.denoise import DenoiseJob, denoise, make_scheduler
+from engines.sampling.denoise import DenoiseJob, make_scheduler
 from engines.types import DomainSchedule
 
 if TYPE_CHECKING:  # texturing imports trimesh: only inside texture()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import zlib
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -24,14 +23,6 @@ from engines.models.config import TextEncoderConfig
 
 PAD, BOS = 0, 1
 _WORD = re.compile(r"[a-z0-9]+")
-
-
-class TextEncoder(Protocol):
-    dim: int
-
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """(len(prompts), tokens, dim) float tensor."""
-        ...
 
 
 def tokenize_words(prompt: str, buckets: int, max_tokens: int) -> list[int]:

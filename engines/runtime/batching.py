@@ -162,10 +162,6 @@ class StepBatcher:
             self._cond.notify_all()
         self._thread.join(timeout=30)
 
-    @property
-    def active_jobs(self) -> int:
-        return len(self._active)
-
     # ---- the batcher thread ------------------------------------------------------------------------
     def _admit(self) -> bool:
         """Move waiting jobs into the active set; block while there is nothing to do."""

@@ -107,11 +107,6 @@ class Camera:
         """Focal length in pixels for a square image of `resolution` pixels."""
         return 0.5 * resolution / math.tan(math.radians(self.fov_deg) / 2)
 
-    def intrinsics(self, resolution: int) -> np.ndarray:
-        f = self.focal_px(resolution)
-        c = resolution / 2.0
-        return np.array([[f, 0, c], [0, f, c], [0, 0, 1]], dtype=np.float64)
-
     def embedding(self, convention: str = "realiz3d") -> np.ndarray:
         """The 16 numbers the UNet's camera MLP sees, in the model's camera convention."""
         return model_camera_matrix(self.camera_to_world(), convention).astype(np.float32).reshape(16)

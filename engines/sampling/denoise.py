@@ -4,23 +4,19 @@
 conditioning and domain schedule. Each step is two halves: `unet_call()` says what the UNet must compute
 (classifier-free guidance doubles the batch: the unconditional object then the conditional one, views of
 each contiguous) and under which domain combo; `advance(noise_pred)` applies guidance and the scheduler
-step. `denoise()` runs one job alone; the cross-job batcher interleaves many.
+step. `engines.runtime.solo.denoise()` runs one job alone; the step batcher interleaves many. Sampling
+imports no runtime: the runners call into it, not the other way.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils import logging as diffusers_logging
 
-from engines.errors import JobCanceled
-from engines.requests import CancelCheck, ProgressCallback
-from engines.runtime.base import UNetRunner, run_padded
 from engines.types import DomainCombo, DomainSchedule, UNetInputs
 
 diffusers_logging.set_verbosity_error()  # scheduler configs carry keys other schedulers ignore
@@ -101,29 +97,3 @@ class DenoiseJob:
         t = self.timesteps[self.step_index]
         self.latents = self.scheduler.step(noise_pred, t, self.latents, return_dict=False)[0]  # type: ignore[attr-defined]
         self.step_index += 1
-
-
-def denoise(
-    runner: UNetRunner,
-    job: DenoiseJob,
-    progress: ProgressCallback | None = None,
-    should_cancel: CancelCheck | None = None,
-    on_unet_call: Callable[[int, int, float], None] | None = None,
-) -> torch.Tensor:
-    """Run one job to the end; checks for cancel before every step, reports progress after it.
-
-    `on_unet_call(images, jobs, seconds)` observes every UNet call (the service's metrics).
-    """
-    runner.prepare(sorted(set(job.combos)))
-    while not job.done:
-        if should_cancel is not None and should_cancel():
-            raise JobCanceled(f"canceled at step {job.step_index}/{job.num_steps}")
-        inputs = job.unet_call()
-        t0 = time.perf_counter()
-        pred = run_padded(runner, inputs, job.combo)
-        if on_unet_call is not None:
-            on_unet_call(inputs.batch, 1, time.perf_counter() - t0)
-        job.advance(pred)
-        if progress is not None:
-            progress(job.step_index, job.num_steps)
-    return job.latents

@@ -16,8 +16,6 @@ row "synthetic renders + noise" in the table checks that it did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
@@ -62,14 +60,6 @@ class DomainClassifier(nn.Module):
         self.eval()
         x = torch.from_numpy(to_model_range(images_uint8))
         return torch.sigmoid(self(x)).numpy()
-
-
-@dataclass
-class ClassifierReport:
-    train_images: int
-    eval_accuracy: float
-    eval_p_real_on_real: float
-    eval_p_real_on_synthetic: float
 
 
 def train_domain_classifier(

@@ -128,7 +128,7 @@ def generate(
     conditional branch and the negative prompt the unconditional one (independent of how the pipeline
     version at hand assigns them)."""
     from engines.requests import StageTimer
-    from engines.sampling.denoise import denoise
+    from engines.runtime.solo import denoise
 
     plan = pipe.plan(params, cameras, resolution, geometry, StageTimer())
     job = plan.job

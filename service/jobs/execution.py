@@ -36,10 +36,6 @@ from service.storage import ArtifactStore
 log = logging.getLogger("realiz3d.worker")
 
 
-class JobTimeLimitExceeded(Exception):
-    """The job ran past `job_soft_time_limit`; it stops at the next step and fails."""
-
-
 @dataclass
 class RunningJob:
     """What the heartbeat thread needs to keep a running job's lease and enforce the hard limit."""
