@@ -276,7 +276,7 @@ def test_a_slow_progress_sink_does_not_hold_up_other_jobs(pipes):
     def slow_progress(step, total):
         first_step.set()
         seen.append(step)
-        time.sleep(0.3)
+        time.sleep(0.8)  # long enough that the other job finishes first even on a loaded machine
 
     with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(batched.multiview, req(50, steps=6), slow_progress)

@@ -81,7 +81,7 @@ def test_dpm_solver_and_no_guidance_run(pipe):
 
 
 def test_bad_resolution_is_a_user_error(pipe):
-    with pytest.raises(UserInputError, match="multiple of"):
+    with pytest.raises(ValueError, match="multiple of"):  # the request's own check (422 over HTTP)
         pipe.multiview(request(resolution=36))
 
 

@@ -32,8 +32,11 @@ class SiteShift(nn.Module):
         nn.init.zeros_(self.right.weight)
 
     def offsets(self) -> torch.Tensor:
-        """(domains, channels): s(d) for every domain."""
-        return self.right(self.left(self.embed.weight))
+        """(domains, channels): s(d) for every domain, computed in float64 and rounded once to the
+        parameters' dtype: the same bits whatever the weights' memory layout (fp32 BLAS results can
+        depend on alignment), and one rounding, not three, in bf16/fp16."""
+        e, left, right = (t.double() for t in (self.embed.weight, self.left.weight, self.right.weight))
+        return ((e @ left.T) @ right.T).to(self.right.weight.dtype)
 
 
 class BlockShift(DomainShifterBase):

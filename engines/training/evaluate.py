@@ -6,7 +6,7 @@ metrics are defined) every condition generates, with the same seeds:
 - geometry-conditioned views (the object's 4 orbit cameras + its geometry maps: the texturing task),
 - text-to-multiview views (the same cameras, no geometry),
 and is scored with `metrics.py`, the domain classifier (`domain_classifier.py`) and KID on that
-classifier's features against held-out photographs and renders (`kid.py`), with object-bootstrap 95%
+classifier's standardised features against held-out photographs and renders (`kid.py`), with object-bootstrap 95%
 intervals and paired differences against the naive baseline. Conditions: the naive baseline, and each
 Realiz3D model at step splits (0 = all real ... 1 = all synthetic) and block splits (`blocks=K` after a
 step split of 0). Reference rows score the data itself to calibrate the metrics.
@@ -68,6 +68,8 @@ class EvalConfig:
     splits: tuple[float, ...] = (0.0, 0.4, 1.0)
     block_splits: tuple[int, ...] = ()  # blocks=K conditions (after a step split of 0)
     bootstrap: int = 1000
+    text: bool = True  # also score text-to-multiview (False: the text columns repeat the geometry task)
+    batch_jobs: int = 8  # objects generated together through the step batcher
     seed: int = 0
     views: int = 4
     metric_resolution: int = 32
@@ -128,24 +130,35 @@ def generate(
     conditional branch and the negative prompt the unconditional one (independent of how the pipeline
     version at hand assigns them)."""
     from engines.requests import StageTimer
+    from engines.runtime.cpu_setup import helper_thread
     from engines.runtime.solo import denoise
 
+    if pipe.batcher is not None:
+        helper_thread()  # the batcher's thread computes; a team here would slow its team down
     plan = pipe.plan(params, cameras, resolution, geometry, StageTimer())
     job = plan.job
     emb = pipe.model.text_encoder.encode([params.prompt, params.negative_prompt]).float()
     views, dev = len(cameras), job.latents.device
     job.text = emb[0:1].expand(views, -1, -1).to(dev)
     job.uncond_text = emb[1:2].expand(views, -1, -1).to(dev)
-    with pipe.lock:
-        latents = denoise(pipe.runner, job)
+    if pipe.batcher is not None:  # several objects' steps share UNet calls
+        latents = pipe.batcher.run(job)
+    else:
+        with pipe.lock:
+            latents = denoise(pipe.runner, job)
     return pipe.decode(latents)
 
 
-def run_condition(pipe, schedule: DomainSchedule, objects: list[EvalObject], cfg: EvalConfig, clf, feat):
+def run_condition(
+    pipe, schedule: DomainSchedule, objects: list[EvalObject], cfg: EvalConfig, clf, feat, kid_features
+):
+    from concurrent.futures import ThreadPoolExecutor
+
     from engines.requests import GenerationParams
 
     res = pipe.config.resolution
     per_obj, samples_geo, samples_text = [], [], []
+    jobs = []
     for obj in objects:
         _, geom_native = render_object(obj.spec, obj.cameras, res)
         params = GenerationParams(
@@ -155,8 +168,11 @@ def run_condition(pipe, schedule: DomainSchedule, objects: list[EvalObject], cfg
             seed=obj.seed,
             schedule=schedule,
         )
-        geo = generate(pipe, params, obj.cameras, res, geom_native)
-        txt = generate(pipe, params, obj.cameras, res, None)
+        jobs.append((params, obj.cameras, geom_native))
+    with ThreadPoolExecutor(max(1, cfg.batch_jobs)) as pool:
+        geos = list(pool.map(lambda j: generate(pipe, j[0], j[1], res, j[2]), jobs))
+        txts = list(pool.map(lambda j: generate(pipe, j[0], j[1], res, None), jobs)) if cfg.text else geos
+    for obj, geo, txt in zip(objects, geos, txts, strict=True):
         geo, txt = _resize(geo, cfg.metric_resolution), _resize(txt, cfg.metric_resolution)
         g, t = score_views(obj, geo, clf, True), score_views(obj, txt, clf, False)
         per_obj.append(
@@ -169,8 +185,8 @@ def run_condition(pipe, schedule: DomainSchedule, objects: list[EvalObject], cfg
                 "xview_err": g["xview_err"],
             }
         )
-        per_obj[-1]["_feat_geo"] = clf.features(np.stack(geo))
-        per_obj[-1]["_feat_text"] = clf.features(np.stack(txt))
+        per_obj[-1]["_feat_geo"] = kid_features(np.stack(geo))
+        per_obj[-1]["_feat_text"] = kid_features(np.stack(txt))
         samples_geo.append(geo)
         samples_text.append(txt)
     mean = _mean([{k: v for k, v in r.items() if not k.startswith("_")} for r in per_obj])
@@ -287,8 +303,17 @@ def evaluate(
     log(f"domain classifier: held-out accuracy {clf_report['accuracy']:.3f}")
     objects = eval_objects(cfg)
     feat = FeatureRealism(clf, c_real.images, c_syn.images.reshape(-1, res, res, 3))
-    # KID references: held-out photographs and renders (the eval split, unseen by the classifier)
-    ref_real, ref_syn = KIDReference(clf.features(e_real.images)), KIDReference(clf.features(e_renders))
+    # KID on the judge's features standardised by its training data (mean 0, std 1 per dimension), so
+    # the cubic kernel's x.y/d is O(1) as for Inception features; references: the held-out eval split.
+    train_feats = np.concatenate(
+        [clf.features(c_real.images), clf.features(c_syn.images.reshape(-1, res, res, 3))]
+    )
+    mu, sd = train_feats.mean(0), train_feats.std(0) + 1e-6
+
+    def kid_features(images: np.ndarray) -> np.ndarray:
+        return (clf.features(images) - mu) / sd
+
+    ref_real, ref_syn = KIDReference(kid_features(e_real.images)), KIDReference(kid_features(e_renders))
     weights = bootstrap_weights(len(objects), cfg.bootstrap, seed=cfg.seed)
 
     tmp = None
@@ -310,7 +335,11 @@ def evaluate(
             t0 = time.perf_counter()
             if c.folder not in pipes:
                 pipes[c.folder] = Realiz3DPipeline.load(c.folder, device="cpu")
-            mean, objs, sg, st = run_condition(pipes[c.folder], c.schedule, objects, cfg, clf, feat)
+                if cfg.batch_jobs > 1:
+                    pipes[c.folder].enable_batching(max_jobs=cfg.batch_jobs, max_wait_ms=50)
+            mean, objs, sg, st = run_condition(
+                pipes[c.folder], c.schedule, objects, cfg, clf, feat, kid_features
+            )
             k = {
                 f"{task}_{ref}": ObjectKernels.build(
                     np.concatenate([o[f"_feat_{task}"] for o in objs]), cfg.views, r
@@ -438,13 +467,17 @@ def markdown(result: dict) -> str:
         "| colour hit geo | colour hit text | cross-view err | P(real) geo |",
         "|" + "---|" * 11,
     ]
+    text = cfg.get("text", True)  # without the text task its columns say "not run"
     for r in result["rows"]:
         if "kid_geo_real" not in r:
             continue
+        kid_text_real = _ci(r["kid_text_real"]) if text else "not run"
+        kid_text_syn = _ci(r["kid_text_syn"]) if text else "not run"
+        hit_text = f"{r['colour_hit_text']:.3f}" if text else "not run"
         lines.append(
-            f"| {r['condition']} | {r['schedule']} | {_ci(r['kid_geo_real'])} | {_ci(r['kid_text_real'])} "
-            f"| {_ci(r['kid_geo_syn'])} | {_ci(r['kid_text_syn'])} | {_ci(r['mask_iou_ci'], 'mean')} "
-            f"| {r['colour_hit_geo']:.3f} | {r['colour_hit_text']:.3f} | {r['xview_err']:.3f} | {r['p_real_geo']:.3f} |"
+            f"| {r['condition']} | {r['schedule']} | {_ci(r['kid_geo_real'])} | {kid_text_real} "
+            f"| {_ci(r['kid_geo_syn'])} | {kid_text_syn} | {_ci(r['mask_iou_ci'], 'mean')} "
+            f"| {r['colour_hit_geo']:.3f} | {hit_text} | {r['xview_err']:.3f} | {r['p_real_geo']:.3f} |"
         )
     lines += [
         "",
@@ -454,8 +487,9 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for c in result["comparisons"]:
+        kid_text = _diff(c["kid_text_real"]) if text else "not run"
         lines.append(
-            f"| {c['a']} | {c['b']} | {_diff(c['kid_geo_real'])} | {_diff(c['kid_text_real'])} | {_diff(c['mask_iou'])} |"
+            f"| {c['a']} | {c['b']} | {_diff(c['kid_geo_real'])} | {kid_text} | {_diff(c['mask_iou'])} |"
         )
     lines += [
         "",

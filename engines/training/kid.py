@@ -66,6 +66,8 @@ class ObjectKernels:
         w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
         pair = np.outer(w, w)
         np.fill_diagonal(pair, 0.0)
+        if pair.sum() == 0:  # a resample of one object only: no pair to compare
+            return float("nan")
         xx = float((pair * self.xx).sum() / pair.sum())
         xy = float((w * self.xy).sum() / w.sum())
         return xx - 2.0 * xy + self.yy
@@ -79,7 +81,8 @@ def bootstrap_weights(objects: int, resamples: int, seed: int = 0) -> np.ndarray
 
 
 def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    """Percentile interval, ignoring resamples that had no value (see `ObjectKernels.kid`)."""
+    lo, hi = np.nanpercentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 
 

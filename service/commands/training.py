@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--block-splits", default="", help="comma-separated block splits K (schedule 0,blocks=K), e.g. 4,9"
     )
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    e.add_argument("--no-text", action="store_true", help="score only the geometry-conditioned task")
+    e.add_argument("--batch-jobs", type=int, default=8, help="objects generated together (step batcher)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--with-seeded", action="store_true", help="also score the untrained seeded default")
     e.set_defaults(handler=run_eval)
@@ -199,6 +201,8 @@ def run_eval(args: argparse.Namespace) -> int:
         splits=splits,
         block_splits=block_splits,
         bootstrap=_positive("--bootstrap", args.bootstrap),
+        text=not args.no_text,
+        batch_jobs=_positive("--batch-jobs", args.batch_jobs),
         seed=args.seed,
         include_seeded=args.with_seeded,
     )
