@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.errors import JobCanceled, UserInputError
+from engines.errors import JobCanceled
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from service.cli import main
