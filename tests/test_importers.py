@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from engines.errors import ModelFolderError
 from engines.importers.mvdream import import_mvdream, load_checkpoint
@@ -21,7 +21,9 @@ from tests.fixtures.tiny_sd import (
     TEXT_DIM,
     clip_to_open_clip,
     diffusers_unet_to_ldm,
+    diffusers_vae_to_ldm,
     unet_config,
+    vae_config,
 )
 
 COMBOS = [
@@ -134,13 +136,18 @@ def mvdream_ckpt(sd_folder, tmp_path_factory) -> tuple[Path, UNet2DConditionMode
         for p in clip.parameters():
             p.add_(0.01)
     ckpt.update(clip_to_open_clip(clip.state_dict()))
+    vae = AutoencoderKL.from_pretrained(sd_folder / "vae")
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.02)
+    ckpt.update(diffusers_vae_to_ldm(vae.state_dict(), vae_config()))
     path = tmp_path_factory.mktemp("mvdream") / "sd-v2.1-base-4view.pt"
     torch.save({"state_dict": ckpt}, path)
-    return path, unet, clip.state_dict()
+    return path, unet, clip.state_dict(), vae.state_dict()
 
 
 def test_mvdream_import_round_trips_exactly(mvdream_ckpt, sd_folder, tmp_path):
-    path, unet, clip_state = mvdream_ckpt
+    path, unet, clip_state, vae_state = mvdream_ckpt
     out = tmp_path / "mvdream"
     assert main(["import", "mvdream", str(path), "--sd-folder", str(sd_folder), "--out", str(out)]) == 0
     model = load_model(out)
@@ -156,6 +163,10 @@ def test_mvdream_import_round_trips_exactly(mvdream_ckpt, sd_folder, tmp_path):
     te = model.text_encoder.model.state_dict()
     for k, v in clip_state.items():
         assert torch.equal(te[k], v), k
+    vae = model.vae.state_dict()
+    assert set(vae) == set(vae_state)
+    for k, v in vae_state.items():
+        assert torch.equal(vae[k], v), k
 
     # Same outputs as the MVDream UNet fed MVDream's own cameras, at any radius.
     sample, t, text, _ = _inputs(batch=4)
