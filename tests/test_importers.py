@@ -39,10 +39,8 @@ def sd_folder(tiny_sd_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def imported(sd_folder, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("imported") / "tiny-r3d"
-    assert main(["import", "sd", str(sd_folder), "--out", str(out), "--views", "4"]) == 0
-    return out
+def imported(tiny_sd_model_dir) -> Path:
+    return tiny_sd_model_dir  # import_sd(tiny_sd_dir); the CLI itself is run by the MVDream test and below
 
 
 def _inputs(batch: int = 2, seed: int = 0):
@@ -89,6 +87,16 @@ def test_import_writes_the_models_own_schedule_resolution_and_clip(sd_folder, im
     ids = model.text_encoder.tokenizer(["a red cube"], padding="max_length", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(model.text_encoder.encode(["a red cube"]), clip(ids)[0])
+
+
+def test_import_cli_reports_and_refuses_to_overwrite_other_folders(sd_folder, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["import", "sd", str(sd_folder), "--out", str(out), "--name", "mine", "--views", "2"]) == 0
+    assert "peak RSS" in capsys.readouterr().out
+    assert json.loads((out / "realiz3d.json").read_text())["num_views"] == 2
+    (tmp_path / "notes").mkdir()
+    assert main(["import", "sd", str(sd_folder), "--out", str(tmp_path / "notes")]) == 2
+    assert "not a model folder; not overwriting it" in capsys.readouterr().err
 
 
 def test_import_refuses_folders_it_cannot_adapt(sd_folder, tmp_path):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def latent_service(service_launcher, tiny_sd_model_dir):
     server = service_launcher.gateway(None, REALIZ3D_BROKER_URL="", REALIZ3D_MODEL_DIR=str(tiny_sd_model_dir))
-    service_launcher.wait_ready(server)
+    service_launcher.wait_ready(server, timeout=300)  # torch + diffusers + transformers + CLIP, warm-up
     yield server
     server.stop()
 

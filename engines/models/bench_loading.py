@@ -125,7 +125,7 @@ def write_report(result: dict, out_dir: Path) -> None:
         "| loading | peak RAM above baseline, after every weight was read once | / weights | "
         "at the end of loading | seconds to load |",
         "|---|---|---|---|---|",
-        f"| meta device + assign (`load_model`) | {meta['peak_above_baseline_mib']:.0f} MiB | "
+        f"| meta device + assign (`load_component`, as `load_model` loads) | {meta['peak_above_baseline_mib']:.0f} MiB | "
         f"{meta['peak_over_weights']:.2f} | {meta['loading_peak_above_baseline_mib']:.0f} MiB | "
         f"{meta['seconds']:.2f} |",
         f"| random init, then load_state_dict (before) | {old['peak_above_baseline_mib']:.0f} MiB | "
