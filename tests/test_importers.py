@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from engines.errors import ModelFolderError
 from engines.importers.mvdream import import_mvdream, load_checkpoint
@@ -22,7 +22,9 @@ from tests.fixtures.tiny_sd import (
     TEXT_DIM,
     clip_to_open_clip,
     diffusers_unet_to_ldm,
+    diffusers_vae_to_ldm,
     unet_config,
+    vae_config,
 )
 
 COMBOS = [
@@ -38,10 +40,8 @@ def sd_folder(tiny_sd_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def imported(sd_folder, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("imported") / "tiny-r3d"
-    assert main(["import", "sd", str(sd_folder), "--out", str(out), "--views", "4"]) == 0
-    return out
+def imported(tiny_sd_model_dir) -> Path:
+    return tiny_sd_model_dir  # import_sd(tiny_sd_dir); the CLI itself is run by the MVDream test and below
 
 
 def _inputs(batch: int = 2, seed: int = 0):
@@ -93,6 +93,16 @@ def test_import_writes_the_models_own_schedule_resolution_and_clip(sd_folder, im
         assert torch.equal(model.text_encoder.encode(["a red cube"]), clip(ids)[0])
 
 
+def test_import_cli_reports_and_refuses_to_overwrite_other_folders(sd_folder, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["import", "sd", str(sd_folder), "--out", str(out), "--name", "mine", "--views", "2"]) == 0
+    assert "peak RSS" in capsys.readouterr().out
+    assert json.loads((out / "realiz3d.json").read_text())["num_views"] == 2
+    (tmp_path / "notes").mkdir()
+    assert main(["import", "sd", str(sd_folder), "--out", str(tmp_path / "notes")]) == 2
+    assert "not a model folder; not overwriting it" in capsys.readouterr().err
+
+
 def test_import_refuses_folders_it_cannot_adapt(sd_folder, tmp_path):
     with pytest.raises(ModelFolderError, match="vae: missing"):
         broken = tmp_path / "broken"
@@ -138,13 +148,18 @@ def mvdream_ckpt(sd_folder, tmp_path_factory) -> tuple[Path, UNet2DConditionMode
         for p in clip.parameters():
             p.add_(0.01)
     ckpt.update(clip_to_open_clip(clip.state_dict()))
+    vae = AutoencoderKL.from_pretrained(sd_folder / "vae")
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(0.02)
+    ckpt.update(diffusers_vae_to_ldm(vae.state_dict(), vae_config()))
     path = tmp_path_factory.mktemp("mvdream") / "sd-v2.1-base-4view.pt"
     torch.save({"state_dict": ckpt}, path)
-    return path, unet, clip.state_dict()
+    return path, unet, clip.state_dict(), vae.state_dict()
 
 
 def test_mvdream_import_round_trips_exactly(mvdream_ckpt, sd_folder, tmp_path):
-    path, unet, clip_state = mvdream_ckpt
+    path, unet, clip_state, vae_state = mvdream_ckpt
     out = tmp_path / "mvdream"
     assert main(["import", "mvdream", str(path), "--sd-folder", str(sd_folder), "--out", str(out)]) == 0
     model = load_model(out)
@@ -160,6 +175,10 @@ def test_mvdream_import_round_trips_exactly(mvdream_ckpt, sd_folder, tmp_path):
     te = model.text_encoder.model.state_dict()
     for k, v in clip_state.items():
         assert torch.equal(te[k], v), k
+    vae = model.vae.state_dict()
+    assert set(vae) == set(vae_state)
+    for k, v in vae_state.items():
+        assert torch.equal(vae[k], v), k
 
     # Same outputs as the MVDream UNet fed MVDream's own cameras, at any radius.
     sample, t, text, _ = _inputs(batch=4)

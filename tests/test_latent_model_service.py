@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.fixture(scope="module")
 def latent_service(service_launcher, tiny_sd_model_dir):
     server = service_launcher.gateway(None, REALIZ3D_BROKER_URL="", REALIZ3D_MODEL_DIR=str(tiny_sd_model_dir))
-    service_launcher.wait_ready(server)
+    service_launcher.wait_ready(server, timeout=300)  # torch + diffusers + transformers + CLIP, warm-up
     yield server
     server.stop()
 
@@ -69,3 +69,39 @@ def test_requests_the_model_cannot_serve_are_refused_at_submission(latent_servic
         with pytest.raises(Realiz3DAPIError) as err:
             client.submit_texture(box_glb(), {"prompt": "a box", "view_resolution": 40}, filename="box.glb")
         assert err.value.status == 422 and "resolution 40" in err.value.message
+
+
+def test_refusal_reasons_come_from_the_workers_advertised_capabilities():
+    from engines.requests import ModelCapabilities
+    from service.api.submission import model_refusal
+    from service.jobs.records import JobKind
+
+    flat = ModelCapabilities(name="t2i", resolution=64, resolution_step=16, geometry=False).model_dump()
+    geo = ModelCapabilities(name="geo", resolution=64, resolution_step=16, geometry=True).model_dump()
+    only_flat = [{"queues": ["multiview", "texture"], "model": flat}]
+    reason = model_refusal(only_flat, JobKind.texture, {"prompt": "x"})
+    assert reason is not None and "'t2i' takes no geometry conditioning" in reason
+    assert model_refusal(only_flat, JobKind.multiview, {"prompt": "x"}) is None
+    # One worker that can serve it is enough; so is one that advertises nothing (it decides itself).
+    assert model_refusal([*only_flat, {"queues": ["texture"], "model": geo}], JobKind.texture, {}) is None
+    assert model_refusal([*only_flat, {"queues": ["texture"]}], JobKind.texture, {}) is None
+    assert "multiple of 16" in model_refusal(only_flat, JobKind.multiview, {"resolution": 24})
+
+
+def test_geometry_maps_are_area_averaged_to_the_latent_grid(tiny_sd_model_dir):
+    from engines.errors import UserInputError
+    from engines.pipelines import Realiz3DPipeline
+
+    pipe = Realiz3DPipeline.load(tiny_sd_model_dir)
+    rng = np.random.default_rng(0)
+    maps = np.zeros((2, 7, 64, 64), np.float32)
+    mask = rng.random((2, 64, 64)) > 0.4
+    maps[:, 0:6] = rng.normal(size=(2, 6, 64, 64)) * mask[:, None]
+    maps[:, 6] = mask
+    small = pipe.unet_geometry(maps, 64).numpy()
+    assert small.shape == (2, 7, 8, 8)  # 64 px views, 8x VAE: the UNet's 8x8 input
+    cell = maps[1, :, 8:16, 24:32].reshape(7, -1).mean(axis=1)
+    assert np.allclose(small[1, :, 1, 3], cell, atol=1e-6)  # every channel the same area average
+    assert small[:, 6].min() > 0 and small[:, 6].max() < 1  # the mask becomes the covered fraction
+    with pytest.raises(UserInputError, match="the view resolution"):
+        pipe.unet_geometry(maps[:, :, :32, :32], 64)

@@ -46,7 +46,8 @@ WEIGHTS = f"{WEIGHTS_STEM}.safetensors"
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from a model folder file; ModelFolderError naming the file otherwise."""
     if not path.is_file():
         raise ModelFolderError(f"{path}: missing")
     try:
@@ -60,7 +61,7 @@ def _read_json(path: Path) -> dict:
 
 def _validated(cls: type[_M], path: Path) -> _M:
     try:
-        return cls.model_validate(_read_json(path))
+        return cls.model_validate(read_json(path))
     except ValidationError as e:
         raise ModelFolderError(f"{path}: {_first_error(e)}") from None
 
@@ -90,14 +91,9 @@ def _build(cls, config: dict, path: Path):  # noqa: ANN001, ANN202 - a diffusers
 def load_component(cls, directory: Path, dtype: torch.dtype = torch.float32, config: dict | None = None):  # noqa: ANN001, ANN201
     """A diffusers model (`cls`, e.g. AutoencoderKL) from `directory/config.json` and its weights."""
     path = directory / "config.json"
-    module = _build(cls, config if config is not None else _read_json(path), path)
+    module = _build(cls, config if config is not None else read_json(path), path)
     _load_into(module, directory, WEIGHTS_STEM, dtype)
     return module.eval()
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from a model folder file; ModelFolderError naming the file otherwise."""
-    return _read_json(path)
 
 
 def save_model(model: Realiz3DModel, folder: str | Path) -> Path:
@@ -157,7 +153,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Realiz
         )
 
     unet_path = folder / "unet" / "config.json"
-    unet_config = _read_json(unet_path)
+    unet_config = read_json(unet_path)
     expected_in = (config.image_channels + config.geometry_channels) * config.patch_size**2
     if unet_config.get("in_channels") != expected_in:
         raise ModelFolderError(
@@ -171,7 +167,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Realiz
     install_multiview_attention(unet, multiview=config.multiview_attention)
     mv_unet = MultiViewUNet(unet, config.geometry_channels, config.patch_size)
 
-    scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+    scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
 
     shifter_path = folder / "domain_shifter" / "config.json"
     try:
@@ -200,7 +196,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Realiz
     vae = None
     if config.latent_space == "vae":
         vae_path = folder / "vae" / "config.json"
-        vae_config = _read_json(vae_path)
+        vae_config = read_json(vae_path)
         factor = vae_scale_factor(vae_config)
         if factor != config.vae_scale_factor:
             raise ModelFolderError(
