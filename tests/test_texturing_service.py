@@ -59,7 +59,9 @@ def test_worker_applies_the_face_limit_to_what_a_zip_unpacks_to(client):
 
 def test_gltf_with_external_files_as_a_zip_is_textured_into_a_valid_glb(client, tmp_path):
     doc, files = _external_gltf()
-    upload = _zip({"scene/scene.gltf": json.dumps(doc).encode(), **{f"scene/{k}": v for k, v in files.items()}})
+    upload = _zip(
+        {"scene/scene.gltf": json.dumps(doc).encode(), **{f"scene/{k}": v for k, v in files.items()}}
+    )
     accepted = client.submit_texture(upload, PARAMS, filename="scene.zip")
     job = client.wait(accepted.id, timeout=240)
     assert job.status == "succeeded", job.error

@@ -110,7 +110,9 @@ def _give_untextured_primitives_uv_sets(doc: GltfDocument, texcoord: dict) -> No
             attrs = prim.get("attributes", {})
             if n is None or f"TEXCOORD_{n}" in attrs or "POSITION" not in attrs:
                 continue
-            zeros = doc.add_accessor(np.zeros((int(doc.accessor(attrs["POSITION"])["count"]), 2), np.float32), "VEC2")
+            zeros = doc.add_accessor(
+                np.zeros((int(doc.accessor(attrs["POSITION"])["count"]), 2), np.float32), "VEC2"
+            )
             for k in range(n + 1):
                 attrs.setdefault(f"TEXCOORD_{k}", zeros)
 
