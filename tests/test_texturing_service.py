@@ -14,23 +14,21 @@ from service.client import Realiz3DAPIError, Realiz3DClient
 from tests.fixtures.gltf_validator import assert_valid
 from tests.test_texturing_inputs import _external_gltf
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)
 
 PARAMS = {"prompt": "a tile", "num_views": 2, "steps": 2, "atlas_size": 64, "seed": 4}
 LIMIT = {"REALIZ3D_MAX_MESH_FACES": "200"}
 
 
 @pytest.fixture(scope="module")
-def client(redis_server, service_launcher):
-    broker = redis_server.url(4)  # its own database: no other test's worker takes these jobs
-    worker = service_launcher.worker(broker, queues="texture", **LIMIT)
-    service_launcher.wait_ready(worker, timeout=300)  # model load + warmup; slow on a loaded machine
-    gateway = service_launcher.gateway(broker, **LIMIT)
-    service_launcher.wait_ready(gateway)
-    with Realiz3DClient(gateway.url) as c:
+def client(service_launcher):
+    # Embedded mode: the gateway's upload check and the worker's full load run in one process, each
+    # reading the limit through its own path (routes.validate_mesh, execution._call_pipeline).
+    service = service_launcher.gateway(None, **LIMIT)
+    service_launcher.wait_ready(service, timeout=600)  # model load + warmup: minutes on a loaded machine
+    with Realiz3DClient(service.url) as c:
         yield c
-    gateway.stop()
-    worker.stop()
+    service.stop()
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
