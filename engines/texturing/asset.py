@@ -221,7 +221,8 @@ def _skinned_positions(document: GltfDocument, world, node: dict, prim: dict, lo
         w = document.read(attrs[f"WEIGHTS_{k}"]).astype(np.float64)
         if j.max(initial=0) >= len(joints):
             raise MeshError(f"skin {node['skin']}: JOINTS_{k} refers to a joint that does not exist")
-        total += np.einsum("nk,nkab->nab", w, joint_mats[j])
+        for c in range(j.shape[1]):  # one influence at a time: (n, 4, 4), not (n, 4, 4, 4)
+            total += w[:, c, None, None] * joint_mats[j[:, c]]
         weight_sum += w.sum(axis=1)
         k += 1
     if k == 0:
