@@ -182,3 +182,14 @@ def test_a_mesh_made_in_code_exports_as_a_fresh_valid_document(tmp_path):
     back = load_mesh(out_path)
     np.testing.assert_allclose(back.vertices, mesh.vertices, atol=1e-6)
     np.testing.assert_allclose(back.uv, mesh.uv, atol=1e-6)
+
+
+def test_skinned_vertices_follow_their_weighted_joints():
+    doc = skinned_animated()
+    del doc.json["skins"][0]["inverseBindMatrices"]  # identity: each vertex moves by its joint's world matrix
+    mesh = load_mesh_bytes(doc.to_glb(), "posed.glb")
+    prim = doc.json["meshes"][0]["primitives"][0]
+    local = doc.read(prim["attributes"]["POSITION"]).astype(np.float64)
+    top = local[:, 1] > 1.0  # weighted to bone1 (world: x + 5, y + 1); the rest to bone0 (x + 5)
+    np.testing.assert_allclose(mesh.vertices[~top], local[~top] + [5, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(mesh.vertices[top], local[top] + [5, 1, 0], atol=1e-6)

@@ -63,6 +63,8 @@ def test_gltf_in_a_zip_loads_and_a_lone_gltf_names_the_missing_file(tmp_path):
     assert mesh.num_faces == 18 and (mesh.texture == [10, 20, 30]).all()
     with pytest.raises(MeshError, match=r"external file 'data.bin'.*\.zip"):
         load_mesh_bytes(json.dumps(doc).encode(), "scene.gltf")
+    with pytest.raises(ApiError, match=r"external file 'data.bin'.*\.zip"):  # refused before queuing
+        validate_mesh(json.dumps(doc).encode(), "scene.gltf", Settings())
     broken = io.BytesIO()
     with zipfile.ZipFile(broken, "w") as zf:
         zf.writestr("scene.gltf", json.dumps(doc))

@@ -87,23 +87,25 @@ def node_matrix(node: dict) -> np.ndarray:
 
 
 def world_matrices(doc: dict) -> list[np.ndarray]:
-    """World transform of every node (parents composed in float64); raises on a cycle."""
+    """World transform of every node (parents composed in float64, iteratively); raises on a cycle."""
     nodes = doc.get("nodes", [])
     parent = {}
     for i, node in enumerate(nodes):
         for c in node.get("children", []):
             parent[c] = i
     world: list[np.ndarray | None] = [None] * len(nodes)
-
-    def resolve(i: int, depth: int = 0) -> np.ndarray:
-        if depth > len(nodes):
-            raise MeshError("the glTF node hierarchy has a cycle")
-        if world[i] is None:
-            local = node_matrix(nodes[i])
-            world[i] = resolve(parent[i], depth + 1) @ local if i in parent else local
-        return world[i]
-
-    return [resolve(i) for i in range(len(nodes))]
+    for i in range(len(nodes)):
+        chain, j = [], i
+        while j is not None and world[j] is None:
+            chain.append(j)
+            if len(chain) > len(nodes):
+                raise MeshError("the glTF node hierarchy has a cycle")
+            j = parent.get(j)
+        base = world[j] if j is not None else np.eye(4)
+        for k in reversed(chain):
+            base = base @ node_matrix(nodes[k])
+            world[k] = base
+    return world
 
 
 def scene_nodes(doc: dict) -> list[int]:
@@ -221,7 +223,8 @@ def _skinned_positions(document: GltfDocument, world, node: dict, prim: dict, lo
         w = document.read(attrs[f"WEIGHTS_{k}"]).astype(np.float64)
         if j.max(initial=0) >= len(joints):
             raise MeshError(f"skin {node['skin']}: JOINTS_{k} refers to a joint that does not exist")
-        total += np.einsum("nk,nkab->nab", w, joint_mats[j])
+        for c in range(j.shape[1]):  # one influence at a time: (n, 4, 4), not (n, 4, 4, 4)
+            total += w[:, c, None, None] * joint_mats[j[:, c]]
         weight_sum += w.sum(axis=1)
         k += 1
     if k == 0:

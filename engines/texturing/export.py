@@ -88,6 +88,7 @@ def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:
             attrs["NORMAL"] = doc.add_accessor(smooth_normals(prim.positions, prim.triangles), "VEC3")
         if prim.material is None:
             entry["material"] = new_material
+    _give_untextured_primitives_uv_sets(doc, layout.texcoord)
     for material, texcoord in layout.texcoord.items():
         target = doc.json["materials"][new_material if material is None else material]
         pbr = target.setdefault("pbrMetallicRoughness", {})
@@ -98,6 +99,22 @@ def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:
         else:
             pbr.pop("baseColorFactor", None)
     return doc
+
+
+def _give_untextured_primitives_uv_sets(doc: GltfDocument, texcoord: dict) -> None:
+    """Primitives not drawn by the scene (or points/lines) that share a textured material need the UV set it
+    now reads (the validator requires it): they get zeros, which sample one atlas texel."""
+    for mesh in doc.json.get("meshes", []):
+        for prim in mesh.get("primitives", []):
+            n = texcoord.get(prim.get("material", -1))
+            attrs = prim.get("attributes", {})
+            if n is None or f"TEXCOORD_{n}" in attrs or "POSITION" not in attrs:
+                continue
+            zeros = doc.add_accessor(
+                np.zeros((int(doc.accessor(attrs["POSITION"])["count"]), 2), np.float32), "VEC2"
+            )
+            for k in range(n + 1):
+                attrs.setdefault(f"TEXCOORD_{k}", zeros)
 
 
 def _reindex(doc: GltfDocument, entry: dict, vertex_map: np.ndarray, triangles: np.ndarray) -> None:

@@ -287,7 +287,9 @@ def _image_mime(raw: bytes, uri: str) -> str:
         return "image/jpeg"
     if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
         return "image/webp"
-    raise MeshError(f"image '{uri[:60]}' is neither PNG, JPEG nor WebP")
+    if raw[:12] == b"\xabKTX 20\xbb\r\n\x1a\n":
+        return "image/ktx2"  # KHR_texture_basisu: passed through as it is
+    raise MeshError(f"image '{uri[:60]}' is neither PNG, JPEG, WebP nor KTX2")
 
 
 def unit_vectors(vectors: np.ndarray) -> np.ndarray:

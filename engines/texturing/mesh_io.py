@@ -194,7 +194,7 @@ def _glb_face_count(data: bytes) -> int | None:
     return _gltf_json_face_count(data[20 : 20 + chunk_len], "GLB file")
 
 
-def _gltf_json_face_count(text: bytes, what: str) -> int:
+def _gltf_json_face_count(text: bytes, what: str, files_beside: bool = True) -> int:
     """Triangles a glTF JSON declares (drawn or not), refusing geometry we cannot decode by name."""
     import json
 
@@ -217,6 +217,14 @@ def _gltf_json_face_count(text: bytes, what: str) -> int:
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise MeshError(f"{what} has a malformed JSON chunk") from None
     check_decodable(doc, what)
+    if not files_beside:
+        for item in [*doc.get("buffers", []), *doc.get("images", [])]:
+            uri = item.get("uri", "data:") if isinstance(item, dict) else "data:"
+            if not str(uri).startswith("data:"):
+                raise MeshError(
+                    f"the glTF refers to an external file '{uri}': upload the .gltf with its files as a "
+                    ".zip, or convert it to .glb"
+                )
     return total
 
 
@@ -235,11 +243,14 @@ def _obj_face_count(data: bytes) -> int:
     return len(re.findall(rb"^\s*f\s", data, re.MULTILINE))
 
 
-def validate_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | None = None) -> str:
+def validate_mesh_bytes(
+    data: bytes, filename: str | None, limits: MeshLimits | None = None, *, files_beside: bool = False
+) -> str:
     """Cheap checks before a mesh upload is queued: size, format, declared face count.
 
     Reads headers only (no mesh decoding, no trimesh, no torch). Returns the format (one of `FORMATS`);
-    raises `MeshError` naming the problem. The worker's full load repeats every check.
+    raises `MeshError` naming the problem. The worker's full load repeats every check. A lone `.gltf`
+    that refers to external files is refused unless `files_beside` (a file on disk, its folder at hand).
     """
     limits = limits or MeshLimits()
     if not data:
@@ -250,7 +261,7 @@ def validate_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | 
     if fmt == "glb":
         faces = _glb_face_count(data)
     elif fmt == "gltf":
-        faces = _gltf_json_face_count(data, "glTF file")
+        faces = _gltf_json_face_count(data, "glTF file", files_beside)
     elif fmt == "zip":
         faces = None  # counted after unpacking, against the same limit
     elif fmt == "ply":

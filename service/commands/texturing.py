@@ -97,7 +97,7 @@ def run_texture(args: argparse.Namespace) -> int:
 
     limits = _limits()
     # The cheap header checks (size, format, face count) before a model is loaded.
-    validate_mesh_bytes(args.mesh.read_bytes(), args.mesh.name, limits)
+    validate_mesh_bytes(args.mesh.read_bytes(), args.mesh.name, limits, files_beside=True)
     # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
     from engines import pipelines
 

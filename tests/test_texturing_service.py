@@ -1,0 +1,76 @@
+"""Texture jobs over real HTTP with `REALIZ3D_MAX_MESH_FACES` set: the gateway and the worker both apply it;
+a .gltf with external files arrives as a zip and comes back as a valid GLB."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+import trimesh
+
+from service.client import Realiz3DAPIError, Realiz3DClient
+from tests.fixtures.gltf_validator import assert_valid
+from tests.test_texturing_inputs import _external_gltf
+
+pytestmark = pytest.mark.timeout(900)
+
+PARAMS = {"prompt": "a tile", "num_views": 2, "steps": 2, "atlas_size": 64, "seed": 4}
+LIMIT = {"REALIZ3D_MAX_MESH_FACES": "200"}
+
+
+@pytest.fixture(scope="module")
+def client(service_launcher):
+    # Embedded mode: the gateway's upload check and the worker's full load run in one process, each
+    # reading the limit through its own path (routes.validate_mesh, execution._call_pipeline).
+    service = service_launcher.gateway(None, **LIMIT)
+    service_launcher.wait_ready(service, timeout=600)  # model load + warmup: minutes on a loaded machine
+    with Realiz3DClient(service.url) as c:
+        yield c
+    service.stop()
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def test_gateway_refuses_a_glb_over_the_face_limit(client):
+    glb = trimesh.creation.icosphere(2).export(file_type="glb")  # 320 faces
+    with pytest.raises(Realiz3DAPIError, match="320 faces, over the limit of 200") as err:
+        client.submit_texture(glb, PARAMS, filename="ball.glb")
+    assert err.value.status == 422
+
+
+def test_worker_applies_the_face_limit_to_what_a_zip_unpacks_to(client):
+    # The gateway cannot count faces inside a zip without unpacking it: the worker's load must.
+    glb = trimesh.creation.icosphere(2).export(file_type="glb")
+    accepted = client.submit_texture(_zip({"ball.glb": glb}), PARAMS, filename="ball.zip")
+    job = client.wait(accepted.id, timeout=240)
+    assert job.status == "failed" and job.error.code == "invalid_mesh"
+    assert "over the limit of 200" in job.error.message
+
+
+def test_gltf_with_external_files_as_a_zip_is_textured_into_a_valid_glb(client, tmp_path):
+    doc, files = _external_gltf()
+    upload = _zip(
+        {"scene/scene.gltf": json.dumps(doc).encode(), **{f"scene/{k}": v for k, v in files.items()}}
+    )
+    accepted = client.submit_texture(upload, PARAMS, filename="scene.zip")
+    job = client.wait(accepted.id, timeout=240)
+    assert job.status == "succeeded", job.error
+    out = tmp_path / "textured.glb"
+    out.write_bytes(client.download(job.id, "textured.glb"))
+    assert_valid(out)
+    meta = json.loads(client.download(job.id, "meta.json"))
+    assert meta["mesh"]["uv_layout"] == {
+        "mode": "original",
+        "unwrap_needed": False,
+        "unwrapped_primitives": 0,
+        "new_texcoord_primitives": 0,
+        "texcoord_by_material": {"0": 0},
+    }
