@@ -171,7 +171,7 @@ def load_model(folder: str | Path, dtype: torch.dtype = torch.float32) -> Realiz
 
     shifter_path = folder / "domain_shifter" / "config.json"
     try:
-        shifter_config = parse_shifter_config(_read_json(shifter_path))
+        shifter_config = parse_shifter_config(read_json(shifter_path))
     except ValidationError as e:
         raise ModelFolderError(f"{shifter_path}: {_first_error(e)}") from None
     try:
