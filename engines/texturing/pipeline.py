@@ -1,7 +1,7 @@
 """Texture a mesh: load -> unwrap -> render geometry maps -> generate views -> bake -> fill -> export.
 
 `texture_mesh` is the whole texturing job except the diffusion model, which comes in as the
-`generate_views` callable; `engines.pipelines.texture` passes the geometry-conditioned sampler, tests pass
+`generate_views` callable; `Realiz3DPipeline.texture` passes the geometry-conditioned sampler, tests pass
 a fake. `bake_images` is the part `realiz3d bake` needs (views made elsewhere).
 """
 

@@ -99,18 +99,11 @@ def run_texture(args: argparse.Namespace) -> int:
     # The cheap header checks (size, format, face count) before a model is loaded.
     validate_mesh_bytes(args.mesh.read_bytes(), args.mesh.name, limits, files_beside=True)
     # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
-    from engines import pipelines
+    from engines.pipelines import Realiz3DPipeline
 
+    pipe = Realiz3DPipeline.load(args.model, backend=args.backend, adapters=args.adapters)
     with progress_bar(request.steps, "denoise") as update:
-        result = pipelines.texture(
-            request,
-            args.mesh,
-            model_dir=args.model,
-            backend=args.backend,
-            adapters=args.adapters,
-            progress=update,
-            limits=limits,
-        )
+        result = pipe.texture(request, args.mesh, progress=update, limits=limits)
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
     return 0
