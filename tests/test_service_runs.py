@@ -106,7 +106,7 @@ def test_redis_scripts_declare_every_key_they_touch():
     assert len(scripts) >= 8
     for script in scripts:
         literals = re.findall(r"'(realiz3d:[^']*)'", script)
-        assert set(literals) <= {"realiz3d:job-events"}, literals  # a channel name, not a key
+        assert set(literals) <= {"realiz3d:job-events", "realiz3d:job-done"}, literals  # channels, not keys
 
 
 def test_starting_a_job_refreshes_its_ttl(redis_server):
