@@ -1,8 +1,9 @@
 """Server-Sent Events of a job's status and progress, pushed on change (no per-client polling of Redis).
 
 Workers publish a job's id whenever its record changes (Redis pub/sub in gateway mode, a listener in
-embedded mode); `ChangeHub` wakes the streams watching that job. A slow fallback poll covers a missed
-message (e.g. across a Redis reconnect).
+embedded mode); `ChangeHub` wakes the streams watching that job. After a pub/sub reconnect every stream
+re-reads its job once (messages published meanwhile were missed); `sse_poll_seconds` (30 s) is only a
+safety net, so an idle stream costs Redis nothing.
 """
 
 from __future__ import annotations
