@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run generate test lint format bench train eval ship clean
+.PHONY: install run generate test chaos lint format bench train eval ship clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q -ra
+
+## Fault injection: a SIGKILL storm over batching workers, Redis restarts with and without AOF (minutes).
+chaos: install
+	$(BIN)/pytest -q -s -m chaos tests/test_service_chaos.py
 
 lint: install
 	$(BIN)/ruff check .

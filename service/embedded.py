@@ -42,6 +42,7 @@ def create_embedded_app(settings: Settings) -> FastAPI:
         warming=lambda: loading["state"] == "warming",
     )
     store.add_listener(ctx.hub.notify_threadsafe)
+    store.add_done_listener(ctx.webhooks.job_done_threadsafe)
     stop = threading.Event()
     heartbeat: list[WorkerHeartbeat] = []
 

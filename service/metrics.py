@@ -1,8 +1,10 @@
 """Prometheus metrics, exactly the names and labels of the contract (prefix `realiz3d_`).
 
 Who counts what: the process that moves a job into a status counts it in `realiz3d_jobs_total` (the
-gateway counts `queued` and cancels of queued jobs, the worker counts running jobs' outcomes), so summing
-over all scraped processes never counts a job twice. The gateway reports queue depth; the worker reports
+gateway counts `queued` and cancels of queued jobs, the worker counts its runs' outcomes, and whichever
+process fails a job outside a run, `worker_lost`, `no_worker` or the hard time limit, counts that), and
+every transition is one atomic store step that only one process wins, so summing over all scraped
+processes counts each terminal status of a job exactly once. The gateway reports queue depth; the worker reports
 stage times, UNet steps and busy/GPU gauges on its own port. Where processes fork (uvicorn --workers,
 gunicorn), set `PROMETHEUS_MULTIPROC_DIR` and `render()` aggregates all of them.
 """

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     metrics_token: str = Field("", description="bearer token /metrics requires; empty = open")
     public_docs: bool = Field(True, description="serve /docs and /openapi.json without an API key")
 
+    # Webhooks (a job's optional webhook_url)
+    webhook_secret: str = Field("", description="HMAC-SHA256 key of the Realiz3D-Signature header")
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_backoff_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles each time")
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+
     # Cost bound of one request (checked at submission, and again by the worker)
     max_step_pixels: int = Field(
         8 * 512 * 512, ge=1, description="views x pixels of one denoising step of one job"

@@ -301,3 +301,47 @@ def test_every_route_answers_503_with_retry_after_while_redis_is_down(service_la
     finally:
         gw.stop()
         server.proc.kill()
+
+
+def test_webhooks_are_signed_retried_and_delivered_once(redis_server, service_launcher):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from service.api.webhooks import verify
+
+    received: list[tuple[dict, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(500 if len(received) <= 2 else 204)  # two failures, then accepted
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    env = {
+        "REALIZ3D_ADMISSION": "queue",
+        "REALIZ3D_WEBHOOK_SECRET": "s3cret",
+        "REALIZ3D_WEBHOOK_BACKOFF_SECONDS": "0.2",
+    }
+    gateways = [service_launcher.gateway(redis_server.url(DB), **env) for _ in range(2)]  # both listen
+    try:
+        hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        job = post(gateways[0], {**SMALL, "webhook_url": hook}).json()
+        httpx.delete(f"{gateways[1].url}/v1/jobs/{job['id']}")
+        wait_until(lambda: len(received) >= 3, 30, "the webhook and its retries")
+        time.sleep(1.0)  # any second delivery (from the other gateway) would arrive by now
+        assert len(received) == 3
+        headers, body = received[-1]
+        assert headers["Realiz3D-Event"] == "job.canceled" and headers["Realiz3D-Delivery"] == job["id"]
+        assert verify("s3cret", body, headers["Realiz3D-Signature"])
+        assert not verify("other", body, headers["Realiz3D-Signature"])
+        assert json.loads(body)["status"] == "canceled"
+    finally:
+        for gw in gateways:
+            gw.stop()
+        receiver.shutdown()

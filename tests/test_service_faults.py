@@ -22,7 +22,8 @@ def test_a_poison_job_fails_alone_without_failing_its_batch_mates(redis_server, 
     broker = redis_server.url(5)
     # One charged loss fails a job: the poison job is charged once it runs alone (after two batched
     # losses, which are free), while every job batched with it must survive each crash.
-    env = {"REALIZ3D_JOB_MAX_ATTEMPTS": "1"}
+    # A TTL a busy CI machine cannot miss: a live worker's lease must never lapse in this test.
+    env = {"REALIZ3D_JOB_MAX_ATTEMPTS": "1", "REALIZ3D_HEARTBEAT_TTL_SECONDS": "5"}
     gateway = service_launcher.gateway(broker, **env)
     artifacts = service_launcher.tmp / "artifacts"
     workers = [service_launcher.worker(broker, **FAULTY, **env)]

@@ -36,7 +36,7 @@ def test_a_run_that_lost_its_lease_stops_and_never_promotes_its_files(tmp_path, 
     result: list[object] = []
     run = threading.Thread(target=lambda: result.append(execute_job(ctx, JOB)))
     run.start()
-    wait_until(lambda: store.get(JOB).progress_step >= 3, 60, "the first run to take a few steps")
+    wait_until(lambda: store.get(JOB).progress_step >= 2, 300, "the first run to take a few steps")
     # The first run's lease lapses (as if its worker stalled); the job is re-queued and another run
     # takes it, while the first one is still computing.
     with store._lock:
@@ -112,7 +112,7 @@ def test_redis_scripts_declare_every_key_they_touch():
     assert len(scripts) >= 8
     for script in scripts:
         literals = re.findall(r"'(realiz3d:[^']*)'", script)
-        assert set(literals) <= {"realiz3d:job-events"}, literals  # a channel name, not a key
+        assert set(literals) <= {"realiz3d:job-events", "realiz3d:job-done"}, literals  # channels, not keys
 
 
 def test_starting_a_job_refreshes_its_ttl(redis_server):

@@ -69,6 +69,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         context.hub.bind(asyncio.get_running_loop())
+        context.webhooks.bind(asyncio.get_running_loop())
         tasks = [asyncio.create_task(factory()) for factory in (background(context) if background else [])]
         try:
             yield
@@ -78,6 +79,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
+            await context.webhooks.close()
             if on_shutdown:
                 on_shutdown()
 
@@ -174,7 +176,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     from service.jobs.celery_app import make_celery_app
     from service.jobs.queue import CeleryJobQueue
     from service.jobs.redis_store import RedisJobStore
-    from service.jobs.store import EVENTS_CHANNEL
+    from service.jobs.store import DONE_CHANNEL, EVENTS_CHANNEL
 
     if not settings.broker_url:
         raise ValueError("gateway mode needs a broker URL")
@@ -191,7 +193,8 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     url = settings.broker_url
 
     def background(c: ServiceContext) -> list[Callable[[], object]]:
-        return [lambda: listen_redis(url, EVENTS_CHANNEL, c.hub), lambda: maintenance_loop(c, requeue=True)]
+        channels = {EVENTS_CHANNEL: c.hub.notify, DONE_CHANNEL: c.webhooks.job_done}
+        return [lambda: listen_redis(url, channels, c.hub), lambda: maintenance_loop(c, requeue=True)]
 
     def shutdown() -> None:
         store.close()

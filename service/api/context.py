@@ -13,6 +13,7 @@ from fastapi import Request
 
 from service.api.auth import ApiKeys
 from service.api.events import ChangeHub
+from service.api.webhooks import WebhookSender
 from service.jobs.queue import JobQueue
 from service.jobs.store import JobStore
 from service.settings import Settings
@@ -30,6 +31,11 @@ class ServiceContext:
     mode: str = "gateway"  # or "embedded"
     #: True while this process's own worker is still loading its model (embedded): jobs are accepted
     warming: Callable[[], bool] = lambda: False
+    webhooks: WebhookSender | None = None
+
+    def __post_init__(self) -> None:
+        if self.webhooks is None:
+            self.webhooks = WebhookSender(self.settings, self.store)
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -1,8 +1,9 @@
 """Server-Sent Events of a job's status and progress, pushed on change (no per-client polling of Redis).
 
 Workers publish a job's id whenever its record changes (Redis pub/sub in gateway mode, a listener in
-embedded mode); `ChangeHub` wakes the streams watching that job. A slow fallback poll covers a missed
-message (e.g. across a Redis reconnect).
+embedded mode); `ChangeHub` wakes the streams watching that job. After a pub/sub reconnect every stream
+re-reads its job once (messages published meanwhile were missed); `sse_poll_seconds` (30 s) is only a
+safety net, so an idle stream costs Redis nothing.
 """
 
 from __future__ import annotations
@@ -62,20 +63,20 @@ class ChangeHub:
                 del self._watchers[job_id]
 
 
-async def listen_redis(url: str, channel: str, hub: ChangeHub) -> None:
-    """Feed the hub from Redis pub/sub until cancelled; reconnects after errors, and wakes every stream
-    once subscribed again (changes published while it was away were missed)."""
+async def listen_redis(url: str, channels: dict[str, Callable[[str], None]], hub: ChangeHub) -> None:
+    """Feed Redis pub/sub messages (job ids) to each channel's handler until cancelled; reconnects after
+    errors, and wakes every stream once subscribed again (changes published meanwhile were missed)."""
     import redis.asyncio as aioredis
 
     while True:
         client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=2)
         try:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
-            await pubsub.subscribe(channel)
+            await pubsub.subscribe(*channels)
             hub.notify_all()
             async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    hub.notify(message["data"])
+                if message.get("type") == "message" and message["channel"] in channels:
+                    channels[message["channel"]](message["data"])
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - Redis restarts: streams are woken once it is back

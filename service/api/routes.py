@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engines.errors import MeshError
-from engines.requests import MultiviewRequest, TextureRequest
 from service.api.auth import authenticate, presented_key
 from service.api.context import ServiceContext, get_context
 from service.api.errors import ApiError, validation_message
 from service.api.events import job_event_stream
+from service.api.job_requests import MultiviewJob, TextureJob, engine_params, webhook_of
 from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted, job_out
 from service.api.submission import MESH_FORMATS, submit
 from service.api.uploads import check_gltf_json, read_mesh_upload
@@ -100,15 +100,23 @@ def _owned_job(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord
     summary="Generate N views of an object from a prompt",
 )
 def create_multiview(
-    request_body: Annotated[MultiviewRequest, Body(openapi_examples=_MULTIVIEW_EXAMPLES)],
+    request_body: Annotated[MultiviewJob, Body(openapi_examples=_MULTIVIEW_EXAMPLES)],
     response: Response,
     ctx: Ctx,
     owner: Owner,
     idempotency_key: str | None = IDEMPOTENCY_KEY,
 ) -> JobAccepted:
-    params = request_body.model_dump(mode="json", exclude_unset=True)
+    params = engine_params(request_body)
     full = request_body.model_dump(mode="json")
-    job, created = submit(ctx, JobKind.multiview, params, owner, idempotency_key, compare=full)
+    job, created = submit(
+        ctx,
+        JobKind.multiview,
+        params,
+        owner,
+        idempotency_key,
+        compare=full,
+        webhook_url=webhook_of(request_body),
+    )
     return _accepted(response, job, created)
 
 
@@ -131,7 +139,7 @@ def create_multiview(
                             "mesh": {"type": "string", "format": "binary", "description": "GLB, OBJ or PLY"},
                             "params": {
                                 "type": "string",
-                                "description": "TextureRequest as JSON",
+                                "description": "TextureRequest as JSON (plus an optional webhook_url)",
                                 "example": json.dumps(
                                     {
                                         "prompt": "a rusty metal barrel",
@@ -157,7 +165,7 @@ async def create_texture(
 ) -> JobAccepted:
     upload = await read_mesh_upload(request)
     try:
-        params = TextureRequest.model_validate_json(upload.params_json)
+        params = TextureJob.model_validate_json(upload.params_json)
     except ValidationError as e:
         raise ApiError(422, "invalid_request", validation_message(e.errors())) from e
     suffix = PurePosixPath(upload.filename).suffix.lower()
@@ -168,11 +176,12 @@ async def create_texture(
         submit,
         ctx,
         JobKind.texture,
-        params.model_dump(mode="json", exclude_unset=True),
+        engine_params(params),
         owner,
         idempotency_key,
         (suffix, upload.data),
         params.model_dump(mode="json"),
+        webhook_of(params),
     )
     return _accepted(response, job, created)
 

@@ -97,6 +97,7 @@ def submit(
     idempotency_key: str | None,
     mesh: tuple[str, bytes] | None = None,
     compare: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Store and enqueue a validated job; returns (job, created). A repeated Idempotency-Key returns the
     first job (created=False) without enqueuing again. `compare`: the request with its defaults filled
@@ -111,7 +112,7 @@ def submit(
         workers = ctx.store.live_workers()
         check_request(ctx, kind, params, workers)
         check_admission(ctx, kind, owner, workers)
-        record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner)
+        record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner, webhook_url=webhook_url)
         if mesh is not None:
             record.input_name = "mesh" + mesh[0]
         job, created = ctx.store.create(

@@ -32,14 +32,30 @@ class MemoryJobStore:
         self._workers: dict[str, tuple[float, dict[str, Any]]] = {}
         self._rates: dict[tuple[str, int], int] = {}
         self._listeners: list[Listener] = []
+        self._done_listeners: list[Listener] = []
+        self._delivered: set[str] = set()
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def add_done_listener(self, listener: Listener) -> None:
+        """Called with a job's id once it reaches a terminal status."""
+        self._done_listeners.append(listener)
 
     def _changed(self, job: JobRecord) -> None:
         job.version += 1
         for listener in self._listeners:
             listener(job.id)
+        if job.status.terminal:
+            for listener in self._done_listeners:
+                listener(job.id)
+
+    def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
+        with self._lock:
+            if job_id in self._delivered:
+                return False
+            self._delivered.add(job_id)
+            return True
 
     def _sweep(self, now: float) -> None:
         for job_id in [j for j, t in self._expires.items() if t < now]:

@@ -67,6 +67,7 @@ class JobRecord:
     error: JobError | None = None
     artifacts: list[Artifact] = field(default_factory=list)
     input_name: str | None = None  # the uploaded mesh, stored under the job's inputs
+    webhook_url: str | None = None  # POSTed the final job (signed) when it ends
     attempts: int = 0  # runs started so far; a lost worker's run counts
     # How the current run computes: "" (started, not computing yet: waiting for a slot), "batched"
     # (sharing a worker with other jobs) or "solo" (alone on its worker). A lost worker charges only

@@ -95,6 +95,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+redis.call('PUBLISH', 'realiz3d:job-done', ARGV[1])
 return 1
 """
 
@@ -106,6 +107,7 @@ if st == 'queued' then
   redis.call('HINCRBY', KEYS[1], 'version', 1)
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+  redis.call('PUBLISH', 'realiz3d:job-done', ARGV[1])
 elseif st == 'running' then
   redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
 end
@@ -141,6 +143,7 @@ if outcome == 'requeued' then
 end
 redis.call('HINCRBY', KEYS[3], 'version', 1)
 redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+if outcome == 'failed' then redis.call('PUBLISH', 'realiz3d:job-done', ARGV[1]) end
 return outcome
 """
 
@@ -153,6 +156,7 @@ redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error',
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', 'realiz3d:job-events', ARGV[1])
+redis.call('PUBLISH', 'realiz3d:job-done', ARGV[1])
 return 1
 """
 
@@ -395,6 +399,10 @@ class RedisJobStore:
         if not names:
             return []
         return [json.loads(i) for i in self.redis.hmget(P + "workers:info", names) if i]
+
+    def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
+        """True for the one process that gets to deliver this job's webhook (several gateways listen)."""
+        return bool(self.redis.set(P + "webhook:" + job_id, "1", nx=True, ex=ttl_seconds))
 
     def hit_rate(self, owner: str, window_seconds: int = 60) -> int:
         key = f"{P}rate:{owner}:{int(time.time() // window_seconds)}"

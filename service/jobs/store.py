@@ -16,6 +16,8 @@ from service.jobs.records import Artifact, JobError, JobKind, JobRecord, JobStat
 
 # Channel (Redis) / listener (memory) message: the id of a job whose record changed.
 EVENTS_CHANNEL = "realiz3d:job-events"
+# ... and the id of a job that reached a terminal status (webhooks), once per job.
+DONE_CHANNEL = "realiz3d:job-done"
 
 
 class QueueFull(Exception):
@@ -131,6 +133,10 @@ class JobStore(Protocol):
 
     def live_workers(self) -> list[dict[str, Any]]: ...
 
+    def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
+        """True for the one caller that gets to deliver this job's webhook."""
+        ...
+
     def hit_rate(self, owner: str, window_seconds: int = 60) -> int:
         """Count one submission by `owner` in the current window; returns the count so far."""
         ...
@@ -144,6 +150,7 @@ Listener = Callable[[str], None]
 __all__ = [
     "CancelOutcome",
     "LostJobs",
+    "DONE_CHANNEL",
     "EVENTS_CHANNEL",
     "IdempotencyConflict",
     "JobStore",
