@@ -174,7 +174,8 @@ function camerasTable(cameras) {
   return el(
     "details",
     { class: "cameras" },
-    el("summary", {}, `Cameras (${cameras.convention || "camera_to_world in cameras.json"})`),
+    el("summary", {}, "Cameras"),
+    el("p", { class: "hint" }, cameras.convention || ""),
     el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))),
   );
 }
