@@ -156,7 +156,19 @@ def test_page_is_served_with_its_files_and_a_strict_csp(embedded):
         "/static/vendor/three/LICENSE",
     ):
         assert httpx.get(embedded.url + path).status_code == 200, path
-    assert httpx.get(embedded.url + "/static/../service/settings.py").status_code == 404
+    # A raw request line (clients normalise "..") cannot climb out of service/static.
+    for target in ("/static/../api/app.py", "/static/%2e%2e/api/app.py", "/static/..%2fapi%2fapp.py"):
+        status = raw_get_status(embedded.port, target)
+        assert status == 404, (target, status)
+
+
+def raw_get_status(port: int, target: str) -> int:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        head = sock.recv(64).decode("latin-1")
+    return int(head.split()[1])
 
 
 def test_multiview_from_the_page_grid_jobs_list_and_link_back(embedded, browser_factory, tmp_path):
