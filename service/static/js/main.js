@@ -174,7 +174,8 @@ function camerasTable(cameras) {
   return el(
     "details",
     { class: "cameras" },
-    el("summary", {}, `Cameras (${cameras.convention || "camera_to_world in cameras.json"})`),
+    el("summary", {}, "Cameras"),
+    el("p", { class: "hint" }, cameras.convention || ""),
     el("div", { class: "table-wrap" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))),
   );
 }
@@ -236,7 +237,11 @@ async function showTexture(area, job) {
 // One job's panel: status, progress (SSE), cancel, then its results
 
 function jobPanel(area, container, job, title) {
-  const status = el("span", { class: `status status-${job.status}`, dataset: { role: "status" }, "aria-live": "polite" }, job.status);
+  const status = el(
+    "span",
+    { class: `status status-${job.status}`, dataset: { role: "status" }, "aria-live": "polite" },
+    job.status,
+  );
   const progress = el("progress", { max: 1, value: 0, "aria-label": `progress of ${title}` });
   const steps = el("span", { class: "steps", dataset: { role: "steps" } }, "");
   const cancel = el("button", { type: "button", class: "secondary", dataset: { role: "cancel" } }, "Cancel");
@@ -245,7 +250,13 @@ function jobPanel(area, container, job, title) {
   const panel = el(
     "article",
     { class: "job", dataset: { jobId: job.id, kind: job.kind } },
-    el("h3", {}, title, " ", el("a", { href: `#job=${encodeURIComponent(job.id)}`, class: "job-id", title: "link to this job" }, job.id.slice(0, 10))),
+    el(
+      "h3",
+      {},
+      title,
+      " ",
+      el("a", { href: `#job=${encodeURIComponent(job.id)}`, class: "job-id", title: "link to this job" }, job.id.slice(0, 10)),
+    ),
     el("div", { class: "job-progress" }, status, progress, steps, cancel),
     message,
     body,
@@ -287,7 +298,9 @@ function jobPanel(area, container, job, title) {
     } else if (final.status === "failed") {
       message.textContent = `Failed: ${final.error?.message || "unknown error"} (${final.error?.code || "error"})`;
     } else if (final.status === "canceled") {
-      message.textContent = `Canceled at step ${final.progress.step} of ${final.progress.total}.`;
+      message.textContent = final.progress.total
+        ? `Canceled at step ${final.progress.step} of ${final.progress.total}.`
+        : "Canceled before it started.";
     }
   };
 
@@ -303,7 +316,7 @@ function jobPanel(area, container, job, title) {
             update(data.status, data.progress.step, data.progress.total);
             updateJob(data);
           } else if (type === "progress") {
-          update(data.status, data.step, data.total);
+            update(data.status, data.step, data.total);
           }
         },
         controller.signal,
