@@ -165,7 +165,18 @@ def test_clip_models_save_and_load_again(tiny_sd_model_dir, tmp_path):
     assert names and all(not p.requires_grad for p in names.values())
 
 
-def test_train_init_on_a_latent_clip_model_is_a_clear_user_error(tiny_sd_model_dir, tmp_path, capsys):
-    args = ["train", "--stage", "1", "--init", str(tiny_sd_model_dir), "--steps", "1", "--out", str(tmp_path)]
+def test_train_init_on_a_latent_clip_model_checks_its_data_folder(tiny_sd_model_dir, tmp_path, capsys):
+    # Training latent models on a DATA_DIR: tests/test_training_own_data.py.
+    args = [
+        "train",
+        "--init",
+        str(tiny_sd_model_dir),
+        "--data",
+        str(tmp_path),
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 2
-    assert "latent (VAE) model" in capsys.readouterr().err
+    assert "not a data set (no dataset.json" in capsys.readouterr().err

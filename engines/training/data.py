@@ -41,14 +41,15 @@ def cache_root() -> Path:
     return Path(base) / "datasets"
 
 
-def _key(spec: DataSpec) -> str:
+def data_key(spec: DataSpec) -> str:
+    """The cache key of `spec`: everything that determines the data's content."""
     blob = json.dumps({**asdict(spec), "version": DATA_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def load_datasets(spec: DataSpec, cache: bool = True) -> tuple[SyntheticSet, RealSet]:
     """Both domains for `spec`, from the cache when present (else generated and cached)."""
-    path = cache_root() / f"{spec.split}-{_key(spec)}.npz"
+    path = cache_root() / f"{spec.split}-{data_key(spec)}.npz"
     if cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))

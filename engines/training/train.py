@@ -15,39 +15,55 @@ exact recipe).
 - `naive`: standard fine-tuning of the same base on the same data in the same order (stage-1 data,
   then stage-2 data) with no covariate: the shifter is off, no layer masking, no reassignment.
 
-Every step's batch and noise come from generators seeded by (seed, stage, step), so a resumed run takes
-exactly the path an uninterrupted one would.
+Every step's batch and noise come from generators seeded by (seed, stage, step) (and the process rank
+beyond rank 0), so a resumed run takes exactly the path an uninterrupted one would.
+
+Data: a DATA_DIR (dataset.py's format; `--data`), or the procedural toy data written as one
+(toy_dataset.py). The loss is computed in the model's own space: a latent model's images go through its
+VAE (sampled latent x scaling factor), a pixel model's stay pixels; noise schedule and prediction type
+come from the folder's scheduler config. Processes and nodes: Hugging Face `accelerate` (`accelerate
+launch`); the model is wrapped in DDP by `Accelerator.prepare`, bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from torch import nn
 
 from engines.errors import UserInputError
-from engines.models.config import ModelConfig
+from engines.models.config import GEOMETRY_CHANNELS, ModelConfig
 from engines.models.default_model import build_model
 from engines.models.model_folder import load_model, save_model
-from engines.models.realiz3d_model import DEFAULT_SCHEDULER_CONFIG, Realiz3DModel
+from engines.models.realiz3d_model import Realiz3DModel
 from engines.models.shifter_config import BlockShiftConfig, LoraShifterConfig
 from engines.models.unet import default_unet_config
 from engines.training.checkpoint import load_checkpoint, save_checkpoint
-from engines.training.data import DataSpec, load_datasets, to_model_range
+from engines.training.data import DataSpec, to_model_range
+from engines.training.dataset import Dataset, Layout, RealImages, SyntheticObjects, open_dataset
 from engines.training.layer_positions import frozen_before_site, parameter_positions
-from engines.training.real_data import RealSet
-from engines.training.synthetic_data import SyntheticSet
+from engines.training.toy_dataset import toy_data_dir
 from engines.types import DomainCombo, DomainSchedule, uniform_combo
 
 STAGES = ("base", "1", "2", "naive")
 STAGE_IDS = {"1": 1, "2": 2, "naive": 3, "base": 4}
+TRAIN_SETS = ("adapters", "unet", "all")
+# What each stage trains unless --train says otherwise: base the image model (UNet + text encoder),
+# stage 1 only the Domain Shifter, stage 2 and naive the UNet.
+DEFAULT_TRAIN = {"base": "all", "1": "adapters", "2": "unet", "naive": "unet"}
+PRECISIONS = ("auto", "bf16", "fp32")
 REAL, SYN = uniform_combo("real"), uniform_combo("synthetic")
 
 
@@ -70,7 +86,11 @@ class TrainConfig:
     stage1_steps: int = 0  # naive only: how many leading steps use stage-1 data
     checkpoint_every: int = 200
     log_every: int = 25
-    data: DataSpec = field(default_factory=DataSpec)
+    data: DataSpec = field(default_factory=DataSpec)  # the toy data, when data_dir is None
+    data_dir: str | None = None  # a DATA_DIR (dataset.py's format)
+    train: str | None = None  # adapters | unet | all; None = the stage's own set (DEFAULT_TRAIN)
+    gradient_checkpointing: bool = False
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 elsewhere
     # model shape (fresh models only: stage 1 and naive)
     resolution: int = 32
     channels: tuple[int, ...] = (32, 64, 64)
@@ -87,6 +107,27 @@ class TrainConfig:
             raise UserInputError(f"--form must be block-shift or lora, got {self.shifter_form!r}")
         if self.tau_blocks is not None and self.tau_blocks < 0:
             raise UserInputError(f"--tau-blocks must be >= 0, got {self.tau_blocks}")
+        if self.precision not in PRECISIONS:
+            raise UserInputError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        train = self.train or DEFAULT_TRAIN[self.stage]
+        if train not in TRAIN_SETS:
+            raise UserInputError(f"--train must be one of {', '.join(TRAIN_SETS)}, got {train!r}")
+        if self.stage == "1" and train != "adapters":
+            raise UserInputError(
+                "stage 1 trains only the Domain Shifter (the backbone stays frozen): --train adapters"
+            )
+        if self.stage != "1" and train == "adapters":
+            raise UserInputError(
+                f"--train adapters is stage 1's set (the Domain Shifter); stage {self.stage} "
+                f"{'freezes' if self.stage == '2' else 'does not use'} it: --train unet or all"
+            )
+
+    @property
+    def trainable(self) -> str:
+        """The trainable set: --train, or the stage's own (DEFAULT_TRAIN)."""
+        return self.train or DEFAULT_TRAIN[self.stage]
 
 
 def fresh_model(cfg: TrainConfig) -> Realiz3DModel:
@@ -132,18 +173,20 @@ def with_fresh_shifter(model: Realiz3DModel, cfg: TrainConfig) -> Realiz3DModel:
 def named_parameters(model: Realiz3DModel) -> dict[str, torch.nn.Parameter]:
     out = {f"unet.{k}": p for k, p in model.unet.unet.named_parameters()}
     out.update({f"shifter.{k}": p for k, p in model.shifter.named_parameters()})
-    if isinstance(model.text_encoder, torch.nn.Module):  # a CLIP encoder stays frozen: not listed
-        out.update({f"text.{k}": p for k, p in model.text_encoder.named_parameters()})
+    out.update({f"text.{k}": p for k, p in model.text_encoder.named_parameters()})  # hashed words or CLIP
     return out
 
 
-def trainable_names(model: Realiz3DModel, stage: str) -> list[str]:
+def trainable_names(model: Realiz3DModel, stage: str, train: str | None = None) -> list[str]:
+    """adapters: the Domain Shifter only (stage 1: the backbone stays bitwise unchanged); unet: the UNet
+    (stage 2 freezes the shifter and the text encoder; naive never uses the shifter); all: UNet and text
+    encoder (the base stage's pre-trained image model)."""
+    train = train or DEFAULT_TRAIN[stage]
     names = list(named_parameters(model))
-    if stage == "1":  # the Domain Shifter only: the backbone stays bitwise unchanged
+    if train == "adapters":
         return [n for n in names if n.startswith("shifter.")]
-    if stage == "base":  # the pre-trained image model: UNet and text encoder, no shifter
+    if train == "all":
         return [n for n in names if not n.startswith("shifter.")]
-    # stage 2 freezes the shifter (and the text encoder); naive never uses the shifter
     return [n for n in names if n.startswith("unet.")]
 
 
@@ -156,10 +199,10 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # (n, 3, H, W) in [-1, 1]
+    images: torch.Tensor  # (n, 3, H, W) in [-1, 1], at the model's resolution
     captions: list[str]
     cameras: torch.Tensor  # (n, 16)
-    geometry: torch.Tensor  # (n, 7, H, W)
+    geometry: torch.Tensor  # (n, 7, h, w) at the UNet's input resolution
     num_views: int
     combos: list[DomainCombo]
 
@@ -169,30 +212,32 @@ def _captions(rng: np.random.Generator, captions: list[str], dropout: float) -> 
 
 
 def synthetic_batch(
-    rng: np.random.Generator, syn: SyntheticSet, cfg: TrainConfig, with_controls: bool
+    rng: np.random.Generator, syn: SyntheticObjects, cfg: TrainConfig, with_controls: bool
 ) -> Batch:
-    views = syn.images.shape[1]
-    res = syn.images.shape[2]
+    views, g = syn.views, syn.layout.geometry_size
     if not with_controls:  # stage 1: independent single views, no camera, no geometry
         n = cfg.batch_objects * views
         obj = rng.integers(len(syn), size=n)
         view = rng.integers(views, size=n)
-        images = syn.images[obj, view]
+        images = np.stack([syn.load(int(o))[0][v] for o, v in zip(obj, view, strict=True)])
         caps = _captions(rng, [syn.captions[i] for i in obj], cfg.caption_dropout)
         return Batch(
             torch.from_numpy(to_model_range(images)),
             caps,
             torch.zeros(n, 16),
-            torch.zeros(n, 7, res, res),
+            torch.zeros(n, GEOMETRY_CHANNELS, g, g),
             1,
             [SYN] * n,
         )
     obj = rng.integers(len(syn), size=cfg.batch_objects)
-    images = syn.images[obj].reshape(-1, res, res, 3)
-    cams = syn.cameras[obj].reshape(-1, 16)
-    geom = syn.geometry[obj].astype(np.float32)  # (b, V, 7, H, W)
+    loaded = [syn.load(int(o)) for o in obj]
+    images = np.concatenate([im for im, _ in loaded])
+    cams = np.concatenate([syn.cameras[o] for o in obj])
     keep = rng.random(cfg.batch_objects) < cfg.geometry_prob
-    geom = geom * keep[:, None, None, None, None]
+    empty = np.zeros((views, GEOMETRY_CHANNELS, g, g), np.float32)
+    geom = np.concatenate(
+        [gm if k and gm is not None else empty for (_, gm), k in zip(loaded, keep, strict=True)]
+    )
     caps = []
     for i in obj:
         c = "" if rng.random() < cfg.caption_dropout else syn.captions[i]
@@ -201,47 +246,151 @@ def synthetic_batch(
         torch.from_numpy(to_model_range(images)),
         caps,
         torch.from_numpy(cams),
-        torch.from_numpy(geom.reshape(-1, 7, res, res)),
+        torch.from_numpy(geom.astype(np.float32)),
         views,
         [SYN] * len(caps),
     )
 
 
-def real_batch(rng: np.random.Generator, real: RealSet, cfg: TrainConfig, reassigned: int = 0) -> Batch:
-    """Photographs with empty controls; the first `reassigned` block sites run their shifter on S."""
+def real_batch(rng: np.random.Generator, real: RealImages, cfg: TrainConfig, reassigned: int = 0) -> Batch:
+    """Images with empty controls; the first `reassigned` block sites run their shifter on S."""
     idx = rng.integers(len(real), size=cfg.batch_real)
-    res = real.images.shape[1]
+    g = real.layout.geometry_size
     caps = _captions(rng, [real.captions[i] for i in idx], cfg.caption_dropout)
     combos = [DomainCombo("real", "real", "real", reassigned)] * len(idx)
     return Batch(
-        torch.from_numpy(to_model_range(real.images[idx])),
+        torch.from_numpy(to_model_range(np.stack([real.load(int(i)) for i in idx]))),
         caps,
         torch.zeros(len(idx), 16),
-        torch.zeros(len(idx), 7, res, res),
+        torch.zeros(len(idx), GEOMETRY_CHANNELS, g, g),
         1,
         combos,
     )
 
 
-def diffusion_loss(
+def noise_scheduler(model: Realiz3DModel) -> DDPMScheduler:
+    """The forward process of the model's own scheduler config (betas, timesteps, prediction type)."""
+    allowed = set(inspect.signature(DDPMScheduler.__init__).parameters) - {"self"}
+    scheduler = DDPMScheduler(**{k: v for k, v in model.scheduler_config.items() if k in allowed})
+    if scheduler.config.prediction_type not in ("epsilon", "v_prediction"):
+        raise UserInputError(
+            f"scheduler prediction_type {scheduler.config.prediction_type!r}: training supports epsilon "
+            "and v_prediction"
+        )
+    return scheduler
+
+
+def model_inputs(
     model: Realiz3DModel, scheduler: DDPMScheduler, batch: Batch, gen: torch.Generator, covariate: bool
-) -> torch.Tensor:
-    n = batch.images.shape[0]
+) -> dict:
+    """The noised sample, target and controls of one UNet call, in the model's space on its device.
+
+    A latent model's images are encoded by its VAE (a latent sampled from the posterior, times the
+    VAE's scaling factor). Every random draw comes from `gen` on the CPU: the same on any device."""
+    device = model.device
+    x = batch.images.to(device)
+    if model.vae is not None:
+        with torch.no_grad():
+            posterior = model.vae.encode(x.to(model.vae.dtype)).latent_dist
+            x = posterior.sample(generator=gen).float() * model.vae.config.scaling_factor
     # One timestep and one noise draw per object: the views of an object are denoised together.
-    objects = n // batch.num_views
+    objects = x.shape[0] // batch.num_views
     t = torch.randint(0, scheduler.config.num_train_timesteps, (objects,), generator=gen)
-    t = t.repeat_interleave(batch.num_views)
-    noise = torch.randn(batch.images.shape, generator=gen)
-    noisy = scheduler.add_noise(batch.images, noise, t)
+    t = t.repeat_interleave(batch.num_views).to(device)
+    noise = torch.randn(x.shape, generator=gen).to(device)
+    noisy = scheduler.add_noise(x, noise, t)
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x, noise, t)
     ids = None
     if covariate:
         model.shifter.set_unfused()  # the chain itself, so its parameters get gradients
-        ids = model.shifter.domain_ids(batch.combos)
+        ids = model.shifter.domain_ids(batch.combos, device=device)
     else:
         model.shifter.deactivate()
-    text = model.text_encoder.encode(batch.captions)
-    pred = model.unet(noisy, t, text, batch.cameras, batch.geometry, ids, num_views=batch.num_views)
-    return torch.nn.functional.mse_loss(pred, noise)
+    return {
+        "noisy": noisy,
+        "timesteps": t,
+        "captions": batch.captions,
+        "cameras": batch.cameras.to(device),
+        "geometry": batch.geometry.to(device),
+        "domain_ids": ids,
+        "num_views": batch.num_views,
+        "target": target,
+    }
+
+
+class DiffusionObjective(nn.Module):
+    """Text encoder + multi-view UNet (+ the Domain Shifter's hooks) -> the diffusion loss: one module, so
+    `Accelerator.prepare` can wrap everything that trains in DDP (the VAE stays outside: frozen)."""
+
+    def __init__(self, model: Realiz3DModel) -> None:
+        super().__init__()
+        self.unet, self.shifter, self.text_encoder = model.unet, model.shifter, model.text_encoder
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        captions: list[str],
+        cameras: torch.Tensor,
+        geometry: torch.Tensor,
+        domain_ids: torch.Tensor | None,
+        num_views: int,
+        target: torch.Tensor,
+    ) -> torch.Tensor:
+        text_trains = any(p.requires_grad for p in self.text_encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and text_trains):  # a frozen CLIP keeps no graph
+            text = self.text_encoder.encode(captions)
+        pred = self.unet(noisy, timesteps, text, cameras, geometry, domain_ids, num_views=num_views)
+        return F.mse_loss(pred.float(), target.float())
+
+
+def diffusion_loss(
+    model: Realiz3DModel, scheduler: DDPMScheduler, batch: Batch, gen: torch.Generator, covariate: bool
+) -> torch.Tensor:
+    inputs = model_inputs(model, scheduler, batch, gen, covariate)
+    return DiffusionObjective(model)(**inputs)
+
+
+@contextmanager
+def domain_ids_bound(model: Realiz3DModel, ids: torch.Tensor | None) -> Iterator[None]:
+    """Bind a call's domain ids for its backward pass. Gradient checkpointing re-runs blocks during
+    backward, and the Domain Shifter's pre-hooks (on those blocks) read the ids from the shifter's
+    context, which `MultiViewUNet.forward` clears when the call returns."""
+    ctx = model.shifter.context
+    ctx.ids = ids
+    try:
+        yield
+    finally:
+        ctx.ids = None
+
+
+def parameters_digest(params: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and exact bytes of `params` (processes compare their weights by it)."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode())
+        h.update(params[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def make_accelerator(cfg: TrainConfig):  # noqa: ANN201 - accelerate.Accelerator (an optional dependency)
+    """One process of `accelerate launch` (or a plain single process): DDP, device, bf16 autocast."""
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+    except ImportError:  # pragma: no cover - dependency message
+        raise UserInputError(
+            "training needs Hugging Face accelerate: pip install 'realiz3d-serve[train]'"
+        ) from None
+    cuda = torch.cuda.is_available()
+    precision = {"auto": "bf16" if cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
+    # Stage 2's layer-aware real pass leaves the first i sites' parameters without a gradient.
+    unused = cfg.stage == "2" and cfg.layer_aware
+    return Accelerator(
+        mixed_precision=precision,
+        cpu=not cuda,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
+    )
 
 
 class Trainer:
@@ -253,7 +402,9 @@ class Trainer:
         resume: bool = False,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.cfg, self.out, self.log = cfg, Path(out), log
+        self.cfg, self.out = cfg, Path(out)
+        self.acc = make_accelerator(cfg)
+        self.log = log if self.acc.is_main_process else (lambda _msg: None)
         self.ckpt = self.out / "checkpoint"
         self.step = 0
         ema_state = opt_state = None
@@ -281,15 +432,20 @@ class Trainer:
         else:
             model = fresh_model(cfg)
         self.model = model
+        self.dataset = self._open_data()
         params = named_parameters(model)
         for p in params.values():
             p.requires_grad_(False)
-        self.names = trainable_names(model, cfg.stage)
+        self.names = trainable_names(model, cfg.stage, cfg.trainable)
         self.params = [params[n] for n in self.names]
         for p in self.params:
             p.requires_grad_(True)
         for m in model.modules():
             m.train()
+        if model.vae is not None:
+            model.vae.eval()
+        if cfg.gradient_checkpointing:
+            model.unet.unet.enable_gradient_checkpointing()
         tau = model.shifter.config.tau_blocks if hasattr(model.shifter.config, "tau_blocks") else None
         self.tau_blocks = min(
             cfg.tau_blocks if cfg.tau_blocks is not None else (tau or model.shifter.num_sites // 2),
@@ -300,6 +456,8 @@ class Trainer:
             [n.removeprefix("unet.") for n in unet_names], model.shifter.sites
         )
         self.params_by_name = dict(zip(self.names, self.params, strict=True))
+        model.to(self.acc.device)  # fp32 weights; bf16 is autocast, not a cast of the weights
+        self.objective = self.acc.prepare(DiffusionObjective(model))
         decay = [p for n, p in zip(self.names, self.params, strict=True) if p.ndim > 1]
         no_decay = [p for n, p in zip(self.names, self.params, strict=True) if p.ndim <= 1]
         self.optimizer = torch.optim.AdamW(
@@ -310,14 +468,40 @@ class Trainer:
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
         self.ema = (
-            {k: v.clone() for k, v in ema_state.items()}
+            {k: v.to(self.acc.device).clone() for k, v in ema_state.items()}
             if ema_state is not None
             else {n: p.detach().clone() for n, p in zip(self.names, self.params, strict=True)}
         )
-        sched_cfg = {k: v for k, v in DEFAULT_SCHEDULER_CONFIG.items() if not k.startswith("_")}
-        sched_cfg.pop("set_alpha_to_one", None)
-        self.scheduler = DDPMScheduler.from_config(sched_cfg)
-        self.syn, self.real = load_datasets(cfg.data)
+        self.scheduler = noise_scheduler(model)
+        self.log(
+            f"stage {cfg.stage}: {self.dataset.describe()}; training {cfg.trainable} "
+            f"({sum(p.numel() for p in self.params):,} parameters) on {self.acc.num_processes} process(es), "
+            f"{self.acc.device}, mixed precision {self.acc.mixed_precision}"
+        )
+
+    def _open_data(self) -> Dataset:
+        cfg, config = self.cfg, self.model.config
+        root = Path(cfg.data_dir) if cfg.data_dir is not None else None
+        if root is None:
+            with self.acc.main_process_first():  # one process writes the cached toy DATA_DIR
+                root = toy_data_dir(cfg.data)
+        layout = Layout(config.resolution, config.unet_input_factor, config.camera.convention)
+        data = open_dataset(root, layout)
+        if data.real is None:
+            raise UserInputError(f"{root}: stage {cfg.stage} needs real images (real/metadata.jsonl)")
+        if cfg.stage != "base" and data.synthetic is None:
+            raise UserInputError(
+                f"{root}: stage {cfg.stage} needs synthetic objects (synthetic/metadata.jsonl)"
+            )
+        return data
+
+    @property
+    def syn(self) -> SyntheticObjects:
+        return self.dataset.synthetic  # type: ignore[return-value]
+
+    @property
+    def real(self) -> RealImages:
+        return self.dataset.real  # type: ignore[return-value]
 
     def stage_data(self, step: int) -> str:
         """Which data recipe a step uses: base (photos only), stage 1's (no controls) or stage 2's."""
@@ -325,10 +509,21 @@ class Trainer:
             return "1" if step < self.cfg.stage1_steps else "2"
         return self.cfg.stage
 
+    def _seed(self, step: int) -> list[int]:
+        key = [self.cfg.seed, STAGE_IDS[self.cfg.stage], step]
+        rank = self.acc.process_index
+        return key + [rank] if rank else key  # every process draws its own batch
+
+    def _loss_backward(self, batch: Batch, gen: torch.Generator, covariate: bool) -> float:
+        inputs = model_inputs(self.model, self.scheduler, batch, gen, covariate)
+        loss = self.objective(**inputs)
+        with domain_ids_bound(self.model, inputs["domain_ids"]):
+            self.acc.backward(loss)
+        return loss.item()
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
-        sid = STAGE_IDS[cfg.stage]
-        rng = np.random.default_rng([cfg.seed, sid, step])
+        rng = np.random.default_rng(self._seed(step))
         gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         recipe = self.stage_data(step)
         covariate = cfg.stage in ("1", "2")
@@ -338,19 +533,16 @@ class Trainer:
         losses: dict[str, float] = {}
         if recipe != "base":
             syn = synthetic_batch(rng, self.syn, cfg, with_controls=recipe == "2")
-            loss_syn = diffusion_loss(self.model, self.scheduler, syn, gen, covariate)
-            loss_syn.backward()
-            losses["loss_synthetic"] = loss_syn.item()
+            with self.acc.no_sync(self.objective):  # gradients are reduced once, after the real pass
+                losses["loss_synthetic"] = self._loss_backward(syn, gen, covariate)
         split = int(rng.integers(0, self.tau_blocks + 1)) if cfg.stage == "2" else 0
         real = real_batch(rng, self.real, cfg, reassigned=split)
         frozen = self._freeze_before(split) if cfg.stage == "2" and cfg.layer_aware else []
         try:
-            loss_real = diffusion_loss(self.model, self.scheduler, real, gen, covariate)
-            loss_real.backward()
+            losses["loss_real"] = self._loss_backward(real, gen, covariate)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        losses["loss_real"] = loss_real.item()
         if cfg.stage == "2":
             losses["reassigned_sites"] = float(split)
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -370,40 +562,71 @@ class Trainer:
         return frozen
 
     def save(self) -> None:
-        self.model.shifter.invalidate_fused()
-        save_checkpoint(
-            self.ckpt,
-            self.model,
-            self.optimizer,
-            self.ema,
-            {"step": self.step, "stage": self.cfg.stage, "config": json.loads(json.dumps(asdict(self.cfg)))},
-        )
+        if self.acc.is_main_process:
+            self.model.shifter.invalidate_fused()
+            save_checkpoint(
+                self.ckpt,
+                self.model,
+                self.optimizer,
+                self.ema,
+                {
+                    "step": self.step,
+                    "stage": self.cfg.stage,
+                    "config": json.loads(json.dumps(asdict(self.cfg))),
+                },
+            )
+        self.acc.wait_for_everyone()
 
     def export(self, folder: Path) -> Path:
-        """Write the EMA weights as a model folder."""
-        params = named_parameters(self.model)
-        backup = {n: params[n].detach().clone() for n in self.names}
-        with torch.no_grad():
-            for n in self.names:
-                params[n].copy_(self.ema[n])
-        self.model.shifter.invalidate_fused()
-        save_model(self.model, folder)
-        with torch.no_grad():
-            for n in self.names:
-                params[n].copy_(backup[n])
+        """Write the EMA weights as a model folder (the main process; the others wait for it)."""
+        if self.acc.is_main_process:
+            params = named_parameters(self.model)
+            backup = {n: params[n].detach().clone() for n in self.names}
+            with torch.no_grad():
+                for n in self.names:
+                    params[n].copy_(self.ema[n])
+            self.model.shifter.invalidate_fused()
+            save_model(self.model, folder)
+            with torch.no_grad():
+                for n in self.names:
+                    params[n].copy_(backup[n])
+        self.acc.wait_for_everyone()
         return folder
+
+    def _mean_over_processes(self, losses: dict[str, float]) -> dict[str, float]:
+        if self.acc.num_processes == 1:
+            return losses
+        keys = sorted(losses)
+        values = self.acc.reduce(torch.tensor([losses[k] for k in keys], device=self.acc.device), "mean")
+        return dict(zip(keys, values.tolist(), strict=True))
+
+    def check_processes_agree(self) -> list[str]:
+        """Every process's digest of its trainable weights (written to OUT/processes.json); they must be
+        equal, or the processes have drifted apart (RuntimeError)."""
+        from accelerate.utils import gather_object
+
+        digests = gather_object([parameters_digest(self.params_by_name)])
+        if self.acc.is_main_process:
+            doc = {"num_processes": self.acc.num_processes, "step": self.step, "digests": digests}
+            (self.out / "processes.json").write_text(json.dumps(doc, indent=2))
+        if len(set(digests)) != 1:
+            raise RuntimeError(
+                f"the {len(digests)} training processes ended with different weights: {digests}"
+            )
+        return digests
 
     def run(self) -> Path:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        logf = (self.out / "log.jsonl").open("a")
+        logf = (self.out / "log.jsonl").open("a") if self.acc.is_main_process else None
         t0, start_step = time.perf_counter(), self.step
         window: list[dict[str, float]] = []
         while self.step < cfg.steps:
-            losses = self.train_step(self.step)
+            losses = self._mean_over_processes(self.train_step(self.step))
             self.step += 1
             window.append(losses)
-            logf.write(json.dumps({"step": self.step, **losses}) + "\n")
+            if logf is not None:
+                logf.write(json.dumps({"step": self.step, **losses}) + "\n")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 rate = (self.step - start_step) / (time.perf_counter() - t0)
                 mean = {k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[-1]}
@@ -413,11 +636,14 @@ class Trainer:
                     f"stage {cfg.stage} step {self.step}/{cfg.steps} {figures} "
                     f"lr {lr_at(cfg, self.step - 1):.2e} {rate:.2f} it/s eta {eta / 60:.1f} min"
                 )
-                logf.flush()
+                if logf is not None:
+                    logf.flush()
                 window = []
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save()
-        logf.close()
+        if logf is not None:
+            logf.close()
+        self.check_processes_agree()
         final = self.export(self.out / "final")
         self.log(f"stage {cfg.stage} done: model folder {final}")
         return final
@@ -443,7 +669,7 @@ def train_all(
     for form in forms:
         root = out if form == "block-shift" else out / form
         key = "" if form == "block-shift" else f"{form}_"
-        s1 = stage("1", stage1_steps, shifter_form=form)
+        s1 = stage("1", stage1_steps, shifter_form=form, train=None)  # stage 1: the shifter only
         paths[f"{key}stage1"] = Trainer(s1, root / "stage1", init=paths["base"], resume=resume, log=log).run()
         s2 = stage("2", cfg.steps - stage1_steps, shifter_form=form)
         paths[f"{key}stage2"] = Trainer(
@@ -452,3 +678,19 @@ def train_all(
     nv = stage("naive", cfg.steps, stage1_steps=stage1_steps)
     paths["naive"] = Trainer(nv, out / "naive", init=paths["base"], resume=resume, log=log).run()
     return paths
+
+
+def train_from_pretrained(
+    cfg: TrainConfig, out: Path, init: Path, stage1_steps: int, resume: bool, log=print
+) -> dict[str, Path]:
+    """The method on a pre-trained (e.g. imported SD/MVDream) model: stage 1 (OUT/stage1, `stage1_steps`)
+    then stage 2 (OUT/stage2, the rest of `cfg.steps`)."""
+
+    def stage(name: str, steps: int, **kw) -> TrainConfig:
+        return TrainConfig(**{**asdict(cfg), "stage": name, "steps": steps, "data": cfg.data, **kw})
+
+    s1 = Trainer(
+        stage("1", stage1_steps, train=None), out / "stage1", init=init, resume=resume, log=log
+    ).run()
+    s2 = Trainer(stage("2", cfg.steps - stage1_steps), out / "stage2", init=s1, resume=resume, log=log).run()
+    return {"stage1": s1, "stage2": s2}

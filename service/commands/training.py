@@ -1,4 +1,5 @@
-"""`realiz3d train` and `realiz3d eval`: train the embedded default model here, and evaluate it."""
+"""`realiz3d train`, `realiz3d dataset` and `realiz3d eval`: train a model on a DATA_DIR (or the toy data made
+here), write/check data sets, and evaluate."""
 
 from __future__ import annotations
 
@@ -9,16 +10,46 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="two-stage Realiz3D training (and the naive baseline) on data generated here",
+        help="two-stage Realiz3D training (and the naive baseline) on a DATA_DIR or the toy data",
         description="base = the pre-trained image model (photos only, no shifter); stage 1 trains only "
         "the Domain Shifter (backbone frozen, empty controls); stage 2 the controls with the shifter "
         "frozen, real samples reassigning the first i ~ U{0..tau_B} sites to synthetic; naive = the "
         "same base and data with no domain covariate. 'all' runs base, stage 1, stage 2 and naive into "
-        "OUT/base, OUT/stage1, OUT/stage2, OUT/naive (and OUT/lora/... with --with-lora). Each run "
+        "OUT/base, OUT/stage1, OUT/stage2, OUT/naive (and OUT/lora/... with --with-lora); '1+2' (the "
+        "default with --init) runs stage 1 and stage 2 from a pre-trained model. Each run "
         "writes OUT/checkpoint (resumable) and OUT/final (the model folder, EMA weights). See "
         "docs/training.md.",
     )
-    p.add_argument("--stage", choices=["base", "1", "2", "naive", "all"], required=True)
+    p.add_argument(
+        "--stage",
+        choices=["base", "1", "2", "naive", "all", "1+2"],
+        default=None,
+        help="default: 1+2 with --init (stage 1 into OUT/stage1, then stage 2 into OUT/stage2)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="DATA_DIR in the training data set format (docs/training.md); default: the toy data",
+    )
+    p.add_argument(
+        "--train",
+        choices=["adapters", "unet", "all"],
+        default=None,
+        help="what trains: adapters (the Domain Shifter: stage 1), unet (stage 2, naive), all (UNet + "
+        "text encoder: base); default: the stage's own set",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute UNet blocks in backward (less memory)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder of this run")
     p.add_argument(
         "--steps", type=int, default=5000, help="steps of this stage (all/naive: stage 1 + stage 2)"
@@ -27,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stage1-steps",
         type=int,
         default=None,
-        help="all/naive: steps on stage-1 data before stage-2 data (default: 30%% of --steps)",
+        help="all/naive/1+2: steps on stage-1 data before stage-2 data (default: 30%% of --steps)",
     )
     p.add_argument("--base-steps", type=int, default=1500, help="all: steps of the base stage")
     p.add_argument(
@@ -50,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint")
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--log-every", type=int, default=25)
-    p.add_argument("--synthetic-objects", type=int, default=800, help="training objects (x 4 views)")
-    p.add_argument("--photos", type=int, default=3200, help="training photographs")
+    p.add_argument("--synthetic-objects", type=int, default=800, help="toy data: objects (x 4 views)")
+    p.add_argument("--photos", type=int, default=3200, help="toy data: photographs")
     p.add_argument("--channels", default="32,64,64", help="UNet block widths of a fresh model")
     p.add_argument(
         "--no-layer-aware",
@@ -59,6 +90,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stage 2: let real samples train the reassigned first i sites too",
     )
     p.set_defaults(handler=run_train)
+
+    d = sub.add_parser("dataset", help="training data sets: write the toy one, check one")
+    dsub = d.add_subparsers(dest="dataset_command", required=True)
+    toy = dsub.add_parser("toy", help="write the procedural toy data as a DATA_DIR")
+    toy.add_argument("--out", type=Path, required=True)
+    toy.add_argument("--synthetic-objects", type=int, default=800)
+    toy.add_argument("--photos", type=int, default=3200)
+    toy.add_argument("--resolution", type=int, default=32)
+    toy.add_argument("--seed", type=int, default=0)
+    toy.set_defaults(handler=run_dataset_toy)
+    check = dsub.add_parser("check", help="read every file of a DATA_DIR as training would")
+    check.add_argument("data", type=Path)
+    check.add_argument("--model", type=Path, default=None, help="read at this model folder's resolution")
+    check.set_defaults(handler=run_dataset_check)
 
     e = sub.add_parser(
         "eval",
@@ -99,42 +144,38 @@ def _model_folder(path: Path, flag: str) -> Path:
     return path
 
 
-def _pixel_space_only(folder: Path) -> None:
-    """Training runs in pixel space on 32 px procedural data for now: refuse a latent model cleanly."""
-    import json
-
-    from engines.errors import UserInputError
-
-    if json.loads((folder / "realiz3d.json").read_text()).get("latent_space") == "vae":
-        raise UserInputError(
-            f"--init {folder}: a latent (VAE) model; training in its latent space is not supported yet "
-            "(docs/bring-your-own-model.md)"
-        )
-
-
 def run_train(args: argparse.Namespace) -> int:
     from engines.errors import UserInputError
     from engines.training.data import DataSpec
-    from engines.training.train import TrainConfig, Trainer, train_all
+    from engines.training.train import TrainConfig, Trainer, train_all, train_from_pretrained
 
+    if args.stage is None:
+        if args.init is None:
+            raise UserInputError("--stage is required without --init (base, 1, 2, naive, all or 1+2)")
+        args.stage = "1+2"
+    if args.stage == "1+2" and args.init is None:
+        raise UserInputError(
+            "--stage 1+2 needs --init, the pre-trained model folder (e.g. from realiz3d import)"
+        )
+    if args.data is not None and not (args.data / "dataset.json").is_file():
+        raise UserInputError(f"--data {args.data}: not a data set (no dataset.json; see docs/training.md)")
     steps = _positive("--steps", args.steps)
     try:
         channels = tuple(int(c) for c in args.channels.split(","))
     except ValueError:
         raise UserInputError(f"--channels {args.channels!r}: expected comma-separated integers") from None
     stage1 = args.stage1_steps if args.stage1_steps is not None else max(1, int(0.3 * steps))
-    if args.stage in ("all", "naive") and not 0 < stage1 < steps:
+    if args.stage in ("all", "naive", "1+2") and not 0 < stage1 < steps:
         raise UserInputError(f"--stage1-steps must be in [1, {steps - 1}], got {stage1}")
     if args.init is not None:
         _model_folder(args.init, "--init")
-        _pixel_space_only(args.init)
     data = DataSpec(
         synthetic=_positive("--synthetic-objects", args.synthetic_objects),
         real=_positive("--photos", args.photos),
         seed=args.seed,
     )
     cfg = TrainConfig(
-        stage="base" if args.stage == "all" else args.stage,
+        stage={"all": "base", "1+2": "2"}.get(args.stage, args.stage),  # 1+2: stage 1 resets --train
         steps=steps,
         seed=args.seed,
         batch_objects=_positive("--batch", args.batch),
@@ -148,7 +189,16 @@ def run_train(args: argparse.Namespace) -> int:
         layer_aware=not args.no_layer_aware,
         tau_blocks=args.tau_blocks,
         shifter_form=args.form,
+        data_dir=str(args.data) if args.data is not None else None,
+        train=args.train if args.stage not in ("all", "1+2") else _later_stages(args.train),
+        gradient_checkpointing=args.gradient_checkpointing,
+        precision=args.precision,
     )
+    if args.stage == "1+2":
+        paths = train_from_pretrained(cfg, args.out, args.init, stage1, args.resume, log=_log)
+        for k, v in paths.items():
+            print(f"{k}: {v}")
+        return 0
     if args.stage == "all":
         forms = ("block-shift", "lora") if args.with_lora else ("block-shift",)
         base_steps = _positive("--base-steps", args.base_steps)
@@ -158,6 +208,50 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     final = Trainer(cfg, args.out, init=args.init, resume=args.resume, log=_log).run()
     print(f"model folder: {final}")
+    return 0
+
+
+def _later_stages(train: str | None) -> str | None:
+    """all / 1+2: --train applies to the stages after stage 1 (which always trains only the shifter)."""
+    from engines.errors import UserInputError
+
+    if train == "adapters":
+        raise UserInputError(
+            "--train adapters is stage 1's own set; with --stage all or 1+2 give unet or all"
+        )
+    return train
+
+
+def run_dataset_toy(args: argparse.Namespace) -> int:
+    from engines.training.data import DataSpec
+    from engines.training.toy_dataset import write_toy_dataset
+
+    spec = DataSpec(
+        synthetic=_positive("--synthetic-objects", args.synthetic_objects),
+        real=_positive("--photos", args.photos),
+        seed=args.seed,
+        resolution=_positive("--resolution", args.resolution),
+    )
+    print(f"wrote {write_toy_dataset(spec, args.out)}")
+    return 0
+
+
+def run_dataset_check(args: argparse.Namespace) -> int:
+    from engines.models.config import ModelConfig
+    from engines.training.dataset import Layout, open_dataset
+
+    if args.model is not None:
+        config = ModelConfig.model_validate_json(
+            (_model_folder(args.model, "--model") / "realiz3d.json").read_text()
+        )
+        layout = Layout(config.resolution, config.unet_input_factor, config.camera.convention)
+    else:
+        layout = Layout(32)
+    data = open_dataset(args.data, layout)
+    for part in (data.synthetic, data.real):
+        for i in range(len(part) if part is not None else 0):
+            part.load(i)  # decode every image and geometry map
+    print(data.describe())
     return 0
 
 
