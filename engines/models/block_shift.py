@@ -6,7 +6,8 @@ the base UNet.
 
 - **unfused**: the chain `W_right(W_left(Embed(d)))` is computed in every call, for both domains, and
   indexed per sample (what training differentiates).
-- **fused**: the table `s_k(d)` for every site and domain is computed once (`fuse()`); a call looks up
+- **fused**: the table `s_k(d)` for every site and domain is computed once (`fuse()`, in fp32 whatever
+  the model's dtype, rounded once to the activations' dtype when added); a call looks up
   each sample's row per site. The index (`domain_ids`, one column per site) is an input of the UNet
   call, so eager, torch.compile, ONNX and TensorRT need one graph per input shape for every step split,
   block split and mixed batch. Extra memory: the tables, `domains x sum(site widths)` numbers.
@@ -32,8 +33,14 @@ class SiteShift(nn.Module):
         nn.init.zeros_(self.right.weight)
 
     def offsets(self) -> torch.Tensor:
-        """(domains, channels): s(d) for every domain."""
+        """(domains, channels): s(d) for every domain, in the parameters' dtype (what training uses)."""
         return self.right(self.left(self.embed.weight))
+
+    def offsets_fp32(self) -> torch.Tensor:
+        """The same chain computed in fp32 whatever the parameters' dtype: a fused table rounds once (to
+        the activations' dtype, when it is added), not after every product of a half-precision chain."""
+        e, a, b = (t.detach().float() for t in (self.embed.weight, self.left.weight, self.right.weight))
+        return (e @ a.T) @ b.T
 
 
 class BlockShift(DomainShifterBase):
@@ -94,7 +101,8 @@ class BlockShift(DomainShifterBase):
     @torch.no_grad()
     def fuse(self) -> None:
         if self._tables is None:
-            self._tables = [self.site(k).offsets().detach().clone() for k in range(self.num_sites)]
+            # fp32 tables (tiny: domains x channels per site), rounded once where a call adds them
+            self._tables = [self.site(k).offsets_fp32() for k in range(self.num_sites)]
 
     def activate(self, combo=None) -> None:  # noqa: ANN001 - combo is unused: domains come per sample
         self.fuse()
