@@ -41,3 +41,10 @@ class JobCanceled(Realiz3DError):
     """The caller's cancel check returned True; raised between denoising steps."""
 
     code = "canceled"
+
+
+class BatcherDied(Realiz3DError):
+    """The step batcher's thread is gone (a bug in it): every job it held fails with this, and the worker
+    stops being ready until it is restarted."""
+
+    code = "batcher_died"

@@ -94,6 +94,9 @@ class Realiz3DPipeline:
         self.adapters = adapters
         self.lock = threading.Lock()
         self.batcher: StepBatcher | None = None
+        #: the most native-resolution images one UNet call or one VAE decode takes (None: no bound);
+        #: larger calls are split (whole objects each), see `set_image_budget`
+        self.max_images: int | None = None
         #: on_unet_call(images, jobs, seconds): observes every UNet call (service metrics hook).
         self.on_unet_call: UNetCallObserver | None = None
 
@@ -111,8 +114,31 @@ class Realiz3DPipeline:
                 max_wait_s=max_wait_ms / 1e3,
                 on_unet_call=self._observe,
                 threads=threads or compute_threads(),
+                max_cells=self.max_cells,
             )
         return self.batcher
+
+    def set_image_budget(self, max_images: int | None) -> None:
+        """Bound every UNet call and VAE decode to `max_images` images at the model's native resolution
+        (pixels count: one image at twice the size is four). Calls above it are split into several, each of
+        whole objects; one object above it still runs as one call (its views attend to each other)."""
+        if max_images is not None and max_images < 1:
+            raise UserInputError("the image budget must be at least 1 image")
+        self.max_images = max_images
+        if self.batcher is not None:
+            self.batcher.max_cells = self.max_cells
+
+    @property
+    def max_cells(self) -> int | None:
+        """The budget in UNet-input cells (rows x H x W) per call."""
+        if self.max_images is None:
+            return None
+        side = self.model.config.resolution // self.model.config.unet_input_factor
+        return self.max_images * side * side
+
+    def alive(self) -> bool:
+        """False once the step batcher's thread has died: this pipeline can run no more jobs."""
+        return self.batcher is None or self.batcher.alive()
 
     def _enter_job_thread(self) -> None:
         if self.batcher is not None:
@@ -166,12 +192,17 @@ class Realiz3DPipeline:
         """What this model can serve (workers advertise it; the gateway refuses the rest at submission)."""
         cfg = self.model.config
         halvings = len(self.model.unet.unet.config.block_out_channels) - 1  # each down block but the last
+        step = cfg.downsample_factor * 2**halvings
+        served = cfg.served_resolutions(step)
         return ModelCapabilities(
             name=cfg.name,
             resolution=cfg.resolution,
-            resolution_step=cfg.downsample_factor * 2**halvings,
+            resolution_step=step,
             geometry=cfg.geometry_channels > 0,
             block_sites=self.model.shifter.num_sites,
+            resolutions=served if cfg.serving.resolutions is not None else None,
+            max_resolution=served[-1] if served else step,
+            views=cfg.serving.views,
         )
 
     def check_resolution(self, resolution: int) -> int:
@@ -248,12 +279,22 @@ class Realiz3DPipeline:
         )
         return JobPlan(job, cameras, resolution, seed, schedule)
 
+    def decode_slice(self, height: int, width: int) -> int | None:
+        """Latents one VAE decode takes at this latent size under the image budget (None: all at once)."""
+        if self.max_images is None:
+            return None
+        native = (self.model.config.resolution // self.model.config.unet_input_factor) ** 2
+        return max(1, self.max_images * native // (height * width))
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        """Latents -> uint8 images; a VAE decodes in slices of at most the image budget (its activations
+        at full resolution are the largest tensors of a job)."""
         if self.model.vae is not None:
             vae = self.model.vae
             latents = latents.to(vae.dtype) / vae.config.scaling_factor
-            latents = vae.decode(latents).sample
+            size = self.decode_slice(*latents.shape[-2:]) or latents.shape[0]
+            latents = torch.cat([vae.decode(part).sample for part in latents.split(size)])
         return tensor_to_uint8(latents)
 
     # ---- entry points ------------------------------------------------------------------------------
@@ -277,7 +318,9 @@ class Realiz3DPipeline:
             latents = self.batcher.run(plan.job, progress, should_cancel)
         else:
             with self.lock:  # one runner, one job at a time without the batcher
-                latents = denoise(self.runner, plan.job, progress, should_cancel, self._observe)
+                latents = denoise(
+                    self.runner, plan.job, progress, should_cancel, self._observe, self.max_cells
+                )
         timer.add("denoise", time.perf_counter() - t0)
         t0 = time.perf_counter()
         images = self.decode(latents)
@@ -304,6 +347,9 @@ class Realiz3DPipeline:
         should_cancel: CancelCheck | None = None,
     ) -> MultiviewResult:
         """Text-to-multiview: `request.num_views` views of one object on an orbit, or at `request.cameras`."""
+        problem = self.capabilities().refusal("multiview", request.model_dump())
+        if problem is not None:
+            raise UserInputError(problem)
         cameras = request.explicit_cameras() or orbit_cameras(
             request.num_views, request.elevation_deg, request.azimuths_deg, request.radius, request.fov_deg
         )

@@ -148,14 +148,19 @@ class StageTimer:
 
 
 class ModelCapabilities(BaseModel):
-    """What a loaded model can serve. Workers advertise it; the gateway refuses at submission (4xx) what
-    no worker's model can serve, with the same reason the worker would give."""
+    """What a loaded model can serve (its envelope). Workers advertise it; the gateway refuses at submission
+    (4xx) what no worker's model can serve, with the same reason the worker would give."""
 
     name: str
     resolution: int = Field(..., description="native image size in pixels")
     resolution_step: int = Field(..., description="image sizes must be multiples of this")
     geometry: bool = Field(..., description="takes geometry maps (can texture meshes)")
     block_sites: int = Field(..., description="Domain Shifter block sites: the largest block split `blocks`")
+    resolutions: list[int] | None = Field(
+        None, description="the image sizes served (realiz3d.json `serving`); None: any multiple of the step"
+    )
+    max_resolution: int | None = Field(None, description="the largest image size served; None: no bound")
+    views: list[int] | None = Field(None, description="the view counts served; None: any")
 
     def refusal(self, kind: str, params: dict) -> str | None:
         """Why this model cannot serve a `kind` job with these (validated) parameters; None if it can."""
@@ -166,6 +171,9 @@ class ModelCapabilities(BaseModel):
             problem := self.schedule_refusal(int(schedule.get("blocks") or 0))
         ):
             return problem
+        views = params.get("num_views") or (len(params["cameras"]) if params.get("cameras") else None)
+        if views is not None and (problem := self.views_refusal(int(views))):
+            return problem
         res = params.get("resolution" if kind == "multiview" else "view_resolution") or self.resolution
         return self.resolution_refusal(int(res))
 
@@ -174,10 +182,26 @@ class ModelCapabilities(BaseModel):
             return f"schedule blocks={blocks}: model {self.name!r} has {self.block_sites} block sites"
         return None
 
+    def views_refusal(self, views: int) -> str | None:
+        if self.views is not None and views not in self.views:
+            return f"num_views {views}: model {self.name!r} serves {_values(self.views)} views"
+        return None
+
     def resolution_refusal(self, resolution: int) -> str | None:
         if resolution % self.resolution_step:
             return (
                 f"resolution {resolution} is not a multiple of {self.resolution_step}, "
                 f"which model {self.name!r} needs"
             )
+        if self.resolutions is not None and resolution not in self.resolutions:
+            return f"resolution {resolution}: model {self.name!r} serves {_values(self.resolutions)}"
+        if self.max_resolution is not None and resolution > self.max_resolution:
+            return (
+                f"resolution {resolution}: model {self.name!r} serves multiples of {self.resolution_step} "
+                f"up to {self.max_resolution}"
+            )
         return None
+
+
+def _values(values: list[int]) -> str:
+    return ", ".join(map(str, values[:-1])) + (" or " if len(values) > 1 else "") + str(values[-1])

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(7200, ge=60, description="longer than the longest job")
     batch_max_jobs: int = Field(8, ge=1, description="jobs whose UNet calls are batched per step; 1 = off")
     batch_max_wait_ms: float = Field(5.0, ge=0)
+    batch_max_images: int = Field(
+        64,
+        ge=1,
+        description="images (at the model's native resolution; pixels count) one UNet call or VAE decode "
+        "takes; bigger steps are split into several calls of whole objects",
+    )
     progress_interval_ms: float = Field(
         250.0,
         ge=0,

@@ -82,12 +82,21 @@ def prepare_compute(settings: Settings) -> int | None:
     return threads
 
 
+def pipeline_alive(pipeline: Any) -> bool:
+    """False once the pipeline can run no job (its step batcher's thread died)."""
+    alive = getattr(pipeline, "alive", None)
+    return True if alive is None else bool(alive())
+
+
 def enable_batching(pipeline: Any, settings: Settings, threads: int | None = None) -> int:
     """Job slots of this worker: `batch_max_jobs` concurrent jobs sharing batched UNet calls, run on the
-    batcher's thread with `threads` intra-op threads (None: the calling thread's count).
+    batcher's thread with `threads` intra-op threads (None: the calling thread's count). Sets the
+    pipeline's image budget per UNet call (`batch_max_images`) either way.
 
     Returns 1 (one job at a time, no batcher) when batching is off or the pipeline cannot batch.
     """
+    if hasattr(pipeline, "set_image_budget"):
+        pipeline.set_image_budget(settings.batch_max_images)
     if settings.batch_max_jobs <= 1 or not hasattr(pipeline, "enable_batching"):
         return 1
     pipeline.enable_batching(
@@ -158,6 +167,7 @@ def run_worker(settings: Settings) -> int:
     name = default_worker_name(settings)
     store = RedisJobStore(settings.broker_url)
     state: dict[str, bool] = {"loaded": False}
+    pipeline: Any = None
     beats: list[WorkerHeartbeat] = []
 
     def healthy() -> bool:  # before the heartbeat starts (model loading) the process is healthy
@@ -166,7 +176,7 @@ def run_worker(settings: Settings) -> int:
     probes = ProbeServer(
         settings.worker_probe_host,
         settings.worker_metrics_port,
-        lambda: state["loaded"] and store.ping(),
+        lambda: state["loaded"] and pipeline_alive(pipeline) and store.ping(),
         healthy,
     )
     probes.start()
@@ -204,7 +214,12 @@ def run_worker(settings: Settings) -> int:
         "slots": slots,
         "model": model_info(pipeline),
     }
-    heartbeat = WorkerHeartbeat(ctx, info, queue=CeleryJobQueue(app, 3 * settings.heartbeat_ttl_seconds))
+    heartbeat = WorkerHeartbeat(
+        ctx,
+        info,
+        queue=CeleryJobQueue(app, 3 * settings.heartbeat_ttl_seconds),
+        ready=lambda: pipeline_alive(pipeline),
+    )
     heartbeat.start()
     beats.append(heartbeat)
     worker = app.Worker(

@@ -6,7 +6,8 @@ the base UNet.
 
 - **unfused**: the chain `W_right(W_left(Embed(d)))` is computed in every call, for both domains, and
   indexed per sample (what training differentiates).
-- **fused**: the table `s_k(d)` for every site and domain is computed once (`fuse()`); a call looks up
+- **fused**: the table `s_k(d)` for every site and domain is computed once (`fuse()`, in fp32 whatever
+  the model's dtype, rounded once to the activations' dtype when added); a call looks up
   each sample's row per site. The index (`domain_ids`, one column per site) is an input of the UNet
   call, so eager, torch.compile, ONNX and TensorRT need one graph per input shape for every step split,
   block split and mixed batch. Extra memory: the tables, `domains x sum(site widths)` numbers.
@@ -32,11 +33,15 @@ class SiteShift(nn.Module):
         nn.init.zeros_(self.right.weight)
 
     def offsets(self) -> torch.Tensor:
-        """(domains, channels): s(d) for every domain, computed in float64 and rounded once to the
-        parameters' dtype: the same bits whatever the weights' memory layout (fp32 BLAS results can
-        depend on alignment), and one rounding, not three, in bf16/fp16."""
-        e, left, right = (t.double() for t in (self.embed.weight, self.left.weight, self.right.weight))
-        return ((e @ left.T) @ right.T).to(self.right.weight.dtype)
+        """(domains, channels): s(d) for every domain, in the parameters' dtype (what training uses)."""
+        return self.right(self.left(self.embed.weight))
+
+    def offsets_exact(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The same chain computed in float64 and rounded once to `dtype` (default: the parameters'):
+        the same bits whatever the weights' memory layout (fp32 BLAS results can depend on alignment),
+        and one rounding, not one per product of a half-precision chain. Differentiable."""
+        e, a, b = (t.double() for t in (self.embed.weight, self.left.weight, self.right.weight))
+        return ((e @ a.T) @ b.T).to(dtype or self.right.weight.dtype)
 
 
 class BlockShift(DomainShifterBase):
@@ -83,7 +88,7 @@ class BlockShift(DomainShifterBase):
             if self.mode == "fused":
                 offset = self._tables[k][ids]  # type: ignore[index]
             else:  # the same chain the table holds, computed in this call (what training differentiates)
-                offset = self.site(k).offsets()[ids]
+                offset = self.site(k).offsets_exact()[ids]
             shifted = x + offset.to(x.dtype)[:, :, None, None]
             if args:
                 return (shifted, *args[1:]), kwargs
@@ -97,7 +102,8 @@ class BlockShift(DomainShifterBase):
     @torch.no_grad()
     def fuse(self) -> None:
         if self._tables is None:
-            self._tables = [self.site(k).offsets().detach().clone() for k in range(self.num_sites)]
+            # fp32 tables (tiny: domains x channels per site), rounded once where a call adds them
+            self._tables = [self.site(k).offsets_exact(torch.float32) for k in range(self.num_sites)]
 
     def activate(self, combo=None) -> None:  # noqa: ANN001 - combo is unused: domains come per sample
         self.fuse()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engines.types import DomainSchedule
 
@@ -41,6 +41,29 @@ class CameraConfig(BaseModel):
     convention: Literal["realiz3d", "mvdream"] = "realiz3d"
 
 
+class ServingEnvelope(BaseModel):
+    """The shapes a model serves: what workers advertise, the gateway enforces (422 naming the allowed
+    values) and compiled backends build engines for (one per view count and resolution).
+
+    `resolutions`: the image sizes served, or None for every multiple of the model's resolution step up to
+    `max_resolution` (None: twice the native resolution). `views`: the view counts served."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resolutions: list[int] | None = Field(None, min_length=1, description="served sizes; None: up to max")
+    max_resolution: int | None = Field(None, ge=16, le=2048, description="None: twice the native size")
+    views: list[int] = Field(default_factory=lambda: list(range(1, 9)), min_length=1)
+
+    @field_validator("resolutions", "views")
+    @classmethod
+    def _sorted_unique(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if any(x < 1 for x in v):
+            raise ValueError("values must be positive")
+        return sorted(set(v))
+
+
 class ModelConfig(BaseModel):
     """Contents of `realiz3d.json`."""
 
@@ -68,6 +91,15 @@ class ModelConfig(BaseModel):
         7.5, ge=0.0, le=50.0, description="classifier-free guidance when a request gives none"
     )
     seed: int | None = Field(None, description="seed a generated model was built from")
+    serving: ServingEnvelope = Field(default_factory=ServingEnvelope)
+
+    def served_resolutions(self, step: int) -> list[int]:
+        """Every image size this model serves, given its resolution step (sorted)."""
+        env = self.serving
+        if env.resolutions is not None:
+            return list(env.resolutions)
+        top = env.max_resolution or min(2048, 2 * self.resolution)
+        return list(range(step, top + 1, step))
 
     @property
     def downsample_factor(self) -> int:

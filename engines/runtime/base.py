@@ -66,6 +66,17 @@ def max_batch(runner: object, num_views: int) -> int | None:
     return None if limit is None else limit(num_views)
 
 
+def call_limit(runner: object, shape: Sequence[int], num_views: int, max_cells: int | None) -> int | None:
+    """The most rows one call of `runner` takes for inputs of `shape` (n, C, H, W): its largest batch and
+    the budget `max_cells` (rows x H x W), never below one object (an object's views attend to each
+    other, so they cannot be split). None: no limit."""
+    h, w = shape[-2], shape[-1]
+    limits = [n for n in (max_batch(runner, num_views),) if n is not None]
+    if max_cells is not None:
+        limits.append(max(num_views, max_cells // (h * w) // num_views * num_views))
+    return min(limits) if limits else None
+
+
 def call_batch(runner: object, batch: int, num_views: int) -> int:
     """The batch `runner` should be called with for `batch` real images: `batch` itself, or the next
     size it was compiled/captured for (CUDA graphs, static-shape engines); the step batcher pads up to
@@ -178,3 +189,29 @@ def run_padded(
             combos = per_sample(domains, real)
             domains = combos + [combos[-1]] * (padded.batch - real)  # padding rows copy the last object
     return runner(padded, domains)[:real]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously): a wall-clock step timing
+    taken without it measures the launches, not the work. A no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def call_pieces(
+    inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo], limit: int | None
+) -> list[tuple[int, int, UNetInputs, DomainCombo | Sequence[DomainCombo]]]:
+    """`inputs` cut into calls of at most `limit` rows, whole objects each (never fewer than one object):
+    [(first row, end row, inputs, domains)]. One piece, `inputs` itself, when it fits."""
+    n, v = inputs.batch, inputs.num_views
+    if limit is None or n <= limit:
+        return [(0, n, inputs, domains)]
+    step = max(v, limit // v * v)
+    combo = uniform(domains)
+    combos = None if combo is not None else per_sample(domains, n)
+    pieces = []
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        idx = torch.arange(lo, hi, device=inputs.sample.device)
+        pieces.append((lo, hi, select(inputs, idx), combo if combos is None else combos[lo:hi]))
+    return pieces

@@ -15,6 +15,19 @@ cancel is seen at the next iteration. Every active job advances exactly one step
 starves; a job that joins mid-way
 starts at its own step 0 (timesteps are per sample), and one that finishes or is canceled leaves without
 stalling the rest. `max_jobs = 1` turns cross-job batching off (jobs then run one after another).
+
+Budget: `max_cells` bounds one UNet call in UNet-input cells (rows x H x W; the pipeline sets it from
+`max_images` native-resolution images). A group above it is split into several calls, by jobs and, for a
+single job above it, by whole objects (every view of an object stays in one call: multi-view attention).
+
+Supervision: if the batcher's thread dies (a bug, not a failed UNet call, which fails only the jobs in it),
+every active and waiting job fails with `BatcherDied`, later submissions are refused with it, and
+`alive()` turns False (the worker's /readyz answers 503 and its heartbeat stops advertising it). Every wait
+has a timeout, so a job thread never hangs on a dead batcher. A job that completed its last step is done:
+a cancel or deadline seen after that never turns it into a canceled one.
+
+Timings passed to `on_unet_call` are taken after `torch.cuda.synchronize` on a CUDA device (kernels run
+asynchronously; without the sync the figure is the launch time).
 """
 
 from __future__ import annotations
@@ -28,9 +41,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engines.errors import JobCanceled
+from engines.errors import BatcherDied, JobCanceled
 from engines.requests import CancelCheck, ProgressCallback
-from engines.runtime.base import UNetRunner, max_batch, run_padded
+from engines.runtime.base import UNetRunner, call_limit, call_pieces, run_padded, synchronize
 from engines.runtime.cpu_setup import compute_thread
 from engines.sampling.denoise import DenoiseJob
 from engines.types import UNetInputs
@@ -91,11 +104,16 @@ class StepBatcher:
         max_wait_s: float = 0.005,
         on_unet_call: UNetCallObserver | None = None,
         threads: int | None = None,
+        max_cells: int | None = None,
     ) -> None:
         """`threads`: intra-op threads of the batcher's thread, which runs every UNet call (None: torch's
-        default for a new thread, i.e. the last count set anywhere in the process)."""
+        default for a new thread, i.e. the last count set anywhere in the process). `max_cells`: the most
+        UNet-input cells (rows x H x W) one call may hold (None: no bound but the runner's own)."""
         if max_jobs < 1:
             raise ValueError("max_jobs must be >= 1")
+        if max_cells is not None and max_cells < 1:
+            raise ValueError("max_cells must be >= 1")
+        self.max_cells = max_cells
         self.runner = runner
         self.max_jobs = max_jobs
         self.max_wait_s = max_wait_s
@@ -108,6 +126,10 @@ class StepBatcher:
         self._active: list[_Entry] = []
         self._cond = threading.Condition()
         self._closed = False
+        #: why the batcher's thread ended, when it died (None while it runs, or after a clean close)
+        self.died: BatcherDied | None = None
+        #: longest a job thread waits for the batcher to let go of a job it stopped (then it gives up)
+        self.stop_timeout_s = 600.0
         self._thread = threading.Thread(target=self._loop, name="realiz3d-step-batcher", daemon=True)
         self._thread.start()
 
@@ -126,6 +148,8 @@ class StepBatcher:
         """
         entry = _Entry(job)
         with self._cond:
+            if self.died is not None:
+                raise self.died
             if self._closed:
                 raise RuntimeError("the step batcher is closed")
             self._waiting.append(entry)
@@ -136,25 +160,53 @@ class StepBatcher:
             if not done:
                 entry.stepped.wait(self.poll_s)
                 entry.stepped.clear()
+                if not entry.finished.is_set() and not self._thread.is_alive():
+                    self._fail_all(self._death("the step batcher's thread is gone"))
             step = job.step_index
             try:
                 if progress is not None:
                     for s in range(reported + 1, step + 1):
                         progress(s, job.num_steps)
                 reported = step
-                if not done and should_cancel is not None and should_cancel():
+                # A job past its last step is done: a cancel or deadline now comes too late to stop it.
+                if not done and not job.done and should_cancel is not None and should_cancel():
                     raise JobCanceled(f"canceled at step {step}/{job.num_steps}")
             except BaseException as e:  # noqa: BLE001 - this job stops; the others go on
                 entry.stop = e
                 with self._cond:
                     self._cond.notify_all()
-                entry.finished.wait()
+                if not entry.finished.wait(self.stop_timeout_s):
+                    raise self._death(
+                        f"the step batcher did not release a stopped job in {self.stop_timeout_s:g} s"
+                    ) from e
+                if entry.error is None and job.done:
+                    if isinstance(e, JobCanceled):
+                        return job.latents  # it finished its last step meanwhile: the result stands
+                    raise
                 raise (entry.error or e) from None  # the job may have failed on its own meanwhile
             if done:
                 break
         if entry.error is not None:
             raise entry.error
         return job.latents
+
+    def alive(self) -> bool:
+        """False once the batcher's thread has died (or was closed): it can run no job."""
+        return self.died is None and not self._closed and self._thread.is_alive()
+
+    def _death(self, why: str) -> BatcherDied:
+        with self._cond:
+            if self.died is None:
+                self.died = BatcherDied(why)
+            return self.died
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._cond:
+            entries = [*self._active, *self._waiting]
+            self._active.clear()
+            self._waiting.clear()
+        for entry in entries:
+            self._finish(entry, error)
 
     def close(self) -> None:
         with self._cond:
@@ -167,7 +219,7 @@ class StepBatcher:
         """Move waiting jobs into the active set; block while there is nothing to do."""
         with self._cond:
             while not self._closed and not self._waiting and not self._active:
-                self._cond.wait()
+                self._cond.wait(1.0)  # a timeout: close() or a lost notify never strands the thread
             if self._closed:
                 for entry in [*self._active, *self._waiting]:
                     self._finish(entry, RuntimeError("the step batcher was closed"))
@@ -196,6 +248,13 @@ class StepBatcher:
         entry.stepped.set()  # wake the job's thread now, not at its next poll
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:  # noqa: BLE001 - the batcher's own bug: fail every job, say why
+            log.exception("the step batcher's thread died")
+            self._fail_all(self._death(f"the step batcher's thread died: {type(e).__name__}: {e}"))
+
+    def _serve(self) -> None:
         if self.threads is not None:
             compute_thread(self.threads)
         while self._admit():
@@ -216,8 +275,10 @@ class StepBatcher:
             self._step_chunk(chunk)
 
     def _chunks(self, members: list[_Entry]) -> list[list[_Entry]]:
-        """Split a group so no call exceeds the runner's largest batch (e.g. a TensorRT profile)."""
-        limit = max_batch(self.runner, members[0].job.num_views)
+        """Split a group by jobs so no call exceeds `call_limit` (a job above it alone is split later)."""
+        limit = call_limit(
+            self.runner, members[0].job.latents.shape, members[0].job.num_views, self.max_cells
+        )
         if limit is None:
             return [members]
         chunks: list[list[_Entry]] = [[]]
@@ -239,10 +300,19 @@ class StepBatcher:
                 domains = [m.job.combo for m, c in zip(members, calls, strict=True) for _ in range(c.batch)]
             else:
                 domains = members[0].job.combo
-            t0 = time.perf_counter()
-            pred = run_padded(self.runner, inputs, domains)
-            if self.on_unet_call is not None:
-                self.on_unet_call(inputs.batch, len(members), time.perf_counter() - t0)
+            limit = call_limit(self.runner, inputs.sample.shape, inputs.num_views, self.max_cells)
+            starts = [0]
+            for c in calls:
+                starts.append(starts[-1] + c.batch)
+            preds = []
+            for lo, hi, part, part_domains in call_pieces(inputs, domains, limit):
+                t0 = time.perf_counter()
+                preds.append(run_padded(self.runner, part, part_domains))
+                synchronize(self.runner.device)
+                if self.on_unet_call is not None:
+                    jobs = sum(1 for a, b in zip(starts, starts[1:], strict=False) if a < hi and b > lo)
+                    self.on_unet_call(part.batch, jobs, time.perf_counter() - t0)
+            pred = preds[0] if len(preds) == 1 else torch.cat(preds)
         except BaseException as e:  # noqa: BLE001 - a failed call fails the jobs in it, not the batcher
             log.exception("batched UNet call failed")
             for m in members:

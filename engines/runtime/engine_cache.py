@@ -103,6 +103,22 @@ def model_fingerprint(model: Any) -> dict[str, str]:
     }
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `path` so readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def cache_key(parts: Mapping[str, Any]) -> str:
     payload = json.dumps({"cache_format": CACHE_FORMAT, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()

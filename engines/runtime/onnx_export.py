@@ -15,8 +15,10 @@ that an exported graph is what TensorRT's ONNX parser can build an engine from.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,21 +111,62 @@ def example_inputs(
     return {k: v.to(device) for k, v in out.items()}
 
 
+#: Modules that run in fp32 inside a half-precision graph: normalisations reduce over many values (a
+#: variance in fp16 overflows past 256^2), so TensorRT's strongly typed network must see them in fp32.
+FP32_MODULES = (nn.GroupNorm, nn.LayerNorm)
+
+
+@contextlib.contextmanager
+def typed_for_export(module: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """`module` in `dtype` with every `FP32_MODULES` layer computing in fp32 (cast in, cast back out),
+    restored to its own dtype afterwards. A no-op for fp32."""
+    if dtype == torch.float32:
+        yield
+        return
+    before = next(module.parameters()).dtype
+    module.to(dtype)
+    patched = []
+    for m in module.modules():
+        if isinstance(m, FP32_MODULES):
+            m.float()
+            forward = m.forward
+            m.forward = functools.partial(_fp32_forward, forward, dtype)  # type: ignore[method-assign]
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+        module.to(before)
+
+
+def _fp32_forward(forward, dtype: torch.dtype, x: torch.Tensor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    return forward(x.float(), *args, **kwargs).to(dtype)
+
+
 @torch.no_grad()
 def export_unet(
-    model: Realiz3DModel, combo: DomainCombo | None, shape: GraphShape, path: str | Path, opset: int = OPSET
+    model: Realiz3DModel,
+    combo: DomainCombo | None,
+    shape: GraphShape,
+    path: str | Path,
+    opset: int = OPSET,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Export the fused UNet to `path`: block-shift with `combo=None` (domains are an input), lora with
-    `combo`'s weight set. Weights inside the file; a graph over protobuf's 2 GB limit gets its weights in
+    `combo`'s weight set. `dtype` (default: the model's): the graph's dtype, inputs and output included;
+    fp16/bf16 graphs keep normalisations in fp32 (`typed_for_export`), what TensorRT 11's strongly typed
+    networks need. Weights inside the file; a graph over protobuf's 2 GB limit gets its weights in
     external data files next to it."""
     path = Path(path)
+    dtype = dtype or model.dtype
     model.shifter.activate(combo)
     names = input_names(model)
     wrapper = _ExportWrapper(model.unet, shape.num_views, names).eval()
     # Trace with one object under CFG; the batch axis is dynamic anyway.
     example = example_inputs(model, shape, 2 * shape.num_views, model.device)
-    args = tuple(example[n].to(model.dtype) if example[n].is_floating_point() else example[n] for n in names)
-    with warnings.catch_warnings():
+    args = tuple(example[n].to(dtype) if example[n].is_floating_point() else example[n] for n in names)
+    with warnings.catch_warnings(), typed_for_export(model.unet, dtype):
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints taken from shapes
         torch.onnx.export(
             wrapper,

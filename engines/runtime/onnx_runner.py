@@ -166,14 +166,18 @@ class OnnxRunner:
 
 
 def graph_key_parts(
-    fingerprint: dict[str, str], combo: DomainCombo | None, shape: GraphShape, device: torch.device
+    fingerprint: dict[str, str],
+    combo: DomainCombo | None,
+    shape: GraphShape,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, Any]:
-    """Cache key parts of an fp32 ONNX graph (shared by the onnx and tensorrt backends)."""
+    """Cache key parts of an ONNX graph in `dtype` (shared by the onnx and tensorrt backends)."""
     return {
         **fingerprint,
         "weight_set": weight_set_label(combo),
         "backend": "onnx",
-        "precision": "fp32",
+        "precision": str(dtype).removeprefix("torch."),
         "shape": shape.as_dict(),
         "opset": OPSET,
         "versions": library_versions(),
@@ -191,13 +195,15 @@ def cached_graph(
     parts: dict[str, Any],
     combo: DomainCombo | None,
     shape: GraphShape,
+    dtype: torch.dtype = torch.float32,
 ) -> CacheEntry:
-    """The ONNX graph of a weight set (see `export_unet`) at `shape`, from `cache` or exported into it."""
+    """The ONNX graph of a weight set (see `export_unet`) at `shape` in `dtype`, from `cache` or exported
+    into it."""
 
     def build(tmp: Path) -> None:
-        export_unet(model, combo, shape, tmp / GRAPH_FILE)
+        export_unet(model, combo, shape, tmp / GRAPH_FILE, dtype=dtype)
 
-    label = graph_label(combo, shape)
+    label = graph_label(combo, shape) + ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}")
     entry = cache.get_or_build("onnx", label, parts, build)
     log.info(
         "onnx graph %s: %s", label, "cache hit" if entry.hit else f"built in {entry.build_seconds:.1f} s"

@@ -1,22 +1,31 @@
-"""TensorRT runner: one engine per fused weight set, all sharing one activation buffer.
+"""TensorRT runner: one engine per graph shape (block-shift: per (views, H, W); lora: also per weight
+set), all sharing one activation buffer.
 
-Written against NVIDIA's documented TensorRT 10 Python API (`import tensorrt` happens lazily, only here).
-It has NOT been run in this repository's CI: TensorRT cannot be installed there and there is no GPU;
-the tests marked `tensorrt` run wherever both exist.
+Written against NVIDIA's TensorRT 10 and 11 Python APIs (`import tensorrt` happens lazily, only here).
+It has NOT run in this repository's CI: TensorRT's libraries cannot be installed there and there is no
+GPU; the tests marked `tensorrt` run wherever both exist. What CI does check: every TensorRT name this
+module uses unconditionally is in the real `tensorrt-cu12-bindings` wheels of the versions the Dockerfile
+may pin, and every version-dependent name is guarded (tests/test_tensorrt_api.py).
 
-- Build (ahead of time with `realiz3d build-engines --backend tensorrt`, or on first use): the combo's
-  fused fp32 ONNX graph (from the engine cache, `onnx_export.py`) -> `trt.OnnxParser` -> a builder config
-  with `BuilderFlag.FP16` (or BF16) and one optimization profile over the batch axis:
+- **Typing** (`network_typing`): TensorRT 11 removed the weakly typed builder flags (`BuilderFlag.FP16`,
+  `BF16`): its networks are strongly typed, each tensor keeps the dtype the ONNX file gives it. So for
+  fp16/bf16 the graph is exported in that dtype with normalisations in fp32 (`onnx_export.py`) and parsed
+  into a `NetworkDefinitionCreationFlag.STRONGLY_TYPED` network. Where the installed TensorRT still has the
+  weak flag (10.x), the fp32 graph is built with `BuilderFlag.FP16`/`BF16` as before.
+- **Timing cache**: one per model (fingerprint), TensorRT version and GPU under the cache root; every
+  build of that model loads it and writes it back (atomically), so the second shape builds faster.
+- **No refit**: engines are not refittable. With block-shift one engine per shape serves every schedule,
+  so there is no weight set to swap; a new model fingerprint builds new engines.
+- Build (ahead of time with `realiz3d build-engines --backend tensorrt`, or on first use): the graph from
+  the engine cache -> `trt.OnnxParser` -> one optimization profile over the batch axis:
   min = views (one object, no CFG), opt = 2 x views (one object with CFG; views with `cfg=False`),
-  max = max_objects x 2 x views.
-  Spatial dims are static. `refit=True` adds `BuilderFlag.REFIT` (one engine refitted per weight set
-  instead of one engine each; refittable engines lose some fusions, so it is an option, not the default).
-  The serialized plan goes into the engine cache (atomic, checksummed, keyed by TensorRT version and GPU).
+  max = max_objects x 2 x views. Spatial dims are static. The serialized plan goes into the engine cache
+  (atomic, checksummed, keyed by TensorRT version, GPU and typing).
 - Run: every engine's context is created with `ExecutionContextAllocationStrategy.USER_MANAGED` and
   pointed at ONE device buffer sized to the largest `device_memory_size_v2`: contexts run one at a time on
-  torch's current stream, so N weight sets cost N x weights but 1 x activations. Per call:
+  torch's current stream, so N engines cost N x weights but 1 x activations. Per call:
   `set_input_shape` + `set_tensor_address` for every IO tensor, then `execute_async_v3(stream)`.
-- `cuda_graphs=True` captures one CUDA graph per (weight set, batch) on the first call of that shape and
+- `cuda_graphs=True` captures one CUDA graph per (engine, batch) on the first call of that shape and
   replays it (static input/output buffers; inputs are copied in). The graphs bake in the shared buffer's
   address, so they are dropped whenever that buffer grows.
 """
@@ -36,9 +45,11 @@ from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
+    cache_key,
     device_name,
     library_versions,
     model_fingerprint,
+    write_atomic,
 )
 from engines.runtime.onnx_export import GraphShape, input_names
 from engines.runtime.onnx_runner import (
@@ -64,6 +75,28 @@ def tensorrt_available() -> bool:
     except Exception:  # noqa: BLE001 - a broken install is as good as none
         return False
     return True
+
+
+#: TensorRT versions this runner is written and checked for (tests/test_tensorrt_api.py; the Dockerfile
+#: pins one of them)
+SUPPORTED_TENSORRT = ("10.16.1.11", "11.4.0.106")
+WEAK_FLAGS = {"fp16": "FP16", "bf16": "BF16"}
+
+
+def network_typing(trt: Any, precision: str) -> str:
+    """ "weak" (an fp32 graph + the builder's FP16/BF16 flag) where the installed TensorRT still has that
+    flag (10.x), else "strong" (a graph exported in `precision`, a STRONGLY_TYPED network: 11.x). fp32
+    builds are strongly typed where the flag exists (nothing to lower), else plain."""
+    flag = WEAK_FLAGS.get(precision)
+    if flag is not None and hasattr(trt.BuilderFlag, flag):
+        return "weak"
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        return "strong"
+    if flag is not None:
+        raise BackendUnavailable(
+            f"this TensorRT ({trt.__version__}) can build neither typed nor {precision} engines"
+        )
+    return "weak"
 
 
 def _trt():
@@ -94,8 +127,7 @@ class _Engine:
 
     @property
     def device_memory_bytes(self) -> int:
-        e = self.engine
-        return int(e.device_memory_size_v2 if hasattr(e, "device_memory_size_v2") else e.device_memory_size)
+        return int(self.engine.device_memory_size_v2)  # in every SUPPORTED_TENSORRT (>= 10.1)
 
 
 def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
@@ -123,7 +155,6 @@ class TensorRTRunner:
         num_views: int | None = None,
         max_objects: int = 4,
         cfg: bool = True,
-        refit: bool = False,
         cuda_graphs: bool = False,
         workspace_bytes: int | None = None,
     ) -> None:
@@ -145,7 +176,9 @@ class TensorRTRunner:
         self.default_views = num_views or model.config.num_views
         self.max_objects = max_objects
         self.cfg = cfg
-        self.refit = refit
+        self.typing = network_typing(self.trt, precision)
+        #: the dtype the ONNX graph is exported in: `precision` for strongly typed networks, else fp32
+        self.graph_dtype = self.dtype if self.typing == "strong" else torch.float32
         self.cuda_graphs = cuda_graphs
         self.workspace_bytes = workspace_bytes
         self.fingerprint = model_fingerprint(model)
@@ -185,28 +218,36 @@ class TensorRTRunner:
             "precision": self.precision,
             "shape": shape.as_dict(),
             "profile": self.profile(shape),
-            "refit": self.refit,
+            "typing": self.typing,
             "versions": library_versions(),
             "device": device_name(self.device),
         }
 
+    def timing_cache_path(self) -> Path:
+        """One timing cache per model, TensorRT version and GPU (tactic timings do not move across any)."""
+        tag = cache_key({**self.fingerprint, "trt": self.trt.__version__, "device": device_name(self.device)})
+        return self.cache.root / "tensorrt" / f"timing-{tag[:32]}.cache"
+
     def build_plan(self, onnx_path: Path, shape: GraphShape, out: Path) -> None:
         trt = self.trt
         builder = trt.Builder(self.logger)
-        network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+        flags = 0
+        if self.typing == "strong":
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)  # explicit batch is the only mode since TensorRT 10
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RuntimeError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {errors}")
         config = builder.create_builder_config()
-        if self.precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif self.precision == "bf16":
-            config.set_flag(trt.BuilderFlag.BF16)
-        if self.refit:
-            config.set_flag(trt.BuilderFlag.REFIT)
+        if self.typing == "weak" and self.precision in WEAK_FLAGS:
+            config.set_flag(getattr(trt.BuilderFlag, WEAK_FLAGS[self.precision]))
         if self.workspace_bytes:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
+        timing_path = self.timing_cache_path()
+        known = timing_path.read_bytes() if timing_path.is_file() else b""
+        timing = config.create_timing_cache(known)
+        config.set_timing_cache(timing, ignore_mismatch=False)
         profile = builder.create_optimization_profile()
         lo, opt, hi = self.profile(shape)
         for i in range(network.num_inputs):
@@ -220,19 +261,21 @@ class TensorRTRunner:
         if plan is None:
             raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name}")
         out.write_bytes(bytes(plan))
+        write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
 
     def engine_entry(self, combo: DomainCombo | None, shape: GraphShape) -> CacheEntry:
         def build(tmp: Path) -> None:
             graph = cached_graph(
                 self.cache,
                 self.model,
-                graph_key_parts(self.fingerprint, combo, shape, self.device),
+                graph_key_parts(self.fingerprint, combo, shape, self.device, self.graph_dtype),
                 combo,
                 shape,
+                self.graph_dtype,
             )
             self.build_plan(graph.file(GRAPH_FILE), shape, tmp / ENGINE_FILE)
 
-        label = f"{graph_label(combo, shape)}-{self.precision}{'-refit' if self.refit else ''}"
+        label = f"{graph_label(combo, shape)}-{self.precision}-{self.typing}"
         entry = self.cache.get_or_build("tensorrt", label, self.key_parts(combo, shape), build)
         self.entries.append((combo, shape, entry))
         return entry
@@ -256,10 +299,7 @@ class TensorRTRunner:
                 e.graphs.clear()  # captured graphs hold the old buffer's address
         ptr, size = self._scratch.data_ptr(), self._scratch.numel()
         for e in self._engines.values():
-            if hasattr(e.context, "set_device_memory"):  # TensorRT >= 10.1
-                e.context.set_device_memory(ptr, size)
-            else:
-                e.context.device_memory = ptr
+            e.context.set_device_memory(ptr, size)  # TensorRT >= 10.1
 
     @property
     def activation_bytes(self) -> int:

@@ -49,9 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="TensorRT profile max batch = this x views x CFG (default: REALIZ3D_BATCH_MAX_JOBS, as the "
         "worker uses, so the worker finds these engines in the cache)",
     )
-    p.add_argument(
-        "--refit", action="store_true", help="TensorRT: refittable engines (slower; not the default)"
-    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--engine-cache",
@@ -138,7 +135,6 @@ def run_build_engines(args: argparse.Namespace) -> int:
             precision=precision,
             num_views=views,
             max_objects=args.max_objects or worker_batch_max_jobs(),
-            refit=args.refit,
             cfg=args.cfg,
         )
     from engines.runtime.onnx_runner import weight_set_label

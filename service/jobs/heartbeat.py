@@ -72,8 +72,13 @@ class WorkerHeartbeat:
         info: dict[str, Any],
         queue: JobQueue | None = None,
         on_hard_limit: Callable[[RunningJob], None] | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`ready()`: False once the worker can run no job (its step batcher died); the heartbeat then
+        withdraws the worker and stops beating, so the gateway routes around it and /healthz fails (the
+        pod restarts)."""
         self.ctx = ctx
+        self.ready = ready
         self.info = info
         self.queue = queue
         self.on_hard_limit = on_hard_limit or (lambda job: exit_process())
@@ -98,6 +103,10 @@ class WorkerHeartbeat:
 
     def beat(self) -> None:
         s = self.ctx.settings
+        if not self.ready():
+            log.error("worker %s can run no job (its step batcher died); withdrawing it", self.ctx.name)
+            self.ctx.store.remove_worker(self.ctx.name)
+            return
         self.ctx.store.heartbeat(self.ctx.name, self.info, s.heartbeat_ttl_seconds)
         self._last_beat = time.monotonic()
         for current in self.ctx.running_jobs():
