@@ -130,6 +130,11 @@ class TextureRequest(ExplicitCameras, GenerationParams):
     num_views: int = Field(6, ge=1, le=MAX_VIEWS)
     atlas_size: int = Field(1024, ge=64, le=4096)
     view_resolution: int | None = Field(None, ge=16, le=2048, multiple_of=8)
+    unwrap: Literal["fast", "quality"] = Field(
+        "fast",
+        description="UV unwrap of a mesh without usable UVs: fast (pieces charted in parallel, one pack) "
+        "or quality (one xatlas pass over the whole mesh, several times slower)",
+    )
 
     @model_validator(mode="after")
     def _cameras_set_views(self) -> TextureRequest:

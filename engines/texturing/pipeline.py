@@ -198,7 +198,14 @@ def texture_mesh(
     with stages.stage("load"):
         loaded = mesh if isinstance(mesh, LoadedMesh) else load_mesh(mesh, limits)
     with stages.stage("unwrap"):
-        loaded = ensure_layout(loaded, limits.unwrap_timeout_s)
+        # `unwrap`: mode (fast|quality) and atlas size of the unwrap, for meshes that need one
+        loaded = ensure_layout(
+            loaded,
+            limits.unwrap_timeout_s,
+            mode=request.unwrap,
+            atlas_size=request.atlas_size,
+            should_cancel=should_cancel,
+        )
     with stages.stage("render"):
         vertices = loaded.normalized_vertices
         rasterizer = RayCaster(vertices, loaded.faces)

@@ -4,7 +4,14 @@ xatlas can take over a minute on a 100k-face mesh and segfaults on some inputs (
 #151), so it never runs in the worker's own process: a crash or a hang becomes a `MeshError`, not a dead
 worker. A plain `subprocess` (not `multiprocessing`) because Celery's prefork children are daemonic and
 may not fork children of their own, and because a fresh interpreter never re-imports the caller's
-`__main__`. Arrays go through .npy files in a temporary folder.
+`__main__`. Arrays go through .npy files in a temporary folder; the child reports progress as
+`progress DONE TOTAL` lines on its stdout. The child runs in its own process group so that a timeout or
+a cancel also ends the processes it forked.
+
+Two modes (`--unwrap` on the CLI, `unwrap` in a texture request):
+- `fast` (default): `engines.texturing.piecewise_unwrap`, pieces charted in parallel then packed once;
+- `quality`: one `xatlas.parametrize` of the whole mesh with xatlas' defaults (the old behaviour).
+docs/benchmarks/unwrap.md compares them (time, charts, utilisation, texel-density spread, seams).
 
 A mesh that already has UVs is returned as it is: re-unwrapping would break users' rigs and textures.
 """
@@ -12,55 +19,84 @@ A mesh that already has UVs is returned as it is: re-unwrapping would break user
 from __future__ import annotations
 
 import os
+import queue
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from engines.errors import MeshError
+from engines.errors import JobCanceled, MeshError
+from engines.requests import CancelCheck, ProgressCallback
 from engines.texturing.mesh_io import LoadedMesh
 
+UnwrapMode = Literal["fast", "quality"]
+UNWRAP_MODES: tuple[str, ...] = ("fast", "quality")
+DEFAULT_UNWRAP: UnwrapMode = "fast"
+
 # How the child is started; a test swaps it for a command that crashes.
-_CHILD_ARGS: list[str] = ["-m", "engines.texturing.unwrap"]
+_CHILD_ARGS: list[str] = ["-m", "engines.texturing.unwrap_child"]
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+# How often a waiting parent looks at the cancel flag.
+_POLL_S = 0.25
 
 
-def ensure_uv(mesh: LoadedMesh, timeout_s: float = 180.0) -> LoadedMesh:
+def ensure_uv(
+    mesh: LoadedMesh,
+    timeout_s: float = 180.0,
+    mode: UnwrapMode = DEFAULT_UNWRAP,
+    *,
+    atlas_size: int = 1024,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
+) -> LoadedMesh:
     """`mesh` itself when it has UVs, otherwise a copy unwrapped by xatlas (vertices split at seams)."""
     if mesh.uv is not None:
         return mesh
-    vertex_map, faces, uv = unwrap_uv(mesh.vertices, mesh.faces, timeout_s)
+    vertex_map, faces, uv = unwrap_uv(
+        mesh.vertices,
+        mesh.faces,
+        timeout_s,
+        mode,
+        atlas_size=atlas_size,
+        progress=progress,
+        should_cancel=should_cancel,
+    )
     return mesh.with_uv(vertex_map, faces, uv, "xatlas")
 
 
 def unwrap_uv(
-    vertices: np.ndarray, faces: np.ndarray, timeout_s: float = 180.0
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    timeout_s: float = 180.0,
+    mode: UnwrapMode = DEFAULT_UNWRAP,
+    *,
+    atlas_size: int = 1024,
+    progress: ProgressCallback | None = None,
+    should_cancel: CancelCheck | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """xatlas.parametrize in a child process: (vertex_map (M,), faces (F,3), uv (M,2) in [0,1])."""
+    """Unwrap in a child process: (vertex_map (M,), faces (F,3), uv (M,2) in [0,1]).
+
+    `progress(done, total)` follows the child's work (pieces charted, then the pack); `should_cancel` is
+    polled every 0.25 s and ends the child (raising `JobCanceled`).
+    """
+    if mode not in UNWRAP_MODES:
+        raise ValueError(f"unwrap mode must be one of {', '.join(UNWRAP_MODES)}, got {mode!r}")
     with tempfile.TemporaryDirectory(prefix="realiz3d-unwrap-") as tmp:
         folder = Path(tmp)
         np.save(folder / "vertices.npy", np.ascontiguousarray(vertices, dtype=np.float32))
         np.save(folder / "faces.npy", np.ascontiguousarray(faces, dtype=np.uint32))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
-        try:
-            proc = subprocess.run(
-                [sys.executable, *_CHILD_ARGS, str(folder)],
-                env=env,
-                timeout=timeout_s,
-                capture_output=True,
-                text=True,
-            )
-        except subprocess.TimeoutExpired:
-            raise MeshError(
-                f"UV unwrap timed out after {timeout_s:g} s ({len(faces)} faces); "
-                "give the mesh UVs or simplify it"
-            ) from None
-        if proc.returncode != 0:
-            why = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-            last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+        returncode, stderr = _run_child(
+            [str(folder), mode, str(int(atlas_size))], len(faces), timeout_s, progress, should_cancel
+        )
+        if returncode != 0:
+            why = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+            last = (stderr.strip().splitlines() or [""])[-1][:200]
             raise MeshError(f"UV unwrap failed ({why}) on this mesh; give it UVs. {last}".strip())
         try:
             vertex_map = np.load(folder / "vmapping.npy").astype(np.int64)
@@ -73,16 +109,68 @@ def unwrap_uv(
     return vertex_map, new_faces, uv
 
 
-def _child(folder: Path) -> None:
-    import xatlas
+def _run_child(
+    args: list[str],
+    num_faces: int,
+    timeout_s: float,
+    progress: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+) -> tuple[int, str]:
+    """Run the child to its end, forwarding its progress lines; (return code, stderr)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, *_CHILD_ARGS, *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise MeshError(
+                        f"UV unwrap timed out after {timeout_s:g} s ({num_faces} faces); "
+                        "give the mesh UVs or simplify it"
+                    )
+                if should_cancel is not None and should_cancel():
+                    raise JobCanceled("texturing canceled during the UV unwrap")
+                try:
+                    line = lines.get(timeout=min(remaining, _POLL_S))
+                except queue.Empty:
+                    continue
+                if line is None:  # the child closed its stdout: it has ended (or is about to)
+                    break
+                parts = line.split()
+                if progress is not None and len(parts) == 3 and parts[0] == "progress":
+                    progress(int(parts[1]), int(parts[2]))
+            returncode = proc.wait(timeout=max(deadline - time.monotonic(), 1.0))
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            reader.join(timeout=1.0)
+        err.seek(0)
+        return returncode, err.read()
 
-    vertices = np.load(folder / "vertices.npy")
-    faces = np.load(folder / "faces.npy")
-    vmapping, indices, uvs = xatlas.parametrize(vertices, faces)
-    np.save(folder / "vmapping.npy", vmapping)
-    np.save(folder / "indices.npy", indices)
-    np.save(folder / "uvs.npy", uvs)
+
+def _read_lines(stream, out: queue.Queue) -> None:  # noqa: ANN001 - a text pipe
+    for line in stream:
+        out.put(line)
+    out.put(None)
 
 
-if __name__ == "__main__":
-    _child(Path(sys.argv[1]))
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End the child and everything it forked (its own session), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()

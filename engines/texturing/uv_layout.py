@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,7 @@ def plan_layout(asset: Asset) -> UVLayout:
     return layout
 
 
-def complete_layout(asset: Asset, layout: UVLayout, timeout_s: float) -> UVLayout:
+def complete_layout(asset: Asset, layout: UVLayout, timeout_s: float, **unwrap: Any) -> UVLayout:
     """Unwrap the primitives that need it (re-indexing them in `asset`) and pack every cell."""
     if layout.mode == "original" or layout.complete:
         return layout
@@ -94,7 +95,7 @@ def complete_layout(asset: Asset, layout: UVLayout, timeout_s: float) -> UVLayou
     drawn = sorted({i.primitive for i in asset.instances})
     cells: list[list[tuple[int, np.ndarray]]] = []  # each cell: (primitive, uv) pairs, uv in any range
     if layout.needs_unwrap:
-        cells.append(_unwrap(asset, layout, timeout_s))
+        cells.append(_unwrap(asset, layout, timeout_s, **unwrap))
     by_material: dict[int | None, list[int]] = {}
     for p in drawn:
         if p not in layout.vertex_maps:
@@ -119,7 +120,7 @@ def complete_layout(asset: Asset, layout: UVLayout, timeout_s: float) -> UVLayou
     return layout
 
 
-def _unwrap(asset: Asset, layout: UVLayout, timeout_s: float) -> list[tuple[int, np.ndarray]]:
+def _unwrap(asset: Asset, layout: UVLayout, timeout_s: float, **unwrap: Any) -> list[tuple[int, np.ndarray]]:
     """xatlas over every primitive without usable UVs at once (first instance's world positions)."""
     prims = asset.primitives
     first = {}
@@ -133,7 +134,9 @@ def _unwrap(asset: Asset, layout: UVLayout, timeout_s: float) -> list[tuple[int,
         v_off.append(v_off[-1] + len(prims[p].positions))
         f_off.append(f_off[-1] + len(prims[p].triangles))
     all_v = np.concatenate(vertices)
-    vertex_map, new_faces, uv = unwrap_uv(all_v - all_v.mean(axis=0), np.concatenate(faces), timeout_s)
+    vertex_map, new_faces, uv = unwrap_uv(
+        all_v - all_v.mean(axis=0), np.concatenate(faces), timeout_s, **unwrap
+    )
     cell = []
     for k, p in enumerate(todo):
         tri = new_faces[f_off[k] : f_off[k + 1]]
@@ -153,7 +156,7 @@ def _unwrap(asset: Asset, layout: UVLayout, timeout_s: float) -> list[tuple[int,
     return cell
 
 
-def ensure_layout(mesh, timeout_s: float = 180.0):
+def ensure_layout(mesh, timeout_s: float = 180.0, **unwrap: Any):
     """`mesh` with a complete UV layout: unwraps only the primitives without usable UVs.
 
     A mesh without a document (made in code) goes through `unwrap.ensure_uv`. The input mesh is not
@@ -164,7 +167,7 @@ def ensure_layout(mesh, timeout_s: float = 180.0):
     from engines.texturing.unwrap import ensure_uv
 
     if mesh.asset is None or mesh.layout is None:
-        return ensure_uv(mesh, timeout_s)
+        return ensure_uv(mesh, timeout_s, **unwrap)
     if mesh.layout.complete:
         return mesh
     asset = replace(
@@ -181,5 +184,5 @@ def ensure_layout(mesh, timeout_s: float = 180.0):
         vertex_maps=dict(mesh.layout.vertex_maps),
         notes=list(mesh.layout.notes),
     )
-    complete_layout(asset, layout, timeout_s)
+    complete_layout(asset, layout, timeout_s, **unwrap)
     return replace(mesh, asset=asset).with_layout(layout)

@@ -59,9 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_build_engines)
 
     b = sub.add_parser(
-        "bench", help="benchmarks: unet (adapters, backends), geometry (texturing), gateway, throughput"
+        "bench",
+        help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway, throughput",
     )
-    b.add_argument("target", choices=("unet", "geometry", "gateway", "throughput"))
+    b.add_argument("target", choices=("unet", "geometry", "unwrap", "gateway", "throughput"))
     b.add_argument("--concurrency", type=int, default=8, help="throughput: concurrent clients")
     b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
     b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
@@ -77,6 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--steps", type=int, default=20, help="unet: timed repetitions per backend")
     b.add_argument("--engine-cache", type=Path, default=None)
     b.add_argument("--skip-domain-cost", action="store_true", help="unet: only the per-backend table")
+    b.add_argument("--shapes", type=_csv, default=None, help="unwrap: sphere,torus_knot,blob (all)")
+    b.add_argument("--sizes", type=_csv, default=None, help="unwrap: face counts (10000,50000,100000,300000)")
+    b.add_argument("--modes", type=_csv, default=None, help="unwrap: fast,quality (both, alternating)")
+    b.add_argument("--job-faces", type=int, default=0, help="unwrap: also time a whole texture job (0: no)")
     b.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     b.set_defaults(handler=run_bench)
 
@@ -161,6 +166,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
         run_geometry_benchmark(out_dir=args.out)
         run_asset_benchmark(out_dir=args.out)
+    elif args.target == "unwrap":
+        from engines.texturing.unwrap_bench import run_unwrap_benchmark
+
+        run_unwrap_benchmark(
+            args.out,
+            shapes=args.shapes,
+            sizes=[int(n) for n in args.sizes] if args.sizes else None,
+            modes=args.modes,
+            job_faces=args.job_faces,
+        )
     elif args.target == "gateway":
         from service.bench_gateway import run
 

@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")
     p.add_argument("--backend", choices=("torch", "compile", "onnx", "tensorrt"), default="torch")
     p.add_argument("--model", type=Path, default=None, help="model folder (embedded default model if unset)")
+    p.add_argument(
+        "--unwrap",
+        choices=("fast", "quality"),
+        default="fast",
+        help="UV unwrap of a mesh without UVs: fast (default; pieces in parallel) or quality (one slow "
+        "xatlas pass, the old behaviour)",
+    )
     p.add_argument("--out", type=Path, default=Path("out/texture"))
     p.set_defaults(handler=run_texture)
 
@@ -90,6 +97,7 @@ def run_texture(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         seed=args.seed,
         schedule=schedule,
+        unwrap=args.unwrap,
     )
     if not args.mesh.is_file():
         raise UserInputError(f"{args.mesh}: no such mesh file")
