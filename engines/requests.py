@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engines.sampling.cameras import Camera, check_camera_matrix
-from engines.types import DomainSchedule
+from engines.types import MAX_BLOCK_SPLIT, DomainSchedule
 
 MAX_VIEWS = 8
 MAX_STEPS = 150
@@ -160,7 +160,9 @@ class ModelCapabilities(BaseModel):
     resolution: int = Field(..., description="native image size in pixels")
     resolution_step: int = Field(..., description="image sizes must be multiples of this")
     geometry: bool = Field(..., description="takes geometry maps (can texture meshes)")
-    block_sites: int = Field(..., description="Domain Shifter block sites: the largest block split `blocks`")
+    block_sites: int = Field(
+        MAX_BLOCK_SPLIT, description="Domain Shifter block sites: the largest block split `blocks` it serves"
+    )
     resolutions: list[int] | None = Field(
         None, description="the image sizes served (realiz3d.json `serving`); None: any multiple of the step"
     )
