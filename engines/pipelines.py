@@ -332,7 +332,7 @@ class Realiz3DPipeline:
             "adapters": self.adapters,
             "precision": str(self.runner.dtype).removeprefix("torch."),
             "device": str(self.runner.device),
-            "schedule": plan.schedule.model_dump(exclude_none=True),
+            "schedule": plan.schedule.model_dump(exclude_defaults=True),
             "guidance_scale": plan.job.guidance_scale,
             "schedule_steps": [c.label() for c in plan.job.combos],
             "request": params.model_dump(mode="json"),

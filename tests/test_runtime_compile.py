@@ -1,7 +1,8 @@
 """torch.compile backend: parity with eager fp32, weight-set swaps without recompiling, a step-split
 pipeline run; GPU: CUDA graphs + fp16 parity (marked `gpu`).
 
-Every CPU test here uses one input shape (2 views, no CFG: batch 2), so the tiny model is compiled once.
+Every CPU test here uses one input shape (2 objects or one under CFG, 2 views: batch 4), so the tiny
+model is compiled once (shapes are static: each new batch size is one more compile).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def pipes(tiny_model_dir):
 
 def test_compiled_unet_matches_eager_fp32_for_both_domains_and_a_layer_split(pipes):
     eager_pipe, compiled = pipes
-    x = unet_inputs(2, 2)
+    x = unet_inputs(4, 2)
     for combo in (REAL, SYN, SPLIT):
         diff = (compiled.runner(x, combo) - eager(eager_pipe.model, x, combo)).abs().max().item()
         assert diff <= 1e-4, (combo, diff)
@@ -57,6 +58,7 @@ def test_one_compiled_graph_serves_every_schedule_and_a_mixed_batch(pipes):
     eager_pipe, compiled = pipes
     x = unet_inputs(4, 2, seed=1)
     compiled.runner(x, REAL)  # compiled (or already compiled) for this shape
+    assert compiled.runner.batch_shape(3, 1) == 4  # static shapes: the batcher pads to 2^k objects
     # block-shift: the per-sample domain ids are a graph input, the offset tables constants
     with torch.compiler.set_stance("fail_on_recompile"):
         outs = [compiled.runner(x, combo) for combo in (SYN, REAL, SPLIT, BLOCKS, SYN)]
@@ -72,7 +74,7 @@ def test_lora_weight_swaps_do_not_recompile(tmp_path):
 
     folder = save_model(tiny_model(seed=4, form="lora"), tmp_path / "lora")
     compiled = Realiz3DPipeline.load(folder, backend="compile", device="cpu")
-    x = unet_inputs(2, 2, seed=1)
+    x = unet_inputs(4, 2, seed=1)
     compiled.runner(x, REAL)
     # Parameters are graph inputs under torch 2.13's nn-module inlining: a reference swap is no recompile.
     with torch.compiler.set_stance("fail_on_recompile"):
@@ -85,8 +87,8 @@ def test_lora_weight_swaps_do_not_recompile(tmp_path):
 def test_compiled_pipeline_images_match_eager_within_2_levels(pipes, schedule):
     eager_pipe, compiled = pipes
     req = MultiviewRequest(
-        prompt="a red cube", num_views=2, steps=4, seed=7, guidance_scale=1.0, schedule=schedule
-    )
+        prompt="a red cube", num_views=2, steps=4, seed=7, guidance_scale=1.5, schedule=schedule
+    )  # CFG: batch 4, the shape the tests above compiled
     a, b = eager_pipe.multiview(req), compiled.multiview(req)
     diff = max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(a.images, b.images, strict=True))
     assert diff <= 2

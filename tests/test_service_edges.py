@@ -21,6 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 
 SMALL = {"prompt": "a red cube", "num_views": 1, "steps": 2, "seed": 1}
 DB = 4  # no other module's workers here: jobs stay queued until this module starts one
+WEBHOOK_DB = 12
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +329,8 @@ def test_webhooks_are_signed_retried_and_delivered_once(redis_server, service_la
         "REALIZ3D_WEBHOOK_SECRET": "s3cret",
         "REALIZ3D_WEBHOOK_BACKOFF_SECONDS": "0.2",
     }
-    gateways = [service_launcher.gateway(redis_server.url(DB), **env) for _ in range(2)]  # both listen
+    # Its own database: the module's gateway (no secret) would otherwise race these two for the delivery.
+    gateways = [service_launcher.gateway(redis_server.url(WEBHOOK_DB), **env) for _ in range(2)]
     try:
         hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
         job = post(gateways[0], {**SMALL, "webhook_url": hook}).json()

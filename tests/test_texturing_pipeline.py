@@ -55,11 +55,7 @@ def test_baked_colours_follow_the_generated_views(tmp_path):
 
 def test_cancel_stops_before_the_next_stage(tmp_path):
     request = TextureRequest(prompt="a ball", num_views=2, atlas_size=64, view_resolution=32)
-    calls = []
-
-    def cancel_after_render():
-        calls.append(1)
-        return len(calls) > 3  # load, unwrap, render run; generate does not
+    done_stages = []  # progress(done, total) reports each finished stage; 3 = load, unwrap, render
 
     generated = []
     with pytest.raises(JobCanceled, match="generate"):
@@ -67,9 +63,11 @@ def test_cancel_stops_before_the_next_stage(tmp_path):
             request,
             _sphere_path(tmp_path),
             lambda *a: generated.append(1) or colour_by_normal(*a),
-            should_cancel=cancel_after_render,
+            progress=lambda done, total: done_stages.append(done),
+            should_cancel=lambda: bool(done_stages) and done_stages[-1] >= 3,
         )
     assert not generated
+    assert done_stages == [1, 2, 3]
 
 
 def test_a_generator_returning_the_wrong_shape_is_reported(tmp_path):

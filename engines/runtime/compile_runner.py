@@ -10,17 +10,18 @@ parameters to graph *inputs* (guarded on shape/dtype/device, not on identity or 
 not a recompile: the same compiled graph reads the other tensors. `tests/test_runtime_compile.py` pins
 this with `torch.compiler.set_stance("fail_on_recompile")` across combo switches.
 
-- CPU: default Inductor mode; the first new batch size makes Dynamo mark the batch dim dynamic (one
-  more compile, then none).
-- CUDA: `mode="reduce-overhead"` (Inductor + CUDA graph trees) with static shapes (`dynamic=False`).
+- Static shapes (`dynamic=False`) on every device: one compile per batch size, and `batch_shape` rounds
+  a batch up to a power-of-two number of objects (the step batcher pads), so jobs joining and leaving
+  hit a handful of sizes. On the CPU a dynamic-batch recompile of the test UNet took 555 s against
+  31-36 s per static size (docs/runtimes.md).
+- CPU: default Inductor mode.
+- CUDA: `mode="reduce-overhead"` (Inductor + CUDA graph trees).
   Parameters are static inputs of a CUDA graph (their addresses are baked in); a swapped-in weight set
   has other addresses, so the graph tree records one graph per weight set the first time it is used and
   afterwards finds and replays the matching one (a `StaticInputIdxMismatch`, which torch does not count
   against `cudagraph_unexpected_rerecord_limit`). `warmup()` records every combo ahead of the first job.
   Outputs of a replayed graph live in the graph's pool and are overwritten by the next replay: the
-  runner returns a copy. Static shapes mean one compile and one graph per batch size: `batch_shape`
-  rounds a batch up to a power-of-two number of objects (the step batcher pads), so jobs joining and
-  leaving hit a handful of sizes instead of recompiling (and exhausting Dynamo's recompile limit).
+  runner returns a copy.
 """
 
 from __future__ import annotations
@@ -60,14 +61,17 @@ class CompileRunner:
         self.cuda_graphs = self.device.type == "cuda" if mode is None else mode == "reduce-overhead"
         if mode is None and self.device.type == "cuda":
             mode = "reduce-overhead"
-        if dynamic is None and self.device.type == "cuda":
-            dynamic = False  # CUDA graphs need static shapes: one graph per batch size
+        if dynamic is None:
+            # Static shapes everywhere: CUDA graphs need them, and on the CPU Dynamo's dynamic-batch
+            # recompile of this UNet took 555 s against 5-60 s per static size (measured, torch 2.13).
+            dynamic = False
         self.mode = mode
+        self.dynamic = dynamic
         self.compiled = torch.compile(model.unet, mode=mode, dynamic=dynamic, backend=compile_backend)
 
     def batch_shape(self, batch: int, num_views: int) -> int:
-        """CUDA graphs: pad to a power-of-two number of objects; dynamic CPU graphs take any batch."""
-        return power_of_two_objects(batch, num_views) if self.cuda_graphs else batch
+        """Static graphs: pad to a power-of-two number of objects (a few sizes, a few compiles)."""
+        return power_of_two_objects(batch, num_views) if self.dynamic is False else batch
 
     def prepare(self, combos: Sequence[DomainCombo]) -> None:
         self.model.shifter.fuse()
