@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run generate test chaos lint format bench train eval ship clean
+.PHONY: install run generate test chaos lint format bench gpu-wheels gpu-check train eval ship clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ format: install
 
 bench: install
 	$(BIN)/realiz3d bench unet
+
+## Wheels for `make gpu-check` on a GPU machine without network (Python 3.12, x86-64), into ./wheels.
+## LEAN=1 leaves out texturing and S3 packages (the GPU checks do not import them).
+gpu-wheels: install
+	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d wheels $$($(BIN)/python deploy/gpu_requirements.py $(if $(LEAN),--lean))
+
+## On a machine with a CUDA GPU and PyTorch: GPU tests and benchmarks -> docs/benchmarks/gpu_* (see the script).
+gpu-check:
+	bash deploy/gpu_check.sh
 
 ## Retrain the embedded default model (CPU, ~25 min), evaluate against the naive baseline, ship it.
 train: install

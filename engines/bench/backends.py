@@ -6,9 +6,12 @@ run (repetitions interleaved A/B/A/B so load drift hits every backend alike), an
 once with `torch.utils.flop_counter.FlopCounterMode` on the eager model) over the measured matmul peak.
 Each timed step alternates the domain combo (real / synthetic), so weight-set switching is included.
 
-CPU table always; the GPU table (fp16: eager vs compile with CUDA graphs vs TensorRT, over the measured
-bf16/fp16 matmul peak) only where a CUDA GPU is present; TensorRT only where it is installed. Rows that
-cannot run here are written with the reason, never with a number.
+CPU table unless `cpu=False`; the GPU table (fp16 and bf16: eager vs compile with CUDA graphs vs
+TensorRT, over the measured bf16 matmul peak) only where a CUDA GPU is present; TensorRT only where it
+is installed. Rows that cannot run here are written with the reason, never with a number.
+
+`shape="sd"` times a seeded model at Stable Diffusion 1.x shapes (`engines/bench/sd_like.py`: 64 x 64
+latents, 77 x 768 text) instead of the embedded default, the shapes the GPU goals are stated at.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
 from engines.types import UNetInputs
+
+SHAPES = ("default", "sd")
 
 REAL, SYN = ("real",) * 3, ("synthetic",) * 3
 VIEWS = 4
@@ -84,13 +89,22 @@ class Row:
         return statistics.median(self.ms)
 
 
-def _load(backend: str, precision: str, device: str, cache_dir: Path | None) -> Any:
+def _load(backend: str, precision: str, device: str, cache_dir: Path | None, shape: str = "default") -> Any:
     from engines.pipelines import Realiz3DPipeline
 
-    pipe = Realiz3DPipeline.load(
-        None, backend=backend, precision=precision, device=device, engine_cache_dir=cache_dir
-    )
-    return pipe.runner
+    if shape == "default":
+        pipe = Realiz3DPipeline.load(
+            None, backend=backend, precision=precision, device=device, engine_cache_dir=cache_dir
+        )
+        return pipe.runner
+    from engines.bench.sd_like import sd_like_model
+    from engines.runtime.factory import make_runner
+    from engines.runtime.torch_runner import PRECISIONS
+
+    model = sd_like_model()
+    # as Realiz3DPipeline.load: eager runs in its precision; compiled backends cast what they build
+    model.to(torch.device(device), PRECISIONS[precision] if backend == "torch" else torch.float32)
+    return make_runner(model.eval(), backend=backend, precision=precision, engine_cache_dir=cache_dir)
 
 
 def _sync(device: str) -> None:
@@ -100,7 +114,7 @@ def _sync(device: str) -> None:
 
 @torch.no_grad()
 def measure(
-    configs: list[tuple[str, str]], device: str, repeats: int, cache_dir: Path | None
+    configs: list[tuple[str, str]], device: str, repeats: int, cache_dir: Path | None, shape: str = "default"
 ) -> tuple[list[Row], UNetInputs, Any]:
     rows = [Row(b, p, device) for b, p in configs]
     inputs = None
@@ -117,14 +131,14 @@ def measure(
             continue
         t0 = time.perf_counter()
         try:
-            row.runner = _load(row.backend, row.precision, device, cache_dir)
+            row.runner = _load(row.backend, row.precision, device, cache_dir, shape)
         except Exception as e:  # noqa: BLE001 - a backend that cannot load is reported, not fatal
             row.skipped = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             continue
         if inputs is None:
             inputs = bench_inputs(row.runner.model, device)
-        if row.backend == "torch" and row.precision == "fp32":
-            eager_model = row.runner.model
+        if row.backend == "torch" and (eager_model is None or row.precision == "fp32"):
+            eager_model = row.runner.model  # FLOPs are counted once, on an eager model
         row.runner.prepare([REAL, SYN])
         for combo in (REAL, SYN, REAL, SYN):  # compile / export / first-call allocation
             row.runner(inputs, combo)
@@ -181,17 +195,30 @@ def run_backend_bench(
     out_dir: str | Path = "docs/benchmarks",
     cache_dir: str | Path | None = None,
     gpu: bool | None = None,
+    shape: str = "default",
+    cpu: bool = True,
+    gpu_precisions: list[str] | None = None,
+    name: str = "backends",
 ) -> dict[str, Any]:
-    """Measure, write `backends.json` + `backends.md` into out_dir, print the table, return the result."""
+    """Measure, write `<name>.json` + `<name>.md` into out_dir, print the table, return the result.
+
+    `cpu=False` skips the CPU table (an SD-shaped UNet on the CPU takes minutes per step); the GPU table
+    measures `gpu_precisions` (default fp16 and bf16) for eager, compile and TensorRT."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     backends = backends or ["torch", "compile", "onnx"]
     precisions = precisions or ["fp32", "bf16"]
     if "torch" not in backends:
         backends = ["torch", *backends]  # the eager reference is always measured in the same run
     cache = Path(cache_dir) if cache_dir is not None else None
-    configs = [(b, p) for p in precisions for b in backends]
-    rows, inputs, eager_model = measure(configs, "cpu", repeats, cache)
-    flops = count_flops(eager_model, inputs) if eager_model is not None else float("nan")
+    flops = float("nan")
     peak = matmul_peak_gflops()
+    rows: list[Row] = []
+    inputs = None
+    if cpu:
+        configs = [(b, p) for p in precisions for b in backends]
+        rows, inputs, eager_model = measure(configs, "cpu", repeats, cache, shape)
+        flops = count_flops(eager_model, inputs) if eager_model is not None else float("nan")
     result: dict[str, Any] = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -201,19 +228,23 @@ def run_backend_bench(
             "torch": torch.__version__,
             "note": "shared machine (other jobs running): ratios within one run are the figures to use",
         },
-        "model": "embedded default (realiz3d-default)",
+        "model": "embedded default (realiz3d-default)" if shape == "default" else "seeded SD-1.x-shaped UNet",
         "unet_batch": inputs.batch if inputs is not None else None,
         "views": VIEWS,
         "unet_gflop_per_step": round(flops / 1e9, 2),
         "cpu_matmul_peak_gflops_fp32": round(peak, 1),
-        "cpu": summarize(rows, flops, peak),
+        "cpu": summarize(rows, flops, peak) if cpu else None,
     }
     if gpu is None:
         gpu = torch.cuda.is_available()
     if gpu:
         gpu_backends = ["torch", "compile", "tensorrt"]
-        g_rows, g_inputs, g_eager = measure([(b, "fp16") for b in gpu_backends], "cuda", repeats * 5, cache)
+        configs = [(b, p) for p in gpu_precisions or ["fp16", "bf16"] for b in gpu_backends]
+        g_rows, g_inputs, g_eager = measure(configs, "cuda", repeats * 5, cache, shape)
         g_flops = count_flops(g_eager, g_inputs) if g_eager is not None else flops
+        if inputs is None:
+            result["unet_batch"] = g_inputs.batch if g_inputs is not None else None
+            result["unet_gflop_per_step"] = round(g_flops / 1e9, 2)
         g_peak = matmul_peak_gflops(torch.bfloat16, "cuda")
         result["gpu"] = {
             "device": torch.cuda.get_device_name(),
@@ -223,7 +254,7 @@ def run_backend_bench(
         }
     else:
         result["gpu"] = {"skipped": "no CUDA GPU on this machine: GPU table not measured"}
-    write_report(result, Path(out_dir))
+    write_report(result, Path(out_dir), name)
     print(markdown(result))
     return result
 
@@ -248,7 +279,7 @@ def markdown(r: dict[str, Any]) -> str:
     out = [
         "# UNet step per backend (`realiz3d bench unet`)",
         "",
-        f"Embedded default model, {r['views']} views x CFG = UNet batch {r['unet_batch']}, "
+        f"{r['model']}, {r['views']} views x CFG = UNet batch {r['unet_batch']}, "
         f"{r['unet_gflop_per_step']} GFLOP per step (FlopCounterMode). Median of interleaved repetitions; "
         "each step alternates the real / synthetic weight set.",
         "",
@@ -257,7 +288,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"fp32 matmul peak measured: {r['cpu_matmul_peak_gflops_fp32']} GFLOP/s. {m['note']}.",
         "",
-        *table(r["cpu"]),
+        *(table(r["cpu"]) if r["cpu"] is not None else ["Not measured (`cpu=False`)."]),
         "",
         "## GPU",
         "",
@@ -279,7 +310,7 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def write_report(result: dict[str, Any], out_dir: Path) -> None:
+def write_report(result: dict[str, Any], out_dir: Path, name: str = "backends") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "backends.json").write_text(json.dumps(result, indent=2))
-    (out_dir / "backends.md").write_text(markdown(result))
+    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"{name}.md").write_text(markdown(result))

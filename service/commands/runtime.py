@@ -68,7 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
     b.add_argument("--job-views", type=int, default=4, help="throughput: views per job")
     b.add_argument("--rounds", type=int, default=3, help="throughput: alternating rounds per configuration")
-    b.add_argument("--name", default="throughput", help="throughput: report file name (no extension)")
+    b.add_argument(
+        "--name", default=None, help="unet, throughput: report file name, no extension (backends, throughput)"
+    )
+    b.add_argument(
+        "--shape",
+        choices=("default", "sd"),
+        default="default",
+        help="unet: the embedded default model, or a seeded UNet at SD 1.x shapes (64x64 latents)",
+    )
+    b.add_argument("--gpu-only", action="store_true", help="unet: skip the CPU table")
     b.add_argument(
         "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
     )
@@ -190,7 +199,7 @@ def run_bench(args: argparse.Namespace) -> int:
             views=args.job_views,
             rounds=args.rounds,
             out_dir=args.out,
-            name=args.name,
+            name=args.name or "throughput",
         )
         print(json.dumps({k: v for k, v in report.items() if k not in ("batched", "unbatched")}, indent=2))
     return 0
@@ -221,5 +230,8 @@ def _bench_unet(args: argparse.Namespace) -> int:
         repeats=args.steps,
         out_dir=args.out,
         cache_dir=engine_cache_dir(args.engine_cache),
+        shape=args.shape,
+        cpu=not args.gpu_only,
+        name=args.name or "backends",
     )
     return 0
