@@ -158,11 +158,13 @@ class Realiz3DPipeline:
         precision: str = "fp32",
         engine_cache_dir: str | Path | None = None,
         max_objects: int = 4,
+        engine_memory_budget_bytes: int | None = None,
     ) -> Realiz3DPipeline:
         """Load a model folder (None = the embedded default) onto a device and prepare the backend.
 
         `max_objects`: the most objects one UNet call serves where a backend is built for a largest
-        batch (TensorRT's profile); a batching worker passes its `batch_max_jobs`."""
+        batch (TensorRT's profile); a batching worker passes its `batch_max_jobs`.
+        `engine_memory_budget_bytes`: TensorRT keeps its loaded engines within this (None: no bound)."""
         from engines.runtime.torch_runner import PRECISIONS
 
         if precision not in PRECISIONS:
@@ -181,6 +183,7 @@ class Realiz3DPipeline:
             precision=precision,
             engine_cache_dir=engine_cache_dir,
             max_objects=max_objects,
+            engine_memory_budget_bytes=engine_memory_budget_bytes,
         )
 
     @property

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     precision: str = "fp32"
     device: str = "auto"
     engine_cache_dir: Path = Path("./realiz3d-engines")
+    engine_memory_budget_mb: int | None = Field(
+        None, ge=1, description="TensorRT: loaded engines kept within this many MB, least recently used out"
+    )
     queues: str = "multiview,texture"
     worker_metrics_port: int = Field(WORKER_METRICS_PORT, ge=0, le=65535)
     worker_probe_host: str = Field(

@@ -62,6 +62,9 @@ def _build_pipeline(settings: Settings) -> Any:
         precision=settings.precision,
         engine_cache_dir=settings.engine_cache_dir,
         max_objects=settings.batch_max_jobs,  # one step of every batched job fits one engine call
+        engine_memory_budget_bytes=(
+            settings.engine_memory_budget_mb * 2**20 if settings.engine_memory_budget_mb else None
+        ),
     )
 
 

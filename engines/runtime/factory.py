@@ -17,6 +17,7 @@ def make_runner(
     precision: str = "fp32",
     engine_cache_dir: str | Path | None = None,
     max_objects: int = 4,
+    engine_memory_budget_bytes: int | None = None,
     **_: Any,
 ) -> UNetRunner:
     """`max_objects`: TensorRT's profile holds this many objects (x views x CFG) per call; a worker
@@ -45,4 +46,10 @@ def make_runner(
         raise BackendUnavailable(
             "backend tensorrt needs NVIDIA TensorRT and a CUDA GPU; neither is available here"
         )
-    return TensorRTRunner(model, cache_dir=engine_cache_dir, precision=precision, max_objects=max_objects)
+    return TensorRTRunner(
+        model,
+        cache_dir=engine_cache_dir,
+        precision=precision,
+        max_objects=max_objects,
+        memory_budget_bytes=engine_memory_budget_bytes,
+    )

@@ -25,6 +25,9 @@ may pin, and every version-dependent name is guarded (tests/test_tensorrt_api.py
   pointed at ONE device buffer sized to the largest `device_memory_size_v2`: contexts run one at a time on
   torch's current stream, so N engines cost N x weights but 1 x activations. Per call:
   `set_input_shape` + `set_tensor_address` for every IO tensor, then `execute_async_v3(stream)`.
+- Loaded engines are held under `memory_budget_bytes` (`REALIZ3D_ENGINE_MEMORY_BUDGET_MB`; plan bytes,
+  i.e. weights), least recently used dropped first (`engine_lru.py`); a dropped one is deserialized
+  again from the engine cache when next used, not rebuilt.
 - `cuda_graphs=True` captures one CUDA graph per (engine, batch) on the first call of that shape and
   replays it (static input/output buffers; inputs are copied in). The graphs bake in the shared buffer's
   address, so they are dropped whenever that buffer grows.
@@ -51,6 +54,7 @@ from engines.runtime.engine_cache import (
     model_fingerprint,
     write_atomic,
 )
+from engines.runtime.engine_lru import EngineLRU
 from engines.runtime.onnx_export import GraphShape, input_names
 from engines.runtime.onnx_runner import (
     GRAPH_FILE,
@@ -157,6 +161,7 @@ class TensorRTRunner:
         cfg: bool = True,
         cuda_graphs: bool = False,
         workspace_bytes: int | None = None,
+        memory_budget_bytes: int | None = None,
     ) -> None:
         if not tensorrt_available():
             raise BackendUnavailable(
@@ -185,7 +190,8 @@ class TensorRTRunner:
         self.names = input_names(model)
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.runtime = self.trt.Runtime(self.logger)
-        self._engines: dict[tuple[DomainCombo | None, GraphShape], _Engine] = {}
+        #: loaded engines, least recently used dropped first over `memory_budget_bytes` (plan bytes)
+        self._engines: EngineLRU[_Engine] = EngineLRU(memory_budget_bytes)
         self._scratch: torch.Tensor | None = None
         self.entries: list[tuple[DomainCombo | None, GraphShape, CacheEntry]] = []
 
@@ -281,13 +287,18 @@ class TensorRTRunner:
         return entry
 
     def engine(self, combo: DomainCombo | None, shape: GraphShape) -> _Engine:
-        key = (combo, shape)
-        if key not in self._engines:
+        loaded = []
+
+        def load() -> tuple[_Engine, int]:
             entry = self.engine_entry(combo, shape)
-            eng = _Engine(self.trt, self.runtime, entry.file(ENGINE_FILE).read_bytes(), entry.path.name)
-            self._engines[key] = eng
+            plan = entry.file(ENGINE_FILE).read_bytes()
+            loaded.append(entry)
+            return _Engine(self.trt, self.runtime, plan, entry.path.name), len(plan)
+
+        eng = self._engines.get((combo, shape), load)
+        if loaded:
             self._share_activation_memory()
-        return self._engines[key]
+        return eng
 
     def _share_activation_memory(self) -> None:
         """One device buffer, sized to the largest engine, behind every execution context."""
