@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engines.runtime.backend_names import BACKENDS
+
 API_PORT = 8000
 WORKER_METRICS_PORT = 9100
 
@@ -120,8 +122,8 @@ class Settings(BaseSettings):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, v: str) -> str:
-        if v not in {"torch", "compile", "onnx", "tensorrt"}:
-            raise ValueError("backend must be one of torch, compile, onnx, tensorrt")
+        if v not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
         return v
 
     @field_validator("adapters")

@@ -238,7 +238,7 @@ def run_backend_bench(
     if gpu is None:
         gpu = torch.cuda.is_available()
     if gpu:
-        gpu_backends = ["torch", "compile", "tensorrt"]
+        gpu_backends = ["torch", "compile", "tensorrt", "torch-tensorrt"]
         configs = [(b, p) for p in gpu_precisions or ["fp16", "bf16"] for b in gpu_backends]
         g_rows, g_inputs, g_eager = measure(configs, "cuda", repeats * 5, cache, shape)
         g_flops = count_flops(g_eager, g_inputs) if g_eager is not None else flops

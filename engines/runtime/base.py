@@ -15,8 +15,6 @@ import torch
 
 from engines.types import DomainCombo, UNetInputs
 
-BACKENDS = ("torch", "compile", "onnx", "tensorrt")
-
 
 class UNetRunner(Protocol):
     backend: str

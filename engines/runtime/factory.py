@@ -7,7 +7,8 @@ from typing import Any
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.runtime.base import BACKENDS, UNetRunner
+from engines.runtime.backend_names import BACKENDS
+from engines.runtime.base import UNetRunner
 
 
 def make_runner(
@@ -40,6 +41,15 @@ def make_runner(
         from engines.runtime.onnx_runner import OnnxRunner
 
         return OnnxRunner(model, cache_dir=engine_cache_dir, precision=precision)
+    if backend == "torch-tensorrt":
+        from engines.runtime.torch_tensorrt_runner import TorchTensorRTRunner
+
+        return TorchTensorRTRunner(
+            model,
+            precision=precision,
+            max_objects=max_objects,
+            memory_budget_bytes=engine_memory_budget_bytes,
+        )
     from engines.runtime.tensorrt_runner import TensorRTRunner, tensorrt_available
 
     if not tensorrt_available():

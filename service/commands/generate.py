@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engines.runtime.backend_names import BACKENDS
 from service.commands.camera_args import explicit_camera_args
 from service.commands.progress_bar import progress_bar
 from service.commands.schedule_arg import parse_schedule
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", choices=["ddim", "dpm++"], default="ddim")
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--adapters", choices=["fused", "unfused"], default="fused")
-    p.add_argument("--backend", choices=["torch", "compile", "onnx", "tensorrt"], default="torch")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded model)")

@@ -207,7 +207,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _bench_unet(args: argparse.Namespace) -> int:
     from engines.errors import UserInputError
-    from engines.runtime.base import BACKENDS
+    from engines.runtime.backend_names import BACKENDS
     from engines.runtime.torch_runner import PRECISIONS
 
     bad = [b for b in args.backend if b not in BACKENDS] + [p for p in args.precision if p not in PRECISIONS]

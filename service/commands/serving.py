@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from engines.runtime.backend_names import BACKENDS
 from service.settings import API_PORT, Settings
 
 
@@ -19,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=None, help=f"port (default {API_PORT})")
     serve.add_argument("--broker", default=None, help="Redis URL, e.g. redis://localhost:6379/0")
     serve.add_argument("--model", type=Path, default=None, help="model folder (embedded mode)")
-    serve.add_argument("--backend", default=None, help="torch|compile|onnx|tensorrt (embedded mode)")
+    serve.add_argument("--backend", default=None, help="|".join(BACKENDS) + " (embedded mode)")
     serve.set_defaults(handler=run_serve)
 
     worker = subparsers.add_parser(
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--broker", default=None, help="Redis URL (or REALIZ3D_BROKER_URL)")
     worker.add_argument("--queues", default=None, help="comma-separated: multiview,texture")
     worker.add_argument("--model", type=Path, default=None, help="model folder (default: embedded model)")
-    worker.add_argument("--backend", default=None, help="torch|compile|onnx|tensorrt")
+    worker.add_argument("--backend", default=None, help="|".join(BACKENDS))
     worker.add_argument("--adapters", default=None, help="fused|unfused")
     worker.add_argument("--device", default=None, help="auto|cpu|cuda")
     worker.add_argument("--precision", default=None, help="fp32|fp16|bf16")

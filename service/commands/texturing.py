@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserInputError
+from engines.runtime.backend_names import BACKENDS
 from service.commands.camera_args import explicit_camera_args
 from service.commands.camera_args import load_cameras_arg as _load_cameras
 from service.commands.progress_bar import progress_bar
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--schedule", default=None, help="0.4 | real | synthetic | 0.4,up=0 (model default)")
     p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")
-    p.add_argument("--backend", choices=("torch", "compile", "onnx", "tensorrt"), default="torch")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--model", type=Path, default=None, help="model folder (embedded default model if unset)")
     p.add_argument(
         "--unwrap",
