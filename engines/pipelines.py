@@ -30,6 +30,7 @@ from engines.requests import (
     ModelCapabilities,
     MultiviewRequest,
     ProgressCallback,
+    StageCallback,
     StageTimer,
     TextureRequest,
 )
@@ -365,6 +366,7 @@ class Realiz3DPipeline:
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
         limits: MeshLimits | None = None,
+        stage_progress: StageCallback | None = None,
     ):
         """Texture a mesh: geometry maps -> geometry-conditioned views -> bake -> fill -> GLB.
 
@@ -384,8 +386,7 @@ class Realiz3DPipeline:
             generated.append(result)
             return result.images
 
-        # Job progress counts denoising steps (what the service reports); texture_mesh's stage progress
-        # is not forwarded, its per-stage timings are.
+        # Job progress counts denoising steps; the stages are reported by name through stage_progress.
         result = texture_mesh(
             request,
             mesh_path,
@@ -395,6 +396,7 @@ class Realiz3DPipeline:
             limits=limits,
             resolution=self.model.config.resolution,
             cameras=request.explicit_cameras(),
+            stage_progress=stage_progress,
         )
         if generated:
             gen = generated[0]

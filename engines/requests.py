@@ -21,6 +21,10 @@ MAX_STEPS = 150
 ProgressCallback = Callable[[int, int], None]
 # should_cancel(): polled before every denoising step; True stops the job with JobCanceled.
 CancelCheck = Callable[[], bool]
+#: stage_progress(name, fraction): a texturing stage is running and `fraction` (0-1) of it is done;
+#: called at each stage's start (0.0), at its end (1.0) and, in the UV unwrap, as the unwrap child
+#: reports its work
+StageCallback = Callable[[str, float], None]
 
 
 class GenerationParams(BaseModel):

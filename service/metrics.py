@@ -38,7 +38,7 @@ HTTP_REQUEST_DURATION = Histogram(
 JOBS_TOTAL = Counter("realiz3d_jobs_total", "Jobs that entered a status", ["kind", "status"])
 JOB_STAGE_SECONDS = Histogram(
     "realiz3d_job_stage_seconds",
-    "Seconds per job stage: queue_wait, text_encode, denoise, decode, bake, total",
+    "Seconds per job stage: queue_wait, text_encode, denoise, decode; texture jobs also load, unwrap, render, generate, bake, fill; total",
     ["kind", "stage"],
     buckets=_SECONDS_BUCKETS,
 )

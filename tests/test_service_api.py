@@ -72,6 +72,7 @@ def test_texture_job_with_a_small_mesh(client):
     accepted = client.submit_texture(box_glb(), params, filename="box.glb")
     job = client.wait(accepted.id, timeout=240)
     assert job.status == "succeeded", job.error
+    assert (job.progress.stage, job.progress.stage_fraction) == ("fill", 1.0)  # the last stage, done
     names = {a.name for a in job.artifacts}
     assert {"texture.png", "textured.glb", "meta.json"} <= names
     assert any(n.startswith("views/") for n in names)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from service.api.errors import ApiError
+from service.api.schemas import job_out
 from service.api.submission import check_request
 from service.jobs import redis_store
 from service.jobs.execution import RunGate, WorkerContext, execute_job
@@ -125,3 +126,21 @@ def test_starting_a_job_refreshes_its_ttl(redis_server):
     assert store.redis.ttl("realiz3d:job:" + JOB) > 3000
     store.redis.flushdb()
     store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_a_texture_jobs_stage_is_stored_for_its_own_run_only(kind, redis_server):
+    store = MemoryJobStore() if kind == "memory" else redis_store.RedisJobStore(redis_server.url(8))
+    try:
+        store.create(JobRecord(id=JOB, kind=JobKind.texture, params={}), max_queue_depth=5, ttl_seconds=60)
+        attempt = store.start(JOB, "w", lease_seconds=5, ttl_seconds=60).attempt
+        store.stage(JOB, attempt, "unwrap", 0.25)
+        job = store.get(JOB)
+        assert (job.stage, job.stage_fraction) == ("unwrap", 0.25)
+        store.stage(JOB, attempt + 1, "bake", 0.0)  # a run that does not own the job writes nothing
+        assert store.get(JOB).stage == "unwrap"
+        assert job_out(store.get(JOB)).progress.stage_fraction == 0.25  # what GET /v1/jobs/{id} shows
+    finally:
+        if kind == "redis":
+            store.redis.flushdb()
+            store.close()

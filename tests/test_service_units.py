@@ -6,7 +6,7 @@ import pytest
 
 from service.api.auth import ApiKeys, hash_key
 from service.jobs.memory_store import MemoryJobStore
-from service.jobs.progress import ProgressThrottle
+from service.jobs.progress import ProgressThrottle, StageThrottle
 from service.jobs.records import JobKind, JobRecord, JobStatus
 from service.jobs.store import QueueFull
 from service.storage import safe_relative_name
@@ -95,3 +95,17 @@ def test_progress_writes_are_thinned_to_one_per_interval_keeping_first_and_last(
     for step in range(1, 4):
         every(step, 3)
     assert written == [1, 2, 3]
+
+
+def test_stage_writes_keep_every_new_and_finished_stage_and_thin_the_unwraps_moves():
+    now = [0.0]
+    written: list[tuple[str, float]] = []
+    throttle = StageThrottle(lambda name, f: written.append((name, f)), 0.25, clock=lambda: now[0])
+    reports = [("load", 0.0), ("load", 1.0), ("unwrap", 0.0), *[("unwrap", i / 10) for i in range(1, 10)]]
+    for name, fraction in [*reports, ("unwrap", 1.0), ("render", 0.0)]:
+        throttle(name, fraction)
+        now[0] += 0.1
+    assert written == [
+        ("load", 0.0), ("load", 1.0), ("unwrap", 0.0), ("unwrap", 0.3), ("unwrap", 0.6), ("unwrap", 0.9),
+        ("unwrap", 1.0), ("render", 0.0),
+    ]  # fmt: skip

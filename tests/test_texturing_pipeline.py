@@ -42,6 +42,20 @@ def test_texture_mesh_runs_every_stage_and_saves_the_artifacts(tmp_path):
     assert len(json.loads((out / "cameras.json").read_text())["cameras"]) == 6
 
 
+def test_stage_progress_names_each_stage_and_follows_the_unwrap(tmp_path):
+    request = TextureRequest(prompt="a ball", num_views=2, atlas_size=64, view_resolution=32)
+    reports: list[tuple[str, float]] = []
+    texture_mesh(
+        request, _sphere_path(tmp_path), colour_by_normal, stage_progress=lambda n, f: reports.append((n, f))
+    )
+    order = [n for i, (n, _) in enumerate(reports) if i == 0 or reports[i - 1][0] != n]
+    assert order == ["load", "unwrap", "render", "generate", "bake", "fill"]
+    for name in order:
+        fractions = [f for n, f in reports if n == name]
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions), name
+    assert len([f for n, f in reports if n == "unwrap"]) > 2  # the unwrap child's own reports
+
+
 def test_baked_colours_follow_the_generated_views(tmp_path):
     # The fake colours each point by its normal, so the texel on the +X side of the ball must be reddish.
     request = TextureRequest(prompt="a ball", num_views=6, atlas_size=128, view_resolution=96)

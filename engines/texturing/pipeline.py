@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from engines.errors import JobCanceled
-from engines.requests import CancelCheck, ProgressCallback, TextureRequest
+from engines.requests import CancelCheck, ProgressCallback, StageCallback, TextureRequest
 from engines.sampling.cameras import CONVENTION, Camera, cameras_to_json, texturing_cameras
 from engines.texturing.bake import BakeResult, BakeSettings, bake_views
 from engines.texturing.export import write_texture_png, write_textured_glb, write_textured_obj
@@ -109,10 +109,16 @@ def _overlap_notes(report: dict) -> list[str]:
 class _Stages:
     """Times named stages, reports progress at their boundaries and honours cancellation before each."""
 
-    def __init__(self, progress: ProgressCallback | None, should_cancel: CancelCheck | None) -> None:
+    def __init__(
+        self,
+        progress: ProgressCallback | None,
+        should_cancel: CancelCheck | None,
+        stage_progress: StageCallback | None = None,
+    ) -> None:
         self.timings: dict[str, float] = {}
         self._progress = progress
         self._should_cancel = should_cancel
+        self.stage_progress = stage_progress
 
     def check_cancel(self, name: str) -> None:
         if self._should_cancel is not None and self._should_cancel():
@@ -125,9 +131,13 @@ class _Stages:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.check_cancel(name)
+        if self.stage_progress is not None:
+            self.stage_progress(name, 0.0)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        if self.stage_progress is not None:
+            self.stage_progress(name, 1.0)
         self.report(STAGES.index(name) + 1)
 
 
@@ -178,6 +188,7 @@ def texture_mesh(
     cameras: list[Camera] | None = None,
     view_weights: list[float] | None = None,
     bake_settings: BakeSettings | None = None,
+    stage_progress: StageCallback | None = None,
 ) -> TextureResult:
     """Run a texturing job around a view generator; save into `out_dir` when given.
 
@@ -185,11 +196,12 @@ def texture_mesh(
     default to `texturing_cameras(request.num_views)`. `progress(done, 7)` is called after each stage
     (load, unwrap, render, generate, bake, fill, export: export is `TextureResult.save`, run here only
     with `out_dir`); `should_cancel` is polled before each stage (the generator polls it per denoising
-    step itself). `timings` has seconds per stage and their "total". Raises `MeshError` for bad meshes and
-    `JobCanceled` when canceled.
+    step itself). `stage_progress(name, fraction)` is told when each stage starts (0) and ends (1) and,
+    during the UV unwrap, how far the unwrap child has got. `timings` has seconds per stage and their "total". Raises
+    `MeshError` for bad meshes and `JobCanceled` when canceled.
     """
     limits = limits or MeshLimits()
-    stages = _Stages(progress, should_cancel)
+    stages = _Stages(progress, should_cancel, stage_progress)
     res = int(request.view_resolution or resolution or DEFAULT_VIEW_RESOLUTION)
     cams = list(cameras) if cameras is not None else texturing_cameras(request.num_views)
     if len(cams) != request.num_views:
@@ -205,6 +217,9 @@ def texture_mesh(
             mode=request.unwrap,
             atlas_size=request.atlas_size,
             should_cancel=should_cancel,
+            progress=(lambda done, total: stage_progress("unwrap", done / max(total, 1)))
+            if stage_progress is not None
+            else None,
         )
     with stages.stage("render"):
         vertices = loaded.normalized_vertices

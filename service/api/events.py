@@ -128,7 +128,7 @@ async def job_event_stream(
                 if record.status != last_status:
                     yield _frame("status", job_out(record).model_dump(mode="json"), record.version)
                 else:
-                    progress = {"step": record.progress_step, "total": record.progress_total}
+                    progress = job_out(record).progress.model_dump(mode="json", exclude_none=True)
                     yield _frame("progress", {"status": record.status.value, **progress}, record.version)
                 last_version, last_status = record.version, record.status
             if record.status.terminal:

@@ -18,6 +18,12 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 class Progress(BaseModel):
     step: int = Field(0, description="denoising steps done")
     total: int = Field(0, description="denoising steps in all (0 until the job starts)")
+    stage: str | None = Field(
+        None, description="texture jobs: the stage running (load, unwrap, render, generate, bake, fill)"
+    )
+    stage_fraction: float | None = Field(
+        None, description="how far into that stage, 0-1 (the UV unwrap reports as it goes)"
+    )
 
 
 class ErrorInfo(BaseModel):
@@ -83,7 +89,12 @@ def job_out(record) -> JobOut:  # noqa: ANN001 - service.jobs.records.JobRecord 
         id=record.id,
         kind=record.kind.value,
         status=record.status.value,
-        progress=Progress(step=record.progress_step, total=record.progress_total),
+        progress=Progress(
+            step=record.progress_step,
+            total=record.progress_total,
+            stage=record.stage or None,
+            stage_fraction=record.stage_fraction if record.stage else None,
+        ),
         created_at=_time(record.created_at),
         started_at=_time(record.started_at),
         finished_at=_time(record.finished_at),

@@ -1,4 +1,4 @@
-"""The CLI's progress bar for denoising steps (generate, texture)."""
+"""The CLI's progress bar for denoising steps (generate, texture) and texturing's stages."""
 
 from __future__ import annotations
 
@@ -20,12 +20,24 @@ class progress_bar:
 
         def update(step: int, total: int) -> None:
             if self.bar is not None:
-                if self.bar.total != total:
+                if self.bar.total != total or self.bar.desc != self.desc:
                     self.bar.reset(total=total)
+                    self.bar.set_description_str(self.desc, refresh=False)
                 self.bar.n = step
                 self.bar.refresh()
 
         return update
+
+    def stage(self, name: str, fraction: float) -> None:
+        """A texturing stage started or moved on: the bar shows it (the unwrap in percent) until the
+        denoising steps take the bar back."""
+        if self.bar is None or name == "generate":
+            return
+        if self.bar.desc != name or self.bar.total != 100:
+            self.bar.reset(total=100)
+            self.bar.set_description_str(name, refresh=False)
+        self.bar.n = round(100 * fraction)
+        self.bar.refresh()
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

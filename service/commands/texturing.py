@@ -111,8 +111,9 @@ def run_texture(args: argparse.Namespace) -> int:
     from engines.pipelines import Realiz3DPipeline
 
     pipe = Realiz3DPipeline.load(args.model, backend=args.backend, adapters=args.adapters)
-    with progress_bar(request.steps, "denoise") as update:
-        result = pipe.texture(request, args.mesh, progress=update, limits=limits)
+    bar = progress_bar(request.steps, "denoise")
+    with bar as update:
+        result = pipe.texture(request, args.mesh, progress=update, stage_progress=bar.stage, limits=limits)
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
     return 0

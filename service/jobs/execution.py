@@ -27,7 +27,7 @@ from engines.errors import JobCanceled, UserInputError
 from engines.requests import MultiviewRequest, TextureRequest
 from service import metrics
 from service.jobs.cost import check_cost, job_cost
-from service.jobs.progress import ProgressThrottle
+from service.jobs.progress import ProgressThrottle, StageThrottle
 from service.jobs.records import JobError, JobKind, JobRecord, JobStatus
 from service.jobs.store import PHASE_BATCHED, PHASE_SOLO, JobStore, StartedJob
 from service.settings import Settings
@@ -154,6 +154,11 @@ def _run(ctx: WorkerContext, started: StartedJob, running: RunningJob) -> JobSta
         settings.progress_interval_ms / 1e3,
     )
 
+    write_stage = StageThrottle(
+        lambda name, fraction: ctx.store.stage(job.id, attempt, name, fraction),
+        settings.progress_interval_ms / 1e3,
+    )
+
     def progress(step: int, total: int) -> None:
         if step_clock is not None:
             step_clock.tick(step)
@@ -177,7 +182,7 @@ def _run(ctx: WorkerContext, started: StartedJob, running: RunningJob) -> JobSta
     status, timings, error, artifacts = JobStatus.failed, {}, None, []
     try:
         check_cost(job_cost(job.kind, job.params, _native_resolution(ctx)), settings)
-        result = _call_pipeline(ctx, job, staging, progress, should_cancel)
+        result = _call_pipeline(ctx, job, staging, progress, should_cancel, write_stage)
         timings = {k: float(v) for k, v in (result.timings or {}).items()}
         if running.lost or ctx.store.run_check(job.id, attempt) == "lost":
             running.lost = True  # taken over while it computed its last stage: publish nothing
@@ -225,14 +230,19 @@ def _native_resolution(ctx: WorkerContext) -> int:
     return model_info(ctx.pipeline).get("resolution", 512)
 
 
-def _call_pipeline(ctx: WorkerContext, job: JobRecord, staging, progress, should_cancel):  # noqa: ANN001, ANN202
+def _call_pipeline(ctx: WorkerContext, job: JobRecord, staging, progress, should_cancel, stage_progress):  # noqa: ANN001, ANN202
     if job.kind == JobKind.multiview:
         request = MultiviewRequest.model_validate(job.params)
         return ctx.pipeline.multiview(request, progress=progress, should_cancel=should_cancel)
     request = TextureRequest.model_validate(job.params)
     mesh_path = ctx.artifacts.fetch_input(job.id, job.input_name or "mesh.glb", staging)
     return ctx.pipeline.texture(
-        request, mesh_path, progress=progress, should_cancel=should_cancel, limits=ctx.settings.mesh_limits()
+        request,
+        mesh_path,
+        progress=progress,
+        should_cancel=should_cancel,
+        limits=ctx.settings.mesh_limits(),
+        stage_progress=stage_progress,
     )
 
 

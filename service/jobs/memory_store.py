@@ -121,6 +121,7 @@ class MemoryJobStore:
             job.attempts += 1
             job.progress_step = 0
             job.phase = ""
+            job.stage, job.stage_fraction = "", None
             self._leases[job_id] = time.monotonic() + lease_seconds
             self._expires[job_id] = time.time() + ttl_seconds
             self._changed(job)
@@ -142,6 +143,13 @@ class MemoryJobStore:
             job = self._owned(job_id, attempt)
             if job is not None:
                 job.progress_step, job.progress_total = step, total
+                self._changed(job)
+
+    def stage(self, job_id: str, attempt: int, name: str, fraction: float) -> None:
+        with self._lock:
+            job = self._owned(job_id, attempt)
+            if job is not None:
+                job.stage, job.stage_fraction = name, float(fraction)
                 self._changed(job)
 
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool:

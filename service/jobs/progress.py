@@ -14,21 +14,43 @@ import time
 from collections.abc import Callable
 
 
-class ProgressThrottle:
+class _Throttle:
+    """Calls `write(*args)` at most once per `interval_s`, except for the calls `forced(*args)` picks."""
+
     def __init__(
-        self,
-        write: Callable[[int, int], None],
-        interval_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+        self, write: Callable[..., None], interval_s: float, clock: Callable[[], float] = time.monotonic
+    ):
         self._write = write
         self._interval_s = interval_s
         self._clock = clock
         self._last_write: float | None = None
 
-    def __call__(self, step: int, total: int) -> None:
+    def forced(self, *args: object) -> bool:
+        return False
+
+    def __call__(self, *args: object) -> None:
         now = self._clock()
+        forced = self.forced(*args)  # always asked: a subclass may track state in it
         due = self._last_write is None or now - self._last_write >= self._interval_s
-        if due or step >= total:
-            self._write(step, total)
+        if due or forced:
+            self._write(*args)
             self._last_write = now
+
+
+class ProgressThrottle(_Throttle):
+    """Denoising steps: the first and the last (step == total) always."""
+
+    def forced(self, step: int, total: int) -> bool:  # type: ignore[override]
+        return step >= total
+
+
+class StageThrottle(_Throttle):
+    """Stage writes of a texture job: a new stage and a finished one (fraction 1) at once, moves within
+    one (the unwrap's fraction) at most once per interval."""
+
+    _stage: str | None = None
+
+    def forced(self, name: str, fraction: float) -> bool:  # type: ignore[override]
+        new = name != self._stage
+        self._stage = name
+        return new or fraction >= 1.0

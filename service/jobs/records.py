@@ -63,6 +63,10 @@ class JobRecord:
     finished_at: float | None = None
     progress_step: int = 0
     progress_total: int = 0
+    # Texture jobs: the stage running now (load, unwrap, render, generate, bake, fill; "" before the
+    # first) and how far into it (the UV unwrap reports as it goes; the others 0 at their start).
+    stage: str = ""
+    stage_fraction: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     error: JobError | None = None
     artifacts: list[Artifact] = field(default_factory=list)

@@ -48,7 +48,7 @@ _START = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[2],
-           'progress_step', '0', 'phase', '')
+           'progress_step', '0', 'phase', '', 'stage', '', 'stage_fraction', '')
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -71,6 +71,15 @@ return 0
 _PROGRESS = f"""
 if {_OWNS} then
   redis.call('HSET', KEYS[1], 'progress_step', ARGV[3], 'progress_total', ARGV[4])
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('PUBLISH', 'realiz3d:job-events', ARGV[2])
+end
+return 1
+"""
+
+_STAGE = f"""
+if {_OWNS} then
+  redis.call('HSET', KEYS[1], 'stage', ARGV[3], 'stage_fraction', ARGV[4])
   redis.call('HINCRBY', KEYS[1], 'version', 1)
   redis.call('PUBLISH', 'realiz3d:job-events', ARGV[2])
 end
@@ -161,7 +170,7 @@ return 1
 """
 
 _JSON_FIELDS = ("params", "timings", "error", "artifacts")
-_FLOAT_FIELDS = ("created_at", "started_at", "finished_at")
+_FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "stage_fraction")
 _INT_FIELDS = ("progress_step", "progress_total", "attempts", "version", "lost_runs", "charged_runs")
 _BOOL_FIELDS = ("run_alone",)
 
@@ -188,7 +197,7 @@ def _decode(h: dict[str, str]) -> JobRecord:
             d[key] = int(raw) if raw else 0
         elif key in _BOOL_FIELDS:
             d[key] = raw in ("True", "1")
-        elif key == "phase":
+        elif key in ("phase", "stage"):
             d[key] = raw
         else:
             d[key] = raw or None
@@ -218,6 +227,7 @@ class RedisJobStore:
         self._start = r.register_script(_START)
         self._phase = r.register_script(_PHASE)
         self._progress = r.register_script(_PROGRESS)
+        self._stage = r.register_script(_STAGE)
         self._renew = r.register_script(_RENEW)
         self._finish = r.register_script(_FINISH)
         self._cancel = r.register_script(_CANCEL)
@@ -298,6 +308,9 @@ class RedisJobStore:
 
     def progress(self, job_id: str, attempt: int, step: int, total: int) -> None:
         self._progress([P + "job:" + job_id], [attempt, job_id, step, total])
+
+    def stage(self, job_id: str, attempt: int, name: str, fraction: float) -> None:
+        self._stage([P + "job:" + job_id], [attempt, job_id, name, float(fraction)])
 
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
         keys = [P + "job:" + job_id, P + "lease:" + job_id]

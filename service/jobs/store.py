@@ -88,6 +88,10 @@ class JobStore(Protocol):
 
     def progress(self, job_id: str, attempt: int, step: int, total: int) -> None: ...
 
+    def stage(self, job_id: str, attempt: int, name: str, fraction: float) -> None:
+        """A texture job's current stage and how far into it (0-1); ignored if the run lost the job."""
+        ...
+
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool: ...
 
     def finish(
