@@ -195,9 +195,8 @@ class Realiz3DPipeline:
     def capabilities(self) -> ModelCapabilities:
         """What this model can serve (workers advertise it; the gateway refuses the rest at submission)."""
         cfg = self.model.config
-        halvings = len(self.model.unet.unet.config.block_out_channels) - 1  # each down block but the last
-        step = cfg.downsample_factor * 2**halvings
-        served = cfg.served_resolutions(step)
+        step = self.model.resolution_step
+        served = self.model.served_resolutions()
         return ModelCapabilities(
             name=cfg.name,
             resolution=cfg.resolution,

@@ -209,3 +209,22 @@ def test_build_engines_cli_builds_then_hits(tiny_model_dir, tmp_path, capsys):
     second = capsys.readouterr().out
     assert "1 entries (0 built, 1 cache hits)" in second
     assert "onnx domains views=2" in second
+
+
+def test_build_engines_envelope_builds_every_declared_shape(tiny_model_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "realiz3d.json").read_text())
+    config["serving"] = {"resolutions": [32, 48], "views": [1, 2]}
+    (folder / "realiz3d.json").write_text(json.dumps(config))
+    args = ["build-engines", "--model", str(folder), "--backend", "onnx", "--envelope"]
+    args += ["--engine-cache", str(tmp_path / "cache"), "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "4 shapes in the serving envelope x 1 weight set(s)" in out
+    assert "4 entries (4 built, 0 cache hits)" in out
+    for views, size in ((1, 32), (2, 32), (1, 48), (2, 48)):
+        assert f"views={views} {size}x{size}:" in out, (views, size)

@@ -58,6 +58,17 @@ class Realiz3DModel:
         return self
 
     @property
+    def resolution_step(self) -> int:
+        """Image sizes this model takes are multiples of this: pixels per UNet cell, doubled by each
+        down block but the last."""
+        halvings = len(self.unet.unet.config.block_out_channels) - 1
+        return self.config.downsample_factor * 2**halvings
+
+    def served_resolutions(self) -> list[int]:
+        """The image sizes the model's serving envelope (`realiz3d.json` `serving`) declares."""
+        return self.config.served_resolutions(self.resolution_step)
+
+    @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 

@@ -47,6 +47,14 @@ class GraphShape:
         return {"num_views": self.num_views, "height": self.height, "width": self.width}
 
 
+def envelope_shapes(model: Realiz3DModel) -> list[GraphShape]:
+    """Every graph shape the model's serving envelope declares: each served view count at each served
+    resolution (what `realiz3d build-engines --envelope` builds ahead)."""
+    cfg = model.config
+    sizes = [res // cfg.downsample_factor * cfg.patch_size for res in model.served_resolutions()]
+    return [GraphShape(views, size, size) for size in sizes for views in cfg.serving.views]
+
+
 class _ExportWrapper(nn.Module):
     """Tensors-only forward with num_views fixed and the graph's inputs in `names` order."""
 

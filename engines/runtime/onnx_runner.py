@@ -127,6 +127,10 @@ class OnnxRunner:
         """The weight sets `combos` need: block-shift's one (None), or one per distinct lora combo."""
         return [None] if self.mixes_domains else list(dict.fromkeys(combos))
 
+    def build_shape(self, combo: DomainCombo | None, shape: GraphShape) -> None:
+        """Export (or find in the cache) and load the graph of one weight set at one shape."""
+        self.session(combo, shape)
+
     def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
         for combo in self.weight_sets(combos):
             self.session(combo, self.default_shape(num_views))

@@ -317,9 +317,17 @@ class TensorRTRunner:
         return 0 if self._scratch is None else self._scratch.numel()
 
     # ---- runner interface --------------------------------------------------------------------------
+    def build_shape(self, combo: DomainCombo | None, shape: GraphShape) -> None:
+        """Build (or find in the cache) the engine of one weight set at one shape, without loading it:
+        ahead-of-time builds for a whole envelope must not hold every engine on the GPU."""
+        self.engine_entry(combo, shape)
+
+    def weight_sets(self, combos: Sequence[DomainCombo]) -> list[DomainCombo | None]:
+        """The weight sets `combos` need: block-shift's one (None), or one per distinct lora combo."""
+        return [None] if self.mixes_domains else list(dict.fromkeys(combos))
+
     def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
-        sets = [None] if self.mixes_domains else list(dict.fromkeys(combos))
-        for combo in sets:
+        for combo in self.weight_sets(combos):
             self.engine(combo, self.default_shape(num_views))
 
     @torch.no_grad()

@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("onnx", "tensorrt"), default="onnx")
     p.add_argument("--num-views", type=int, default=None, help="views per object (default: the model's)")
     p.add_argument(
+        "--envelope",
+        action="store_true",
+        help="build every view count x resolution the model's realiz3d.json `serving` declares",
+    )
+    p.add_argument(
         "--cfg",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -153,7 +158,18 @@ def run_build_engines(args: argparse.Namespace) -> int:
         )
     from engines.runtime.onnx_runner import weight_set_label
 
-    runner.prepare(combos)
+    if args.envelope:
+        from engines.runtime.onnx_export import envelope_shapes
+
+        shapes = envelope_shapes(model)
+        print(
+            f"{len(shapes)} shapes in the serving envelope x {len(runner.weight_sets(combos))} weight set(s)"
+        )
+        for shape in shapes:
+            for combo in runner.weight_sets(combos):
+                runner.build_shape(combo, shape)
+    else:
+        runner.prepare(combos)
     for combo, shape, entry in runner.entries:
         state = "hit  " if entry.hit else f"built in {entry.build_seconds:.1f} s:"
         print(
