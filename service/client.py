@@ -64,16 +64,26 @@ def _params(request: BaseModel | dict[str, Any]) -> dict[str, Any]:
     return request
 
 
-def _texture_parts(mesh: Path | bytes, params: BaseModel | dict[str, Any], filename: str | None) -> dict:
+def _texture_parts(
+    mesh: Path | bytes,
+    params: BaseModel | dict[str, Any],
+    filename: str | None,
+    files: dict[str, bytes] | None = None,
+) -> list:
+    """Multipart parts: `mesh`, `params` and, for a .gltf, its buffers and images as `files` parts named
+    by the URIs the .gltf uses."""
     if isinstance(mesh, Path | str):
         path = Path(mesh)
         data, filename = path.read_bytes(), filename or path.name
     else:
         data, filename = mesh, filename or "mesh.glb"
-    return {
-        "mesh": (filename, data, "application/octet-stream"),
-        "params": (None, json.dumps(_params(params)), "application/json"),
-    }
+    parts = [
+        ("mesh", (filename, data, "application/octet-stream")),
+        ("params", (None, json.dumps(_params(params)), "application/json")),
+    ]
+    return parts + [
+        ("files", (name, blob, "application/octet-stream")) for name, blob in (files or {}).items()
+    ]
 
 
 class _SSEParser:
@@ -138,10 +148,12 @@ class Realiz3DClient:
         params: BaseModel | dict[str, Any],
         filename: str | None = None,
         idempotency_key: str | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> JobAccepted:
+        """`files`: a .gltf's external buffers and images, keyed by the URI the .gltf gives them."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        files = _texture_parts(mesh, params, filename)
-        return JobAccepted.model_validate(self._json("POST", "/v1/texture", files=files, headers=headers))
+        parts = _texture_parts(mesh, params, filename, files)
+        return JobAccepted.model_validate(self._json("POST", "/v1/texture", files=parts, headers=headers))
 
     def get_job(self, job_id: str) -> JobOut:
         return JobOut.model_validate(self._json("GET", f"/v1/jobs/{job_id}"))
@@ -225,11 +237,13 @@ class AsyncRealiz3DClient:
         params: BaseModel | dict[str, Any],
         filename: str | None = None,
         idempotency_key: str | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> JobAccepted:
+        """`files`: a .gltf's external buffers and images, keyed by the URI the .gltf gives them."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        files = _texture_parts(mesh, params, filename)
+        parts = _texture_parts(mesh, params, filename, files)
         return JobAccepted.model_validate(
-            await self._json("POST", "/v1/texture", files=files, headers=headers)
+            await self._json("POST", "/v1/texture", files=parts, headers=headers)
         )
 
     async def get_job(self, job_id: str) -> JobOut:

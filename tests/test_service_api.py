@@ -82,6 +82,27 @@ def test_texture_job_with_a_small_mesh(client):
     assert glb[:4] == b"glTF"
 
 
+def test_a_gltf_with_its_files_as_parts_is_textured_and_bad_part_names_are_refused(client):
+    from tests.test_texturing_inputs import _external_gltf
+
+    doc, files = _external_gltf()  # scene.gltf -> data.bin, textures/albedo.png
+    params = {"prompt": "a tile", "num_views": 2, "steps": 2, "atlas_size": 64, "seed": 3}
+    gltf = json.dumps(doc).encode()
+    accepted = client.submit_texture(gltf, params, filename="scene.gltf", files=files)
+    job = client.wait(accepted.id, timeout=240)
+    assert job.status == "succeeded", job.error
+    assert client.download(job.id, "textured.glb")[:4] == b"glTF"
+    with pytest.raises(Realiz3DAPIError) as e:
+        client.submit_texture(gltf, params, filename="scene.gltf", files={"../data.bin": files["data.bin"]})
+    assert e.value.status == 422 and "relative path" in str(e.value)
+    # the geometry's part missing: the job fails naming it (as a zip without it does)
+    missing = client.submit_texture(
+        gltf, params, filename="scene.gltf", files={"textures/albedo.png": b"png"}
+    )
+    failed = client.wait(missing.id, timeout=120)
+    assert failed.status == "failed" and "data.bin" in failed.error.message
+
+
 def test_cancel_stops_a_running_job_within_one_step(client):
     accepted = client.submit_multiview(LONG)
     wait_running(client, accepted.id, min_step=2)

@@ -223,7 +223,7 @@ def _gltf_json_face_count(text: bytes, what: str, files_beside: bool = True) -> 
             if not str(uri).startswith("data:"):
                 raise MeshError(
                     f"the glTF refers to an external file '{uri}': upload the .gltf with its files as a "
-                    ".zip, or convert it to .glb"
+                    ".zip or as `files` parts beside it, or convert it to .glb"
                 )
     return total
 

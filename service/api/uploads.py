@@ -129,8 +129,36 @@ class MeshUpload:
     params_json: str
 
 
+#: A .gltf's own files (buffers, images) arrive as repeated `files` parts; more than this is refused.
+MAX_MESH_FILE_PARTS = 64
+
+
+def pack_gltf_parts(gltf_name: str, gltf: bytes, files: list[tuple[str, bytes]]) -> MeshUpload:
+    """A .gltf and the files it refers to, sent as separate parts, as one in-memory .zip: the mesh loader
+    already resolves a zipped .gltf's relative URIs (and names what is missing). Part file names are the
+    URIs as the .gltf writes them (`textures/wood.png`); absolute paths and `..` are refused."""
+    import io
+    import posixpath
+    import zipfile
+
+    buffer = io.BytesIO()
+    seen: set[str] = set()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(posixpath.basename(gltf_name) or "scene.gltf", gltf)
+        for name, data in files:
+            clean = posixpath.normpath(name.replace("\\", "/"))
+            if not name or clean.startswith(("/", "../")) or clean == ".." or clean in seen:
+                why = "repeated" if clean in seen else "not a relative path inside the asset"
+                raise ApiError(422, "invalid_request", f"files: part file name {name!r} is {why}")
+            seen.add(clean)
+            zf.writestr(clean, data)
+    stem = posixpath.splitext(posixpath.basename(gltf_name))[0] or "scene"
+    return MeshUpload(filename=f"{stem}.zip", data=buffer.getvalue(), params_json="")
+
+
 async def read_mesh_upload(request: Request) -> MeshUpload:
-    """Parse `multipart/form-data` with parts `mesh` (file) and `params` (JSON text).
+    """Parse `multipart/form-data` with parts `mesh` (file), `params` (JSON text) and, for a `.gltf` with
+    external buffers or images, its files as repeated `files` parts (packed here into one .zip).
 
     The body size is already capped by BodyLimitMiddleware while it streams; file parts spool to disk
     past 1 MiB inside the parser, so memory stays bounded too.
@@ -140,7 +168,9 @@ async def read_mesh_upload(request: Request) -> MeshUpload:
         raise ApiError(
             415, "unsupported_media_type", "send multipart/form-data with parts 'mesh' and 'params'"
         )
-    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=2)
+    parser = MultiPartParser(
+        request.headers, request.stream(), max_files=1 + MAX_MESH_FILE_PARTS, max_fields=2
+    )
     try:
         form = await parser.parse()
     except MultiPartException as e:
@@ -155,6 +185,19 @@ async def read_mesh_upload(request: Request) -> MeshUpload:
         if isinstance(params, UploadFile):
             params = (await params.read()).decode("utf-8", errors="replace")
         data = await mesh.read()
-        return MeshUpload(filename=mesh.filename or "mesh", data=data, params_json=str(params))
+        filename = mesh.filename or "mesh"
+        parts = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        if not parts:
+            return MeshUpload(filename=filename, data=data, params_json=str(params))
+        if not filename.lower().endswith(".gltf"):
+            raise ApiError(
+                422,
+                "invalid_request",
+                "files: extra file parts go with a .gltf mesh (its buffers and images)",
+            )
+        files = [(f.filename or "", await f.read()) for f in parts]
+        packed = pack_gltf_parts(filename, data, files)
+        packed.params_json = str(params)
+        return packed
     finally:
         await form.close()
