@@ -286,3 +286,46 @@ def test_a_slow_progress_sink_does_not_hold_up_other_jobs(pipes):
         assert not slow.done()  # still reporting its steps while the other job came and went
         assert slow.result(timeout=120).images
     assert seen == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_new_shapes_graph_builds_in_the_background_while_other_jobs_step(tiny_model_dir, tmp_path):
+    from engines.runtime.onnx_runner import OnnxRunner
+
+    pipe = Realiz3DPipeline.load(tiny_model_dir, backend="onnx", engine_cache_dir=tmp_path)
+    runner: OnnxRunner = pipe.runner
+    runner.session(None, runner.default_shape(2))  # the 2-view graph is there; the 1-view one is not
+    building = threading.Event()
+    plain_session = runner.session
+
+    def slow_session(combo, shape):  # a slow build, as a TensorRT one is: exported only after a pause
+        if shape.num_views == 1 and (combo, shape) not in runner._sessions:
+            building.set()
+            time.sleep(1.5)
+        return plain_session(combo, shape)
+
+    runner.session = slow_session
+    pipe.enable_batching(max_jobs=4, max_wait_ms=0)
+    long_steps: list[float] = []
+    first_new_step: list[float] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            long = pool.submit(
+                pipe.multiview, req(1, steps=150), progress=lambda s, t: long_steps.append(time.monotonic())
+            )
+            while len(long_steps) < 3:
+                time.sleep(0.01)
+            new = pool.submit(
+                pipe.multiview,
+                req(2, num_views=1, steps=3),
+                progress=lambda s, t: first_new_step.append(time.monotonic()),
+            )
+            assert building.wait(30)
+            started = time.monotonic()
+            result = new.result(timeout=120)
+            assert len(result.images) == 1
+            during = [t for t in long_steps if started < t < first_new_step[0]]
+            # the batcher kept stepping the 2-view job while the 1-view graph was built
+            assert len(during) >= 3, len(during)
+            long.result(timeout=300)
+    finally:
+        pipe.batcher.close()

@@ -28,6 +28,7 @@ def test_summary_gives_ratios_to_eager_of_the_same_precision_and_keeps_skip_reas
             "torch": "t",
             "note": "n",
         },
+        "model": "embedded default (realiz3d-default)",
         "views": 4,
         "unet_batch": 8,
         "unet_gflop_per_step": 2.0,
@@ -40,6 +41,8 @@ def test_summary_gives_ratios_to_eager_of_the_same_precision_and_keeps_skip_reas
     assert "| onnx | fp32 | 50.0 | 2.0x |" in md and "skipped: TensorRT not installed" in md
     assert json.loads((tmp_path / "backends.json").read_text())["gpu"]["skipped"]
     assert markdown(result) == md
+    gpu_only = markdown({**result, "model": "seeded SD-1.x-shaped UNet", "cpu": None})
+    assert "seeded SD-1.x-shaped UNet, 4 views" in gpu_only and "Not measured (`cpu=False`)" in gpu_only
 
 
 def test_bench_rejects_an_unknown_backend_with_exit_2(capsys):

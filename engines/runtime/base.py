@@ -32,7 +32,9 @@ class UNetRunner(Protocol):
         ...
 
     # Optional: `batch_shape(batch, num_views) -> int` (see `call_batch`) for runners built for a set
-    # of batch sizes, and `max_batch(num_views) -> int | None` for runners with a largest batch.
+    # of batch sizes, `max_batch(num_views) -> int | None` for runners with a largest batch, and
+    # `ready_for(num_views, height, width, combos) -> bool` for runners that build a graph per shape:
+    # the step batcher then skips a group until its graphs are built (`background_builds.py`).
 
 
 def graph_inputs(

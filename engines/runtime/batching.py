@@ -49,6 +49,8 @@ from engines.sampling.denoise import DenoiseJob
 from engines.types import UNetInputs
 
 log = logging.getLogger(__name__)
+#: how long the batcher waits when every group it holds waits for a background build
+BUILD_POLL_S = 0.05
 
 # on_unet_call(images_in_call, jobs_in_call, seconds)
 UNetCallObserver = Callable[[int, int, float], None]
@@ -235,7 +237,8 @@ class StepBatcher:
                     self._finish(entry, entry.stop)
                     continue
                 try:
-                    self.runner.prepare(sorted(set(entry.job.combos)))
+                    if not hasattr(self.runner, "ready_for"):  # else built in the background, per group
+                        self.runner.prepare(sorted(set(entry.job.combos)))
                 except BaseException as e:  # noqa: BLE001 - reported to that job's caller
                     self._finish(entry, e)
                     continue
@@ -264,15 +267,38 @@ class StepBatcher:
             groups: dict[tuple, list[_Entry]] = {}
             for entry in self._active:
                 groups.setdefault(_group_key(entry.job, self.runner.mixes_domains), []).append(entry)
-            for members in groups.values():
-                self._step_group(members)
+            stepped = [self._step_group(members) for members in groups.values()]
             for entry in [e for e in self._active if e.job.done or e.error is not None]:
                 self._active.remove(entry)
                 self._finish(entry, entry.error)
+            if stepped and not any(stepped):  # every group waits on a background build: do not spin
+                with self._cond:
+                    self._cond.wait(BUILD_POLL_S)
 
-    def _step_group(self, members: list[_Entry]) -> None:
+    def _step_group(self, members: list[_Entry]) -> bool:
+        """One step of a group; False when it waits for its shape's graphs (built in the background)."""
+        if not self._built(members):
+            return False
         for chunk in self._chunks(members):
             self._step_chunk(chunk)
+        return True
+
+    def _built(self, members: list[_Entry]) -> bool:
+        ready_for = getattr(self.runner, "ready_for", None)
+        if ready_for is None:
+            return True
+        job = members[0].job
+        try:
+            return bool(
+                ready_for(job.num_views, *job.latents.shape[-2:], sorted({m.job.combo for m in members}))
+            )
+        except BaseException as e:  # noqa: BLE001 - the build failed: the jobs that needed it fail
+            log.exception(
+                "building the graphs of a %d-view %s group failed", job.num_views, job.latents.shape
+            )
+            for m in members:
+                m.error = e
+            return True
 
     def _chunks(self, members: list[_Entry]) -> list[list[_Entry]]:
         """Split a group by jobs so no call exceeds `call_limit` (a job above it alone is split later)."""

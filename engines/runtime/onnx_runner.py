@@ -22,6 +22,7 @@ import torch
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
+from engines.runtime.background_builds import BackgroundBuilds
 from engines.runtime.base import graph_inputs, run_domains
 from engines.runtime.engine_cache import (
     CacheEntry,
@@ -80,6 +81,7 @@ class OnnxRunner:
         self._sessions: dict[tuple[DomainCombo | None, GraphShape], Any] = {}
         #: cache entries this runner used, with hit/built: what `realiz3d build-engines` reports
         self.entries: list[tuple[DomainCombo, GraphShape, CacheEntry]] = []
+        self.builds = BackgroundBuilds()
 
     # ---- graphs ------------------------------------------------------------------------------------
     def default_shape(self, num_views: int | None = None) -> GraphShape:
@@ -126,6 +128,15 @@ class OnnxRunner:
     def weight_sets(self, combos: Sequence[DomainCombo]) -> list[DomainCombo | None]:
         """The weight sets `combos` need: block-shift's one (None), or one per distinct lora combo."""
         return [None] if self.mixes_domains else list(dict.fromkeys(combos))
+
+    def ready_for(self, num_views: int, height: int, width: int, combos: Sequence[DomainCombo]) -> bool:
+        """For the step batcher: whether the sessions of this shape are loaded; if not, they are built in
+        the background (`background_builds.py`) and the batcher serves other groups meanwhile."""
+        shape = GraphShape(num_views, height, width)
+        return all(
+            self.builds.ready((combo, shape), lambda combo=combo: self.session(combo, shape))
+            for combo in self.weight_sets(combos)
+        )
 
     def build_shape(self, combo: DomainCombo | None, shape: GraphShape) -> None:
         """Export (or find in the cache) and load the graph of one weight set at one shape."""

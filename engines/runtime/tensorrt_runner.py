@@ -44,6 +44,7 @@ import torch
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
+from engines.runtime.background_builds import BackgroundBuilds
 from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
 from engines.runtime.engine_cache import (
     CacheEntry,
@@ -194,6 +195,7 @@ class TensorRTRunner:
         self._engines: EngineLRU[_Engine] = EngineLRU(memory_budget_bytes)
         self._scratch: torch.Tensor | None = None
         self.entries: list[tuple[DomainCombo | None, GraphShape, CacheEntry]] = []
+        self.builds = BackgroundBuilds()
 
     # ---- building ----------------------------------------------------------------------------------
     def default_shape(self, num_views: int | None = None) -> GraphShape:
@@ -317,6 +319,19 @@ class TensorRTRunner:
         return 0 if self._scratch is None else self._scratch.numel()
 
     # ---- runner interface --------------------------------------------------------------------------
+    def ready_for(self, num_views: int, height: int, width: int, combos: Sequence[DomainCombo]) -> bool:
+        """For the step batcher: whether this shape's engines are loaded. A missing one is built into the
+        engine cache in the background while the batcher serves other groups; once built it is loaded
+        here, on the batcher's thread, which alone touches the engines and their shared buffer."""
+        shape = GraphShape(num_views, height, width)
+        for combo in self.weight_sets(combos):
+            if (combo, shape) in self._engines:
+                continue
+            if not self.builds.ready((combo, shape), lambda combo=combo: self.engine_entry(combo, shape)):
+                return False
+            self.engine(combo, shape)  # a cache hit now
+        return True
+
     def build_shape(self, combo: DomainCombo | None, shape: GraphShape) -> None:
         """Build (or find in the cache) the engine of one weight set at one shape, without loading it:
         ahead-of-time builds for a whole envelope must not hold every engine on the GPU."""
