@@ -193,3 +193,28 @@ def test_skinned_vertices_follow_their_weighted_joints():
     top = local[:, 1] > 1.0  # weighted to bone1 (world: x + 5, y + 1); the rest to bone0 (x + 5)
     np.testing.assert_allclose(mesh.vertices[~top], local[~top] + [5, 0, 0], atol=1e-6)
     np.testing.assert_allclose(mesh.vertices[top], local[top] + [5, 1, 0], atol=1e-6)
+
+
+def test_a_specular_glossiness_material_gets_the_atlas_as_its_diffuse_map_too(tmp_path):
+    pos, tri, uv = grid(3, 3)
+    source = single_mesh(pos, tri, uv)
+    spec_gloss = {
+        "diffuseFactor": [0.5, 0.2, 0.1, 0.8],
+        "specularFactor": [0.3, 0.3, 0.3],
+        "glossinessFactor": 0.4,
+    }
+    source.json["materials"] = [
+        {"name": "old", "extensions": {"KHR_materials_pbrSpecularGlossiness": spec_gloss}}
+    ]
+    source.json["meshes"][0]["primitives"][0]["material"] = 0
+    source.json["extensionsUsed"] = ["KHR_materials_pbrSpecularGlossiness"]
+    mesh = load_mesh_bytes(source.to_glb(), "specgloss.glb")
+    out_path = _write(tmp_path, "specgloss_textured.glb", textured_glb_bytes(mesh, procedural_texture(32)))
+    assert_valid(out_path)
+    out = GltfDocument.from_bytes(out_path.read_bytes()).json
+    material = out["materials"][0]
+    ext = material["extensions"]["KHR_materials_pbrSpecularGlossiness"]
+    assert ext["diffuseTexture"] == material["pbrMetallicRoughness"]["baseColorTexture"]
+    assert ext["diffuseFactor"] == [1.0, 1.0, 1.0, 0.8]  # white under the atlas, the alpha kept
+    assert ext["specularFactor"] == [0.3, 0.3, 0.3] and ext["glossinessFactor"] == 0.4
+    assert out["extensionsUsed"] == ["KHR_materials_pbrSpecularGlossiness"]

@@ -4,7 +4,9 @@ The GLB is the input document with the atlas added, not a rebuilt mesh (`gltf_do
 - nodes, transforms, skins, animations, cameras, every primitive and material, names, extras and
   extensions pass through; accessors that did not change keep their bytes;
 - every textured material gets `baseColorTexture` = the atlas (its base-colour factor becomes white,
-  alpha kept); its other PBR maps and factors stay. Primitives without a material get a new one;
+  alpha kept); its other PBR maps and factors stay. A KHR_materials_pbrSpecularGlossiness material also
+  gets the atlas as its `diffuseTexture` (specular and glossiness kept). Primitives without a material
+  get a new one;
 - the original UV sets stay. When the layout packed or unwrapped UVs, they are a new `TEXCOORD_n` and
   the material reads that set. Unwrapped primitives are re-indexed (seams split vertices): each of their
   attributes and morph targets is gathered through the unwrap's vertex map, bytes copied;
@@ -26,6 +28,8 @@ from engines.texturing.gltf_document import ELEMENT_ARRAY_BUFFER, GltfDocument, 
 from engines.texturing.mesh_io import LoadedMesh, mesh_from_document
 
 BAKED_MATERIAL = "realiz3d_baked"
+#: The archived specular-glossiness workflow: its `diffuseTexture` gets the atlas too
+SPEC_GLOSS = "KHR_materials_pbrSpecularGlossiness"
 
 
 def write_texture_png(atlas: np.ndarray, path: str | Path) -> Path:
@@ -93,12 +97,21 @@ def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:
         target = doc.json["materials"][new_material if material is None else material]
         pbr = target.setdefault("pbrMetallicRoughness", {})
         pbr["baseColorTexture"] = {"index": texture, **({"texCoord": texcoord} if texcoord else {})}
-        alpha = float(pbr.get("baseColorFactor", [1, 1, 1, 1])[3])
-        if alpha != 1.0:
-            pbr["baseColorFactor"] = [1.0, 1.0, 1.0, alpha]
-        else:
-            pbr.pop("baseColorFactor", None)
+        _white_keeping_alpha(pbr, "baseColorFactor")
+        spec_gloss = target.get("extensions", {}).get(SPEC_GLOSS)
+        if spec_gloss is not None:  # viewers that read this extension use its diffuse map, not the PBR one
+            spec_gloss["diffuseTexture"] = dict(pbr["baseColorTexture"])
+            _white_keeping_alpha(spec_gloss, "diffuseFactor")
     return doc
+
+
+def _white_keeping_alpha(holder: dict, key: str) -> None:
+    """A colour factor multiplying the new texture: white, with the material's alpha kept."""
+    alpha = float(holder.get(key, [1, 1, 1, 1])[3])
+    if alpha != 1.0:
+        holder[key] = [1.0, 1.0, 1.0, alpha]
+    else:
+        holder.pop(key, None)
 
 
 def _give_untextured_primitives_uv_sets(doc: GltfDocument, texcoord: dict) -> None:
