@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.runtime.backend_names import BACKENDS
+from engines.runtime.backend_names import BACKENDS, PRECISION_NAMES
 
 API_PORT = 8000
 WORKER_METRICS_PORT = 9100
@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     def _known_backend(cls, v: str) -> str:
         if v not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
+        return v
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precision(cls, v: str) -> str:
+        if v not in PRECISION_NAMES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}")
         return v
 
     @field_validator("adapters")

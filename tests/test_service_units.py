@@ -109,3 +109,18 @@ def test_stage_writes_keep_every_new_and_finished_stage_and_thin_the_unwraps_mov
         ("load", 0.0), ("load", 1.0), ("unwrap", 0.0), ("unwrap", 0.3), ("unwrap", 0.6), ("unwrap", 0.9),
         ("unwrap", 1.0), ("render", 0.0),
     ]  # fmt: skip
+
+
+def test_serve_takes_the_embedded_workers_precision_device_and_adapters_and_validates_them():
+    from pydantic import ValidationError
+
+    from service.cli import build_parser
+    from service.commands.serving import SERVE_FLAGS, _settings
+
+    args = build_parser().parse_args(
+        ["serve", "--precision", "bf16", "--device", "cpu", "--adapters", "unfused"]
+    )
+    s = _settings(args, SERVE_FLAGS)
+    assert (s.precision, s.device, s.adapters) == ("bf16", "cpu", "unfused")
+    with pytest.raises(ValidationError, match="precision must be one of fp32, fp16, bf16"):
+        _settings(build_parser().parse_args(["serve", "--precision", "fp8"]), SERVE_FLAGS)

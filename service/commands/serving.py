@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--broker", default=None, help="Redis URL, e.g. redis://localhost:6379/0")
     serve.add_argument("--model", type=Path, default=None, help="model folder (embedded mode)")
     serve.add_argument("--backend", default=None, help="|".join(BACKENDS) + " (embedded mode)")
+    serve.add_argument("--adapters", default=None, help="fused|unfused (embedded mode)")
+    serve.add_argument("--device", default=None, help="auto|cpu|cuda (embedded mode)")
+    serve.add_argument("--precision", default=None, help="fp32|fp16|bf16 (embedded mode)")
     serve.set_defaults(handler=run_serve)
 
     worker = subparsers.add_parser(
@@ -39,6 +42,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.set_defaults(handler=run_worker_command)
 
 
+#: `realiz3d serve` flag -> Settings field (the compute ones apply in embedded mode)
+SERVE_FLAGS = {
+    "host": "host",
+    "port": "port",
+    "broker": "broker_url",
+    "model": "model_dir",
+    "backend": "backend",
+    "adapters": "adapters",
+    "device": "device",
+    "precision": "precision",
+}
+
+
 def _settings(args: argparse.Namespace, mapping: dict[str, str]) -> Settings:
     """Env (REALIZ3D_*) first, flags given on the command line override it; validated once here."""
     overrides = {
@@ -54,10 +70,7 @@ def _logging() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    s = _settings(
-        args,
-        {"host": "host", "port": "port", "broker": "broker_url", "model": "model_dir", "backend": "backend"},
-    )
+    s = _settings(args, SERVE_FLAGS)
     _logging()
     if s.broker_url:
         from service.api.app import create_gateway_app
