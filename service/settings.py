@@ -11,10 +11,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engines.runtime.backend_names import BACKENDS, PRECISION_NAMES
+
+#: the named choices a setting takes (validated where settings are read: env or CLI flags)
+_ALLOWED_NAMES = {"backend": BACKENDS, "precision": PRECISION_NAMES, "adapters": ("fused", "unfused")}
 
 API_PORT = 8000
 WORKER_METRICS_PORT = 9100
@@ -119,25 +122,12 @@ class Settings(BaseSettings):
     max_mesh_faces: int = Field(500_000, ge=1)
     unwrap_timeout_seconds: float = Field(180.0, gt=0)
 
-    @field_validator("backend")
+    @field_validator("backend", "precision", "adapters")
     @classmethod
-    def _known_backend(cls, v: str) -> str:
-        if v not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}")
-        return v
-
-    @field_validator("precision")
-    @classmethod
-    def _known_precision(cls, v: str) -> str:
-        if v not in PRECISION_NAMES:
-            raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}")
-        return v
-
-    @field_validator("adapters")
-    @classmethod
-    def _known_adapters(cls, v: str) -> str:
-        if v not in {"fused", "unfused"}:
-            raise ValueError("adapters must be fused or unfused")
+    def _known_name(cls, v: str, info: ValidationInfo) -> str:
+        allowed = _ALLOWED_NAMES[info.field_name]
+        if v not in allowed:
+            raise ValueError(f"{info.field_name} must be one of {', '.join(allowed)}")
         return v
 
     @model_validator(mode="after")
