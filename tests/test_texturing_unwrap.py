@@ -149,3 +149,11 @@ def test_bench_unwrap_writes_both_modes_and_keeps_the_notes(tmp_path, capsys):
     assert main([*args, "--modes", "fast"]) == 0
     assert (out / "unwrap.md").read_text().endswith("hand-written notes\n")
     assert main(["bench", "unwrap", "--shapes", "cube", "--out", str(out)]) == 2
+    # the whole texture job of a blob, timed per stage, with the default model
+    assert main([*args, "--modes", "fast", "--job-faces", "2000"]) == 0
+    job = json.loads((out / "unwrap.json").read_text())["jobs"][0]
+    assert (
+        job["mode"] == "fast"
+        and job["faces"] >= 2000
+        and {"unwrap", "generate", "bake"} <= set(job["stages"])
+    )
