@@ -59,3 +59,11 @@ def test_batch_scaling_times_each_batch_of_whole_cfg_objects(tiny_model_dir):
     assert torch.equal(x.cameras[:2], x.cameras[2:4])  # every half of every object: the same 2 cameras
     per_image = batch_scaling(views=2, objects=[1, 3], repeats=1, model_dir=tiny_model_dir)
     assert set(per_image) == {1, 3} and all(ms > 0 for ms in per_image.values())
+
+
+def test_measure_times_eager_steps_of_the_default_model_on_cpu():
+    from engines.bench.backends import measure
+
+    rows, inputs, eager = measure([("torch", "fp32")], "cpu", repeats=2, cache_dir=None)
+    assert rows[0].skipped is None and len(rows[0].ms) == 2 and all(ms > 0 for ms in rows[0].ms)
+    assert inputs.batch == 8 and eager is rows[0].runner.model  # 4 views x CFG

@@ -29,11 +29,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
-from engines.types import UNetInputs
+from engines.types import UNetInputs, uniform_combo
 
 SHAPES = ("default", "sd")
 
-REAL, SYN = ("real",) * 3, ("synthetic",) * 3
+REAL, SYN = uniform_combo("real"), uniform_combo("synthetic")
 VIEWS = 4
 
 
