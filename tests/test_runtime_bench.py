@@ -62,8 +62,9 @@ def test_batch_scaling_times_each_batch_of_whole_cfg_objects(tiny_model_dir):
 
 
 def test_measure_times_eager_steps_of_the_default_model_on_cpu():
-    from engines.bench.backends import measure
+    from engines.bench.backends import count_flops, measure
 
     rows, inputs, eager = measure([("torch", "fp32")], "cpu", repeats=2, cache_dir=None)
     assert rows[0].skipped is None and len(rows[0].ms) == 2 and all(ms > 0 for ms in rows[0].ms)
     assert inputs.batch == 8 and eager is rows[0].runner.model  # 4 views x CFG
+    assert count_flops(eager, inputs) > 1e8  # the shipped block-shift model counted with its domain ids

@@ -160,8 +160,9 @@ def measure(
 def count_flops(model, inputs: UNetInputs) -> float:
     counter = FlopCounterMode(display=False)
     model.shifter.activate(REAL)
+    ids = model.shifter.domain_ids([REAL] * inputs.batch, inputs.sample.device)
     with counter:
-        model.unet.run(inputs)
+        model.unet.run(inputs, ids)
     return float(counter.get_total_flops())
 
 
