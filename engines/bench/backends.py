@@ -107,6 +107,11 @@ def _load(backend: str, precision: str, device: str, cache_dir: Path | None, sha
     return make_runner(model.eval(), backend=backend, precision=precision, engine_cache_dir=cache_dir)
 
 
+def _load_average() -> str:
+    """The 1-minute load average, for the report (ratios are robust to load, absolute times are not)."""
+    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "unknown"
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -227,7 +232,9 @@ def run_backend_bench(
             "torch_threads": torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "torch": torch.__version__,
-            "note": "shared machine (other jobs running): ratios within one run are the figures to use",
+            "note": "ratios within one run are the figures to use (load average before the run: "
+            + _load()
+            + ")",
         },
         "model": "embedded default (realiz3d-default)" if shape == "default" else "seeded SD-1.x-shaped UNet",
         "unet_batch": inputs.batch if inputs is not None else None,
