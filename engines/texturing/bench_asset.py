@@ -225,7 +225,7 @@ def run_asset_benchmark(
     lines = [
         "# Texturing: asset re-export, fill, bake round trip",
         "",
-        "Measured on the shared 2-core CPU machine with other jobs running (load average "
+        "Measured on this project's 2-core CPU machine (load average "
         f"{os.getloadavg()[0]:.1f} after the runs): wall seconds grow with the load, the CPU seconds of the "
         "process (in brackets) do not; compare figures within one run.",
         "",
