@@ -55,6 +55,19 @@ def test_render_of_an_untextured_mesh_writes_geometry_maps_and_shaded_previews(t
     assert (tmp_path / "r" / "view_01.png").is_file()
 
 
+def test_bake_unwraps_a_mesh_without_uvs_in_the_mode_asked(tmp_path):
+    ply = tmp_path / "s.ply"
+    trimesh.creation.icosphere(2).export(ply)
+    views = tmp_path / "v"
+    assert main(["render", str(ply), "--views", "4", "--resolution", "64", "--out", str(views)]) == 0
+    for mode in ("fast", "quality"):
+        out = tmp_path / mode
+        bake = ["bake", str(ply), "--views", str(views), "--cameras", str(views / "cameras.json")]
+        assert main([*bake, "--atlas", "128", "--unwrap", mode, "--out", str(out)]) == 0
+        meta = json.loads((out / "meta.json").read_text())
+        assert meta["unwrap"] == mode and meta["mesh"]["uv_source"] == "xatlas" and meta["coverage"] > 0.5
+
+
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["render", str(tmp_path / "missing.glb"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

@@ -37,13 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--model", type=Path, default=None, help="model folder (embedded default model if unset)")
-    p.add_argument(
-        "--unwrap",
-        choices=("fast", "quality"),
-        default="fast",
-        help="UV unwrap of a mesh without UVs: fast (default; pieces in parallel) or quality (one slow "
-        "xatlas pass, the old behaviour)",
-    )
+    _add_unwrap_arg(p)
     p.add_argument("--out", type=Path, default=Path("out/texture"))
     p.set_defaults(handler=run_texture)
 
@@ -52,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--views", type=Path, required=True, help="folder of view_XX.png, one per camera")
     p.add_argument("--cameras", type=Path, required=True, help="cameras.json")
     p.add_argument("--atlas", type=int, default=1024)
+    _add_unwrap_arg(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=run_bake)
 
@@ -64,6 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--unlit", action="store_true", help="views show pure albedo (for round-trip checks)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(handler=run_render)
+
+
+def _add_unwrap_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unwrap",
+        choices=("fast", "quality"),  # engines.texturing.unwrap.UNWRAP_MODES (not imported at parse time)
+        default="fast",
+        help="UV unwrap of a mesh without UVs: fast (default; pieces in parallel) or quality (one slow "
+        "xatlas pass, the old behaviour)",
+    )
 
 
 def _limits():
@@ -147,7 +152,15 @@ def run_bake(args: argparse.Namespace) -> int:
     limits = _limits()
     timings = {}
     start = time.perf_counter()
-    mesh = ensure_layout(load_mesh(args.mesh, limits), limits.unwrap_timeout_s)
+    bar = progress_bar(100, "unwrap")
+    with bar:
+        mesh = ensure_layout(
+            load_mesh(args.mesh, limits),
+            limits.unwrap_timeout_s,
+            mode=args.unwrap,
+            atlas_size=args.atlas,
+            progress=lambda done, total: bar.stage("unwrap", done / max(total, 1)),
+        )
     timings["load_unwrap"] = time.perf_counter() - start
     start = time.perf_counter()
     atlas, baked = bake_images(mesh, images, cameras, args.atlas)
@@ -160,6 +173,7 @@ def run_bake(args: argparse.Namespace) -> int:
         "uv": uv_report(mesh, baked),
         "views": [p.name for p in paths],
         "atlas_size": args.atlas,
+        "unwrap": args.unwrap if mesh.uv_source == "xatlas" else None,  # None: the mesh's own UVs
         "coverage": round(baked.coverage_fraction, 4),
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
