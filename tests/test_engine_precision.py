@@ -71,3 +71,15 @@ def test_gpu_half_precision_fused_matches_unfused(dtype):
     scale = reference.abs().mean().item()
     assert (fused - unfused).abs().mean().item() <= 0.02 * scale
     assert (fused - reference).abs().mean().item() <= (unfused - reference).abs().mean().item() * 1.05
+
+
+def test_move_denoiser_moves_the_unet_and_shifter_only(tiny_model_dir):
+    from engines.models.model_folder import load_model
+
+    model = load_model(tiny_model_dir)
+    model.move_denoiser("meta")  # a device with no memory: shows exactly what moved
+    assert model.device.type == "meta"
+    assert list(model.shifter.parameters()) and all(
+        p.device.type == "meta" for p in model.shifter.parameters()
+    )
+    assert all(p.device.type == "cpu" for p in model.text_encoder.parameters())

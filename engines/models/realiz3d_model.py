@@ -51,6 +51,15 @@ class Realiz3DModel:
             m.to(device=device, dtype=dtype)
         return self
 
+    def move_denoiser(self, device: torch.device | str) -> Realiz3DModel:
+        """Move only the UNet and its Domain Shifter (the text encoder and VAE stay): a compiled backend
+        whose engines are built no longer needs the torch UNet on the GPU, and later exports run from
+        wherever it is."""
+        self.shifter.invalidate_fused()
+        self.unet.to(device)
+        self.shifter.to(device)
+        return self
+
     def eval(self) -> Realiz3DModel:
         for m in self.modules():
             m.eval()

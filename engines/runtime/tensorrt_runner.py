@@ -25,6 +25,9 @@ may pin, and every version-dependent name is guarded (tests/test_tensorrt_api.py
   pointed at ONE device buffer sized to the largest `device_memory_size_v2`: contexts run one at a time on
   torch's current stream, so N engines cost N x weights but 1 x activations. Per call:
   `set_input_shape` + `set_tensor_address` for every IO tensor, then `execute_async_v3(stream)`.
+- **The torch UNet leaves the GPU** once the first engine is loaded (`release_unet`, default on): only
+  the engines run it from then on, and an export for a new shape runs from the CPU copy (fp16 export on
+  the CPU is exercised by tests/test_tensorrt_api.py). The text encoder and VAE stay on the GPU.
 - Loaded engines are held under `memory_budget_bytes` (`REALIZ3D_ENGINE_MEMORY_BUDGET_MB`; plan bytes,
   i.e. weights), least recently used dropped first (`engine_lru.py`); a dropped one is deserialized
   again from the engine cache when next used, not rebuilt.
@@ -163,6 +166,7 @@ class TensorRTRunner:
         cuda_graphs: bool = False,
         workspace_bytes: int | None = None,
         memory_budget_bytes: int | None = None,
+        release_unet: bool = True,
     ) -> None:
         if not tensorrt_available():
             raise BackendUnavailable(
@@ -196,6 +200,8 @@ class TensorRTRunner:
         self._scratch: torch.Tensor | None = None
         self.entries: list[tuple[DomainCombo | None, GraphShape, CacheEntry]] = []
         self.builds = BackgroundBuilds()
+        #: once an engine is loaded the torch UNet leaves the GPU (later exports run on the CPU)
+        self.release_unet = release_unet
 
     # ---- building ----------------------------------------------------------------------------------
     def default_shape(self, num_views: int | None = None) -> GraphShape:
@@ -300,6 +306,10 @@ class TensorRTRunner:
         eng = self._engines.get((combo, shape), load)
         if loaded:
             self._share_activation_memory()
+            if self.release_unet and self.model.device.type == "cuda":
+                self.model.move_denoiser("cpu")  # its GPU memory goes to engines; exports now run on CPU
+                torch.cuda.empty_cache()
+                log.info("torch UNet moved off the GPU: every engine so far is built")
         return eng
 
     def _share_activation_memory(self) -> None:
