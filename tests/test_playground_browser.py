@@ -335,6 +335,8 @@ def test_texture_upload_shows_the_textured_glb_in_the_3d_viewer(embedded, browse
     page.locator("#tx-submit").click()
     job = page.locator("#tx-results article.job")
     job.and_(page.locator("[data-ready=true]")).wait_for(timeout=JOB_TIMEOUT_MS)
+    # the job's last stage and its steps, as the API reports them
+    assert job.locator("[data-role=steps]").inner_text() == "fill 100% · step 4 / 4"
     viewer = job.locator(".viewer")
     viewer.and_(page.locator("[data-state=ready]")).wait_for()
     canvas = viewer.locator("canvas")

@@ -263,18 +263,26 @@ function jobPanel(area, container, job, title) {
   );
   container.append(panel);
 
-  const update = (s, step, total) => {
+  // `p`: the job's progress ({step, total} and, for texture jobs, {stage, stage_fraction}).
+  const update = (s, p = {}) => {
+    const { step = 0, total = 0, stage = null, stage_fraction: fraction = null } = p;
     status.textContent = s;
     status.className = `status status-${s}`;
     panel.dataset.status = s;
-    if (total) {
+    // A texture job's stage (load, unwrap, render, bake, fill) with how far into it; "generate" is the steps.
+    const stageText = stage && stage !== "generate" ? `${stage} ${Math.round(100 * (fraction || 0))}%` : "";
+    const parts = [stageText, total ? `step ${step} / ${total}` : ""].filter(Boolean);
+    if (parts.length) steps.textContent = parts.join(" · ");
+    if (total && step > 0) {
       progress.max = total;
       progress.value = step;
-      steps.textContent = `step ${step} / ${total}`;
+    } else if (stage) {
+      progress.max = 1;
+      progress.value = fraction || 0;
     }
     cancel.hidden = TERMINAL.includes(s);
   };
-  update(job.status, job.progress?.step || 0, job.progress?.total || 0);
+  update(job.status, job.progress || {});
 
   cancel.addEventListener("click", async () => {
     cancel.disabled = true;
@@ -289,7 +297,7 @@ function jobPanel(area, container, job, title) {
   });
 
   const finish = async (final) => {
-    update(final.status, final.progress.step, final.progress.total);
+    update(final.status, final.progress);
     updateJob(final);
     if (final.status === "succeeded") {
       message.textContent = "";
@@ -313,10 +321,10 @@ function jobPanel(area, container, job, title) {
         job.id,
         (type, data) => {
           if (type === "status") {
-            update(data.status, data.progress.step, data.progress.total);
+            update(data.status, data.progress);
             updateJob(data);
           } else if (type === "progress") {
-            update(data.status, data.step, data.total);
+            update(data.status, data);
           }
         },
         controller.signal,
