@@ -82,3 +82,21 @@ def test_adapter_weights_of_the_wrong_shape_are_rejected(tiny_model_dir, tmp_pat
     (folder / "domain_shifter" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelFolderError, match="adapter.safetensors.*does not match"):
         load_model(folder)
+
+
+def test_a_folder_is_replaced_whole_or_left_as_it_was(tmp_path):
+    import pytest
+
+    from engines.atomic_folder import replaced_folder
+
+    target = tmp_path / "model"
+    with replaced_folder(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError), replaced_folder(target) as tmp:
+        (tmp / "a.txt").write_text("half")
+        raise RuntimeError("the write failed")
+    assert (target / "a.txt").read_text() == "first"  # the failed write left the old folder
+    with replaced_folder(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp or old folders left behind

@@ -19,9 +19,6 @@ raises `ModelFolderError` naming the file and showing the whole first mismatch.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,6 +28,7 @@ from diffusers.utils import logging as diffusers_logging
 from pydantic import BaseModel, ValidationError
 from safetensors.torch import save_file
 
+from engines.atomic_folder import replaced_folder
 from engines.errors import ModelFolderError
 from engines.models.config import FORMAT_VERSION, ModelConfig, TextEncoderConfig
 from engines.models.domain_shifter import build_domain_shifter
@@ -99,9 +97,7 @@ def load_component(cls, directory: Path, dtype: torch.dtype = torch.float32, con
 def save_model(model: Realiz3DModel, folder: str | Path) -> Path:
     """Write the model folder atomically (a temp dir renamed into place)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with replaced_folder(folder) as tmp:
         # Base weights, not fused ones, go to disk; a runner re-activates its weight set on its next call.
         model.shifter.deactivate()
         (tmp / "realiz3d.json").write_text(model.config.model_dump_json(indent=2))
@@ -127,12 +123,6 @@ def save_model(model: Realiz3DModel, folder: str | Path) -> Path:
             model.text_encoder.save(tmp)
         if model.vae is not None:
             model.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -10,14 +10,12 @@ Writes go to a temp folder renamed into place, so a killed run leaves the previo
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from engines.atomic_folder import replaced_folder
 from engines.models.model_folder import load_model, save_model
 from engines.models.realiz3d_model import Realiz3DModel
 
@@ -29,9 +27,7 @@ def save_checkpoint(
     ema: dict[str, torch.Tensor],
     state: dict,
 ) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with replaced_folder(folder) as tmp:
         save_model(model, tmp / "model")
         opt = optimizer.state_dict()
         tensors = {}
@@ -41,14 +37,6 @@ def save_checkpoint(
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**state, "param_groups": opt["param_groups"]}, indent=2))
-        old = folder.with_name(folder.name + ".old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(folder: Path) -> tuple[Realiz3DModel, dict, dict[str, torch.Tensor], dict]:

@@ -7,13 +7,11 @@ through the same format, from a folder cached under `$REALIZ3D_HOME/datasets` ke
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from engines.atomic_folder import replaced_folder
 from engines.sampling.cameras import Camera, cameras_to_json
 from engines.training.data import DataSpec, cache_root, data_key, load_datasets
 from engines.training.dataset import DATASET_FORMAT_VERSION, write_marker
@@ -29,9 +27,7 @@ def write_toy_dataset(spec: DataSpec, out: str | Path, cache: bool = True) -> Pa
     """Write the toy data set of `spec` to `out` (atomically: a temp folder renamed into place)."""
     out = Path(out)
     syn, real = load_datasets(spec, cache=cache)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with replaced_folder(out) as tmp:
         write_marker(tmp)
         objects = tmp / "synthetic" / "objects"
         objects.mkdir(parents=True)
@@ -58,12 +54,6 @@ def write_toy_dataset(spec: DataSpec, out: str | Path, cache: bool = True) -> Pa
             _png(images / f"{n:05d}.png", real.images[n])
             lines.append(json.dumps({"file_name": f"images/{n:05d}.png", "text": real.captions[n]}))
         (tmp / "real" / "metadata.jsonl").write_text("\n".join(lines) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
