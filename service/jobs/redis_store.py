@@ -68,18 +68,11 @@ end
 return 0
 """
 
-_PROGRESS = f"""
+# A running job's own fields (progress, stage), written only by the run that owns it: ARGV[3..] are
+# field/value pairs.
+_SET_OWNED = f"""
 if {_OWNS} then
-  redis.call('HSET', KEYS[1], 'progress_step', ARGV[3], 'progress_total', ARGV[4])
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-  redis.call('PUBLISH', 'realiz3d:job-events', ARGV[2])
-end
-return 1
-"""
-
-_STAGE = f"""
-if {_OWNS} then
-  redis.call('HSET', KEYS[1], 'stage', ARGV[3], 'stage_fraction', ARGV[4])
+  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
   redis.call('HINCRBY', KEYS[1], 'version', 1)
   redis.call('PUBLISH', 'realiz3d:job-events', ARGV[2])
 end
@@ -226,8 +219,7 @@ class RedisJobStore:
         self._create = r.register_script(_CREATE)
         self._start = r.register_script(_START)
         self._phase = r.register_script(_PHASE)
-        self._progress = r.register_script(_PROGRESS)
-        self._stage = r.register_script(_STAGE)
+        self._set_owned = r.register_script(_SET_OWNED)
         self._renew = r.register_script(_RENEW)
         self._finish = r.register_script(_FINISH)
         self._cancel = r.register_script(_CANCEL)
@@ -307,10 +299,14 @@ class RedisJobStore:
         return bool(self._phase([P + "job:" + job_id], [attempt, phase]))
 
     def progress(self, job_id: str, attempt: int, step: int, total: int) -> None:
-        self._progress([P + "job:" + job_id], [attempt, job_id, step, total])
+        self._set_owned(
+            [P + "job:" + job_id], [attempt, job_id, "progress_step", step, "progress_total", total]
+        )
 
     def stage(self, job_id: str, attempt: int, name: str, fraction: float) -> None:
-        self._stage([P + "job:" + job_id], [attempt, job_id, name, float(fraction)])
+        self._set_owned(
+            [P + "job:" + job_id], [attempt, job_id, "stage", name, "stage_fraction", float(fraction)]
+        )
 
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
         keys = [P + "job:" + job_id, P + "lease:" + job_id]
