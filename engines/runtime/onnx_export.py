@@ -55,7 +55,7 @@ def envelope_shapes(model: Realiz3DModel) -> list[GraphShape]:
     return [GraphShape(views, size, size) for size in sizes for views in cfg.serving.views]
 
 
-class _ExportWrapper(nn.Module):
+class ExportWrapper(nn.Module):
     """Tensors-only forward with num_views fixed and the graph's inputs in `names` order."""
 
     def __init__(self, unet: nn.Module, num_views: int, names: list[str]) -> None:
@@ -170,7 +170,7 @@ def export_unet(
     dtype = dtype or model.dtype
     model.shifter.activate(combo)
     names = input_names(model)
-    wrapper = _ExportWrapper(model.unet, shape.num_views, names).eval()
+    wrapper = ExportWrapper(model.unet, shape.num_views, names).eval()
     # Trace with one object under CFG; the batch axis is dynamic anyway.
     example = example_inputs(model, shape, 2 * shape.num_views, model.device)
     args = tuple(example[n].to(dtype) if example[n].is_floating_point() else example[n] for n in names)

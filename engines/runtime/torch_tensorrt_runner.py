@@ -34,8 +34,8 @@ from engines.models.realiz3d_model import Realiz3DModel
 from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
 from engines.runtime.engine_lru import EngineLRU
 from engines.runtime.onnx_export import (
+    ExportWrapper,
     GraphShape,
-    _ExportWrapper,
     example_inputs,
     input_names,
     takes_domain_ids,
@@ -71,7 +71,7 @@ def export_program(
     names = input_names(model)
     feeds = example_inputs(model, shape, batch, model.device)
     args = tuple(feeds[n].to(dtype) if feeds[n].is_floating_point() else feeds[n] for n in names)
-    wrapper = _ExportWrapper(model.unet, shape.num_views, names).eval()
+    wrapper = ExportWrapper(model.unet, shape.num_views, names).eval()
     with torch.no_grad(), typed_for_export(model.unet, dtype):
         program = torch.export.export(wrapper, args, strict=False)
     return program, args
