@@ -416,12 +416,15 @@ def compare(
     metrics: dict[str, dict[str, np.ndarray]],
     weights: np.ndarray,
 ) -> list[dict]:
-    """Paired differences: every Realiz3D condition against the naive baseline, and block-shift
-    against lora at the same schedule. KID differences x 1000 (negative = closer to the photographs)."""
+    """Paired differences: every Realiz3D condition against the naive baseline, block-shift against
+    lora at the same schedule, and each form's other schedules against that form at step split 0
+    (domain real throughout: what the schedule buys). KID differences x 1000 (negative = closer to
+    the photographs)."""
     pairs: list[tuple[str, str]] = []
+    forms = ("block-shift", "lora")
     naive = next((c.name for c in conditions if c.method == "naive"), None)
     for c in conditions:
-        if c.method in ("block-shift", "lora") and naive is not None:
+        if c.method in forms and naive is not None:
             pairs.append((c.name, naive))
     by_schedule: dict[str, dict[str, str]] = {}
     for c in conditions:
@@ -429,6 +432,10 @@ def compare(
     for methods in by_schedule.values():
         if "block-shift" in methods and "lora" in methods:
             pairs.append((methods["block-shift"], methods["lora"]))
+    all_real = by_schedule.get(DomainSchedule(split=0.0).describe(), {})
+    for c in conditions:
+        if c.method in forms and c.method in all_real and c.name != all_real[c.method]:
+            pairs.append((c.name, all_real[c.method]))
     out = []
     for a, b in pairs:
         row: dict = {"a": a, "b": b}
