@@ -68,3 +68,18 @@ def test_measure_times_eager_steps_of_the_default_model_on_cpu():
     assert rows[0].skipped is None and len(rows[0].ms) == 2 and all(ms > 0 for ms in rows[0].ms)
     assert inputs.batch == 8 and eager is rows[0].runner.model  # 4 views x CFG
     assert count_flops(eager, inputs) > 1e8  # the shipped block-shift model counted with its domain ids
+
+
+def test_resolution_bench_measures_each_resolution(tmp_path):
+    """`realiz3d bench resolution` on tiny sizes: a row per resolution, ratios against the first."""
+    from engines.bench.resolution import run_resolution_bench
+
+    result = run_resolution_bench(
+        tmp_path, resolutions=(16, 32), train_rounds=1, steps_per_round=1, gen_repeats=1, gen_steps=2
+    )
+    rows = {r["resolution"]: r for r in result["rows"]}
+    assert set(rows) == {16, 32} and rows[16]["train_step_ratio"] == 1.0 == rows[16]["generate_ratio"]
+    assert all(r["train_step_s"] > 0 and r["generate_4x30_s"] > 0 for r in rows.values())
+    assert rows[32]["parameters"] == rows[16]["parameters"]  # same architecture, another image size
+    md = (tmp_path / "resolution.md").read_text()
+    assert "| 32 px |" in md and json.loads((tmp_path / "resolution.json").read_text())["rows"]

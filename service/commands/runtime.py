@@ -65,9 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser(
         "bench",
-        help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway, throughput",
+        help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway, throughput, "
+        "resolution (the default model at 32 vs 64 px: training step and generation)",
     )
-    b.add_argument("target", choices=("unet", "geometry", "unwrap", "gateway", "throughput"))
+    b.add_argument("target", choices=("unet", "geometry", "unwrap", "gateway", "throughput", "resolution"))
     b.add_argument("--concurrency", type=int, default=8, help="throughput: concurrent clients")
     b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
     b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
@@ -201,6 +202,10 @@ def run_bench(args: argparse.Namespace) -> int:
             modes=args.modes,
             job_faces=args.job_faces,
         )
+    elif args.target == "resolution":
+        from engines.bench.resolution import run_resolution_bench
+
+        run_resolution_bench(out_dir=args.out)
     elif args.target == "gateway":
         from service.bench_gateway import run
 
