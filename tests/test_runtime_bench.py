@@ -70,6 +70,16 @@ def test_measure_times_eager_steps_of_the_default_model_on_cpu():
     assert count_flops(eager, inputs) > 1e8  # the shipped block-shift model counted with its domain ids
 
 
+def test_backend_bench_runs_whole_and_writes_its_report(tmp_path):
+    """`run_backend_bench` end to end with the eager backend only (the report, not just its parts)."""
+    from engines.bench.backends import run_backend_bench
+
+    result = run_backend_bench(["torch"], ["fp32"], repeats=2, out_dir=tmp_path, gpu=False)
+    assert [r["backend"] for r in result["cpu"]] == ["torch"] and result["cpu"][0]["ms_per_step"] > 0
+    assert "load average before the run" in result["machine"]["note"]
+    assert (tmp_path / "backends.md").is_file() and json.loads((tmp_path / "backends.json").read_text())
+
+
 def test_resolution_bench_measures_each_resolution(tmp_path):
     """`realiz3d bench resolution` on tiny sizes: a row per resolution, ratios against the first."""
     from engines.bench.resolution import run_resolution_bench

@@ -233,7 +233,7 @@ def run_backend_bench(
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             "torch": torch.__version__,
             "note": "ratios within one run are the figures to use (load average before the run: "
-            + _load()
+            + _load_average()
             + ")",
         },
         "model": "embedded default (realiz3d-default)" if shape == "default" else "seeded SD-1.x-shaped UNet",
