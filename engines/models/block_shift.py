@@ -15,6 +15,8 @@ the base UNet.
 
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 
@@ -44,6 +46,28 @@ class SiteShift(nn.Module):
         return ((e @ a.T) @ b.T).to(dtype or self.right.weight.dtype)
 
 
+class ShiftedForward:
+    """One site's shift, installed as the module's own `forward` (an instance attribute over the class's)
+    rather than a forward pre-hook: a module with any hook leaves PyTorch's fast call path, and with 18
+    hooked sites that dispatch alone cost ~2% of a 32 px UNet step on the CPU, measured against the bare
+    UNet. `remove()` restores the class's forward; the module's parameters and names never change."""
+
+    def __init__(self, module: nn.Module, shift) -> None:  # noqa: ANN001 - shift(module, args, kwargs)
+        self.module = module
+
+        def forward(m: nn.Module, *args, **kwargs):
+            changed = shift(m, args, kwargs)
+            if changed is not None:
+                args, kwargs = changed
+            return type(m).forward(m, *args, **kwargs)
+
+        # Bound to the module, so a deep copy of the UNet rebinds it to the copy.
+        module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
 class BlockShift(DomainShifterBase):
     form = "block-shift"
 
@@ -67,7 +91,7 @@ class BlockShift(DomainShifterBase):
         self._tables: list[torch.Tensor] | None = None
         for k, s in enumerate(self.sites):
             self._add_slot(s)
-            self._hooks.append(modules[s].register_forward_pre_hook(self._make_hook(k), with_kwargs=True))
+            self._hooks.append(ShiftedForward(modules[s], self._make_shift(k)))
 
     @property
     def tau_blocks(self) -> int:
@@ -76,8 +100,8 @@ class BlockShift(DomainShifterBase):
     def site(self, k: int) -> SiteShift:
         return self._site_modules[k]  # type: ignore[return-value]
 
-    def _make_hook(self, k: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict):
+    def _make_shift(self, k: int):
+        def shift(module: nn.Module, args: tuple, kwargs: dict):
             if self.mode == "off":
                 return None
             if args:
@@ -94,7 +118,7 @@ class BlockShift(DomainShifterBase):
                 return (shifted, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": shifted}
 
-        return hook
+        return shift
 
     def mixes_domains(self, fused: bool) -> bool:
         return True

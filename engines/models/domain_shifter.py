@@ -19,7 +19,7 @@ What both share:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -55,7 +55,9 @@ class DomainShifterBase(nn.Module):
         self.sites: list[str] = block_sites(unet, config.sites)
         self.context = DomainContext()
         self.mode: Mode = "off"
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        # what attaches the shifter to the UNet: hook handles (lora) or shifted forwards (block-shift),
+        # each with a `remove()`
+        self._hooks: list[Any] = []
         self._slot_site: list[int | None] = []
         self._slot_group: list[str] = []
 
@@ -141,7 +143,7 @@ class DomainShifterBase(nn.Module):
         return {k: v.detach().contiguous() for k, v in self.adapters.state_dict().items()}
 
     def remove(self) -> None:
-        """Detach from the UNet: restore it exactly and drop the hooks."""
+        """Detach from the UNet: restore it exactly and drop the hooks or shifted forwards."""
         self.deactivate()
         for h in self._hooks:
             h.remove()

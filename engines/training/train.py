@@ -354,7 +354,7 @@ def diffusion_loss(
 @contextmanager
 def domain_ids_bound(model: Realiz3DModel, ids: torch.Tensor | None) -> Iterator[None]:
     """Bind a call's domain ids for its backward pass. Gradient checkpointing re-runs blocks during
-    backward, and the Domain Shifter's pre-hooks (on those blocks) read the ids from the shifter's
+    backward, and the Domain Shifter's shifted forwards (on those blocks) read the ids from the shifter's
     context, which `MultiViewUNet.forward` clears when the call returns."""
     ctx = model.shifter.context
     ctx.ids = ids
