@@ -93,3 +93,12 @@ def test_resolution_bench_measures_each_resolution(tmp_path):
     assert rows[32]["parameters"] == rows[16]["parameters"]  # same architecture, another image size
     md = (tmp_path / "resolution.md").read_text()
     assert "| 32 px |" in md and json.loads((tmp_path / "resolution.json").read_text())["rows"]
+
+
+def test_shifter_cost_compares_fused_with_a_bare_copy_of_the_same_weights():
+    from engines.bench.unet import shifter_cost
+    from tests.fixtures.models import tiny_model
+
+    r = shifter_cost(lambda: tiny_model(seed=3), views=1, repeats=2)
+    assert r["unet_batch"] == 2 and r["block_sites"] > 0 and r["fused_over_bare"] > 0
+    assert r["extra_bytes_all_domains"] > 0 and r["bare_step_ms"] > 0

@@ -13,8 +13,6 @@ Training data is a small toy set made at each resolution (the step cost does not
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from engines.bench.machine import torch_machine
 from engines.models.model_folder import save_model
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
@@ -96,12 +95,7 @@ def run_resolution_bench(
             }
         )
     result = {
-        "machine": {
-            "cpu": platform.machine(),
-            "threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "torch": torch.__version__,
-        },
+        "machine": torch_machine(),
         "train_step_samples_s": {str(r): [round(v, 4) for v in step_s[r]] for r in resolutions},
         "generate_samples_s": {str(r): [round(v, 3) for v in gen_s[r]] for r in resolutions},
         "rows": rows,

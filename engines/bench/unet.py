@@ -15,8 +15,6 @@ hooks at all), interleaved with the measured variant, medians.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from engines.bench.machine import torch_machine
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.runtime.torch_runner import cast_inputs
@@ -154,7 +153,7 @@ def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
 @torch.no_grad()
 def run_unet_bench(
     out_dir: str | Path = "docs/benchmarks",
-    repeats: int = 15,
+    repeats: int = 40,
     gen_steps: int = 30,
     model_dir: str | Path | None = None,
     name: str = "unet",
@@ -172,6 +171,7 @@ def run_unet_bench(
     inputs = unet_inputs(model, views, objects=1)
     n = inputs.batch
     bare = bare_unet(model_dir)
+    bare_again = bare_unet(model_dir)  # a second bare copy: the noise floor of every ratio below
     lora = lora_twin(model_dir)
     fused = TorchRunner(model, "fused")
     fused.prepare([REAL, SYN])
@@ -183,6 +183,7 @@ def run_unet_bench(
     ms = _interleaved(
         {
             "bare": lambda: bare.unet.run(inputs),
+            "bare_again": lambda: bare_again.unet.run(inputs),
             "fused": lambda: model.unet.run(inputs, ids_real),
             "fused_mixed": lambda: model.unet.run(inputs, ids_mixed),
             "lora_fused": lambda: lora.unet.run(inputs),
@@ -225,12 +226,7 @@ def run_unet_bench(
     gen_s = [pipe.multiview(request).timings["total"] for _ in range(2)]
 
     result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "torch": torch.__version__,
-        },
+        "machine": torch_machine(),
         "model": {
             "name": cfg.name,
             "resolution": cfg.resolution,
@@ -241,6 +237,7 @@ def run_unet_bench(
         },
         "unet_batch": n,
         "bare_step_ms": round(ms["bare"], 3),
+        "bare_again_over_bare": round(ms["bare_again"] / ms["bare"], 4),
         "fused_step_ms": round(ms["fused"], 3),
         "fused_over_bare": round(ms["fused"] / ms["bare"], 4),
         "fused_mixed_step_ms": round(ms["fused_mixed"], 3),
@@ -286,6 +283,7 @@ def write_report(result: dict, out_dir: Path, name: str = "unet") -> None:
         "| measure | value | goal |",
         "|---|---|---|",
         f"| bare UNet step | {r['bare_step_ms']} ms | |",
+        f"| a second bare copy / bare (the noise floor of these ratios) | {r.get('bare_again_over_bare')} | |",
         f"| fused block-shift step | {r['fused_step_ms']} ms | |",
         f"| fused block-shift / bare | {r['fused_over_bare']} | <= 1.01 |",
         f"| fused block-shift, batch mixing two schedules / bare | {r['fused_mixed_over_bare']} | |",
@@ -306,3 +304,63 @@ def write_report(result: dict, out_dir: Path, name: str = "unet") -> None:
         "",
     ]
     (out_dir / f"{name}.md").write_text("\n".join(lines))
+
+
+@torch.no_grad()
+def shifter_cost(build, views: int = 1, repeats: int = 4) -> dict:
+    """Fused block-shift step / bare UNet step on a model `build()` makes (called twice: the same seed
+    gives the same weights; the second copy has its shifter removed). Interleaved medians."""
+    model, bare = build(), build()
+    bare.shifter.remove()
+    bare.unet.attach_domain_context(None)
+    inputs = unet_inputs(model, views, objects=1)
+    shifter = model.shifter
+    shifter.fuse()
+    shifter.activate()
+    ids = shifter.domain_ids([REAL] * inputs.batch)
+    ms = _interleaved(
+        {"bare": lambda: bare.unet.run(inputs), "fused": lambda: model.unet.run(inputs, ids)}, repeats
+    )
+    return {
+        "unet_batch": inputs.batch,
+        "block_sites": shifter.num_sites,
+        "parameters": model.parameter_count(),
+        "bare_step_ms": round(ms["bare"], 1),
+        "fused_step_ms": round(ms["fused"], 1),
+        "fused_over_bare": round(ms["fused"] / ms["bare"], 4),
+        "extra_bytes_all_domains": shifter.fused_bytes(),
+        "repeats": repeats,
+    }
+
+
+def run_sd_shifter_cost(out_dir: str | Path = "docs/benchmarks", views: int = 1, repeats: int = 4) -> dict:
+    """`realiz3d bench unet --shape sd` on the CPU: the block-shift cost at SD 1.x shapes (seeded weights,
+    64x64 latents, 38 sites); writes unet_sd_cpu.json and unet_sd_cpu.md."""
+    from engines.bench.sd_like import sd_like_model
+
+    result = {
+        "machine": torch_machine(),
+        "model": "seeded SD-1.x-shaped UNet (engines/bench/sd_like.py), 64x64 latents",
+        **shifter_cost(sd_like_model, views, repeats),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "unet_sd_cpu.json").write_text(json.dumps(result, indent=2))
+    r = result
+    lines = [
+        "# Domain Shifter cost at SD 1.x shapes, CPU (`realiz3d bench unet --shape sd`)",
+        "",
+        f"Machine: {r['machine']}. Model: {r['model']}, {r['parameters']:,} parameters, {r['block_sites']} "
+        f"block-shift sites, UNet batch {r['unet_batch']} ({views} view(s) x CFG). Baseline: the same weights "
+        f"built again with the shifter removed; interleaved medians of {r['repeats']} steps each.",
+        "",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| bare UNet step | {r['bare_step_ms']} ms | |",
+        f"| fused block-shift step | {r['fused_step_ms']} ms | |",
+        f"| fused block-shift / bare | {r['fused_over_bare']} | <= 1.01 |",
+        f"| extra bytes, all domains (offset tables) | {r['extra_bytes_all_domains']} B | |",
+    ]
+    (out_dir / "unet_sd_cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result

@@ -242,7 +242,12 @@ def _bench_unet(args: argparse.Namespace) -> int:
         except ImportError:
             print("bench unet: Domain Shifter cost part skipped (engines.bench.unet not in this build)")
         else:
-            run_unet_bench(out_dir=args.out)
+            if args.shape == "sd":
+                from engines.bench.unet import run_sd_shifter_cost
+
+                run_sd_shifter_cost(out_dir=args.out)
+            else:
+                run_unet_bench(out_dir=args.out)
     from engines.bench.backends import run_backend_bench
 
     run_backend_bench(
