@@ -312,6 +312,13 @@ def render_albedo(maps: ViewMaps, faces: np.ndarray, uv: np.ndarray, texture: np
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def map_to_u8(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A view map with values in [0, 1] (e.g. `(normal + 1) / 2`) as uint8, background 0."""
+    out = np.clip(values * 255 + 0.5, 0, 255).astype(np.uint8)
+    out[~mask] = 0
+    return out
+
+
 def render_shaded(maps: ViewMaps, albedo: np.ndarray | None = None) -> np.ndarray:
     """A simple preview: Lambert with a headlight plus ambient, over a grey background (uint8 HxWx3)."""
     c2w = maps.camera.camera_to_world()

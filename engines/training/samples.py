@@ -51,7 +51,7 @@ def texture_figure(
     from engines.requests import TextureRequest
     from engines.sampling.cameras import texturing_cameras
     from engines.texturing.mesh_io import load_mesh
-    from engines.texturing.rasterize import RayCaster, render_albedo, render_shaded
+    from engines.texturing.rasterize import RayCaster, map_to_u8, render_albedo, render_shaded
 
     with tempfile.TemporaryDirectory(prefix="realiz3d-sample-") as tmp:
         ball = Path(tmp) / "ball.glb"
@@ -65,9 +65,7 @@ def texture_figure(
     for cam in texturing_cameras(6):
         maps = caster.render(cam, resolution)
         shaded.append(render_shaded(maps, render_albedo(maps, mesh.faces, mesh.uv, mesh.texture)))
-        normal = np.clip((maps.normal + 1) / 2 * 255 + 0.5, 0, 255).astype(np.uint8)
-        normal[~maps.mask] = 0
-        normals.append(normal)
+        normals.append(map_to_u8((maps.normal + 1) / 2, maps.mask))
     return make_grid(shaded + normals, 6)
 
 

@@ -187,7 +187,7 @@ def run_bake(args: argparse.Namespace) -> int:
 def run_render(args: argparse.Namespace) -> int:
     from engines.sampling.cameras import cameras_to_json, texturing_cameras
     from engines.texturing.mesh_io import load_mesh
-    from engines.texturing.rasterize import RayCaster, render_albedo, render_shaded
+    from engines.texturing.rasterize import RayCaster, map_to_u8, render_albedo, render_shaded
 
     _check_range("--resolution", args.resolution, 16, 2048)
     if args.cameras is not None:
@@ -206,8 +206,8 @@ def run_render(args: argparse.Namespace) -> int:
     for i, cam in enumerate(cameras):
         maps = rasterizer.render(cam, args.resolution)
         mask = maps.mask
-        _save_png(_to_u8((maps.normal + 1) / 2, mask), out / f"normal_{i:02d}.png")
-        _save_png(_to_u8((maps.position + 1) / 2, mask), out / f"position_{i:02d}.png")
+        _save_png(map_to_u8((maps.normal + 1) / 2, mask), out / f"normal_{i:02d}.png")
+        _save_png(map_to_u8((maps.position + 1) / 2, mask), out / f"position_{i:02d}.png")
         _save_png((mask * 255).astype(np.uint8), out / f"mask_{i:02d}.png")
         _save_png(_depth_u16(maps.depth, mask), out / f"depth_{i:02d}.png")
         albedo = render_albedo(maps, mesh.faces, mesh.uv, mesh.texture) if textured else None
@@ -219,12 +219,6 @@ def run_render(args: argparse.Namespace) -> int:
     kind = "unlit views" if args.unlit else "shaded previews"
     print(f"rendered {len(cameras)} cameras (geometry maps, {kind}) into {out}")
     return 0
-
-
-def _to_u8(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    out = np.clip(values * 255 + 0.5, 0, 255).astype(np.uint8)
-    out[~mask] = 0
-    return out
 
 
 def _depth_u16(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
