@@ -78,6 +78,11 @@ def test_backend_bench_runs_whole_and_writes_its_report(tmp_path):
     assert [r["backend"] for r in result["cpu"]] == ["torch"] and result["cpu"][0]["ms_per_step"] > 0
     assert "load average before the run" in result["machine"]["note"]
     assert (tmp_path / "backends.md").is_file() and json.loads((tmp_path / "backends.json").read_text())
+    # GPU table only, on a machine without one: nothing measured, so no report replaces the last one
+    if not torch.cuda.is_available():
+        nothing = tmp_path / "none"
+        run_backend_bench(["torch"], ["fp32"], repeats=1, out_dir=nothing, gpu=False, cpu=False)
+        assert not nothing.exists()
 
 
 def test_resolution_bench_measures_each_resolution(tmp_path):

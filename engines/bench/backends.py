@@ -262,6 +262,9 @@ def run_backend_bench(
         }
     else:
         result["gpu"] = {"skipped": "no CUDA GPU on this machine: GPU table not measured"}
+        if not cpu:  # nothing was measured: keep the last report rather than overwrite it with none
+            print("bench unet: GPU table only (cpu=False) and no CUDA GPU here: no backend report written")
+            return result
     write_report(result, Path(out_dir), name)
     print(markdown(result))
     return result
