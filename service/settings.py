@@ -50,12 +50,36 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(60.0, gt=0, description="a request body must arrive within this")
     metrics_token: str = Field("", description="bearer token /metrics requires; empty = open")
     public_docs: bool = Field(True, description="serve /docs and /openapi.json without an API key")
+    api_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="gateway processes (uvicorn workers) sharing the port; about one per CPU core. "
+        "Embedded mode always runs one",
+    )
 
     # Webhooks (a job's optional webhook_url)
-    webhook_secret: str = Field("", description="HMAC-SHA256 key of the Realiz3D-Signature header")
+    webhook_secret: str = Field(
+        "",
+        description="HMAC-SHA256 key of the Realiz3D-Signature header; empty = one is generated and kept "
+        "in the job store (Redis key realiz3d:webhook-secret, shared by every gateway on it)",
+    )
+    webhook_key_secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description='per-client signing keys, JSON {"sha256:<hex of the API key>": "secret", ...}; a job '
+        "submitted with that API key is signed with its secret instead of webhook_secret",
+    )
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_backoff_seconds: float = Field(1.0, gt=0, description="first retry delay; doubles each time")
     webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_allowlist: str = Field(
+        "",
+        description="comma-separated CIDRs and host names (*.domain for a whole domain) webhooks may reach "
+        "although internal (loopback, private, link-local, ...); empty = public addresses only",
+    )
+    webhook_sweep_seconds: float = Field(
+        5.0, gt=0, description="how often a gateway looks in the job store for ended jobs whose webhook is due"
+    )
 
     # Cost bound of one request (checked at submission, and again by the worker)
     max_step_pixels: int = Field(
@@ -120,6 +144,17 @@ class Settings(BaseSettings):
 
     # Texturing limits (`mesh_limits()`): the CLI, the gateway and the worker all apply them.
     max_mesh_faces: int = Field(500_000, ge=1)
+    max_mesh_vertices: int = Field(
+        1_500_000,
+        ge=3,
+        description="vertices a mesh's scene draws (every instance counted), and per accessor",
+    )
+    max_image_pixels: int = Field(8192 * 8192, ge=1, description="pixels of any image inside a mesh upload")
+    mesh_memory_budget_mb: int = Field(
+        2048,
+        ge=64,
+        description="a mesh whose load is estimated to need more memory is refused (invalid_mesh)",
+    )
     unwrap_timeout_seconds: float = Field(180.0, gt=0)
 
     @field_validator("backend", "precision", "adapters")
@@ -128,6 +163,14 @@ class Settings(BaseSettings):
         allowed = _ALLOWED_NAMES[info.field_name]
         if v not in allowed:
             raise ValueError(f"{info.field_name} must be one of {', '.join(allowed)}")
+        return v
+
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _allowlist_parses(cls, v: str) -> str:
+        from service.api.webhook_target import AllowList
+
+        AllowList.parse(v)  # a bad CIDR is an error at start, not a silently refused webhook
         return v
 
     @model_validator(mode="after")
@@ -144,6 +187,9 @@ class Settings(BaseSettings):
             max_faces=self.max_mesh_faces,
             max_bytes=self.max_upload_bytes,
             unwrap_timeout_s=self.unwrap_timeout_seconds,
+            max_vertices=self.max_mesh_vertices,
+            max_image_pixels=self.max_image_pixels,
+            max_memory_bytes=self.mesh_memory_budget_mb * 1024 * 1024,
         )
 
     @property
