@@ -78,7 +78,9 @@ class Settings(BaseSettings):
         "although internal (loopback, private, link-local, ...); empty = public addresses only",
     )
     webhook_sweep_seconds: float = Field(
-        5.0, gt=0, description="how often a gateway looks in the job store for ended jobs whose webhook is due"
+        5.0,
+        gt=0,
+        description="how often a gateway looks in the job store for ended jobs whose webhook is due",
     )
 
     # Cost bound of one request (checked at submission, and again by the worker)
@@ -171,6 +173,19 @@ class Settings(BaseSettings):
         from service.api.webhook_target import AllowList
 
         AllowList.parse(v)  # a bad CIDR is an error at start, not a silently refused webhook
+        return v
+
+    @field_validator("webhook_key_secrets")
+    @classmethod
+    def _key_refs(cls, v: dict[str, str]) -> dict[str, str]:
+        for ref, secret in v.items():
+            digest = ref.strip().lower().removeprefix("sha256:")
+            if len(digest) < 24 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(
+                    f"webhook_key_secrets: {ref!r} is not an API key's SHA-256 ('sha256:<hex>', as in api_keys)"
+                )
+            if not secret:
+                raise ValueError(f"webhook_key_secrets: the secret of {ref!r} is empty")
         return v
 
     @model_validator(mode="after")

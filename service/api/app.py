@@ -100,13 +100,15 @@ def create_app(
     install_playground(app)
     app.add_middleware(BodyLimitMiddleware, limit=s.max_upload_bytes, timeout_s=s.body_timeout_seconds)
     app.add_middleware(RequestMetricsMiddleware)
-    declare_security(app)
+    if context.keys.enabled:
+        declare_security(app)
     return app
 
 
 def declare_security(app: FastAPI) -> None:
     """The OpenAPI names the API-key scheme (`Authorization: Bearer KEY`, or `X-API-Key`) on every job
-    route, so generated clients send it."""
+    route, so generated clients send it. Only when keys are configured: without them no route asks for
+    one, and the spec says so."""
     build = app.openapi
 
     def openapi() -> dict:

@@ -42,6 +42,19 @@ class ArtifactOut(BaseModel):
     size_bytes: int | None = None
 
 
+class WebhookOut(BaseModel):
+    """The delivery of a job's webhook_url so far."""
+
+    attempts: int = Field(0, description="requests sent (a refused target is never sent one)")
+    last_status: str | None = Field(
+        None,
+        description='the last outcome: "HTTP 204", a connection error\'s name, or "refused: <why>" for a '
+        "target the address policy refuses; null before the first attempt",
+        examples=["HTTP 204"],
+    )
+    delivered_at: datetime | None = Field(None, description="when the receiver answered 2xx")
+
+
 class JobLinks(BaseModel):
     self: str
     events: str
@@ -67,6 +80,7 @@ class JobOut(BaseModel):
     error: ErrorInfo | None = None
     artifacts: list[ArtifactOut] = Field(default_factory=list)
     attempts: int = 0
+    webhook: WebhookOut | None = Field(None, description="present when the job has a webhook_url")
     links: JobLinks
 
     @property
@@ -110,6 +124,13 @@ def job_out(record) -> JobOut:  # noqa: ANN001 - service.jobs.records.JobRecord 
             for a in record.artifacts
         ],
         attempts=record.attempts,
+        webhook=WebhookOut(
+            attempts=record.webhook_attempts,
+            last_status=record.webhook_status or None,
+            delivered_at=_time(record.webhook_delivered_at),
+        )
+        if record.webhook_url
+        else None,
         links=links_for(record.id),
     )
 

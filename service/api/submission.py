@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from typing import Any
 
 from engines.requests import ModelCapabilities
@@ -80,13 +81,25 @@ def check_admission(
 ) -> None:
     """Raise 429 (over rate) or 503 (no live worker for this kind, with admission=require-worker)."""
     s = ctx.settings
-    if s.rate_limit_per_minute and ctx.store.hit_rate(owner or "anonymous") > s.rate_limit_per_minute:
-        raise ApiError(
-            429, "rate_limited", f"over {s.rate_limit_per_minute} submissions per minute", _retry(ctx)
-        )
-    if s.admission == "queue" or ctx.warming() or worker_serves(workers, kind):
+    if not (s.admission == "queue" or ctx.warming() or worker_serves(workers, kind)):
+        raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", _retry(ctx))
+    check_rate(ctx, owner)
+
+
+def check_rate(ctx: ServiceContext, owner: str | None) -> None:
+    """429 when the client was admitted `rate_limit_per_minute` times in the last 60 s (a sliding window,
+    not fixed minutes), with Retry-After = the whole seconds until its next submission would pass."""
+    limit = ctx.settings.rate_limit_per_minute
+    if not limit:
         return
-    raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", _retry(ctx))
+    wait = ctx.store.take_rate(owner or "anonymous", limit, 60.0)
+    if wait > 0:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"over {limit} submissions per minute; the next one passes in {math.ceil(wait)} s",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
 
 def submit(
@@ -103,6 +116,8 @@ def submit(
     first job (created=False) without enqueuing again. `compare`: the request with its defaults filled
     in, which is what two bodies under one key are compared by (default: `params`)."""
     s = ctx.settings
+    if webhook_url is not None:
+        ctx.webhooks.check_target(webhook_url)  # 422 for an internal address (SSRF)
     # Keys are per client: two clients using the same key string get separate jobs.
     scoped_key = f"{owner or '-'}:{idempotency_key}" if idempotency_key else None
     digest = body_hash(compare or params, hashlib.sha256(mesh[1]).digest() if mesh else b"")

@@ -30,10 +30,11 @@ class MemoryJobStore:
         self._leases: dict[str, float] = {}
         self._cancel: set[str] = set()
         self._workers: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._rates: dict[tuple[str, int], int] = {}
+        self._rates: dict[str, list[float]] = {}  # a client's admitted submissions (monotonic s)
         self._listeners: list[Listener] = []
         self._done_listeners: list[Listener] = []
-        self._delivered: set[str] = set()
+        self._claims: dict[str, float] = {}  # job id -> until (monotonic s): a webhook delivery's claim
+        self._webhooks_pending: dict[str, float] = {}  # job id -> created_at: webhooks not yet settled
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -51,11 +52,39 @@ class MemoryJobStore:
                 listener(job.id)
 
     def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
+        now = time.monotonic()
         with self._lock:
-            if job_id in self._delivered:
+            if self._claims.get(job_id, 0.0) > now:
                 return False
-            self._delivered.add(job_id)
+            self._claims[job_id] = now + ttl_seconds
             return True
+
+    def pending_webhooks(self, limit: int = 1000) -> list[str]:
+        with self._lock:
+            return sorted(self._webhooks_pending, key=self._webhooks_pending.__getitem__)[:limit]
+
+    def webhook_states(self, job_ids: list[str]) -> dict[str, JobStatus | None]:
+        with self._lock:
+            return {j: self._jobs[j].status if j in self._jobs else None for j in job_ids}
+
+    def webhook_pending(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._webhooks_pending
+
+    def settle_webhook(self, job_id: str) -> None:
+        with self._lock:
+            self._webhooks_pending.pop(job_id, None)
+            self._claims.pop(job_id, None)
+
+    def record_webhook(self, job_id: str, attempts: int, status: str, delivered_at: float | None) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                job.webhook_attempts, job.webhook_status = attempts, status
+                job.webhook_delivered_at = delivered_at
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        return candidate  # one process: nothing to agree with
 
     def _sweep(self, now: float) -> None:
         for job_id in [j for j, t in self._expires.items() if t < now]:
@@ -101,6 +130,8 @@ class MemoryJobStore:
                 raise QueueFull(record.kind)
             self._jobs[record.id] = copy.deepcopy(record)
             self._expires[record.id] = now + ttl_seconds
+            if record.webhook_url:
+                self._webhooks_pending[record.id] = record.created_at
             if idempotency_key:
                 self._idem[idempotency_key] = (record.id, body_hash)
             return copy.deepcopy(record), True
@@ -274,10 +305,18 @@ class MemoryJobStore:
         with self._lock:
             return [dict(info) for until, info in self._workers.values() if until >= now]
 
-    def hit_rate(self, owner: str, window_seconds: int = 60) -> int:
-        window = int(time.time() // window_seconds)
+    def take_rate(self, owner: str, limit: int, window_seconds: float = 60.0) -> float:
+        """The Redis store's sliding window: 0.0 (admitted and counted) or the seconds to wait."""
+        now = time.monotonic()
         with self._lock:
-            for key in [k for k in self._rates if k[1] < window]:
-                del self._rates[key]
-            self._rates[(owner, window)] = self._rates.get((owner, window), 0) + 1
-            return self._rates[(owner, window)]
+            for client in [
+                c for c, times in self._rates.items() if not times or times[-1] <= now - window_seconds
+            ]:
+                del self._rates[client]  # nothing left in its window
+            times = [t for t in self._rates.get(owner, []) if t > now - window_seconds]
+            if len(times) < limit:
+                times.append(now)
+                self._rates[owner] = times
+                return 0.0
+            self._rates[owner] = times
+            return max(times[len(times) - limit] + window_seconds - now, 0.001)

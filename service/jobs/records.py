@@ -72,6 +72,11 @@ class JobRecord:
     artifacts: list[Artifact] = field(default_factory=list)
     input_name: str | None = None  # the uploaded mesh, stored under the job's inputs
     webhook_url: str | None = None  # POSTed the final job (signed) when it ends
+    # Its delivery so far: requests sent, the last outcome ("HTTP 204", "ConnectError", "refused: <why>"
+    # for a target the address policy refuses, never connected to) and when a 2xx answer came.
+    webhook_attempts: int = 0
+    webhook_status: str | None = None
+    webhook_delivered_at: float | None = None
     attempts: int = 0  # runs started so far; a lost worker's run counts
     # How the current run computes: "" (started, not computing yet: waiting for a slot), "batched"
     # (sharing a worker with other jobs) or "solo" (alone on its worker). A lost worker charges only

@@ -4,13 +4,16 @@ Keys (all under `realiz3d:`): `job:{id}` hash (the record, expires with the job 
 `queued:{kind}` zset (the depth behind 429), `running` set + `lease:{id}` (a key with a TTL that the
 worker running the job keeps renewing: when it lapses the worker is gone and the job is re-queued at
 once, instead of after the broker's visibility timeout), `cancel:{id}`, `workers` zset (score = expiry)
-+ `workers:info` hash. Each state change is one Lua script, and publishes the job id on
++ `workers:info` hash, `webhooks:pending` zset (jobs whose webhook is due or in flight), `webhook:{id}`
+(a gateway's claim on a delivery), `webhook-secret` (the generated signing key), `rate:{client}` zset (the
+sliding-window rate limit). Each state change is one Lua script, and publishes the job id on
 `realiz3d:job-events` so SSE streams wake up without polling.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any
 
@@ -28,6 +31,9 @@ from service.jobs.store import (
 )
 
 P = "realiz3d:"
+# Jobs with a webhook_url whose delivery is not settled (zset, score = creation time): added atomically
+# with the job's creation, removed once its webhook is delivered or given up; gateways sweep it.
+WEBHOOKS_PENDING = P + "webhooks:pending"
 
 # Every script names each key it touches in KEYS (none is built inside Lua).
 _CREATE = """
@@ -40,6 +46,7 @@ if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'full', ''} en
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+if KEYS[4] then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end  -- a webhook is due when it ends
 if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2]) end
 return {'created', ARGV[1]}
 """
@@ -162,9 +169,42 @@ redis.call('PUBLISH', 'realiz3d:job-done', ARGV[1])
 return 1
 """
 
+# The rate limiter: a sliding window log per client (a zset of the admitted submissions' times, by
+# Redis's own clock so that every gateway agrees). Admits and logs one submission when fewer than
+# ARGV[1] were admitted in the last ARGV[2] seconds; else returns the seconds until one would pass.
+_TAKE_RATE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], t, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+  return '0'
+end
+local edge = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+return tostring(math.max(tonumber(edge[2]) + window - t, 0.001))
+"""
+
+# A delivery's outcome on the job, unless the job expired meanwhile (never a partial record).
+_RECORD_WEBHOOK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
 _JSON_FIELDS = ("params", "timings", "error", "artifacts")
-_FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "stage_fraction")
-_INT_FIELDS = ("progress_step", "progress_total", "attempts", "version", "lost_runs", "charged_runs")
+_FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "stage_fraction", "webhook_delivered_at")
+_INT_FIELDS = (
+    "progress_step",
+    "progress_total",
+    "attempts",
+    "version",
+    "lost_runs",
+    "charged_runs",
+    "webhook_attempts",
+)
 _BOOL_FIELDS = ("run_alone",)
 
 
@@ -225,6 +265,8 @@ class RedisJobStore:
         self._cancel = r.register_script(_CANCEL)
         self._requeue_one = r.register_script(_REQUEUE_ONE)
         self._fail_waiting = r.register_script(_FAIL_WAITING)
+        self._take_rate = r.register_script(_TAKE_RATE)
+        self._record_webhook = r.register_script(_RECORD_WEBHOOK)
 
     def close(self) -> None:
         self.redis.close()
@@ -267,6 +309,8 @@ class RedisJobStore:
             stale = raw  # a key whose job expired: overwritten, unless another request wins the race
         fields = record.to_dict()
         keys = [P + "job:" + record.id, P + "idem:" + (idempotency_key or "-"), P + "queued:" + record.kind]
+        if record.webhook_url:
+            keys.append(WEBHOOKS_PENDING)
         argv = [record.id, ttl_seconds, max_queue_depth, record.created_at, body_hash]
         use_key = "1" if idempotency_key else "0"
         outcome, value = self._create(keys, [*argv, use_key, stale, *_encode(fields)])
@@ -410,15 +454,48 @@ class RedisJobStore:
         return [json.loads(i) for i in self.redis.hmget(P + "workers:info", names) if i]
 
     def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
-        """True for the one process that gets to deliver this job's webhook (several gateways listen)."""
-        return bool(self.redis.set(P + "webhook:" + job_id, "1", nx=True, ex=ttl_seconds))
+        """True for the one process that gets to deliver this job's webhook (several gateways listen).
+        The claim lapses after `ttl_seconds`: a delivery whose gateway died is taken up again."""
+        return bool(self.redis.set(P + "webhook:" + job_id, "1", nx=True, ex=max(1, int(ttl_seconds))))
 
-    def hit_rate(self, owner: str, window_seconds: int = 60) -> int:
-        key = f"{P}rate:{owner}:{int(time.time() // window_seconds)}"
+    def pending_webhooks(self, limit: int = 1000) -> list[str]:
+        """Ids of jobs with a webhook not yet settled (delivered or given up), oldest first."""
+        return list(self.redis.zrange(WEBHOOKS_PENDING, 0, limit - 1))
+
+    def webhook_states(self, job_ids: list[str]) -> dict[str, JobStatus | None]:
+        """Each job's status (None: the job expired), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, window_seconds * 2)
-        return int(pipe.execute()[0])
+        for job_id in job_ids:
+            pipe.hget(P + "job:" + job_id, "status")
+        return {j: JobStatus(s) if s else None for j, s in zip(job_ids, pipe.execute(), strict=True)}
+
+    def webhook_pending(self, job_id: str) -> bool:
+        return self.redis.zscore(WEBHOOKS_PENDING, job_id) is not None
+
+    def settle_webhook(self, job_id: str) -> None:
+        """The job's webhook was delivered or given up (or the job expired): no sweep picks it up again."""
+        self.redis.zrem(WEBHOOKS_PENDING, job_id)
+
+    def record_webhook(self, job_id: str, attempts: int, status: str, delivered_at: float | None) -> None:
+        fields = {
+            "webhook_attempts": attempts,
+            "webhook_status": status,
+            "webhook_delivered_at": delivered_at,
+        }
+        self._record_webhook([P + "job:" + job_id], _encode(fields))
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        """The value stored under `name`, set to `candidate` by the first caller (every gateway agrees)."""
+        key = P + name
+        self.redis.set(key, candidate, nx=True)
+        return self.redis.get(key) or candidate
+
+    def take_rate(self, owner: str, limit: int, window_seconds: float = 60.0) -> float:
+        """Admit one submission by `owner` if fewer than `limit` were admitted in the last
+        `window_seconds` (a sliding window): 0.0; else the seconds until one would be admitted."""
+        token = f"{time.time():.6f}-{secrets.token_hex(4)}"
+        wait = self._take_rate([P + "rate:" + owner], [limit, window_seconds, token])
+        return float(wait)
 
 
 __all__ = ["EVENTS_CHANNEL", "RedisJobStore"]

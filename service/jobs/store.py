@@ -138,11 +138,36 @@ class JobStore(Protocol):
     def live_workers(self) -> list[dict[str, Any]]: ...
 
     def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
-        """True for the one caller that gets to deliver this job's webhook."""
+        """True for the one caller that gets to deliver this job's webhook (for `ttl_seconds`: a claim
+        whose gateway died lapses, and the delivery is taken up again)."""
         ...
 
-    def hit_rate(self, owner: str, window_seconds: int = 60) -> int:
-        """Count one submission by `owner` in the current window; returns the count so far."""
+    # A job created with a webhook_url is pending (atomically with its creation) until its webhook is
+    # settled; gateways sweep the pending jobs that ended, so no terminal job misses its webhook.
+    def pending_webhooks(self, limit: int = 1000) -> list[str]: ...
+
+    def webhook_states(self, job_ids: list[str]) -> dict[str, JobStatus | None]:
+        """Each job's status (None: expired)."""
+        ...
+
+    def webhook_pending(self, job_id: str) -> bool: ...
+
+    def settle_webhook(self, job_id: str) -> None:
+        """Delivered, given up or expired: never swept again."""
+        ...
+
+    def record_webhook(self, job_id: str, attempts: int, status: str, delivered_at: float | None) -> None:
+        """The delivery's outcome so far, on the job (`webhook` in GET /v1/jobs/{id})."""
+        ...
+
+    def shared_secret(self, name: str, candidate: str) -> str:
+        """The value every gateway of this store agrees on: `candidate` if none was stored yet."""
+        ...
+
+    def take_rate(self, owner: str, limit: int, window_seconds: float = 60.0) -> float:
+        """Sliding-window rate limit: admit (and count) one submission by `owner` if fewer than `limit`
+        were admitted in the last `window_seconds`, returning 0.0; else return the seconds until one
+        would be admitted (a refused attempt is not counted)."""
         ...
 
 
