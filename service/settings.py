@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     job_soft_time_limit: int = Field(1800, ge=1)
     job_time_limit: int = Field(1900, ge=1)
     visibility_timeout: int = Field(7200, ge=60, description="longer than the longest job")
+    redis_retry_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a worker's job-store writes (start, phase, leases, heartbeats, the terminal status) "
+        "retry through a Redis restart (connection errors, LOADING) for up to this long; progress writes "
+        "are dropped instead of waiting. 0 = no retry",
+    )
     batch_max_jobs: int = Field(8, ge=1, description="jobs whose UNet calls are batched per step; 1 = off")
     batch_max_wait_ms: float = Field(5.0, ge=0)
     batch_max_images: int = Field(

@@ -45,7 +45,7 @@ def test_gltf_with_external_buffer_and_image_loads_from_its_folder(tmp_path):
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     (tmp_path / "scene.gltf").write_text(json.dumps(doc))
-    mesh = load_mesh(tmp_path / "scene.gltf")
+    mesh = load_mesh(tmp_path / "scene.gltf", MeshLimits(files_beside=True))  # the CLI's opt-in
     assert mesh.num_faces == 18 and (mesh.texture == [10, 20, 30]).all()
     out = tmp_path / "out.glb"
     out.write_bytes(textured_glb_bytes(mesh, procedural_texture(32)))

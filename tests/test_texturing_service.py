@@ -10,6 +10,7 @@ import zipfile
 import pytest
 import trimesh
 
+from engines.bench import hostile_uploads as hostile
 from service.client import Realiz3DAPIError, Realiz3DClient
 from tests.fixtures.gltf_validator import assert_valid
 from tests.test_texturing_inputs import _external_gltf
@@ -46,13 +47,55 @@ def test_gateway_refuses_a_glb_over_the_face_limit(client):
     assert err.value.status == 422
 
 
-def test_worker_applies_the_face_limit_to_what_a_zip_unpacks_to(client):
-    # The gateway cannot count faces inside a zip without unpacking it: the worker's load must.
+def test_gateway_counts_the_faces_inside_a_zip(client):
+    # The gateway reads the zip's main file (entries capped by their real size) and counts its faces.
     glb = trimesh.creation.icosphere(2).export(file_type="glb")
-    accepted = client.submit_texture(_zip({"ball.glb": glb}), PARAMS, filename="ball.zip")
+    with pytest.raises(Realiz3DAPIError, match="320 faces, over the limit of 200") as err:
+        client.submit_texture(_zip({"ball.glb": glb}), PARAMS, filename="ball.zip")
+    assert err.value.status == 422
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [
+        hostile.glb_reading("/proc/self/environ"),
+        hostile.glb_image_reading("../../../../etc/passwd"),
+        hostile.obj_reading("/etc/passwd"),
+        hostile.zip_obj_with_mtl_reading("/proc/self/environ"),
+        hostile.ply_reading("file:///etc/hostname"),
+    ],
+    ids=["glb-buffer", "glb-image", "obj-mtllib", "zip-mtl-map", "ply-texture"],
+)
+def test_an_upload_naming_a_server_file_is_refused_with_the_uri(client, upload):
+    name, data = upload
+    with pytest.raises(Realiz3DAPIError, match="which is outside the upload") as err:
+        client.submit_texture(data, PARAMS, filename=name)
+    assert err.value.status == 422 and err.value.code == "invalid_mesh"
+
+
+@pytest.mark.parametrize(
+    "bomb",
+    [hostile.glb_huge_count, hostile.glb_sparse_instanced, hostile.glb_huge_image, hostile.zip_deep_gltf],
+    ids=["count", "sparse-instanced", "image-pixels", "deep-json"],
+)
+def test_allocation_bombs_are_refused_at_the_gateway(client, bomb):
+    name, data = bomb()
+    with pytest.raises(Realiz3DAPIError) as err:
+        client.submit_texture(data, PARAMS, filename=name)
+    assert err.value.status == 422 and err.value.code == "invalid_mesh", err.value
+
+
+def test_a_lying_zip_fails_as_invalid_mesh_not_internal_error(client):
+    # Its size fields pass every check the gateway can make from the central directory; the worker's
+    # capped read finds the lie.
+    name, data = hostile.zip_lying_sizes(real_bytes=1024)
+    try:
+        accepted = client.submit_texture(data, PARAMS, filename=name)
+    except Realiz3DAPIError as e:  # the gateway read the entry itself and found it
+        assert e.status == 422 and e.code == "invalid_mesh"
+        return
     job = client.wait(accepted.id, timeout=240)
-    assert job.status == "failed" and job.error.code == "invalid_mesh"
-    assert "over the limit of 200" in job.error.message
+    assert job.status == "failed" and job.error.code == "invalid_mesh", job.error
 
 
 def test_gltf_with_external_files_as_a_zip_is_textured_into_a_valid_glb(client, tmp_path):

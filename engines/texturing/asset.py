@@ -249,7 +249,7 @@ def read_asset(document: GltfDocument, name: str = "mesh") -> Asset:
     primitives: list[Primitive] = []
     by_key: dict[tuple[int, int], int] = {}
     instances: list[Instance] = []
-    notes: list[str] = []
+    notes: list[str] = list(document.notes)
     skipped_modes = 0
     for n in scene_nodes(doc):
         node = nodes[n]

@@ -6,7 +6,10 @@ every accessor it did not change. Keeping the parsed JSON dict and the buffers a
 that; the only edits are appends (new accessors, an image, a texture) and a few material fields.
 
 - `.glb` and `.gltf` are read; a `.gltf`'s buffers and images come from data: URIs or from files that a
-  `resolve(uri) -> bytes` callable supplies (a folder, a zip). Missing files are a `MeshError` naming them.
+  `resolve(uri) -> bytes` callable supplies: `asset_files.AssetFiles.get`, which only returns files of the
+  asset itself (a zip's entries, the CLI's folder). Missing files are a `MeshError` naming them.
+- Before any buffer is read, `input_bounds.check_document` bounds every count the JSON declares
+  (`limits`), and the JSON itself is bounded in size and nesting (`load_json`).
 - All buffers are merged into buffer 0 (the GLB's BIN chunk) at 4-byte aligned offsets, and external or
   data: images become buffer views, so the output GLB is one self-contained file. Accessor bytes are
   copied, never re-encoded.
@@ -15,15 +18,17 @@ that; the only edits are appends (new accessors, an image, a texture) and a few 
 
 from __future__ import annotations
 
-import base64
 import json
 import struct
 from collections.abc import Callable
-from urllib.parse import unquote
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engines.errors import MeshError
+
+if TYPE_CHECKING:
+    from engines.texturing.mesh_io import MeshLimits
 
 GLB_MAGIC = b"glTF"
 _JSON_CHUNK = 0x4E4F534A
@@ -42,12 +47,52 @@ ARRAY_BUFFER = 34962
 ELEMENT_ARRAY_BUFFER = 34963
 Resolver = Callable[[str], bytes]
 
+#: A glTF's JSON describes the scene; real ones are kilobytes to a few megabytes (a .gltf with data: URIs
+#: can be as large as the upload, which bounds it separately).
+MAX_GLTF_JSON_BYTES = 32 * 1024 * 1024
+#: glTF nests a handful of levels (extensions and extras a few more): deeper is an attack on the parser.
+MAX_GLTF_JSON_DEPTH = 64
+#: Objects and arrays in one glTF JSON: real assets have thousands; each costs the parser ~100 bytes.
+MAX_GLTF_JSON_CONTAINERS = 1_000_000
 
-def _no_external(uri: str) -> bytes:
-    raise MeshError(
-        f"the glTF refers to an external file '{uri}': upload the .gltf with its files as a .zip, "
-        "or convert it to .glb"
-    )
+
+def json_depth(value) -> int:  # noqa: ANN001 - any parsed JSON value
+    """How deep objects and arrays nest in a parsed JSON value (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def load_json(text: bytes, name: str, max_bytes: int = MAX_GLTF_JSON_BYTES) -> dict:
+    """A glTF JSON text parsed, its size, object count and nesting bounded: every glTF JSON comes here.
+
+    The object count is bounded before parsing (a count of brackets, strings included, so it errs on
+    the safe side); Python's json parser stops at its recursion limit, and the depth is then bounded."""
+    if len(text) > max_bytes:
+        raise MeshError(f"{name}: its glTF JSON is {len(text)} bytes, over {max_bytes}")
+    containers = text.count(b"{") + text.count(b"[")
+    if containers > MAX_GLTF_JSON_CONTAINERS:
+        raise MeshError(
+            f"{name}: its glTF JSON holds {containers} objects and arrays, over {MAX_GLTF_JSON_CONTAINERS}"
+        )
+    try:
+        doc = json.loads(text.decode("utf-8-sig"))
+    except RecursionError:
+        raise MeshError(f"{name}: its glTF JSON nests deeper than {MAX_GLTF_JSON_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise MeshError(f"{name}: not a glTF file (its JSON does not parse: {e})") from None
+    depth = json_depth(doc)
+    if depth > MAX_GLTF_JSON_DEPTH:
+        raise MeshError(f"{name}: its glTF JSON nests {depth} levels deep, over {MAX_GLTF_JSON_DEPTH}")
+    if not isinstance(doc, dict):
+        raise MeshError(f"{name}: the glTF JSON is not an object")
+    return doc
 
 
 class GltfDocument:
@@ -56,26 +101,34 @@ class GltfDocument:
     def __init__(self, doc: dict, binary: bytearray) -> None:
         self.json = doc
         self.binary = binary
+        self.notes: list[str] = []  # what loading left out (a file the upload did not carry)
 
     # ---- reading -------------------------------------------------------------------------------
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str = "mesh", resolve: Resolver | None = None) -> GltfDocument:
-        """Parse GLB bytes, or a .gltf's JSON text (external files through `resolve`)."""
-        resolve = resolve or _no_external
+    def from_bytes(
+        cls,
+        data: bytes,
+        name: str = "mesh",
+        resolve: Resolver | None = None,
+        limits: MeshLimits | None = None,
+    ) -> GltfDocument:
+        """Parse GLB bytes, or a .gltf's JSON text (external files through `resolve`; by default a lone
+        upload's, which has none). Every count is bounded by `limits` before a buffer is read."""
+        from engines.texturing.asset_files import AssetFiles
+        from engines.texturing.input_bounds import check_document
+        from engines.texturing.mesh_io import MeshLimits
+
+        limits = limits or MeshLimits()
+        resolve = resolve or AssetFiles.upload(name).get
         if data[:4] == GLB_MAGIC:
             doc, bin_chunk = _split_glb(data, name)
         else:
-            try:
-                doc = json.loads(data.decode("utf-8-sig"))
-            except (UnicodeDecodeError, ValueError) as e:
-                raise MeshError(f"{name}: not a glTF file (neither GLB nor JSON: {e})") from None
-            bin_chunk = None
-        if not isinstance(doc, dict):
-            raise MeshError(f"{name}: the glTF JSON is not an object")
+            doc, bin_chunk = load_json(data, name, max(limits.max_bytes, MAX_GLTF_JSON_BYTES)), None
         version = str(doc.get("asset", {}).get("version", ""))
         if not version.startswith("2."):
             raise MeshError(f"{name}: glTF version '{version or 'missing'}' is not supported (glTF 2.0 only)")
+        check_document(doc, limits, name, bin_chunk)
         buffers = []
         for i, buf in enumerate(doc.get("buffers", [])):
             uri = buf.get("uri")
@@ -84,13 +137,15 @@ class GltfDocument:
                     raise MeshError(f"{name}: buffer {i} has no uri and there is no GLB binary chunk")
                 raw = bin_chunk
             else:
-                raw = _read_uri(uri, resolve, name)
+                raw = _read_uri(uri, resolve, name, limits)
             if len(raw) < int(buf.get("byteLength", 0)):
                 raise MeshError(f"{name}: buffer {i} holds {len(raw)} bytes, fewer than its byteLength")
             buffers.append(bytes(raw[: int(buf.get("byteLength", len(raw)))]))
+        if sum(len(b) for b in buffers) > limits.max_bytes:
+            raise MeshError(f"{name}: its buffers hold more than the limit of {limits.max_bytes} bytes")
         document = cls(doc, bytearray())
         document._merge_buffers(buffers)
-        document._embed_images(resolve, name)
+        document._embed_images(resolve, name, limits)
         return document
 
     def _merge_buffers(self, buffers: list[bytes]) -> None:
@@ -108,12 +163,15 @@ class GltfDocument:
             view["byteOffset"] = int(view.get("byteOffset", 0)) + starts[b]
         self.json["buffers"] = [{"byteLength": 0}] if buffers else []
 
-    def _embed_images(self, resolve: Resolver, name: str) -> None:
-        for image in self.json.get("images", []):
+    def _embed_images(self, resolve: Resolver, name: str, limits: MeshLimits) -> None:
+        from engines.texturing.input_bounds import check_image
+
+        for i, image in enumerate(self.json.get("images", [])):
             uri = image.pop("uri", None)
             if uri is None:
                 continue
-            raw = _read_uri(uri, resolve, name)
+            raw = _read_uri(uri, resolve, name, limits)
+            check_image(raw, f"{name}: image {i}", limits)
             image["bufferView"] = self.add_buffer_view(raw)
             image["mimeType"] = image.get("mimeType") or _image_mime(raw, uri)
 
@@ -258,10 +316,7 @@ def _split_glb(data: bytes, name: str) -> tuple[dict, bytes | None]:
         if len(body) < chunk_len:
             raise MeshError(f"{name}: GLB chunk at byte {offset} is truncated")
         if chunk_type == _JSON_CHUNK and doc is None:
-            try:
-                doc = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as e:
-                raise MeshError(f"{name}: GLB JSON chunk is malformed ({e})") from None
+            doc = load_json(body, name)
         elif chunk_type == _BIN_CHUNK and binary is None:
             binary = body
         offset += 8 + chunk_len
@@ -270,14 +325,14 @@ def _split_glb(data: bytes, name: str) -> tuple[dict, bytes | None]:
     return doc, binary
 
 
-def _read_uri(uri: str, resolve: Resolver, name: str) -> bytes:
+def _read_uri(uri: str, resolve: Resolver, name: str, limits: MeshLimits) -> bytes:
+    from engines.texturing.input_bounds import decode_data_uri
+
+    if not isinstance(uri, str):
+        raise MeshError(f"{name}: a uri is not a string")
     if uri.startswith("data:"):
-        head, _, payload = uri.partition(",")
-        try:
-            return base64.b64decode(payload) if head.endswith(";base64") else unquote(payload).encode()
-        except ValueError:
-            raise MeshError(f"{name}: a data: URI is not valid base64") from None
-    return resolve(unquote(uri))
+        return decode_data_uri(uri, name, limits.max_bytes)
+    return resolve(uri)
 
 
 def _image_mime(raw: bytes, uri: str) -> str:

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import io
 import math
+import posixpath
 import re
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engines.errors import MeshError
+from engines.texturing.asset_files import AssetFiles, ZipEntries, text_references
 
 if TYPE_CHECKING:
     from engines.texturing.asset import Asset
@@ -38,17 +42,27 @@ _FORMAT_NAMES = ".glb, .gltf, .obj, .ply or a .zip of one with its files"
 # Radius of the sphere the object is normalised into. The default cameras sit at distance 2.2 with a
 # 40 deg vertical fov: a sphere of radius r stays in frame while asin(r / 2.2) <= 20 deg, so r <= 0.75.
 FIT_RADIUS = 0.7
+# OBJ / PLY text parsed by trimesh: bytes of memory per byte of text (its arrays and Python lists).
+_TEXT_BYTES_FACTOR = 24
 # A mesh whose total area is below this fraction of its extent squared is degenerate (zero area).
 _MIN_TOTAL_AREA = 1e-12
 
 
 @dataclass(frozen=True)
 class MeshLimits:
-    """What the service accepts; the service fills these from its settings (`REALIZ3D_*`)."""
+    """What the service accepts; the service fills these from its settings (`REALIZ3D_*`).
+
+    `files_beside`: a mesh file on disk may read the files in its folder and below (the CLI on the
+    user's own files). The service's worker never sets it: an upload reads only its own bytes.
+    """
 
     max_faces: int = 500_000
     max_bytes: int = 64 * 1024 * 1024
     unwrap_timeout_s: float = 180.0
+    max_vertices: int = 1_500_000
+    max_image_pixels: int = 8192 * 8192
+    max_memory_bytes: int = 2048 * 1024 * 1024
+    files_beside: bool = False
 
 
 @dataclass
@@ -184,24 +198,29 @@ def detect_format(filename: str | None, data: bytes | None = None) -> str:
     raise MeshError(f"cannot tell the mesh format: name the file {_FORMAT_NAMES}")
 
 
-def _glb_face_count(data: bytes) -> int | None:
-    """Triangles declared by a GLB's JSON chunk (index accessors), without decoding any buffer."""
+def _glb_face_count(data: bytes, limits: MeshLimits) -> int | None:
+    """Triangles declared by a GLB's JSON chunk (index accessors), every count bounded, no buffer decoded."""
+    from engines.texturing.gltf_document import _split_glb
+
     if len(data) < 20 or data[:4] != b"glTF":
         raise MeshError("not a GLB file (missing 'glTF' header)")
     chunk_len, chunk_type = struct.unpack_from("<II", data, 12)
     if chunk_type != 0x4E4F534A or 20 + chunk_len > len(data):
         raise MeshError("GLB file is truncated or its JSON chunk is malformed")
-    return _gltf_json_face_count(data[20 : 20 + chunk_len], "GLB file")
+    doc, binary = _split_glb(data, "GLB file")
+    return _gltf_face_count(doc, "GLB file", limits, files=None, embedded=binary)
 
 
-def _gltf_json_face_count(text: bytes, what: str, files_beside: bool = True) -> int:
-    """Triangles a glTF JSON declares (drawn or not), refusing geometry we cannot decode by name."""
-    import json
-
+def _gltf_face_count(
+    doc: dict, what: str, limits: MeshLimits, files: AssetFiles | None, embedded: bytes | None = None
+) -> int:
+    """Triangles a glTF JSON declares (drawn or not), refusing geometry we cannot decode by name, a file
+    reference outside the upload, and counts over the limits. `files`: the upload's files (a zip's
+    entries); None for a lone file, which can refer to no file at all."""
     from engines.texturing.asset import check_decodable
+    from engines.texturing.input_bounds import check_document
 
     try:
-        doc = json.loads(text)
         accessors = doc.get("accessors", [])
         total = 0
         for mesh in doc.get("meshes", []):
@@ -214,17 +233,26 @@ def _gltf_json_face_count(text: bytes, what: str, files_beside: bool = True) -> 
                     continue
                 count = int(accessors[key]["count"])
                 total += count // 3 if mode == 4 else max(count - 2, 0)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError):
         raise MeshError(f"{what} has a malformed JSON chunk") from None
+    if total > limits.max_faces:
+        raise MeshError(f"mesh has {total} faces, over the limit of {limits.max_faces}")
     check_decodable(doc, what)
-    if not files_beside:
-        for item in [*doc.get("buffers", []), *doc.get("images", [])]:
-            uri = item.get("uri", "data:") if isinstance(item, dict) else "data:"
-            if not str(uri).startswith("data:"):
-                raise MeshError(
-                    f"the glTF refers to an external file '{uri}': upload the .gltf with its files as a "
-                    ".zip or as `files` parts beside it, or convert it to .glb"
-                )
+    for item in [*doc.get("buffers", []), *doc.get("images", [])]:
+        uri = item.get("uri", "data:") if isinstance(item, dict) else "data:"
+        if not isinstance(uri, str):
+            raise MeshError(f"{what}: a uri is not a string")
+        if uri.startswith("data:"):
+            continue
+        if files is None:
+            files = AssetFiles.upload(what)
+            files.locate(uri)  # outside the upload: refused by name
+            raise MeshError(
+                f"the glTF refers to an external file '{uri[:200]}': upload the .gltf with its files as a "
+                ".zip or as `files` parts beside it, or convert it to .glb"
+            )
+        files.get(uri)  # outside the upload, or not in it: refused by name
+    check_document(doc, limits, what, embedded)
     return total
 
 
@@ -243,30 +271,69 @@ def _obj_face_count(data: bytes) -> int:
     return len(re.findall(rb"^\s*f\s", data, re.MULTILINE))
 
 
-def validate_mesh_bytes(
-    data: bytes, filename: str | None, limits: MeshLimits | None = None, *, files_beside: bool = False
-) -> str:
-    """Cheap checks before a mesh upload is queued: size, format, declared face count.
+def _zip_main(entries: ZipEntries, name: str) -> str:
+    mains = [n for n in entries.names() if Path(n).suffix.lower().lstrip(".") in FORMATS[:4]]
+    if len(mains) != 1:
+        found = ", ".join(mains[:10]) or "none"
+        raise MeshError(f"{name}: a zip must hold exactly one .gltf, .glb, .obj or .ply (found: {found})")
+    return mains[0]
 
-    Reads headers only (no mesh decoding, no trimesh, no torch). Returns the format (one of `FORMATS`);
-    raises `MeshError` naming the problem. The worker's full load repeats every check. A lone `.gltf`
-    that refers to external files is refused unless `files_beside` (a file on disk, its folder at hand).
+
+def _zip_check(data: bytes, name: str, limits: MeshLimits) -> int | None:
+    """The gateway's look into a zip: entry sizes, the main file and every reference it makes."""
+    from engines.texturing.gltf_document import _split_glb, load_json
+
+    entries = ZipEntries(data, name, limits.max_bytes)
+    main = _zip_main(entries, name)
+    fmt = Path(main).suffix.lower().lstrip(".")
+    files = AssetFiles.archive(name, entries, posixpath.dirname(main))
+    raw = entries.read(main) or b""
+    if fmt in ("gltf", "glb"):
+        doc, binary = (
+            _split_glb(raw, main) if fmt == "glb" else (load_json(raw, main, limits.max_bytes), None)
+        )
+        return _gltf_face_count(doc, main, limits, files, binary)
+    files.check_text(fmt, raw)
+    for ref in text_references(fmt, raw):
+        if fmt == "obj" and ref.lower().endswith(".mtl"):
+            mtl = files._read(files.locate(ref))
+            if mtl is not None:
+                files.check_text("mtl", mtl)
+    return _ply_face_count(raw) if fmt == "ply" else _obj_face_count(raw)
+
+
+def validate_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | None = None) -> str:
+    """Cheap checks before a mesh upload is queued: size, format, declared counts, file references.
+
+    Reads headers and JSON only (no mesh decoding, no trimesh, no torch). Returns the format (one of
+    `FORMATS`); raises `MeshError` naming the problem. The worker's full load repeats every check. A lone
+    `.gltf` that refers to external files is refused unless `limits.files_beside` (a file on disk, its
+    folder at hand); a reference that leaves the upload (absolute, `..`, a scheme) is always refused by name.
     """
+    from engines.texturing.gltf_document import load_json
+
     limits = limits or MeshLimits()
     if not data:
         raise MeshError("mesh file is empty")
     if len(data) > limits.max_bytes:
         raise MeshError(f"mesh file is {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
     fmt = detect_format(filename, data)
+    upload = AssetFiles.upload(filename or f"upload.{fmt}")
     if fmt == "glb":
-        faces = _glb_face_count(data)
+        faces = _glb_face_count(data, limits)
     elif fmt == "gltf":
-        faces = _gltf_json_face_count(data, "glTF file", files_beside)
+        doc = load_json(data, "glTF file", limits.max_bytes)
+        # Beside a file on disk, references are checked here (inside its folder) and read by the full load.
+        faces = _gltf_face_count(
+            doc, "glTF file", limits, _FolderNotAtHand(upload) if limits.files_beside else None
+        )
     elif fmt == "zip":
-        faces = None  # counted after unpacking, against the same limit
+        faces = _zip_check(data, filename or "upload.zip", limits)
     elif fmt == "ply":
+        upload.check_text("ply", data)
         faces = _ply_face_count(data)
     else:
+        upload.check_text("obj", data)
         faces = _obj_face_count(data)
     if faces is not None and faces > limits.max_faces:
         raise MeshError(f"mesh has {faces} faces, over the limit of {limits.max_faces}")
@@ -275,43 +342,68 @@ def validate_mesh_bytes(
     return fmt
 
 
+class _FolderNotAtHand:
+    """Stands in for a mesh's folder when only its bytes are checked: a reference inside it passes."""
+
+    def __init__(self, files: AssetFiles) -> None:
+        self.files = files
+
+    def get(self, uri: str) -> bytes:
+        self.files.locate(uri)
+        return b""
+
+
 def load_mesh(path: str | Path, limits: MeshLimits | None = None) -> LoadedMesh:
-    """Load a mesh file (.glb, .obj with its .mtl beside it, .ply) and check it."""
+    """Load a mesh file (.glb, .gltf, .obj, .ply, .zip) and check it. With `limits.files_beside` a .gltf
+    or .obj reads its files from its folder (never outside it); otherwise only the file itself."""
     path = Path(path)
     limits = limits or MeshLimits()
     if not path.is_file():
-        raise MeshError(f"{path}: no such mesh file")
+        raise MeshError(f"{path.name}: no such mesh file")
     size = path.stat().st_size
     if size > limits.max_bytes:
         raise MeshError(f"{path.name}: {size} bytes, over the limit of {limits.max_bytes} bytes")
     fmt = detect_format(path.name)
-    # From the path (not bytes) so an OBJ finds its MTL and a .gltf its buffers and images.
-    return _load(path, fmt, path.name, limits)
+    files = AssetFiles.folder(path, limits.max_bytes) if limits.files_beside else AssetFiles.upload(path.name)
+    return _load(path.read_bytes(), fmt, path.name, limits, files)
 
 
 def load_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | None = None) -> LoadedMesh:
-    """Load an uploaded mesh from memory; `filename` gives the format (or the bytes do)."""
+    """Load an uploaded mesh from memory; `filename` gives the format (or the bytes do). It reads nothing
+    but these bytes (and a zip's entries)."""
     limits = limits or MeshLimits()
     fmt = validate_mesh_bytes(data, filename, limits)
-    return _load(data, fmt, filename or f"upload.{fmt}", limits)
+    name = filename or f"upload.{fmt}"
+    return _load(data, fmt, name, limits, AssetFiles.upload(name))
 
 
-def _load(source: Path | bytes, fmt: str, name: str, limits: MeshLimits) -> LoadedMesh:
+# Errors of third-party decoders on a malformed upload: the file's fault, reported as invalid_mesh.
+_DECODER_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    RecursionError,
+    OverflowError,
+    struct.error,
+)
+
+
+def _load(data: bytes, fmt: str, name: str, limits: MeshLimits, files: AssetFiles) -> LoadedMesh:
     """Any supported input as a glTF document, then its primitives and UV layout."""
+    from PIL import Image
+
     from engines.texturing.gltf_document import GltfDocument
 
-    if fmt == "zip":
-        data = source.read_bytes() if isinstance(source, Path) else source
-        document = _zip_document(data, name, limits)
-    elif fmt in ("glb", "gltf"):
-        data = source.read_bytes() if isinstance(source, Path) else source
-        resolve = _folder_resolver(source.parent) if isinstance(source, Path) else None
-        document = GltfDocument.from_bytes(data, name, resolve)
-    else:
-        document = _trimesh_document(
-            str(source) if isinstance(source, Path) else io.BytesIO(source), fmt, name
-        )
-    return mesh_from_document(document, name, limits)
+    try:
+        if fmt == "zip":
+            document = _zip_document(data, name, limits)
+        elif fmt in ("glb", "gltf"):
+            document = GltfDocument.from_bytes(data, name, files.get, limits)
+        else:
+            document = _trimesh_document(data, fmt, name, files, limits)
+        return mesh_from_document(document, name, limits)
+    except (*_DECODER_ERRORS, Image.DecompressionBombError) as e:
+        raise MeshError(f"{name}: cannot read this file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def mesh_from_document(document, name: str = "mesh", limits: MeshLimits | None = None) -> LoadedMesh:
@@ -329,77 +421,60 @@ def mesh_from_document(document, name: str = "mesh", limits: MeshLimits | None =
         raise MeshError(
             f"{name}: vertex positions contain NaN or infinity" if len(vertices) else "mesh is empty"
         )
+    if len(vertices) > limits.max_vertices:
+        raise MeshError(
+            f"{name}: {len(vertices)} vertices (every instance counted), over the limit of "
+            f"{limits.max_vertices} (REALIZ3D_MAX_MESH_VERTICES)"
+        )
     center = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
     radius = float(np.linalg.norm(vertices - center, axis=1).max())
-    scale = FIT_RADIUS / radius if radius > 0 and math.isfinite(radius) else 1.0
+    if not math.isfinite(radius) or not math.isfinite(float(np.abs(center).max())):
+        raise MeshError(f"{name}: vertex coordinates are too large to compute with (over 1e150)")
+    scale = FIT_RADIUS / radius if radius > 0 else 1.0
     mesh = LoadedMesh(vertices, np.zeros((0, 3), np.int64), None, center, scale, source=name, asset=asset)
     mesh = mesh.with_layout(layout)
     _check_geometry(mesh, name)
     return mesh
 
 
-def _folder_resolver(folder: Path):
-    def resolve(uri: str) -> bytes:
-        path = folder / uri
-        if not path.is_file():
-            raise MeshError(f"the glTF refers to '{uri}', which is not next to it in {folder}")
-        return path.read_bytes()
-
-    return resolve
-
-
 def _zip_document(data: bytes, name: str, limits: MeshLimits):
-    """A .zip holding one .gltf (with its buffers and images), .glb, .obj (with MTL and images) or .ply."""
-    import posixpath
-    import tempfile
-    import zipfile
-
+    """A .zip holding one .gltf (with its buffers and images), .glb, .obj (with MTL and images) or .ply;
+    every entry read with a cap on its real size, references resolved among the entries only."""
     from engines.texturing.gltf_document import GltfDocument
 
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        entries = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
-    except zipfile.BadZipFile as e:
-        raise MeshError(f"{name}: not a valid zip file ({e})") from None
-    total = sum(i.file_size for i in entries)
-    if total > limits.max_bytes:
-        raise MeshError(f"{name}: unpacks to {total} bytes, over the limit of {limits.max_bytes} bytes")
-    mains = [i.filename for i in entries if Path(i.filename).suffix.lower().lstrip(".") in FORMATS[:4]]
-    if len(mains) != 1:
-        found = ", ".join(mains) or "none"
-        raise MeshError(f"{name}: a zip must hold exactly one .gltf, .glb, .obj or .ply (found: {found})")
-    main = mains[0]
+    entries = ZipEntries(data, name, limits.max_bytes)
+    main = _zip_main(entries, name)
     fmt = Path(main).suffix.lower().lstrip(".")
-    folder = posixpath.dirname(main)
-
-    def resolve(uri: str) -> bytes:
-        path = posixpath.normpath(posixpath.join(folder, uri))
-        try:
-            return zf.read(path)
-        except KeyError:
-            raise MeshError(f"{name}: the glTF refers to '{uri}', which is not in the zip") from None
-
+    files = AssetFiles.archive(name, entries, posixpath.dirname(main))
+    raw = entries.read(main) or b""
     if fmt in ("gltf", "glb"):
-        return GltfDocument.from_bytes(zf.read(main), main, resolve)
-    with tempfile.TemporaryDirectory(prefix="realiz3d-zip-") as tmp:
-        root = Path(tmp).resolve()
-        for info in entries:
-            target = (root / info.filename).resolve()
-            if root not in target.parents:
-                raise MeshError(f"{name}: zip entry '{info.filename}' points outside the archive")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(zf.read(info))
-        return _trimesh_document(str(root / main), fmt, main)
+        return GltfDocument.from_bytes(raw, main, files.get, limits)
+    return _trimesh_document(raw, fmt, main, files, limits)
 
 
-def _trimesh_document(source, fmt: str, name: str):
-    """OBJ / PLY through trimesh into a fresh glTF document (one mesh per part, float64 offset kept)."""
+def _trimesh_document(data: bytes, fmt: str, name: str, files: AssetFiles, limits: MeshLimits):
+    """OBJ / PLY through trimesh into a fresh glTF document (one mesh per part, float64 offset kept).
+
+    trimesh reads the bytes, and the MTL and textures they name through `files` (the asset's own files,
+    nothing else); a reference outside the asset is refused by name before trimesh sees the file."""
     import trimesh
 
+    from engines.texturing.input_bounds import check_memory
+
+    files.check_text(fmt, data)
+    check_memory(len(data) * _TEXT_BYTES_FACTOR, name, limits)
     try:
-        scene = trimesh.load(source, file_type=fmt, force="scene", process=False)
+        scene = trimesh.load(
+            io.BytesIO(data), file_type=fmt, force="scene", process=False, resolver=files.trimesh_resolver()
+        )
+    except MeshError:
+        raise
     except Exception as e:  # noqa: BLE001 - any parser failure is the file's fault
-        raise MeshError(f"{name}: cannot parse as {fmt.upper()} ({type(e).__name__}: {e})") from None
+        raise MeshError(
+            f"{name}: cannot parse as {fmt.upper()} ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
+    if files.refused:
+        raise files.refused[0]
     parts = []
     for node in scene.graph.nodes_geometry:
         transform, geom_name = scene.graph[node]
@@ -413,14 +488,19 @@ def _trimesh_document(source, fmt: str, name: str):
             ):  # the file had normals (trimesh computes them lazily otherwise)
                 normals = np.asarray(geom.vertex_normals, np.float64) @ np.linalg.inv(m[:3, :3])
             faces = np.asarray(geom.faces, np.int64)
-            parts.append((str(geom_name), v, faces, _part_uv(geom), _part_image(geom), normals))
+            parts.append((str(geom_name), v, faces, _part_uv(geom), _part_image(geom, name, limits), normals))
     if not parts and fmt == "ply":
-        parts = _ply_strips(source, name)
+        parts = _ply_strips(io.BytesIO(data), name)
     if not parts:
         raise MeshError(f"{name}: contains no triangle mesh (empty, or only points/lines)")
     from engines.texturing.gltf_document import build_document
 
-    return build_document(parts)
+    document = build_document(parts)
+    if files.missing:
+        document.notes = [
+            f"'{m}' is not in the upload; loaded without it" for m in dict.fromkeys(files.missing)
+        ]
+    return document
 
 
 def _ply_strips(source, name: str) -> list:
@@ -465,9 +545,15 @@ def _part_uv(geom) -> np.ndarray | None:
     return uv if np.isfinite(uv).all() else None
 
 
-def _part_image(geom):
+def _part_image(geom, name: str, limits: MeshLimits):
     material = getattr(geom.visual, "material", None)
-    return getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    if image is not None and image.size[0] * image.size[1] > limits.max_image_pixels:
+        raise MeshError(
+            f"{name}: its texture is {image.size[0]}x{image.size[1]} pixels, over the limit of "
+            f"{limits.max_image_pixels} pixels (REALIZ3D_MAX_IMAGE_PIXELS)"
+        )
+    return image
 
 
 def _check_geometry(mesh: LoadedMesh, name: str) -> None:

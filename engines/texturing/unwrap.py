@@ -18,6 +18,7 @@ A mesh that already has UVs is returned as it is: re-unwrapping would break user
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import signal
@@ -70,6 +71,24 @@ def ensure_uv(
     return mesh.with_uv(vertex_map, faces, uv, "xatlas")
 
 
+def normalized_for_unwrap(vertices: np.ndarray) -> np.ndarray:
+    """Vertices centred and scaled into the unit sphere in float64, then float32 for xatlas.
+
+    A chart's UVs do not depend on where the mesh sits or how large it is, but xatlas computes in float32:
+    coordinates near 1e38 overflow there and held a worker for the whole unwrap timeout. MeshError when
+    the geometry is not finite even after normalising."""
+    v = np.asarray(vertices, dtype=np.float64)
+    if not len(v):
+        return v.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        center = (v.min(axis=0) + v.max(axis=0)) / 2
+        radius = float(np.linalg.norm(v - center, axis=1).max())
+        out = (v - center) / (radius if radius > 0 else 1.0)
+    if not math.isfinite(radius) or not np.isfinite(out).all():
+        raise MeshError("the mesh's vertex coordinates are not finite once normalised; cannot unwrap it")
+    return out.astype(np.float32)
+
+
 def unwrap_uv(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -87,6 +106,7 @@ def unwrap_uv(
     """
     if mode not in UNWRAP_MODES:
         raise ValueError(f"unwrap mode must be one of {', '.join(UNWRAP_MODES)}, got {mode!r}")
+    vertices = normalized_for_unwrap(vertices)
     with tempfile.TemporaryDirectory(prefix="realiz3d-unwrap-") as tmp:
         folder = Path(tmp)
         np.save(folder / "vertices.npy", np.ascontiguousarray(vertices, dtype=np.float32))

@@ -4,26 +4,18 @@ the body may take to arrive, and the size and nesting of a GLB's JSON before any
 from __future__ import annotations
 
 import asyncio
-import re
 import struct
 import time
 from dataclasses import dataclass
 
-import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engines.errors import MeshError
+from engines.texturing.gltf_document import MAX_GLTF_JSON_BYTES, load_json
 from service.api.errors import ApiError
-
-#: A GLB's JSON chunk describes the scene; real ones are kilobytes to a few megabytes.
-MAX_GLTF_JSON_BYTES = 32 * 1024 * 1024
-#: glTF nests a handful of levels (extensions and extras a few more): deeper is an attack on the parser.
-MAX_GLTF_JSON_DEPTH = 64
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 
 # Past the limit the rest of the body is read and dropped, up to this many times the limit, so the
 # client gets its 413 instead of a reset connection; beyond that the connection is cut.
@@ -45,20 +37,14 @@ async def _drain(receive: Receive, budget: int) -> None:
 
 
 def check_gltf_json(data: bytes) -> None:
-    """MeshError when `data` is a GLB whose JSON chunk is over MAX_GLTF_JSON_BYTES or nests deeper than
-    MAX_GLTF_JSON_DEPTH (Python's json module recurses per level: 100k levels is a RecursionError)."""
+    """MeshError when `data` is a GLB whose JSON chunk is over MAX_GLTF_JSON_BYTES, too many objects or
+    nested too deep, checked by the one loader every glTF JSON goes through (`gltf_document.load_json`)."""
     if len(data) < 20 or data[:4] != b"glTF":
         return
     (chunk_len,) = struct.unpack_from("<I", data, 12)
     if chunk_len > MAX_GLTF_JSON_BYTES:
         raise MeshError(f"the GLB's JSON chunk is {chunk_len} bytes, over {MAX_GLTF_JSON_BYTES}")
-    text = _JSON_STRING.sub(b'""', data[20 : 20 + chunk_len])  # brackets inside strings do not nest
-    brackets = np.frombuffer(text.translate(None, _BRACKETS), dtype=np.uint8)
-    if brackets.size:
-        step = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
-        depth = int(np.cumsum(step).max())
-        if depth > MAX_GLTF_JSON_DEPTH:
-            raise MeshError(f"the GLB's JSON nests {depth} levels deep, over {MAX_GLTF_JSON_DEPTH}")
+    load_json(data[20 : 20 + chunk_len], "the GLB")
 
 
 class BodyLimitMiddleware:

@@ -66,9 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "bench",
         help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway, throughput, "
-        "resolution (the default model at 32 vs 64 px: training step and generation)",
+        "resolution (the default model at 32 vs 64 px: training step and generation), memory (peak RSS per "
+        "job kind and per hostile upload)",
     )
-    b.add_argument("target", choices=("unet", "geometry", "unwrap", "gateway", "throughput", "resolution"))
+    b.add_argument(
+        "target", choices=("unet", "geometry", "unwrap", "gateway", "throughput", "resolution", "memory")
+    )
     b.add_argument("--concurrency", type=int, default=8, help="throughput: concurrent clients")
     b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
     b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
@@ -202,6 +205,10 @@ def run_bench(args: argparse.Namespace) -> int:
             modes=args.modes,
             job_faces=args.job_faces,
         )
+    elif args.target == "memory":
+        from engines.bench.job_memory import run_job_memory_bench
+
+        run_job_memory_bench(out_dir=args.out)
     elif args.target == "resolution":
         from engines.bench.resolution import run_resolution_bench
 

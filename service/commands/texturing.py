@@ -72,9 +72,12 @@ def _add_unwrap_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _limits():
+    """The deployment's limits; a mesh on the user's own disk may read the files in its folder."""
+    from dataclasses import replace
+
     from service.settings import get_settings
 
-    return get_settings().mesh_limits()
+    return replace(get_settings().mesh_limits(), files_beside=True)
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> None:
@@ -111,7 +114,7 @@ def run_texture(args: argparse.Namespace) -> int:
 
     limits = _limits()
     # The cheap header checks (size, format, face count) before a model is loaded.
-    validate_mesh_bytes(args.mesh.read_bytes(), args.mesh.name, limits, files_beside=True)
+    validate_mesh_bytes(args.mesh.read_bytes(), args.mesh.name, limits)
     # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
     from engines.pipelines import Realiz3DPipeline
 
