@@ -125,7 +125,7 @@ def ip_refusal(ip: IPAddress) -> str | None:
             carried = ipaddress.IPv4Address(int(ip))
         if carried is not None:
             inner = ip_refusal(carried)
-            return f"it carries {carried}, {inner}" if inner else None
+            return f"a form of {carried}, {inner}" if inner else None
         if ip.scope_id:
             return "a scoped (link-local) address"
         if ip.is_site_local:
