@@ -390,3 +390,87 @@ def test_openapi_declares_key_security_only_when_keys_are_on(redis_db):
         spec = client.get("/openapi.json").json()
         assert {"bearer", "apiKey"} <= set(spec["components"]["securitySchemes"])
         assert spec["paths"]["/v1/multiview"]["post"]["security"]
+
+
+def _tls_files(tmp_path, name: str) -> tuple[str, str, str]:
+    """A CA, and a server certificate for `name` only (no IP address in it), as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool):  # noqa: ANN001, ANN202
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            )
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert("test ca", ca_key, "test ca", ca_key, True)
+    leaf = cert(name, key, "test ca", ca_key, False)
+    paths = [tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"]
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return tuple(str(p) for p in paths)  # type: ignore[return-value]
+
+
+def test_https_delivery_to_the_pinned_address_checks_the_certificate_of_the_name(tmp_path, monkeypatch):
+    """https: the connection goes to the checked address, while TLS sends the URL's name (SNI) and checks
+    the certificate against it (the certificate names no IP address, so a check against 127.0.0.1 fails)."""
+    import ssl
+
+    from service.api import webhook_target
+    from service.api.webhooks import WebhookSender
+
+    ca, cert, key = _tls_files(tmp_path, "hooks.tls.test")
+    server_names: list[str | None] = []
+    receiver = Receiver()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: server_names.append(name)
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(webhook_target, "resolve_host", resolver)
+    monkeypatch.setenv("SSL_CERT_FILE", ca)  # the receivers' internal CA
+    store = MemoryJobStore()
+    try:
+        good = finished_job(store, f"https://hooks.tls.test:{receiver.port}/hook")
+        wrong = finished_job(store, f"https://other.tls.test:{receiver.port}/hook")  # the cert is not for it
+        sender = WebhookSender(settings(webhook_allowlist="127.0.0.1/32", webhook_max_attempts=1), store)
+
+        async def go() -> list[bool]:
+            try:
+                return [await sender.deliver(good), await sender.deliver(wrong)]
+            finally:
+                await sender.close()
+
+        assert asyncio.run(go()) == [True, False]
+        assert server_names[0] == "hooks.tls.test"
+        [(headers, _)] = receiver.received
+        assert headers["Host"] == f"hooks.tls.test:{receiver.port}"
+        assert store.get(wrong.id).webhook_status == "ConnectError"
+    finally:
+        receiver.close()

@@ -263,13 +263,18 @@ class WebhookSender:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.settings.webhook_timeout_seconds,
-                follow_redirects=False,
-                trust_env=False,  # no proxy from the environment: we connect to the address we checked
+            transport = httpx.AsyncHTTPTransport(
+                # CAs from SSL_CERT_FILE / SSL_CERT_DIR when set (receivers behind an internal CA)
+                verify=httpx.create_ssl_context(trust_env=True),
                 # No pooled connections: one to an address made for one TLS name is never reused for
                 # another name that resolves to the same address.
                 limits=httpx.Limits(max_keepalive_connections=0),
+            )
+            self._client = httpx.AsyncClient(
+                transport=transport,  # an explicit transport: no proxy from the environment, we
+                trust_env=False,  # connect to the address we checked (and no .netrc credentials)
+                timeout=self.settings.webhook_timeout_seconds,
+                follow_redirects=False,
             )
         return self._client
 
