@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -92,7 +91,17 @@ def _wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, 
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    args = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url]
+    args = [
+        wrk,
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
@@ -274,7 +283,11 @@ def markdown(report: dict[str, Any]) -> str:
     for route, title in (("get", "`GET /v1/jobs/{id}`"), ("post", "`POST /v1/multiview`")):
         for app in ("bare", "gateway"):
             r = s[route][app]
-            ratio = f"**{s[route]['ratio']}** ({', '.join(map(str, s[route]['ratios']))})" if app == "gateway" else ""
+            ratio = (
+                f"**{s[route]['ratio']}** ({', '.join(map(str, s[route]['ratios']))})"
+                if app == "gateway"
+                else ""
+            )
             lines.append(
                 f"| {title} | {app} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {ratio} "
                 f"| {r['wrk_cpu_share']} |"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from engines.runtime.backend_names import BACKENDS
@@ -72,6 +73,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
     s = _settings(args, SERVE_FLAGS)
     _logging()
+    if s.broker_url and s.api_workers > 1:
+        return _serve_gateway_processes(args, s)
     if s.broker_url:
         from service.api.app import create_gateway_app
 
@@ -92,6 +95,54 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     Server(config).run()
     return 0
+
+
+def _serve_gateway_processes(args: argparse.Namespace, s: Settings) -> int:
+    """`api_workers` gateway processes on one port (uvicorn's supervisor restarts one that dies). Each
+    builds its app from the environment, so the command line's flags are passed on as REALIZ3D_* vars;
+    metrics of all of them are aggregated (PROMETHEUS_MULTIPROC_DIR, a fresh folder unless set)."""
+    import tempfile
+
+    import uvicorn
+
+    for flag, field in SERVE_FLAGS.items():
+        if getattr(args, flag, None) is not None:
+            os.environ["REALIZ3D_" + field.upper()] = str(getattr(args, flag))
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="realiz3d-metrics-")
+    uvicorn.run(
+        "service.commands.serving:gateway_process_app",
+        factory=True,
+        workers=s.api_workers,
+        host=s.host,
+        port=s.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def gateway_process_app():  # noqa: ANN201 - a FastAPI app
+    """One gateway process of several (uvicorn's factory, called in the process's main thread after uvicorn
+    installed its signal handlers): on SIGTERM/SIGINT, event streams end with their final event, then
+    uvicorn's own handler drains connections."""
+    import signal
+
+    from service.api.app import create_gateway_app
+
+    app = create_gateway_app(Settings())
+    hub = app.state.context.hub
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+
+        def handler(signum, frame, previous=previous) -> None:  # noqa: ANN001 - signal handler signature
+            hub.close_threadsafe()
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
+    return app
 
 
 def run_worker_command(args: argparse.Namespace) -> int:
