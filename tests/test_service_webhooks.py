@@ -350,6 +350,37 @@ def test_a_job_that_ends_while_no_gateway_listens_gets_its_webhook_once(redis_db
             assert hook["attempts"] == 1 and hook["last_status"] == "HTTP 204" and hook["delivered_at"]
 
 
+def test_a_delivery_whose_gateway_died_is_taken_up_once_its_claim_lapses(redis_db, receiver):
+    """A gateway claimed the delivery and died before sending it: no other gateway sends it while the
+    claim holds, the next sweep after it lapses does. An expired job's pending entry is dropped."""
+    from service.api.webhooks import WebhookSender
+    from service.jobs.redis_store import WEBHOOKS_PENDING, RedisJobStore
+
+    store = RedisJobStore(redis_db)
+    job = finished_job(store, receiver.url())
+    assert store.claim_delivery(job.id, 1)  # the gateway that died
+    store.redis.zadd(WEBHOOKS_PENDING, {"expired-job-id": 1.0})  # a job that expired before its webhook
+    sender = WebhookSender(settings(webhook_allowlist="127.0.0.0/8"), store)
+
+    async def go() -> None:
+        try:
+            await sender.sweep()
+            await asyncio.sleep(0.3)
+            assert receiver.received == []  # the claim still holds
+            await asyncio.sleep(1.0)
+            await sender.sweep()
+            for _ in range(100):
+                if receiver.received:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await sender.close()
+
+    asyncio.run(go())
+    assert len(receiver.received) == 1
+    assert store.pending_webhooks() == []  # delivered (settled) and the expired one dropped
+
+
 # ---- the rate limiter -----------------------------------------------------------------------------------
 
 
