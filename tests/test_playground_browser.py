@@ -419,15 +419,12 @@ def test_gateway_serves_the_page_and_503_429_and_413_are_shown(
     assert "Retry in 2 s" in form_error.inner_text()
     assert "retry in" in page.locator("#mv-submit").inner_text()  # the button counts down
 
-    # Over 1 submission a minute: 429 with its retry time (each click waits out the countdown). The limit
-    # counts per calendar minute, so of three quick submissions at least two share a minute.
-    for _ in range(3):
-        page.locator("#mv-submit").click()
-        form_error.filter(has_text=re.compile("Too many requests|cannot take the job")).wait_for()
-        if "Too many requests" in form_error.inner_text():
-            break
-    assert "Too many requests" in form_error.inner_text()
-    assert "Retry in 2 s" in form_error.inner_text()
+    # Over 1 submission a minute (a sliding window: the 503 above was counted): 429 with the real wait,
+    # the seconds until the first submission leaves the window (the click waits out the 503's countdown).
+    page.locator("#mv-submit").click()
+    form_error.filter(has_text="Too many requests").wait_for()
+    wait = re.search(r"Retry in (\d+) s", form_error.inner_text())
+    assert wait and 45 <= int(wait.group(1)) <= 60, form_error.inner_text()
 
     # Over REALIZ3D_MAX_UPLOAD_BYTES (2 MiB in tests): the 413 is said at the upload field.
     big = tmp_path / "big.glb"

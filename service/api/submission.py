@@ -81,9 +81,10 @@ def check_admission(
 ) -> None:
     """Raise 429 (over rate) or 503 (no live worker for this kind, with admission=require-worker)."""
     s = ctx.settings
-    if not (s.admission == "queue" or ctx.warming() or worker_serves(workers, kind)):
-        raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", _retry(ctx))
     check_rate(ctx, owner)
+    if s.admission == "queue" or ctx.warming() or worker_serves(workers, kind):
+        return
+    raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", _retry(ctx))
 
 
 def check_rate(ctx: ServiceContext, owner: str | None) -> None:
