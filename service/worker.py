@@ -168,7 +168,7 @@ def run_worker(settings: Settings) -> int:
     if not settings.broker_url:
         raise ValueError("realiz3d worker needs --broker URL (or REALIZ3D_BROKER_URL)")
     name = default_worker_name(settings)
-    store = RedisJobStore(settings.broker_url)
+    store = RedisJobStore(settings.broker_url, retry_seconds=settings.redis_retry_seconds)
     state: dict[str, bool] = {"loaded": False}
     pipeline: Any = None
     beats: list[WorkerHeartbeat] = []

@@ -13,11 +13,17 @@ sliding-window rate limit). Each state change is one Lua script, and publishes t
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import socket
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.retry import Retry
 
 from service.jobs.records import Artifact, JobError, JobKind, JobRecord, JobStatus
 from service.jobs.store import (
@@ -51,8 +57,16 @@ if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX
 return {'created', ARGV[1]}
 """
 
+# ARGV[3] (the start time, one value per start() call) makes a retried call idempotent: if the first
+# try ran but its reply was lost to a dropped connection, the retry finds its own start and returns it.
 _START = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return false end
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then
+  if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'worker') == ARGV[2]
+     and redis.call('HGET', KEYS[1], 'started_at') == ARGV[3] then
+    return {redis.call('HGET', KEYS[1], 'attempts'), redis.call('HGETALL', KEYS[1])}
+  end
+  return false
+end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3], 'worker', ARGV[2],
            'progress_step', '0', 'phase', '', 'stage', '', 'stage_fraction', '')
@@ -94,8 +108,13 @@ end
 return 0
 """
 
+# Idempotent like _START: a retry whose first try ran (same attempt, status and finished_at) returns 1.
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then
+  if redis.call('HGET', KEYS[1], 'attempts') == ARGV[2] and redis.call('HGET', KEYS[1], 'status') == ARGV[3]
+     and redis.call('HGET', KEYS[1], 'finished_at') == ARGV[4] then
+    return 1
+  end
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[4], unpack(ARGV, 6))
@@ -244,17 +263,79 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+log = logging.getLogger("realiz3d.store")
+T = TypeVar("T")
+
+#: The errors of a Redis restart or a dropped connection: refused/reset connections, timeouts, and
+#: BusyLoadingError (-LOADING while a restarted Redis reads its AOF; a subclass of ConnectionError).
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, socket.timeout)
+_retry_deadline = threading.local()
+
+
+class DeadlineRetry(Retry):
+    """redis-py's `Retry`, bounded by time instead of by a count: retries `TRANSIENT_ERRORS` with
+    exponential backoff (50 ms doubling to 1 s, jittered) until `seconds` have passed since the command
+    began, then raises the last error. redis-py also runs a connection's connect through its `Retry`,
+    inside the command's: the nested call shares the command's deadline (a thread-local), so a command
+    waits at most `seconds` plus one socket timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(ExponentialWithJitterBackoff(base=0.05, cap=1.0), -1, TRANSIENT_ERRORS)
+        self.seconds = seconds
+
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        outer = getattr(_retry_deadline, "at", None)
+        deadline = outer if outer is not None else time.monotonic() + self.seconds
+
+        def retryable(error: Exception) -> bool:
+            if time.monotonic() >= deadline:
+                return False
+            if is_retryable is None or is_retryable(error):
+                log.warning("Redis: %s; retrying (at most %.0f s)", type(error).__name__, self.seconds)
+                return True
+            return False
+
+        _retry_deadline.at = deadline
+        try:
+            return super().call_with_retry(do, fail, retryable, with_failure_count)
+        finally:
+            _retry_deadline.at = outer
+
+
+def _client(url: str, retry_seconds: float) -> redis.Redis:
+    # Bounded waits: with Redis down a call fails within seconds (retry_seconds=0, the gateway: the API
+    # answers 503), or within retry_seconds (a worker's writes, which ride out a Redis restart); never hangs.
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        health_check_interval=30,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        retry=DeadlineRetry(retry_seconds) if retry_seconds > 0 else Retry(NoBackoff(), 0),
+    )
+
+
 class RedisJobStore:
-    def __init__(self, url: str) -> None:
+    """`retry_seconds` > 0 (workers: `Settings.redis_retry_seconds`): every command retries connection
+    errors, timeouts and LOADING for up to that long, so a run's start, phase, lease renewals, heartbeats
+    and terminal status ride out a Redis restart; its start and finish scripts are idempotent under such
+    a retry. A run's progress and stage writes and its per-step `run_check` never wait: they go through a
+    second client without retries, and on a Redis error a progress write is dropped (the next one carries
+    the newer step) and `run_check` answers "go on" (ownership is enforced again by `finish()`, atomically,
+    by attempt number). 0 (the gateway): no retry, a route answers 503 at once while Redis is down."""
+
+    def __init__(self, url: str, retry_seconds: float = 0.0) -> None:
         self.url = url
-        # Bounded waits: with Redis down every call fails within seconds (the API answers 503), never hangs.
-        self.redis = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            health_check_interval=30,
-            socket_connect_timeout=2,
-            socket_timeout=10,
-        )
+        self.retry_seconds = retry_seconds
+        self.redis = _client(url, retry_seconds)
+        #: no retries: progress writes, run checks and probes, which must never hold up a step
+        self.fast = _client(url, 0) if retry_seconds > 0 else self.redis
         r = self.redis
         self._create = r.register_script(_CREATE)
         self._start = r.register_script(_START)
@@ -270,10 +351,12 @@ class RedisJobStore:
 
     def close(self) -> None:
         self.redis.close()
+        if self.fast is not self.redis:
+            self.fast.close()
 
     def ping(self) -> bool:
         try:
-            return bool(self.redis.ping())
+            return bool(self.fast.ping())
         except redis.RedisError:
             return False
 
@@ -343,14 +426,17 @@ class RedisJobStore:
         return bool(self._phase([P + "job:" + job_id], [attempt, phase]))
 
     def progress(self, job_id: str, attempt: int, step: int, total: int) -> None:
-        self._set_owned(
-            [P + "job:" + job_id], [attempt, job_id, "progress_step", step, "progress_total", total]
-        )
+        self._write_owned(job_id, attempt, ["progress_step", step, "progress_total", total])
 
     def stage(self, job_id: str, attempt: int, name: str, fraction: float) -> None:
-        self._set_owned(
-            [P + "job:" + job_id], [attempt, job_id, "stage", name, "stage_fraction", float(fraction)]
-        )
+        self._write_owned(job_id, attempt, ["stage", name, "stage_fraction", float(fraction)])
+
+    def _write_owned(self, job_id: str, attempt: int, fields: list[Any]) -> None:
+        """A progress or stage write: at once or never (dropped on a Redis error, never failing the job)."""
+        try:
+            self._set_owned([P + "job:" + job_id], [attempt, job_id, *fields], client=self.fast)
+        except redis.RedisError as e:
+            log.warning("job %s: progress not written (%s); dropped", job_id, type(e).__name__)
 
     def renew_lease(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
         keys = [P + "job:" + job_id, P + "lease:" + job_id]
@@ -388,10 +474,14 @@ class RedisJobStore:
         return CancelOutcome(job, before == "queued") if job is not None else None
 
     def run_check(self, job_id: str, attempt: int) -> str | None:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.fast.pipeline(transaction=False)
         pipe.hmget(P + "job:" + job_id, "status", "attempts")
         pipe.exists(P + "cancel:" + job_id)
-        (status, attempts), canceled = pipe.execute()
+        try:
+            (status, attempts), canceled = pipe.execute()
+        except redis.RedisError as e:  # Redis restarting: go on; finish() checks ownership atomically
+            log.warning("job %s: run check skipped (%s)", job_id, type(e).__name__)
+            return None
         if status != JobStatus.running.value or attempts != str(attempt):
             return "lost"
         return "canceled" if canceled else None
