@@ -300,14 +300,16 @@ class WebhookSender:
         sent = 0
         for attempt in range(1, s.webhook_max_attempts + 1):
             try:
-                target = await pin_target(job.webhook_url, self.allow)
+                target = await asyncio.wait_for(
+                    pin_target(job.webhook_url, self.allow), s.webhook_timeout_seconds
+                )
             except TargetRefused as e:
                 log.warning("webhook of job %s refused: %s", job.id, e)
                 await self._record(job.id, sent, f"refused: {e}", None)
                 await self._settle(job.id)
                 return False
-            except OSError as e:  # the name did not resolve: may be transient
-                reason = f"DNS: {e.strerror or e}"
+            except (OSError, TimeoutError) as e:  # the name did not resolve (in time): may be transient
+                reason = f"DNS: {getattr(e, 'strerror', None) or str(e) or 'timed out'}"
             else:
                 headers = {
                     "Host": target.host_header,
