@@ -198,7 +198,7 @@ def detect_format(filename: str | None, data: bytes | None = None) -> str:
     raise MeshError(f"cannot tell the mesh format: name the file {_FORMAT_NAMES}")
 
 
-def _glb_face_count(data: bytes, limits: MeshLimits) -> int | None:
+def _glb_face_count(data: bytes, limits: MeshLimits, name: str = "GLB file") -> int | None:
     """Triangles declared by a GLB's JSON chunk (index accessors), every count bounded, no buffer decoded."""
     from engines.texturing.gltf_document import _split_glb
 
@@ -207,8 +207,8 @@ def _glb_face_count(data: bytes, limits: MeshLimits) -> int | None:
     chunk_len, chunk_type = struct.unpack_from("<II", data, 12)
     if chunk_type != 0x4E4F534A or 20 + chunk_len > len(data):
         raise MeshError("GLB file is truncated or its JSON chunk is malformed")
-    doc, binary = _split_glb(data, "GLB file")
-    return _gltf_face_count(doc, "GLB file", limits, files=None, embedded=binary)
+    doc, binary = _split_glb(data, name)
+    return _gltf_face_count(doc, name, limits, files=None, embedded=binary)
 
 
 def _gltf_face_count(
@@ -318,17 +318,16 @@ def validate_mesh_bytes(data: bytes, filename: str | None, limits: MeshLimits | 
     if len(data) > limits.max_bytes:
         raise MeshError(f"mesh file is {len(data)} bytes, over the limit of {limits.max_bytes} bytes")
     fmt = detect_format(filename, data)
-    upload = AssetFiles.upload(filename or f"upload.{fmt}")
+    name = Path(filename or f"upload.{fmt}").name
+    upload = AssetFiles.upload(name)
     if fmt == "glb":
-        faces = _glb_face_count(data, limits)
+        faces = _glb_face_count(data, limits, name)
     elif fmt == "gltf":
-        doc = load_json(data, "glTF file", limits.max_bytes)
+        doc = load_json(data, name, limits.max_bytes)
         # Beside a file on disk, references are checked here (inside its folder) and read by the full load.
-        faces = _gltf_face_count(
-            doc, "glTF file", limits, _FolderNotAtHand(upload) if limits.files_beside else None
-        )
+        faces = _gltf_face_count(doc, name, limits, _FolderNotAtHand(upload) if limits.files_beside else None)
     elif fmt == "zip":
-        faces = _zip_check(data, filename or "upload.zip", limits)
+        faces = _zip_check(data, name, limits)
     elif fmt == "ply":
         upload.check_text("ply", data)
         faces = _ply_face_count(data)
