@@ -358,7 +358,8 @@ def test_a_delivery_whose_gateway_died_is_taken_up_once_its_claim_lapses(redis_d
 
     store = RedisJobStore(redis_db)
     job = finished_job(store, receiver.url())
-    assert store.claim_delivery(job.id, 1)  # the gateway that died
+    claimed = time.monotonic()
+    assert store.claim_delivery(job.id, 3)  # the gateway that died
     store.redis.zadd(WEBHOOKS_PENDING, {"expired-job-id": 1.0})  # a job that expired before its webhook
     sender = WebhookSender(settings(webhook_allowlist="127.0.0.0/8"), store)
 
@@ -366,13 +367,14 @@ def test_a_delivery_whose_gateway_died_is_taken_up_once_its_claim_lapses(redis_d
         try:
             await sender.sweep()
             await asyncio.sleep(0.3)
-            assert receiver.received == []  # the claim still holds
-            await asyncio.sleep(1.0)
-            await sender.sweep()
-            for _ in range(100):
-                if receiver.received:
-                    break
-                await asyncio.sleep(0.05)
+            if time.monotonic() - claimed < 2.5:  # (a loaded machine may have taken longer)
+                assert receiver.received == []  # the claim still holds
+            deadline = time.monotonic() + 20
+            while not receiver.received and time.monotonic() < deadline:
+                await sender.sweep()
+                await asyncio.sleep(0.2)
+            assert time.monotonic() - claimed >= 3.0  # only after the claim lapsed
+            await asyncio.sleep(0.3)
         finally:
             await sender.close()
 
@@ -393,7 +395,7 @@ def test_the_rate_limit_is_a_sliding_window_with_a_true_retry_after(kind, redis_
     start = time.monotonic()
     assert [store.take_rate("c", 5, window) for _ in range(5)] == [0.0] * 5
     wait = store.take_rate("c", 5, window)
-    assert 0 < wait <= window - (time.monotonic() - start) + 0.05, wait
+    assert window - (time.monotonic() - start) - 0.05 <= wait <= window, wait  # the oldest's time left
     assert store.take_rate("c", 5, window) > 0  # refused attempts do not extend the wait...
     assert store.take_rate("other", 5, window) == 0.0  # ...and clients are counted apart
     time.sleep(wait)
