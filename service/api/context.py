@@ -38,5 +38,6 @@ class ServiceContext:
             self.webhooks = WebhookSender(self.settings, self.store)
 
 
-def get_context(request: Request) -> ServiceContext:
+async def get_context(request: Request) -> ServiceContext:
+    # async (it does no I/O): FastAPI runs a plain `def` dependency in the thread pool, a hop per request
     return request.app.state.context
