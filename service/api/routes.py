@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import weakref
 from pathlib import PurePosixPath
 from typing import Annotated
 from urllib.parse import quote
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import ValidationError
@@ -77,6 +80,20 @@ Ctx = Annotated[ServiceContext, Depends(get_context)]
 Owner = Annotated[str | None, Depends(owner_of)]
 
 
+#: threads one gateway process submits on at once. submit() is a few Redis round trips and a Celery publish;
+#: more threads than this only contend for the GIL (at 50 clients: same req/s, p99 1.8x worse with 40).
+SUBMIT_THREADS = 8
+_SUBMIT_LIMITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _submit_limiter() -> CapacityLimiter:
+    """One limiter per event loop (a CapacityLimiter belongs to the loop it was first used in)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _SUBMIT_LIMITERS:
+        _SUBMIT_LIMITERS[loop] = CapacityLimiter(SUBMIT_THREADS)
+    return _SUBMIT_LIMITERS[loop]
+
+
 def _accepted(response: Response, job: JobRecord, created: bool) -> JobAccepted:
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
@@ -100,7 +117,7 @@ def _owned_job(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord
     tags=["jobs"],
     summary="Generate N views of an object from a prompt",
 )
-def create_multiview(
+async def create_multiview(
     request_body: Annotated[MultiviewJob, Body(openapi_examples=_MULTIVIEW_EXAMPLES)],
     response: Response,
     ctx: Ctx,
@@ -109,14 +126,17 @@ def create_multiview(
 ) -> JobAccepted:
     params = engine_params(request_body)
     full = request_body.model_dump(mode="json")
-    job, created = submit(
-        ctx,
-        JobKind.multiview,
-        params,
-        owner,
-        idempotency_key,
-        compare=full,
-        webhook_url=webhook_of(request_body),
+    job, created = await to_thread.run_sync(
+        lambda: submit(
+            ctx,
+            JobKind.multiview,
+            params,
+            owner,
+            idempotency_key,
+            compare=full,
+            webhook_url=webhook_of(request_body),
+        ),
+        limiter=_submit_limiter(),
     )
     return _accepted(response, job, created)
 
