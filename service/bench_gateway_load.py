@@ -86,8 +86,27 @@ def bare_app():  # noqa: ANN201 - a FastAPI app (fastapi imported lazily)
     return app
 
 
-def _wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, Any]:
-    """One wrk run; its own CPU time says whether it could have been the bottleneck."""
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and its children (Linux /proc; 0 elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = entry.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        stats[int(entry.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    tree, total = {root}, 0.0
+    for _ in range(4):  # the uvicorn supervisor's workers are its children
+        tree |= {pid for pid, (ppid, _) in stats.items() if ppid in tree}
+    for pid in tree:
+        total += stats.get(pid, (0, 0.0))[1]
+    return total
+
+
+def _wrk(url: str, concurrency: int, seconds: float, script: Path, server_pid: int = 0) -> dict[str, Any]:
+    """One wrk run; its own CPU time says whether it could have been the bottleneck, the server's CPU
+    time per request is the cost figure least moved by other load on the machine."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
@@ -102,9 +121,11 @@ def _wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, 
         str(script),
         url,
     ]
+    cpu0 = _tree_cpu_seconds(server_pid) if server_pid else 0.0
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read() if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
+    server_cpu = _tree_cpu_seconds(server_pid) - cpu0 if server_pid else 0.0
     proc.returncode = os.waitstatus_to_exitcode(status)
     lines = [line for line in out.splitlines() if line.startswith('{"requests"')]
     if proc.returncode != 0 or not lines:
@@ -121,6 +142,7 @@ def _wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, 
         "max_ms": round(raw["max_us"] / 1e3, 2),
         "errors": errors,
         "wrk_cpu_share": round((usage.ru_utime + usage.ru_stime) / seconds_run, 3),
+        "server_cpu_ms_per_request": round(1e3 * server_cpu / max(raw["requests"], 1), 3),
     }
 
 
@@ -136,8 +158,8 @@ def _scripts(workdir: Path) -> dict[str, Path]:
     return {"get": get, "post": post}
 
 
-def _servers(stack: ExitStack, workdir: Path, workers: int) -> tuple[str, str, str]:
-    """redis-server, the gateway and the bare app; returns (gateway URL, bare URL, a job id)."""
+def _servers(stack: ExitStack, workdir: Path, workers: int) -> tuple[dict[str, tuple[str, int]], str]:
+    """redis-server, the gateway and the bare app; returns ({app: (URL, pid)}, a job id)."""
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         raise RuntimeError("redis-server is not installed")
@@ -153,25 +175,28 @@ def _servers(stack: ExitStack, workdir: Path, workers: int) -> tuple[str, str, s
         REDIS_ENV: broker,
     }
 
-    def spawn(args: list[str], name: str) -> None:
+    def spawn(args: list[str], name: str) -> int:
         log = (workdir / f"{name}.log").open("wb")
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         stack.callback(lambda: (proc.terminate(), proc.wait(20)))
+        return proc.pid
 
     import socket
 
     spawn([redis_bin, "--port", str(rport), "--save", "", "--appendonly", "no"], "redis")
     _wait(lambda: socket.create_connection(("127.0.0.1", rport), 0.2).close() is None, 10, "redis")
-    spawn([sys.executable, "-m", "service.cli", "serve", "--broker", broker, "--port", str(gport)], "gateway")
+    gpid = spawn(
+        [sys.executable, "-m", "service.cli", "serve", "--broker", broker, "--port", str(gport)], "gateway"
+    )
     server = [sys.executable, "-m", "uvicorn", "service.bench_gateway_load:bare_app", "--factory"]
     server += ["--port", str(bport), "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
-    spawn(server, "bare")
+    bpid = spawn(server, "bare")
     gateway, bare = f"http://127.0.0.1:{gport}", f"http://127.0.0.1:{bport}"
     _wait(lambda: httpx.get(gateway + "/healthz", timeout=1).status_code == 200, 60, "the gateway")
     _wait(lambda: httpx.get(bare + "/v1/jobs/none", timeout=1).status_code == 404, 60, "the bare app")
     accepted = httpx.post(gateway + "/v1/multiview", json=JOB, timeout=10)
     accepted.raise_for_status()
-    return gateway, bare, accepted.json()["id"]
+    return {"gateway": (gateway, gpid), "bare": (bare, bpid)}, accepted.json()["id"]
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float:
@@ -196,11 +221,9 @@ def run(
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="realiz3d-bench-gw-")))
         scripts = _scripts(workdir)
-        gateway, bare, job_id = _servers(stack, workdir, workers)
-        urls = {
-            "get": {"bare": f"{bare}/v1/jobs/{job_id}", "gateway": f"{gateway}/v1/jobs/{job_id}"},
-            "post": {"bare": f"{bare}/v1/multiview", "gateway": f"{gateway}/v1/multiview"},
-        }
+        servers, job_id = _servers(stack, workdir, workers)
+        paths = {"get": f"/v1/jobs/{job_id}", "post": "/v1/multiview"}
+        urls = {route: {app: servers[app][0] + path for app in servers} for route, path in paths.items()}
         if warmup_seconds > 0:
             for route in urls:
                 for app in urls[route]:
@@ -209,19 +232,28 @@ def run(
             order = ("bare", "gateway") if i % 2 == 0 else ("gateway", "bare")
             for route in ("get", "post"):
                 for app in order:
-                    row = _wrk(urls[route][app], concurrency, seconds, scripts[route])
+                    row = _wrk(urls[route][app], concurrency, seconds, scripts[route], servers[app][1])
                     results[route][app].append(row)
                     print(f"round {i + 1} {route.upper()} {app}: {json.dumps(row)}", flush=True)
     summary: dict[str, Any] = {}
     for route, apps in results.items():
         per_app = {
-            app: {k: _median(rows, k) for k in ("rps", "p50_ms", "p99_ms", "wrk_cpu_share")}
+            app: {
+                k: _median(rows, k)
+                for k in ("rps", "p50_ms", "p99_ms", "wrk_cpu_share", "server_cpu_ms_per_request")
+            }
             | {"errors": sum(r["errors"] for r in rows), "requests": sum(r["requests"] for r in rows)}
             for app, rows in apps.items()
         }
         ratios = [g["rps"] / b["rps"] for b, g in zip(apps["bare"], apps["gateway"], strict=True)]
         per_app["ratio"] = round(statistics.median(ratios), 3)
         per_app["ratios"] = [round(r, 3) for r in ratios]
+        # the same comparison as CPU cost (bare / gateway CPU per request): what 1 core would give
+        per_app["cpu_ratio"] = round(
+            per_app["bare"]["server_cpu_ms_per_request"]
+            / max(per_app["gateway"]["server_cpu_ms_per_request"], 1e-9),
+            3,
+        )
         summary[route] = per_app
     met = {
         "get_ratio": summary["get"]["ratio"] >= GOALS["get_ratio"],
@@ -277,8 +309,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Load generator: {report['load_generator']}.",
         f"Machine: {report['machine']} (shared: the load generator, Redis and both apps run on it).",
         "",
-        "| route | app | req/s | p50 ms | p99 ms | errors | gateway/bare (per round) | wrk CPU share |",
-        "|---|---|---|---|---|---|---|---|",
+        "| route | app | req/s | p50 ms | p99 ms | errors | gateway/bare req/s (per round) | server CPU ms/request "
+        "| wrk CPU share |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for route, title in (("get", "`GET /v1/jobs/{id}`"), ("post", "`POST /v1/multiview`")):
         for app in ("bare", "gateway"):
@@ -290,9 +323,13 @@ def markdown(report: dict[str, Any]) -> str:
             )
             lines.append(
                 f"| {title} | {app} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {ratio} "
-                f"| {r['wrk_cpu_share']} |"
+                f"| {r['server_cpu_ms_per_request']} | {r['wrk_cpu_share']} |"
             )
     lines += [
+        "",
+        "Server CPU ms/request: CPU time of the app's processes over the run / requests answered; "
+        f"bare/gateway: GET {s['get']['cpu_ratio']}, POST {s['post']['cpu_ratio']} (the req/s ratio one "
+        "free core each would give; less moved by other load on a shared machine than req/s).",
         "",
         f"Goals: GET >= {goals['get_ratio']}x the bare app: {'met' if met['get_ratio'] else 'NOT met'}; "
         f"POST >= {goals['post_ratio']}x: {'met' if met['post_ratio'] else 'NOT met'}; "
