@@ -538,10 +538,12 @@ class RedisJobStore:
         pipe.execute()
 
     def live_workers(self) -> list[dict[str, Any]]:
-        names = self.redis.zrangebyscore(P + "workers", time.time(), "+inf")
-        if not names:
-            return []
-        return [json.loads(i) for i in self.redis.hmget(P + "workers:info", names) if i]
+        # One round trip (every submission asks): the live names and every worker's info together.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebyscore(P + "workers", time.time(), "+inf")
+        pipe.hgetall(P + "workers:info")
+        names, infos = pipe.execute()
+        return [json.loads(infos[n]) for n in names if infos.get(n)]
 
     def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
         """True for the one process that gets to deliver this job's webhook (several gateways listen).
