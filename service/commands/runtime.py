@@ -65,18 +65,37 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser(
         "bench",
-        help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway, throughput, "
+        help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway (HTTP ceiling vs "
+        "a bare FastAPI app), gateway-overhead (queue latency), throughput, "
         "resolution (the default model at 32 vs 64 px: training step and generation), memory (peak RSS per "
         "job kind and per hostile upload)",
     )
     b.add_argument(
-        "target", choices=("unet", "geometry", "unwrap", "gateway", "throughput", "resolution", "memory")
+        "target",
+        choices=(
+            "unet",
+            "geometry",
+            "unwrap",
+            "gateway",
+            "gateway-overhead",
+            "throughput",
+            "resolution",
+            "memory",
+        ),
     )
-    b.add_argument("--concurrency", type=int, default=8, help="throughput: concurrent clients")
+    b.add_argument(
+        "--concurrency", type=int, default=None, help="throughput, gateway: concurrent clients (8, 50)"
+    )
+    b.add_argument("--seconds", type=float, default=10.0, help="gateway: seconds per load run")
+    b.add_argument(
+        "--api-workers", type=int, default=None, help="gateway: processes per app (REALIZ3D_API_WORKERS)"
+    )
     b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
     b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
     b.add_argument("--job-views", type=int, default=4, help="throughput: views per job")
-    b.add_argument("--rounds", type=int, default=3, help="throughput: alternating rounds per configuration")
+    b.add_argument(
+        "--rounds", type=int, default=3, help="throughput, gateway: alternating rounds per configuration"
+    )
     b.add_argument(
         "--name", default=None, help="unet, throughput: report file name, no extension (backends, throughput)"
     )
@@ -214,6 +233,17 @@ def run_bench(args: argparse.Namespace) -> int:
 
         run_resolution_bench(out_dir=args.out)
     elif args.target == "gateway":
+        from service.bench_gateway_load import run as run_load
+
+        report = run_load(
+            concurrency=args.concurrency or 50,
+            seconds=args.seconds,
+            rounds=args.rounds,
+            workers=args.api_workers,
+            out_dir=args.out,
+        )
+        print(json.dumps({"summary": report["summary"], "met": report["met"]}, indent=2))
+    elif args.target == "gateway-overhead":
         from service.bench_gateway import run
 
         run(out_dir=args.out)
@@ -221,7 +251,7 @@ def run_bench(args: argparse.Namespace) -> int:
         from service.bench_throughput import run
 
         report = run(
-            concurrency=args.concurrency,
+            concurrency=args.concurrency or 8,
             jobs=args.jobs,
             steps=args.job_steps,
             views=args.job_views,
