@@ -213,6 +213,13 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# The info of the workers whose heartbeat has not expired (KEYS: workers zset, workers:info hash).
+_LIVE_WORKERS = """
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+if #names == 0 then return {} end
+return redis.call('HMGET', KEYS[2], unpack(names))
+"""
+
 _JSON_FIELDS = ("params", "timings", "error", "artifacts")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "stage_fraction", "webhook_delivered_at")
 _INT_FIELDS = (
@@ -346,6 +353,7 @@ class RedisJobStore:
         self._cancel = r.register_script(_CANCEL)
         self._requeue_one = r.register_script(_REQUEUE_ONE)
         self._fail_waiting = r.register_script(_FAIL_WAITING)
+        self._live_workers = r.register_script(_LIVE_WORKERS)
         self._take_rate = r.register_script(_TAKE_RATE)
         self._record_webhook = r.register_script(_RECORD_WEBHOOK)
 
@@ -538,12 +546,10 @@ class RedisJobStore:
         pipe.execute()
 
     def live_workers(self) -> list[dict[str, Any]]:
-        # One round trip (every submission asks): the live names and every worker's info together.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrangebyscore(P + "workers", time.time(), "+inf")
-        pipe.hgetall(P + "workers:info")
-        names, infos = pipe.execute()
-        return [json.loads(infos[n]) for n in names if infos.get(n)]
+        # One round trip (every submission asks): the live names and their info in one script.
+        return [
+            json.loads(i) for i in self._live_workers([P + "workers", P + "workers:info"], [time.time()]) if i
+        ]
 
     def claim_delivery(self, job_id: str, ttl_seconds: int) -> bool:
         """True for the one process that gets to deliver this job's webhook (several gateways listen).
