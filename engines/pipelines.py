@@ -156,18 +156,24 @@ class Realiz3DPipeline:
         backend: str = "torch",
         adapters: str = "fused",
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str | None = None,
         engine_cache_dir: str | Path | None = None,
         max_objects: int = 4,
         engine_memory_budget_bytes: int | None = None,
+        cuda_graphs: bool | None = None,
     ) -> Realiz3DPipeline:
         """Load a model folder (None = the embedded default) onto a device and prepare the backend.
 
+        `precision`: None = the backend's default (`backend_names.DEFAULT_PRECISION`).
+        `engine_cache_dir`: None = the one cache root rule (`engine_cache.cache_root`).
         `max_objects`: the most objects one UNet call serves where a backend is built for a largest
         batch (TensorRT's profile); a batching worker passes its `batch_max_jobs`.
-        `engine_memory_budget_bytes`: TensorRT keeps its loaded engines within this (None: no bound)."""
+        `engine_memory_budget_bytes`: TensorRT keeps its loaded engines within this (None: no bound).
+        `cuda_graphs`: None = the backend's default; True/False forces CUDA graphs (compile, tensorrt)."""
+        from engines.runtime.backend_names import default_precision
         from engines.runtime.torch_runner import PRECISIONS
 
+        precision = precision or default_precision(backend)
         if precision not in PRECISIONS:
             raise UserInputError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         dev = resolve_device(device)
@@ -185,6 +191,7 @@ class Realiz3DPipeline:
             engine_cache_dir=engine_cache_dir,
             max_objects=max_objects,
             engine_memory_budget_bytes=engine_memory_budget_bytes,
+            cuda_graphs=cuda_graphs,
         )
 
     @property
@@ -270,7 +277,8 @@ class Realiz3DPipeline:
             if geom.shape[0] != views:
                 raise UserInputError(f"geometry maps for {geom.shape[0]} views, {views} cameras")
         job = DenoiseJob(
-            scheduler=make_scheduler(params.scheduler, self.model.scheduler_config),
+            # the request's sampler, else the model's `default_scheduler` (realiz3d.json)
+            scheduler=make_scheduler(params.scheduler or cfg.default_scheduler, self.model.scheduler_config),
             latents=noise.to(dev),
             text=prompt_emb.expand(views, -1, -1).to(dev),
             uncond_text=negative_emb.expand(views, -1, -1).to(dev),
@@ -336,6 +344,7 @@ class Realiz3DPipeline:
             "precision": str(self.runner.dtype).removeprefix("torch."),
             "device": str(self.runner.device),
             "schedule": plan.schedule.model_dump(exclude_defaults=True),
+            "scheduler": params.scheduler or self.model.config.default_scheduler,
             "guidance_scale": plan.job.guidance_scale,
             "schedule_steps": [c.label() for c in plan.job.combos],
             "request": params.model_dump(mode="json"),
@@ -412,8 +421,14 @@ class Realiz3DPipeline:
         return result
 
     def warmup(self) -> None:
-        """One tiny run so the first request pays no lazy initialisation (fusing, compiling, allocation)."""
+        """One tiny run so the first request pays no lazy initialisation (fusing, compiling, allocation).
+
+        At the model's native view count and resolution: the shape `prepare` and `realiz3d build-engines`
+        build, so a graph backend's warm-up adds no engine of another shape to the cache."""
         cfg = self.model.config
         schedule = cfg.default_schedule
         self.runner.prepare(sorted(set(schedule.combos(2))))
-        self.multiview(MultiviewRequest(prompt="warmup", num_views=1, steps=2, seed=0, schedule=schedule))
+        request = MultiviewRequest(
+            prompt="warmup", num_views=cfg.num_views, steps=2, seed=0, schedule=schedule
+        )
+        self.multiview(request)

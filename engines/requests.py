@@ -45,7 +45,9 @@ class GenerationParams(BaseModel):
         description="{split: 0..1} or {domain: real|synthetic}, optionally with blocks: K (after the step "
         "split the first K block sites stay synthetic); the model's default when omitted",
     )
-    scheduler: Literal["ddim", "dpm++"] = "ddim"
+    scheduler: Literal["ddim", "dpm++"] | None = Field(
+        None, description="sampler; the model's default_scheduler (realiz3d.json) when omitted"
+    )
 
     @field_validator("prompt")
     @classmethod

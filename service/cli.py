@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "service.commands.texturing",
     "service.commands.serving",
     "service.commands.runtime",
+    "service.commands.engines",
     "service.commands.loadtest",
     "service.commands.training",
     "service.commands.importing",

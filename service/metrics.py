@@ -57,7 +57,52 @@ GPU_MEMORY_BYTES = Gauge(
     "realiz3d_gpu_memory_bytes", "GPU memory allocated by the worker", multiprocess_mode="livesum"
 )
 
+# The compiled-engine cache (engines/runtime/engine_cache.py), per cache folder: backend "onnx" (ONNX
+# graphs; the tensorrt backend's exports too) or "tensorrt" (engines). Fed by `watch_engine_cache`.
+ENGINE_CACHE_HITS = Counter(
+    "realiz3d_engine_cache_hits_total", "Engine cache lookups that loaded a built entry", ["backend"]
+)
+ENGINE_CACHE_MISSES = Counter(
+    "realiz3d_engine_cache_misses_total",
+    "Engine cache lookups that found no usable entry (an export or engine build followed)",
+    ["backend"],
+)
+ENGINE_BUILD_SECONDS = Histogram(
+    "realiz3d_engine_build_seconds",
+    "Seconds per engine cache build (ONNX export, TensorRT engine build)",
+    ["backend"],
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600),
+)
+ENGINE_CACHE_STALE = Counter(
+    "realiz3d_engine_cache_stale_entries_total",
+    "Entries of other library versions or cache formats found at a miss (never loaded; engines prune --stale)",
+    ["backend"],
+)
+
 STAGES = ("queue_wait", "text_encode", "denoise", "decode", "bake", "total")
+
+
+def _engine_cache_event(event: str, backend: str, seconds: float) -> None:
+    if event == "hit":
+        ENGINE_CACHE_HITS.labels(backend).inc()
+    elif event == "miss":
+        ENGINE_CACHE_MISSES.labels(backend).inc()
+    elif event == "built":
+        ENGINE_BUILD_SECONDS.labels(backend).observe(seconds)
+    elif event == "stale":
+        ENGINE_CACHE_STALE.labels(backend).inc()
+
+
+def watch_engine_cache(backend: str) -> None:
+    """Feed this process's engine cache events into the `realiz3d_engine_cache_*` metrics (idempotent),
+    with zero-valued series for the cache folders `backend` uses, so a scrape shows 0 rather than nothing.
+    Imports the engines lazily: a gateway-only process never calls this."""
+    from engines.runtime.engine_cache import STATS
+
+    STATS.add_listener(_engine_cache_event)
+    for folder in {"onnx": ("onnx",), "tensorrt": ("onnx", "tensorrt")}.get(backend, ()):
+        ENGINE_CACHE_HITS.labels(folder)
+        ENGINE_CACHE_MISSES.labels(folder)
 
 
 class QueueDepthCollector:

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from engines.runtime.backend_names import BACKENDS, PRECISION_NAMES
+from engines.runtime.backend_names import BACKENDS, PRECISION_NAMES, default_precision
 
 #: the named choices a setting takes (validated where settings are read: env or CLI flags)
 _ALLOWED_NAMES = {"backend": BACKENDS, "precision": PRECISION_NAMES, "adapters": ("fused", "unfused")}
@@ -108,9 +108,22 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="model folder; unset = embedded default model")
     backend: str = "torch"
     adapters: str = "fused"
-    precision: str = "fp32"
+    precision: str | None = Field(
+        None,
+        description="UNet precision (fp32, fp16, bf16); unset = the backend's default: fp16 for tensorrt "
+        "and torch-tensorrt, fp32 otherwise (engines.runtime.backend_names.DEFAULT_PRECISION)",
+    )
     device: str = "auto"
-    engine_cache_dir: Path = Path("./realiz3d-engines")
+    engine_cache_dir: Path | None = Field(
+        None,
+        description="compiled-engine cache (ONNX graphs, TensorRT engines); unset = $REALIZ3D_HOME/engines, "
+        "else ~/.cache/realiz3d/engines: the one rule of every entry point (engine_cache.cache_root)",
+    )
+    cuda_graphs: bool | None = Field(
+        None,
+        description="CUDA graphs for the UNet: unset = the backend's default (compile on CUDA: on; "
+        "tensorrt: off); true/false forces them for compile and tensorrt (true with another backend fails)",
+    )
     engine_memory_budget_mb: int | None = Field(
         None, ge=1, description="TensorRT: loaded engines kept within this many MB, least recently used out"
     )
@@ -168,11 +181,18 @@ class Settings(BaseSettings):
 
     @field_validator("backend", "precision", "adapters")
     @classmethod
-    def _known_name(cls, v: str, info: ValidationInfo) -> str:
+    def _known_name(cls, v: str | None, info: ValidationInfo) -> str | None:
         allowed = _ALLOWED_NAMES[info.field_name]
+        if v is None and info.field_name == "precision":
+            return v  # the backend's default (_default_precision)
         if v not in allowed:
             raise ValueError(f"{info.field_name} must be one of {', '.join(allowed)}")
         return v
+
+    @field_validator("engine_cache_dir", "precision", "cuda_graphs", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v  # REALIZ3D_X="" = the default rule
 
     @field_validator("webhook_allowlist")
     @classmethod
@@ -199,6 +219,12 @@ class Settings(BaseSettings):
     def _limits_ordered(self) -> Settings:
         if self.job_time_limit <= self.job_soft_time_limit:
             raise ValueError("job_time_limit (hard) must be larger than job_soft_time_limit")
+        return self
+
+    @model_validator(mode="after")
+    def _default_precision(self) -> Settings:
+        if self.precision is None:  # one default per backend, stated once (backend_names)
+            self.precision = default_precision(self.backend)
         return self
 
     def mesh_limits(self):  # noqa: ANN201 - engines' MeshLimits, imported lazily (no engines at import time)

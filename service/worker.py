@@ -35,7 +35,11 @@ def default_worker_name(settings: Settings) -> str:
 
 def load_pipeline(settings: Settings) -> Any:
     """The pipeline this worker serves (`engines.pipelines.Realiz3DPipeline` unless a factory is set),
-    with its UNet-call hook feeding `realiz3d_unet_step_seconds` and `realiz3d_unet_batch_size`."""
+    with its UNet-call hook feeding `realiz3d_unet_step_seconds` and `realiz3d_unet_batch_size`; the
+    engine cache's hits, misses and build seconds feed `realiz3d_engine_cache_*` from before the load
+    (a load may build engines)."""
+    if not settings.pipeline_factory:
+        metrics.watch_engine_cache(settings.backend)
     pipeline = _build_pipeline(settings)
     if hasattr(pipeline, "on_unet_call"):
         step_seconds = metrics.UNET_STEP_SECONDS.labels(settings.backend)
@@ -65,6 +69,7 @@ def _build_pipeline(settings: Settings) -> Any:
         engine_memory_budget_bytes=(
             settings.engine_memory_budget_mb * 2**20 if settings.engine_memory_budget_mb else None
         ),
+        cuda_graphs=settings.cuda_graphs,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.runtime.backend_names import BACKENDS
+from engines.runtime.backend_names import BACKENDS, default_precision
 from engines.runtime.base import UNetRunner
 
 
@@ -15,18 +15,28 @@ def make_runner(
     model: Realiz3DModel,
     backend: str = "torch",
     adapters: str = "fused",
-    precision: str = "fp32",
+    precision: str | None = None,
     engine_cache_dir: str | Path | None = None,
     max_objects: int = 4,
     engine_memory_budget_bytes: int | None = None,
+    cuda_graphs: bool | None = None,
     **_: Any,
 ) -> UNetRunner:
-    """`max_objects`: TensorRT's profile holds this many objects (x views x CFG) per call; a worker
-    passes its `batch_max_jobs` so one step of all its jobs fits one engine call."""
+    """`precision`: None = the backend's default (`backend_names.DEFAULT_PRECISION`).
+    `engine_cache_dir`: None = `engine_cache.cache_root()`'s rule.
+    `max_objects`: TensorRT's profile holds this many objects (x views x CFG) per call; a worker
+    passes its `batch_max_jobs` so one step of all its jobs fits one engine call.
+    `cuda_graphs`: None = the backend's default (compile on CUDA: on; tensorrt: off); True/False forces
+    it where the backend has CUDA graphs (compile, tensorrt), and True elsewhere is refused."""
     if backend not in BACKENDS:
         raise UserInputError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if adapters not in ("fused", "unfused"):
         raise UserInputError(f"adapters must be fused or unfused, got {adapters!r}")
+    precision = precision or default_precision(backend)
+    if cuda_graphs and backend not in ("compile", "tensorrt"):
+        raise UserInputError(
+            f"cuda_graphs: backend {backend} has no CUDA graph mode (compile and tensorrt do)"
+        )
     if backend == "torch":
         from engines.runtime.torch_runner import TorchRunner
 
@@ -36,7 +46,10 @@ def make_runner(
     if backend == "compile":
         from engines.runtime.compile_runner import CompileRunner
 
-        return CompileRunner(model, precision=precision)
+        if cuda_graphs and model.device.type != "cuda":
+            raise UserInputError("cuda_graphs needs a CUDA device")
+        mode = None if cuda_graphs is None else ("reduce-overhead" if cuda_graphs else "default")
+        return CompileRunner(model, precision=precision, mode=mode)
     if backend == "onnx":
         from engines.runtime.onnx_runner import OnnxRunner
 
@@ -61,5 +74,6 @@ def make_runner(
         cache_dir=engine_cache_dir,
         precision=precision,
         max_objects=max_objects,
+        cuda_graphs=bool(cuda_graphs),
         memory_budget_bytes=engine_memory_budget_bytes,
     )

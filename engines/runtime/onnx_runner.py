@@ -219,7 +219,7 @@ def cached_graph(
         export_unet(model, combo, shape, tmp / GRAPH_FILE, dtype=dtype)
 
     label = graph_label(combo, shape) + ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}")
-    entry = cache.get_or_build("onnx", label, parts, build)
+    entry = cache.get_or_build("onnx", label, parts, build, info={"model": model.config.name})
     log.info(
         "onnx graph %s: %s", label, "cache hit" if entry.hit else f"built in {entry.build_seconds:.1f} s"
     )

@@ -26,7 +26,8 @@ def denoise(
     `on_unet_call(images, jobs, seconds)` observes every UNet call (the service's metrics). `max_cells`:
     the budget of one call in UNet-input cells; a step above it runs as several calls of whole objects.
     """
-    runner.prepare(sorted(set(job.combos)))
+    if not hasattr(runner, "ready_for"):  # graph backends build the job's own shape on its first call;
+        runner.prepare(sorted(set(job.combos)))  # their prepare() builds the model's default shape
     while not job.done:
         if should_cancel is not None and should_cancel():
             raise JobCanceled(f"canceled at step {job.step_index}/{job.num_steps}")

@@ -31,9 +31,10 @@ may pin, and every version-dependent name is guarded (tests/test_tensorrt_api.py
 - Loaded engines are held under `memory_budget_bytes` (`REALIZ3D_ENGINE_MEMORY_BUDGET_MB`; plan bytes,
   i.e. weights), least recently used dropped first (`engine_lru.py`); a dropped one is deserialized
   again from the engine cache when next used, not rebuilt.
-- `cuda_graphs=True` captures one CUDA graph per (engine, batch) on the first call of that shape and
-  replays it (static input/output buffers; inputs are copied in). The graphs bake in the shared buffer's
-  address, so they are dropped whenever that buffer grows.
+- `cuda_graphs=True` (the worker's `REALIZ3D_CUDA_GRAPHS=true`) captures one CUDA graph per (engine,
+  batch) on the first call of that shape and replays it (static input/output buffers; inputs are copied
+  in). The graphs bake in the shared buffer's address, so they are dropped whenever that buffer grows.
+- `precision` None: `backend_names.DEFAULT_PRECISION["tensorrt"]` (fp16).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import torch
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
+from engines.runtime.backend_names import default_precision
 from engines.runtime.background_builds import BackgroundBuilds
 from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
 from engines.runtime.engine_cache import (
@@ -115,6 +117,12 @@ def _trt():
     return trt
 
 
+def timing_cache_path(root: Path, fingerprint: dict[str, str], trt_version: str, device: str) -> Path:
+    """`<root>/tensorrt/timing-trt<version>-<tag>.cache` (`cache_admin.TIMING_CACHE` reads the version)."""
+    tag = cache_key({**fingerprint, "trt": trt_version, "device": device})
+    return root / "tensorrt" / f"timing-trt{trt_version.replace('-', '_')}-{tag[:32]}.cache"
+
+
 class _Engine:
     """One deserialized engine and its execution context (device memory supplied by the runner)."""
 
@@ -159,7 +167,7 @@ class TensorRTRunner:
         self,
         model: Realiz3DModel,
         cache_dir: str | Path | None = None,
-        precision: str = "fp16",
+        precision: str | None = None,
         num_views: int | None = None,
         max_objects: int = 4,
         cfg: bool = True,
@@ -174,6 +182,7 @@ class TensorRTRunner:
             )
         if model.device.type != "cuda":
             raise UserInputError("backend tensorrt runs on a CUDA device; use --device cuda")
+        precision = precision or default_precision("tensorrt")
         if precision not in ("fp32", "fp16", "bf16"):
             raise UserInputError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         self.trt = _trt()
@@ -238,9 +247,11 @@ class TensorRTRunner:
         }
 
     def timing_cache_path(self) -> Path:
-        """One timing cache per model, TensorRT version and GPU (tactic timings do not move across any)."""
-        tag = cache_key({**self.fingerprint, "trt": self.trt.__version__, "device": device_name(self.device)})
-        return self.cache.root / "tensorrt" / f"timing-{tag[:32]}.cache"
+        """One timing cache per model, TensorRT version and GPU (tactic timings do not move across any);
+        the version is in the name too, so `realiz3d engines prune --stale` can tell an old one."""
+        return timing_cache_path(
+            self.cache.root, self.fingerprint, self.trt.__version__, device_name(self.device)
+        )
 
     def build_plan(self, onnx_path: Path, shape: GraphShape, out: Path) -> None:
         trt = self.trt
@@ -290,7 +301,9 @@ class TensorRTRunner:
             self.build_plan(graph.file(GRAPH_FILE), shape, tmp / ENGINE_FILE)
 
         label = f"{graph_label(combo, shape)}-{self.precision}-{self.typing}"
-        entry = self.cache.get_or_build("tensorrt", label, self.key_parts(combo, shape), build)
+        entry = self.cache.get_or_build(
+            "tensorrt", label, self.key_parts(combo, shape), build, info={"model": self.model.config.name}
+        )
         self.entries.append((combo, shape, entry))
         return entry
 

@@ -31,6 +31,7 @@ import torch
 
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
+from engines.runtime.backend_names import default_precision
 from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
 from engines.runtime.engine_lru import EngineLRU
 from engines.runtime.onnx_export import (
@@ -94,7 +95,7 @@ class TorchTensorRTRunner:
     def __init__(
         self,
         model: Realiz3DModel,
-        precision: str = "fp16",
+        precision: str | None = None,
         max_objects: int = 4,
         memory_budget_bytes: int | None = None,
     ) -> None:
@@ -104,6 +105,7 @@ class TorchTensorRTRunner:
             )
         if model.device.type != "cuda":
             raise UserInputError("backend torch-tensorrt runs on a CUDA device; use --device cuda")
+        precision = precision or default_precision("torch-tensorrt")
         if precision not in PRECISIONS:
             raise UserInputError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         if not takes_domain_ids(model):

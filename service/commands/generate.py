@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engines.runtime.backend_names import BACKENDS
+from engines.runtime.backend_names import BACKENDS, DEFAULT_PRECISION
 from service.commands.camera_args import explicit_camera_args
+from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.progress_bar import progress_bar
 from service.commands.schedule_arg import parse_schedule
 
@@ -32,14 +33,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="domain schedule: a split in [0,1] (first part synthetic), 'real', 'synthetic', "
         "or per layer group e.g. '0.4,up=0' (default: the model's)",
     )
-    p.add_argument("--scheduler", choices=["ddim", "dpm++"], default="ddim")
+    p.add_argument(
+        "--scheduler",
+        choices=["ddim", "dpm++"],
+        default=None,
+        help="sampler (default: the model's default_scheduler in realiz3d.json)",
+    )
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--adapters", choices=["fused", "unfused"], default="fused")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "fp16"],
+        default=None,
+        help="default: the backend's (" + ", ".join(f"{b} {p}" for b, p in DEFAULT_PRECISION.items()) + ")",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CUDA graphs for compile/tensorrt (default: the backend's: compile on CUDA on, tensorrt off)",
+    )
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the embedded model)")
-    p.add_argument("--engine-cache", type=Path, default=None, help="compiled engine cache folder")
+    add_engine_cache_arg(p)
     p.add_argument("--out", type=Path, default=Path("out"))
     p.set_defaults(handler=run)
 
@@ -77,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         adapters=args.adapters,
         device=args.device,
         precision=args.precision,
-        engine_cache_dir=args.engine_cache,
+        engine_cache_dir=engine_cache_dir(args.engine_cache),
+        cuda_graphs=args.cuda_graphs,
     )
     with progress_bar(request.steps, "denoise") as update:
         result = pipe.multiview(request, progress=update)
@@ -87,4 +105,23 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {len(paths)} files to {args.out} (seed {result.seed}, denoise {t['denoise']:.2f} s, "
         f"total {t['total']:.2f} s)"
     )
+    cache_summary = engine_cache_summary(pipe)
+    if cache_summary:
+        print(cache_summary)
     return 0
+
+
+def engine_cache_summary(pipe) -> str | None:  # noqa: ANN001 - a Realiz3DPipeline
+    """`engine cache DIR: onnx 1 hit, 0 built` for a backend that uses the engine cache, else None."""
+    from engines.runtime.engine_cache import STATS
+
+    cache = getattr(pipe.runner, "cache", None)
+    counts = STATS.snapshot()
+    if cache is None or not counts:
+        return None
+    parts = [
+        f"{backend} {c['hits']} hit{'s' if c['hits'] != 1 else ''}, {c['builds']} built"
+        + (f", {c['stale']} stale not loaded" if c["stale"] else "")
+        for backend, c in sorted(counts.items())
+    ]
+    return f"engine cache {cache.root}: " + "; ".join(parts)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.schedule_arg import parse_schedule
-
-ENGINE_CACHE_ENV = "REALIZ3D_ENGINE_CACHE_DIR"
 
 
 def _csv(value: str) -> list[str]:
@@ -45,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=("fp32", "fp16", "bf16"),
         default=None,
-        help="default: onnx fp32, tensorrt fp16",
+        help="default: the backend's, as the worker's (REALIZ3D_PRECISION, else onnx fp32, tensorrt fp16)",
     )
     p.add_argument(
         "--max-objects",
@@ -55,12 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "worker uses, so the worker finds these engines in the cache)",
     )
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--engine-cache",
-        type=Path,
-        default=None,
-        help=f"cache folder (default: ${ENGINE_CACHE_ENV}, else ~/.cache/realiz3d/engines)",
-    )
+    add_engine_cache_arg(p)
     p.set_defaults(handler=run_build_engines)
 
     b = sub.add_parser(
@@ -113,7 +106,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--precision", type=_csv, default=["fp32", "bf16"], help="unet: comma-separated precisions"
     )
     b.add_argument("--steps", type=int, default=20, help="unet: timed repetitions per backend")
-    b.add_argument("--engine-cache", type=Path, default=None)
+    add_engine_cache_arg(b)
     b.add_argument("--skip-domain-cost", action="store_true", help="unet: only the per-backend table")
     b.add_argument("--shapes", type=_csv, default=None, help="unwrap: sphere,torus_knot,blob (all)")
     b.add_argument("--sizes", type=_csv, default=None, help="unwrap: face counts (10000,50000,100000,300000)")
@@ -123,18 +116,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(handler=run_bench)
 
 
-def engine_cache_dir(arg: Path | None) -> Path | None:
-    if arg is not None:
-        return arg
-    env = os.environ.get(ENGINE_CACHE_ENV)
-    return Path(env) if env else None
-
-
 def worker_batch_max_jobs() -> int:
     """`REALIZ3D_BATCH_MAX_JOBS` as the worker reads it: engines built with it are the worker's cache hits."""
     from service.settings import get_settings
 
     return get_settings().batch_max_jobs
+
+
+def worker_precision(backend: str) -> str:
+    """The precision a worker of `backend` runs: `REALIZ3D_PRECISION`, else the backend's default
+    (`backend_names.DEFAULT_PRECISION`). Engines built with it are the worker's cache hits."""
+    from service.settings import Settings
+
+    return Settings(backend=backend).precision  # type: ignore[return-value]
 
 
 def run_build_engines(args: argparse.Namespace) -> int:
@@ -143,7 +137,7 @@ def run_build_engines(args: argparse.Namespace) -> int:
     schedule = parse_schedule(args.schedule)
     if args.steps < 1:
         raise UserInputError("--steps must be at least 1")
-    precision = args.precision or ("fp16" if args.backend == "tensorrt" else "fp32")
+    precision = args.precision or worker_precision(args.backend)
     cache_dir = engine_cache_dir(args.engine_cache)
 
     from engines.models.default_model import default_model_dir

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from engines.runtime.backend_names import BACKENDS
+from service.commands.engines import ENGINE_CACHE_HELP
 from service.settings import API_PORT, Settings
 
 
@@ -24,7 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--backend", default=None, help="|".join(BACKENDS) + " (embedded mode)")
     serve.add_argument("--adapters", default=None, help="fused|unfused (embedded mode)")
     serve.add_argument("--device", default=None, help="auto|cpu|cuda (embedded mode)")
-    serve.add_argument("--precision", default=None, help="fp32|fp16|bf16 (embedded mode)")
+    serve.add_argument(
+        "--precision", default=None, help="fp32|fp16|bf16 (embedded mode; default: the backend's)"
+    )
+    serve.add_argument("--engine-cache", type=Path, default=None, help=ENGINE_CACHE_HELP + " (embedded mode)")
     serve.set_defaults(handler=run_serve)
 
     worker = subparsers.add_parser(
@@ -38,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--backend", default=None, help="|".join(BACKENDS))
     worker.add_argument("--adapters", default=None, help="fused|unfused")
     worker.add_argument("--device", default=None, help="auto|cpu|cuda")
-    worker.add_argument("--precision", default=None, help="fp32|fp16|bf16")
+    worker.add_argument("--precision", default=None, help="fp32|fp16|bf16 (default: the backend's)")
+    worker.add_argument("--engine-cache", type=Path, default=None, help=ENGINE_CACHE_HELP)
     worker.add_argument("--metrics-port", type=int, default=None, help="port of /metrics (default 9100)")
     worker.set_defaults(handler=run_worker_command)
 
@@ -53,6 +58,7 @@ SERVE_FLAGS = {
     "adapters": "adapters",
     "device": "device",
     "precision": "precision",
+    "engine_cache": "engine_cache_dir",
 }
 
 
@@ -158,6 +164,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
             "adapters": "adapters",
             "device": "device",
             "precision": "precision",
+            "engine_cache": "engine_cache_dir",
             "metrics_port": "worker_metrics_port",
         },
     )

@@ -13,6 +13,7 @@ from engines.errors import UserInputError
 from engines.runtime.backend_names import BACKENDS
 from service.commands.camera_args import explicit_camera_args
 from service.commands.camera_args import load_cameras_arg as _load_cameras
+from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.progress_bar import progress_bar
 from service.commands.schedule_arg import parse_schedule
 
@@ -36,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", default=None, help="0.4 | real | synthetic | 0.4,up=0 (model default)")
     p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "fp16"], default=None, help="default: the backend's"
+    )
     p.add_argument("--model", type=Path, default=None, help="model folder (embedded default model if unset)")
+    add_engine_cache_arg(p)
     _add_unwrap_arg(p)
     p.add_argument("--out", type=Path, default=Path("out/texture"))
     p.set_defaults(handler=run_texture)
@@ -118,12 +124,24 @@ def run_texture(args: argparse.Namespace) -> int:
     # Imported here: it pulls in torch and the model code, which `bake` and `render` never need.
     from engines.pipelines import Realiz3DPipeline
 
-    pipe = Realiz3DPipeline.load(args.model, backend=args.backend, adapters=args.adapters)
+    pipe = Realiz3DPipeline.load(
+        args.model,
+        backend=args.backend,
+        adapters=args.adapters,
+        device=args.device,
+        precision=args.precision,
+        engine_cache_dir=engine_cache_dir(args.engine_cache),
+    )
     bar = progress_bar(request.steps, "denoise")
     with bar as update:
         result = pipe.texture(request, args.mesh, progress=update, stage_progress=bar.stage, limits=limits)
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
+    from service.commands.generate import engine_cache_summary
+
+    cache_summary = engine_cache_summary(pipe)
+    if cache_summary:
+        print(cache_summary)
     return 0
 
 
