@@ -177,7 +177,8 @@ class Realiz3DPipeline:
         if precision not in PRECISIONS:
             raise UserInputError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         dev = resolve_device(device)
-        if dev.type == "cpu" and precision == "fp16":
+        if dev.type == "cpu" and precision == "fp16" and backend in ("torch", "compile"):
+            # (the TensorRT backends refuse a CPU themselves, naming what they need)
             raise UserInputError("fp16 needs a GPU; use fp32 or bf16 on the CPU")
         dtype = PRECISIONS[precision] if backend == "torch" else torch.float32
         model = load_model(model_dir if model_dir is not None else default_model_dir(), dtype=dtype)

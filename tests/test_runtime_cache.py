@@ -1,15 +1,28 @@
-"""Engine cache: keys, hits, corrupt/stale entries rebuilt, atomic concurrent builds across processes."""
+"""Engine cache: keys, hits, corrupt/stale entries rebuilt, atomic concurrent builds across processes; one
+root rule; stale entries never loaded and said; counted (Prometheus); `realiz3d engines list|prune`."""
 
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
+import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from engines.runtime.engine_cache import MANIFEST, EngineCache, cache_key
+from engines.runtime import cache_admin, engine_cache
+from engines.runtime.engine_cache import (
+    MANIFEST,
+    CacheStats,
+    EngineCache,
+    cache_key,
+    cache_root,
+    library_versions,
+)
+from service.cli import main
 
 PARTS = {
     "base_weights": "abc",
@@ -135,3 +148,175 @@ def test_two_processes_building_at_once_end_with_one_good_entry(tmp_path):
     assert len(entries) == 1
     hit = EngineCache(tmp_path).lookup("onnx", "rrr", cache_key(PARTS))
     assert hit is not None and hit.path == entries[0]
+
+
+# ---- one root, stale entries, counting, engines list|prune ---------------------------------------------
+
+
+def test_one_cache_root_rule_flag_then_env_then_home_then_user_cache(monkeypatch, tmp_path):
+    from service.commands.engines import engine_cache_dir
+
+    monkeypatch.delenv("REALIZ3D_ENGINE_CACHE_DIR", raising=False)
+    monkeypatch.delenv("REALIZ3D_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == engine_cache_dir(None) == tmp_path / "xdg" / "realiz3d" / "engines"
+    monkeypatch.setenv("REALIZ3D_HOME", str(tmp_path / "home"))
+    assert cache_root() == engine_cache_dir(None) == tmp_path / "home" / "engines"
+    monkeypatch.setenv("REALIZ3D_ENGINE_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_root() == engine_cache_dir(None) == tmp_path / "env"
+    assert cache_root(tmp_path / "flag") == engine_cache_dir(tmp_path / "flag") == tmp_path / "flag"
+    # the worker's and the embedded server's root: the same rule through Settings
+    from service.settings import Settings
+
+    assert EngineCache(Settings().engine_cache_dir).root == tmp_path / "env"
+    monkeypatch.setenv("REALIZ3D_ENGINE_CACHE_DIR", "")  # empty = unset (a chart may render it so)
+    assert EngineCache(Settings().engine_cache_dir).root == tmp_path / "home" / "engines"
+    # a relative folder is resolved once, against the directory it was given in
+    monkeypatch.chdir(tmp_path)
+    assert cache_root("rel") == tmp_path / "rel"
+
+
+def _entry(cache: EngineCache, label: str, versions: dict[str, str], payload: bytes = b"g" * 2048):
+    parts = {**PARTS, "versions": versions, "shape": {"num_views": 4, "height": 32, "width": 32}}
+    return cache.get_or_build("onnx", label, parts, write_artifact(payload), info={"model": "tiny"})
+
+
+def test_entries_of_other_library_versions_are_never_loaded_and_said_stale(tmp_path, monkeypatch, caplog):
+    stats = CacheStats()
+    old = {**library_versions(), "torch": "2.0.0"}
+    _entry(EngineCache(tmp_path, stats), "domains-v4-32x32", old)  # written by an older torch
+    cache = EngineCache(tmp_path, stats)  # this install
+    with caplog.at_level(logging.WARNING, logger="engines.runtime.engine_cache"):
+        now = _entry(cache, "domains-v4-32x32", library_versions())
+    assert not now.hit  # the old entry was not loaded: a miss, then a build
+    assert stats.snapshot()["onnx"] == {"hits": 0, "misses": 2, "builds": 2, "stale": 1}
+    (record,) = [r for r in caplog.records if "stale" in r.getMessage()]
+    assert f"torch 2.0.0 (now {library_versions()['torch']})" in record.getMessage()
+    assert "engines prune --stale" in record.getMessage()
+    # and a copy of the old entry under this install's key is refused by its manifest, not loaded
+    assert _entry(cache, "domains-v4-32x32", library_versions()).hit
+    items = {i.path: i for i in cache_admin.scan(tmp_path)}
+    assert sorted(i.stale is None for i in items.values()) == [False, True]
+
+
+def _cache_with_entries(root: Path) -> dict[str, Path]:
+    cache = EngineCache(root, CacheStats())
+    ours = library_versions()
+    paths = {
+        "current": _entry(cache, "domains-v4-32x32", ours).path,
+        "old_torch": _entry(cache, "domains-v2-32x32", {**ours, "torch": "2.0.0"}).path,
+        "big": _entry(cache, "domains-v8-32x32", ours, b"B" * 200_000).path,
+    }
+    # a format-1 entry (before canonical keys): its manifest has no cache_format
+    fmt1 = _entry(cache, "domains-v1-32x32", ours).path
+    manifest = json.loads((fmt1 / MANIFEST).read_text())
+    del manifest["cache_format"]
+    (fmt1 / MANIFEST).write_text(json.dumps(manifest))
+    paths["format1"] = fmt1
+    timing = root / "tensorrt" / "timing-trt9.9.9-0123456789abcdef0123456789abcdef.cache"
+    timing.parent.mkdir(parents=True)
+    timing.write_bytes(b"t" * 100)
+    paths["old_timing"] = timing
+    return paths
+
+
+def test_engines_list_shows_model_shape_precision_versions_size_last_use_and_stale(tmp_path, capsys):
+    paths = _cache_with_entries(tmp_path)
+    old = time.time() - 3 * 86400
+    os.utime(paths["big"], (old, old))
+    assert main(["engines", "list", "--engine-cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    header, *rows, total = out.strip().splitlines()
+    assert header.split() == [
+        "BACKEND",
+        "ENTRY",
+        "MODEL",
+        "SHAPE",
+        "PRECISION",
+        "VERSIONS",
+        "SIZE",
+        "LAST",
+        "USED",
+        "STATE",
+    ]
+    row = {name: next(r for r in rows if p.name in r) for name, p in paths.items()}
+    assert "tiny" in row["current"] and "4v 32x32" in row["current"] and row["current"].endswith("ok")
+    assert f"torch={library_versions()['torch']}" in row["current"]
+    assert "stale: built with torch 2.0.0" in row["old_torch"]
+    assert "stale: cache format 1" in row["format1"]
+    assert "stale: TensorRT 9.9.9" in row["old_timing"]
+    assert re.search(r" 19[56]\.\d KiB ", row["big"]) and "3.0d ago" in row["big"]  # files + manifest
+    assert total.startswith("5 entries") and "(3 stale)" in total
+    assert main(["engines", "list", "--json", "--engine-cache", str(tmp_path)]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {Path(i["path"]) for i in listed} == set(paths.values())
+
+
+def test_engines_prune_stale_age_and_size(tmp_path, capsys):
+    paths = _cache_with_entries(tmp_path)
+    assert main(["engines", "prune", "--stale", "--dry-run", "--engine-cache", str(tmp_path)]) == 0
+    assert "would remove 3 entries" in capsys.readouterr().out
+    assert all(p.exists() for p in paths.values())
+
+    assert main(["engines", "prune", "--stale", "--engine-cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "removed 3 entries" in out and "stale: built with torch 2.0.0" in out
+    assert [k for k, p in paths.items() if p.exists()] == ["current", "big"]
+
+    old = time.time() - 10 * 86400
+    os.utime(paths["current"], (old, old))
+    assert main(["engines", "prune", "--older-than", "7d", "--engine-cache", str(tmp_path)]) == 0
+    assert "unused for 10.0d" in capsys.readouterr().out
+    assert not paths["current"].exists() and paths["big"].exists()
+
+    # a hit marks an entry used: the least recently used goes first when over --max-size
+    cache = EngineCache(tmp_path, CacheStats())
+    small = _entry(cache, "domains-v4-32x32", library_versions()).path
+    os.utime(paths["big"], (old, old))
+    assert _entry(cache, "domains-v4-32x32", library_versions()).hit
+    assert time.time() - small.stat().st_mtime < 60
+    assert main(["engines", "prune", "--max-size", "100K", "--engine-cache", str(tmp_path)]) == 0
+    assert "least recently used" in capsys.readouterr().out
+    assert small.exists() and not paths["big"].exists()
+
+    assert main(["engines", "prune", "--engine-cache", str(tmp_path)]) == 2  # no criterion: refused
+    assert main(["engines", "prune", "--max-size", "lots", "--engine-cache", str(tmp_path)]) == 2
+
+
+def test_prune_skips_an_entry_being_built(tmp_path):
+    cache = EngineCache(tmp_path, CacheStats())
+    entry = _entry(cache, "domains-v4-32x32", {**library_versions(), "torch": "2.0.0"})
+    label, _, short = entry.path.name.rpartition("-")
+    with cache._locked("onnx", label, short):  # a builder holds the entry's lock
+        removed, busy = cache_admin.prune(tmp_path, stale=True)
+    assert removed == [] and [b.path for b in busy] == [entry.path] and entry.path.exists()
+    removed, busy = cache_admin.prune(tmp_path, stale=True)
+    assert len(removed) == 1 and not busy and not entry.path.exists()
+
+
+def test_hits_misses_and_build_seconds_are_prometheus_metrics(tmp_path):
+    from service import metrics
+    from tests.service_helpers import metric_value
+
+    def value(name: str) -> float:
+        return metric_value(metrics.render()[0].decode(), name, backend="onnx")
+
+    metrics.watch_engine_cache("onnx")
+    before = {n: value(n) for n in ("realiz3d_engine_cache_hits_total", "realiz3d_engine_cache_misses_total")}
+    builds_before = value("realiz3d_engine_build_seconds_count")
+    cache = EngineCache(tmp_path)  # the process-wide STATS the worker watches
+    _entry(cache, "domains-v4-32x32", library_versions())
+    _entry(cache, "domains-v4-32x32", library_versions())
+    _entry(EngineCache(tmp_path), "domains-v4-32x32", library_versions())
+    assert value("realiz3d_engine_cache_misses_total") == before["realiz3d_engine_cache_misses_total"] + 1
+    assert value("realiz3d_engine_cache_hits_total") == before["realiz3d_engine_cache_hits_total"] + 2
+    assert value("realiz3d_engine_build_seconds_count") == builds_before + 1
+    assert engine_cache.STATS.snapshot()["onnx"]["builds"] >= 1
+
+
+def test_sizes_and_durations_parse():
+    assert cache_admin.parse_size("20G") == 20 * 1024**3 and cache_admin.parse_size("500MiB") == 500 * 1024**2
+    assert cache_admin.parse_size("1024") == 1024
+    assert cache_admin.parse_duration("30d") == 30 * 86400 and cache_admin.parse_duration("90m") == 5400
+    with pytest.raises(ValueError):
+        cache_admin.parse_duration("soon")
