@@ -200,10 +200,9 @@ def test_keys_tokens_timeouts_and_replays(redis_server, service_launcher):
             again = post(gw, SMALL, headers={**auth, "Idempotency-Key": "k1"})
             assert again.status_code == 202 and again.json()["id"] == first.json()["id"], again.text
             assert again.headers["idempotent-replayed"] == "true"
-        explicit = {
+        explicit = {  # (no "scheduler": omitted means the model's default_scheduler, not "ddim")
             **SMALL,
             "num_views": 1,
-            "scheduler": "ddim",
             "negative_prompt": "",
             "elevation_deg": 15.0,
         }
