@@ -155,3 +155,49 @@ def test_the_models_default_scheduler_is_used_when_a_request_names_none(model):
         assert out.meta["scheduler"] == default
         assert all(np.array_equal(a, b) for a, b in zip(out.images, same_as.images, strict=True)), default
     model.config.default_scheduler = "ddim"
+
+
+def test_serve_and_worker_take_engine_cache_and_the_chart_and_compose_mount_it_where_the_rule_looks(
+    tmp_path, monkeypatch
+):
+    from engines.runtime.engine_cache import EngineCache
+    from service.cli import build_parser
+    from service.commands.serving import SERVE_FLAGS, _settings
+    from tests.test_deploy_consistency import VALUE_SETS, chart_env, compose, compose_env, workload
+
+    parser = build_parser()
+    s = _settings(parser.parse_args(["serve", "--engine-cache", str(tmp_path)]), SERVE_FLAGS)
+    assert EngineCache(s.engine_cache_dir).root == tmp_path
+    args = parser.parse_args(["worker", "--engine-cache", str(tmp_path)])
+    assert args.engine_cache == tmp_path
+    # deployments: the worker's env names the volume's mount point, which the rule takes first
+    monkeypatch.delenv("REALIZ3D_ENGINE_CACHE_DIR", raising=False)
+    for values_name in VALUE_SETS:
+        env = chart_env(values_name, "worker")
+        (c,) = workload(values_name, "worker")["spec"]["template"]["spec"]["containers"]
+        mount = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "engine-cache")
+        settings = Settings(engine_cache_dir=env["REALIZ3D_ENGINE_CACHE_DIR"])
+        assert EngineCache(settings.engine_cache_dir).root == Path(mount)
+    for service in ("worker", "worker-cpu"):
+        path = compose_env(service)["REALIZ3D_ENGINE_CACHE_DIR"]
+        assert f"engine-cache:{path}" in compose()["services"][service]["volumes"]
+        assert EngineCache(Settings(engine_cache_dir=path).engine_cache_dir).root == Path(path)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.count("REALIZ3D_ENGINE_CACHE_DIR=/var/cache/realiz3d/engines") == 2
+
+
+def test_tensorrt_timing_caches_name_their_version_for_prune(tmp_path):
+    from engines.runtime import cache_admin
+    from engines.runtime.tensorrt_runner import timing_cache_path
+
+    fingerprint = {"base_weights": "a", "unet_config": "b"}
+    path = timing_cache_path(tmp_path, fingerprint, "10.16.1.11", "cuda:NVIDIA H100:sm90")
+    assert path == timing_cache_path(
+        tmp_path, dict(reversed(fingerprint.items())), "10.16.1.11", "cuda:NVIDIA H100:sm90"
+    )
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"tactics")
+    (item,) = cache_admin.scan(tmp_path, versions={"tensorrt": "10.16.1.11"})
+    assert item.kind == "timing-cache" and item.versions == {"tensorrt": "10.16.1.11"} and item.stale is None
+    (item,) = cache_admin.scan(tmp_path, versions={"tensorrt": "11.4.0.106"})
+    assert item.stale == "TensorRT 10.16.1.11 (now 11.4.0.106)"
