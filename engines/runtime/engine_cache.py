@@ -338,9 +338,8 @@ class EngineCache:
         return None
 
     def _hit(self, backend: str, entry: CacheEntry) -> CacheEntry:
-        with contextlib.suppress(
-            OSError
-        ):  # last use, for `engines prune --older-than` (a read-only cache: none)
+        # the entry's last use, read by `engines prune --older-than` (a read-only cache keeps none)
+        with contextlib.suppress(OSError):
             os.utime(entry.path)
         self.stats.record("hit", backend)
         return entry
