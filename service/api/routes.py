@@ -231,9 +231,11 @@ def validate_mesh(data: bytes, filename: str, settings: Settings) -> None:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
-def get_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
+async def get_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
     """Status, progress, timings per stage, error and artifacts of a job."""
-    return job_out(_owned_job(ctx, job_id, owner))
+    # async with one explicit hop for the store read: FastAPI runs a sync endpoint in the thread pool and
+    # then validates its response_model in the thread pool again (two hops per request).
+    return job_out(await run_in_threadpool(_owned_job, ctx, job_id, owner))
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobOut, responses=_ERRORS, tags=["jobs"])
