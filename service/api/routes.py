@@ -83,15 +83,19 @@ Owner = Annotated[str | None, Depends(owner_of)]
 #: threads one gateway process submits on at once. submit() is a few Redis round trips and a Celery publish;
 #: more threads than this only contend for the GIL (at 50 clients: same req/s, p99 1.8x worse with 40).
 SUBMIT_THREADS = 8
-_SUBMIT_LIMITERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_submit: tuple[weakref.ref | None, CapacityLimiter | None] = (None, None)  # (its event loop, the limiter)
 
 
 def _submit_limiter() -> CapacityLimiter:
-    """One limiter per event loop (a CapacityLimiter belongs to the loop it was first used in)."""
+    """The limiter of this process's event loop (a CapacityLimiter belongs to the loop it was first used in;
+    a process serves from one loop, so a new loop, as in tests, simply gets a new limiter)."""
+    global _submit
     loop = asyncio.get_running_loop()
-    if loop not in _SUBMIT_LIMITERS:
-        _SUBMIT_LIMITERS[loop] = CapacityLimiter(SUBMIT_THREADS)
-    return _SUBMIT_LIMITERS[loop]
+    ref, limiter = _submit
+    if limiter is None or ref is None or ref() is not loop:
+        limiter = CapacityLimiter(SUBMIT_THREADS)
+        _submit = (weakref.ref(loop), limiter)
+    return limiter
 
 
 def _accepted(response: Response, job: JobRecord, created: bool) -> JobAccepted:
