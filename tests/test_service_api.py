@@ -95,12 +95,10 @@ def test_a_gltf_with_its_files_as_parts_is_textured_and_bad_part_names_are_refus
     with pytest.raises(Realiz3DAPIError) as e:
         client.submit_texture(gltf, params, filename="scene.gltf", files={"../data.bin": files["data.bin"]})
     assert e.value.status == 422 and "relative path" in str(e.value)
-    # the geometry's part missing: the job fails naming it (as a zip without it does)
-    missing = client.submit_texture(
-        gltf, params, filename="scene.gltf", files={"textures/albedo.png": b"png"}
-    )
-    failed = client.wait(missing.id, timeout=120)
-    assert failed.status == "failed" and "data.bin" in failed.error.message
+    # the geometry's part missing: refused at submission, naming it (the gateway reads the packed parts)
+    with pytest.raises(Realiz3DAPIError) as e:
+        client.submit_texture(gltf, params, filename="scene.gltf", files={"textures/albedo.png": b"png"})
+    assert e.value.status == 422 and e.value.code == "invalid_mesh" and "'data.bin'" in e.value.message
 
 
 def test_cancel_stops_a_running_job_within_one_step(client):
