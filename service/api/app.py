@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.auth import ApiKeys
 from service.api.context import ServiceContext
+from service.api.docs_pages import install_docs
 from service.api.errors import install_error_handlers
 from service.api.events import listen_redis
 from service.api.playground import install_playground
@@ -90,14 +91,16 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None if hide_docs else "/docs",
-        redoc_url=None if hide_docs else "/redoc",
+        docs_url=None,  # both served from vendored files (docs_pages): FastAPI's load a CDN
+        redoc_url=None,
         openapi_url=None if hide_docs else "/openapi.json",
     )
     app.state.context = context
     install_error_handlers(app)
     app.include_router(router)
     install_playground(app)
+    if not hide_docs:
+        install_docs(app, "/docs", "/redoc")
     app.add_middleware(BodyLimitMiddleware, limit=s.max_upload_bytes, timeout_s=s.body_timeout_seconds)
     app.add_middleware(RequestMetricsMiddleware)
     if context.keys.enabled:
