@@ -4,26 +4,45 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install run generate test chaos lint format bench gpu-wheels gpu-check train eval ship clean
+.PHONY: install install-serve run generate test chaos lint format bench gpu-wheels gpu-check train eval ship clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is pinned to 2.13.0 in pyproject.toml; with pip's default config this takes the CPU wheel.
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
+# Serving (`make run`, the CLI) needs the engine and gateway extras only; `make test` adds the dev toolchain.
+# pip prints what it collects and installs (no -q): a first install takes minutes, and shows it.
+PIP_PROGRESS := --progress-bar on --no-color
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/activate
+	@echo "==> [1/3] $(VENV): upgrading pip"
+	$(BIN)/pip install $(PIP_PROGRESS) --upgrade pip
+	@echo "==> [2/3] $(VENV): torch 2.13.0 (CPU wheel, about 200 MB)"
+	$(BIN)/pip install $(PIP_PROGRESS) torch==2.13.0
+	@echo "==> [3/3] $(VENV): realiz3d-serve with what serving needs (extras engine, gateway)"
+	$(BIN)/pip install $(PIP_PROGRESS) -e ".[engine,gateway]"
+	@echo "==> installed: $(BIN)/realiz3d"
 	touch $@
 
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	@echo "==> $(VENV): realiz3d-serve with the test and lint toolchain (extra dev)"
+	$(BIN)/pip install $(PIP_PROGRESS) --upgrade pip
+	$(BIN)/pip install $(PIP_PROGRESS) torch==2.13.0
+	$(BIN)/pip install $(PIP_PROGRESS) -e ".[dev]"
+	touch $(VENV)/.installed-serve $@
+
+## What serving and the CLI need (extras engine, gateway).
+install-serve: $(VENV)/.installed-serve
+
+## Everything, with the test and lint tools (extra dev).
 install: $(VENV)/.installed
 
 ## The main job: the HTTP service in embedded mode (queue + worker in-process) on the default model.
-run: install
+run: install-serve
+	@echo "==> starting the service: it loads the model, then prints its URL"
 	$(BIN)/realiz3d serve --host 127.0.0.1 --port 8000
 
 ## A quick local generation: 4 views of one object into ./out
-generate: install
+generate: install-serve
 	$(BIN)/realiz3d generate "a red cube" --views 4 --out out/red-cube
 
 ## Lint, format check and the whole test suite (what CI runs).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from fastapi import FastAPI
@@ -49,6 +50,13 @@ def create_embedded_app(settings: Settings) -> FastAPI:
     def start_worker() -> None:
         from service.worker import enable_batching, load_pipeline, prepare_compute
 
+        t0 = time.perf_counter()
+        log.info(
+            "loading the model (%s, backend %s, device %s); jobs submitted meanwhile wait in the queue",
+            settings.model_dir or "the embedded default model",
+            settings.backend,
+            settings.device,
+        )
         try:
             threads = prepare_compute(settings)
             pipeline = load_pipeline(settings)
@@ -76,7 +84,13 @@ def create_embedded_app(settings: Settings) -> FastAPI:
         hb.start()
         heartbeat.append(hb)
         loading["state"] = "ready"
-        log.info("embedded worker ready")
+        name = info["model"].get("name", "model") if isinstance(info["model"], dict) else "model"
+        log.info(
+            "ready: %s loaded and warmed up in %.1f s; jobs run now (%s at once)",
+            name,
+            time.perf_counter() - t0,
+            slots,
+        )
 
     def background(c: ServiceContext) -> list[Callable[[], object]]:
         threading.Thread(target=start_worker, name="realiz3d-model-load", daemon=True).start()

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(60.0, gt=0, description="a request body must arrive within this")
     metrics_token: str = Field("", description="bearer token /metrics requires; empty = open")
     public_docs: bool = Field(True, description="serve /docs and /openapi.json without an API key")
+    access_log: bool | None = Field(
+        None,
+        description="one line per HTTP request (method, path, status, milliseconds) on the realiz3d.access "
+        "logger; unset = on in embedded mode, off in gateway mode (its load balancer logs requests)",
+    )
     api_workers: int = Field(
         1,
         ge=1,
@@ -189,7 +194,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{info.field_name} must be one of {', '.join(allowed)}")
         return v
 
-    @field_validator("engine_cache_dir", "precision", "cuda_graphs", mode="before")
+    @field_validator("engine_cache_dir", "precision", "cuda_graphs", "access_log", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v  # REALIZ3D_X="" = the default rule

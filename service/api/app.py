@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.access_log import AccessLogMiddleware, access_log_enabled
 from service.api.auth import ApiKeys
 from service.api.context import ServiceContext
 from service.api.docs_pages import install_docs
@@ -103,6 +104,8 @@ def create_app(
         install_docs(app, "/docs", "/redoc")
     app.add_middleware(BodyLimitMiddleware, limit=s.max_upload_bytes, timeout_s=s.body_timeout_seconds)
     app.add_middleware(RequestMetricsMiddleware)
+    if access_log_enabled(s.access_log, context.mode):
+        app.add_middleware(AccessLogMiddleware)
     if context.keys.enabled:
         declare_security(app)
     return app

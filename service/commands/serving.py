@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engines.runtime.backend_names import BACKENDS
 from service.commands.engines import ENGINE_CACHE_HELP
+from service.commands.serve_banner import announce
 from service.settings import API_PORT, Settings
 
 
@@ -29,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--precision", default=None, help="fp32|fp16|bf16 (embedded mode; default: the backend's)"
     )
     serve.add_argument("--engine-cache", type=Path, default=None, help=ENGINE_CACHE_HELP + " (embedded mode)")
+    serve.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a line per request (default: on in embedded mode, off with --broker; REALIZ3D_ACCESS_LOG)",
+    )
     serve.set_defaults(handler=run_serve)
 
     worker = subparsers.add_parser(
@@ -59,6 +66,7 @@ SERVE_FLAGS = {
     "device": "device",
     "precision": "precision",
     "engine_cache": "engine_cache_dir",
+    "access_log": "access_log",
 }
 
 
@@ -91,10 +99,19 @@ def run_serve(args: argparse.Namespace) -> int:
         app = create_embedded_app(s)
     hub = app.state.context.hub
 
+    from service.api.access_log import access_log_enabled
+
+    mode = app.state.context.mode
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:  # noqa: ANN001 - signal handler signature
             hub.close_threadsafe()  # event streams end with a final event, then connections drain
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets=None) -> None:  # noqa: ANN001 - uvicorn's signature
+            await super().startup(sockets)
+            if self.started:  # bound: say where
+                announce(s, mode, access_log_enabled(s.access_log, mode))
 
     config = uvicorn.Config(
         app, host=s.host, port=s.port, log_level="warning", access_log=False, timeout_graceful_shutdown=5
@@ -116,6 +133,9 @@ def _serve_gateway_processes(args: argparse.Namespace, s: Settings) -> int:
             os.environ["REALIZ3D_" + field.upper()] = str(getattr(args, flag))
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="realiz3d-metrics-")
+    from service.api.access_log import access_log_enabled
+
+    announce(s, "gateway", access_log_enabled(s.access_log, "gateway"))
     uvicorn.run(
         "service.commands.serving:gateway_process_app",
         factory=True,
@@ -137,6 +157,7 @@ def gateway_process_app():  # noqa: ANN201 - a FastAPI app
 
     from service.api.app import create_gateway_app
 
+    _logging()  # this process's own access log lines, when on
     app = create_gateway_app(Settings())
     hub = app.state.context.hub
     for sig in (signal.SIGINT, signal.SIGTERM):
