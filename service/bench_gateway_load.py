@@ -272,7 +272,8 @@ def run(
         "server": _server_stack(),
         "load_generator": "wrk -t1 (one thread, HTTP/1.1 keep-alive), a separate process",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-        "command": f"realiz3d bench gateway --concurrency {concurrency} --seconds {seconds:g} --rounds {rounds}",
+        "command": f"realiz3d bench gateway --concurrency {concurrency} --seconds {seconds:g} --rounds {rounds} "
+        f"--api-workers {workers}",
     }
     if out_dir is not None:
         write_report(report, out_dir)
