@@ -173,7 +173,11 @@ def run_worker(settings: Settings) -> int:
     if not settings.broker_url:
         raise ValueError("realiz3d worker needs --broker URL (or REALIZ3D_BROKER_URL)")
     name = default_worker_name(settings)
-    store = RedisJobStore(settings.broker_url, retry_seconds=settings.redis_retry_seconds)
+    store = RedisJobStore(
+        settings.broker_url,
+        retry_seconds=settings.redis_retry_seconds,
+        lease_grace_seconds=settings.heartbeat_ttl_seconds,
+    )
     state: dict[str, bool] = {"loaded": False}
     pipeline: Any = None
     beats: list[WorkerHeartbeat] = []
@@ -225,7 +229,9 @@ def run_worker(settings: Settings) -> int:
     heartbeat = WorkerHeartbeat(
         ctx,
         info,
-        queue=CeleryJobQueue(app, 3 * settings.heartbeat_ttl_seconds),
+        queue=CeleryJobQueue(
+            app, 3 * settings.heartbeat_ttl_seconds, publish_retry_seconds=settings.redis_retry_seconds
+        ),
         ready=lambda: pipeline_alive(pipeline),
     )
     heartbeat.start()

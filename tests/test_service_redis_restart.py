@@ -19,7 +19,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.client import Realiz3DClient
-from tests.fixtures.redis_server import RedisServer, ServiceProcess, start_redis_server, wait_until
+from service.jobs.records import JobKind, JobRecord, JobStatus
+from service.jobs.redis_store import RedisJobStore
+from tests.fixtures.redis_server import RedisServer, ServiceProcess, free_port, start_redis_server, wait_until
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -122,3 +124,41 @@ def test_redis_restart_under_running_jobs_fails_no_job(service_launcher, tmp_pat
         gateway.stop()
         server.proc.kill()
         server.proc.wait(5)
+
+
+def test_store_scripts_are_idempotent_under_a_retry(redis_server):
+    """A retry whose first try ran (its reply lost to a dropped connection) finds its own write: start()
+    returns the same run and finish() reports success, while another run's replay is still refused."""
+    store = RedisJobStore(redis_server.url(13), retry_seconds=5)
+    job = "r" * 22
+    store.create(JobRecord(id=job, kind=JobKind.multiview, params={}), max_queue_depth=5, ttl_seconds=60)
+    keys = ["realiz3d:job:" + job, "realiz3d:queued:multiview", "realiz3d:running", "realiz3d:lease:" + job]
+    argv = [job, "w1", 1234.5, 5000, 60]
+    first, replay = store._start(keys, argv), store._start(keys, argv)
+    assert first[0] == 1 and str(replay[0]) == "1"
+    assert not store._start(keys, [job, "w2", 1234.5, 5000, 60])  # another worker's start: refused
+    fkeys = ["realiz3d:job:" + job, "realiz3d:running", "realiz3d:lease:" + job, "realiz3d:cancel:" + job]
+    fargv = [job, 1, JobStatus.succeeded.value, 2000.25, 60, "phase", ""]
+    assert store._finish(fkeys, fargv) == 1 and store._finish(fkeys, fargv) == 1
+    assert store._finish(fkeys, [job, 1, JobStatus.failed.value, 2001.0, 60, "phase", ""]) == 0
+    assert store.get(job).status == JobStatus.succeeded
+    store.close()
+
+
+def test_store_without_redis_waits_a_bounded_time_and_never_for_progress():
+    """Nothing listens: a worker's write retries for its bound and raises; a progress write is dropped
+    and the run check says go on, both at once; the gateway's store (no retry) fails at once."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    worker_store, gateway_store = RedisJobStore(url, retry_seconds=1.5), RedisJobStore(url)
+    t0 = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        worker_store.renew_lease("x" * 22, 1, 5)
+    assert 1.5 <= time.monotonic() - t0 < 5  # the bound, plus at most one backoff step (1 s)
+    t0 = time.monotonic()
+    worker_store.progress("x" * 22, 1, 3, 10)
+    worker_store.stage("x" * 22, 1, "bake", 0.5)
+    assert worker_store.run_check("x" * 22, 1) is None
+    assert worker_store.ping() is False
+    with pytest.raises(redis.ConnectionError):
+        gateway_store.get("x" * 22)
+    assert time.monotonic() - t0 < 1

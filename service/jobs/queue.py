@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -36,13 +37,23 @@ class CeleryJobQueue:
     UNACKED = "unacked"
     UNACKED_INDEX = "unacked_index"
 
-    def __init__(self, app, stale_after_s: float = 30.0) -> None:  # noqa: ANN001 - celery.Celery
+    def __init__(self, app, stale_after_s: float = 30.0, publish_retry_seconds: float = 0.0) -> None:  # noqa: ANN001 - celery.Celery
+        """`publish_retry_seconds` > 0 (a worker re-sending a lost job: the store already moved it back to
+        queued, so its message must not be lost to a Redis restart): the publish retries for about that
+        long instead of Celery's default ~1 s."""
         from service.jobs.celery_app import RUN_JOB_TASK
 
         self._app = app
         self._task = RUN_JOB_TASK
         self._stale_after_s = stale_after_s
         self._redis = None
+        self._publish: dict = {}
+        if publish_retry_seconds > 0:
+            policy = {"max_retries": math.ceil(publish_retry_seconds) + 1, "interval_start": 0}
+            self._publish = {
+                "retry": True,
+                "retry_policy": {**policy, "interval_step": 0.5, "interval_max": 1},
+            }
 
     def enqueue(self, job: JobRecord) -> None:
         task_id = f"{job.id}:{uuid.uuid4().hex[:12]}"
@@ -50,7 +61,12 @@ class CeleryJobQueue:
         # send subscribes to the task's result channel and unsubscribes when the AsyncResult is dropped:
         # two more Redis round trips per submission, serialized on one pub/sub connection.
         self._app.send_task(
-            self._task, args=[job.id], queue=job.kind.value, task_id=task_id, ignore_result=True
+            self._task,
+            args=[job.id],
+            queue=job.kind.value,
+            task_id=task_id,
+            ignore_result=True,
+            **self._publish,
         )
 
     def _broker(self):  # noqa: ANN202

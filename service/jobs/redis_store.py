@@ -335,11 +335,15 @@ class RedisJobStore:
     a retry. A run's progress and stage writes and its per-step `run_check` never wait: they go through a
     second client without retries, and on a Redis error a progress write is dropped (the next one carries
     the newer step) and `run_check` answers "go on" (ownership is enforced again by `finish()`, atomically,
-    by attempt number). 0 (the gateway): no retry, a route answers 503 at once while Redis is down."""
+    by attempt number). 0 (the gateway): no retry, a route answers 503 at once while Redis is down.
+    `lease_grace_seconds` (workers: `heartbeat_ttl_seconds`): see `requeue_expired`."""
 
-    def __init__(self, url: str, retry_seconds: float = 0.0) -> None:
+    def __init__(self, url: str, retry_seconds: float = 0.0, lease_grace_seconds: float = 10.0) -> None:
         self.url = url
         self.retry_seconds = retry_seconds
+        #: a Redis up for less than this re-queues nothing: leases read back from its AOF lapsed while no
+        #: worker could renew them (Redis was down or loading), not because their workers died
+        self.lease_grace_seconds = lease_grace_seconds
         self.redis = _client(url, retry_seconds)
         #: no retries: progress writes, run checks and probes, which must never hold up a step
         self.fast = _client(url, 0) if retry_seconds > 0 else self.redis
@@ -496,7 +500,7 @@ class RedisJobStore:
 
     def requeue_expired(self, max_attempts: int) -> LostJobs:
         ids = sorted(self.redis.smembers(P + "running"))
-        if not ids:
+        if not ids or self.redis.info("server")["uptime_in_seconds"] < self.lease_grace_seconds:
             return LostJobs()
         pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
