@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engines.sampling.cameras import Camera, check_camera_matrix
-from engines.types import MAX_BLOCK_SPLIT, DomainSchedule
+from engines.types import MAX_BLOCK_SPLIT, ScheduleValue
 
 MAX_VIEWS = 8
 MAX_STEPS = 150
@@ -40,10 +40,13 @@ class GenerationParams(BaseModel):
         None, ge=0.0, le=50.0, description="classifier-free guidance; the model's default when omitted"
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="random when omitted; echoed back")
-    schedule: DomainSchedule | None = Field(
+    schedule: ScheduleValue | None = Field(
         None,
-        description="{split: 0..1} or {domain: real|synthetic}, optionally with blocks: K (after the step "
-        "split the first K block sites stay synthetic); the model's default when omitted",
+        description="the domain schedule: the CLI's string ('0.4', 'real', 'synthetic', '0.4,blocks=6', "
+        "'0.4,up=0'), a bare split number (0.4), or an object {split: 0..1} or {domain: real|synthetic}, "
+        "optionally with blocks: K (after the step split the first K block sites stay synthetic); the "
+        "model's default when omitted",
+        examples=["0.4,blocks=6", 0.4, {"split": 0.4, "blocks": 6}],
     )
     scheduler: Literal["ddim", "dpm++"] | None = Field(
         None, description="sampler; the model's default_scheduler (realiz3d.json) when omitted"

@@ -15,9 +15,9 @@ The schedule (METHOD.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +146,9 @@ class DomainSchedule(BaseModel):
                 split = num
         if split is not None and not 0.0 <= split <= 1.0:
             raise ValueError(f"schedule split must be in [0, 1], got {split}")
-        return cls(split=split, domain=domain, groups=groups or None, blocks=blocks)  # type: ignore[arg-type]
+        # only what was given, as the object form sets it: the two forms dump alike
+        given = {"split": split, "domain": domain, "groups": groups or None, "blocks": blocks or None}
+        return cls(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
 
     def group_split(self, group: str) -> float:
         if self.groups and group in self.groups:
@@ -182,6 +184,66 @@ class DomainSchedule(BaseModel):
         if self.blocks:
             parts.append(f"blocks={self.blocks}")
         return ",".join(parts)
+
+
+#: What `--schedule` (CLI) and `schedule` (API, as a string) take: the one syntax, the one help text.
+SCHEDULE_SYNTAX = (
+    "a split in [0,1] (0.4: the first round(0.4 N) of N steps run synthetic, the rest real), 'real' or "
+    "'synthetic' "
+    "(every step), ',blocks=K' after a split (block sites 0..K-1 stay synthetic after it: '0.4,blocks=6'), "
+    "or per layer group ('0.4,up=0'; groups down, mid, up)"
+)
+
+
+def schedule_from_value(value: object) -> DomainSchedule:
+    """The one schedule parser of the CLI and the API: a string (`0.4`, `real`, `0.4,blocks=6`,
+    `0.4,up=0`), a number in [0, 1], an object ({"split": 0.4, "blocks": 6}) or a DomainSchedule.
+    Every problem is a ValueError of one line."""
+    from pydantic import ValidationError
+
+    try:
+        return DomainSchedule.parse(value)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise ValueError(f"schedule {value!r}: " + "; ".join(problems)) from None
+
+
+def _schedule_input(value: object) -> object:
+    """A string or a number becomes a DomainSchedule here; an object goes on to DomainSchedule's own
+    validation (whose errors name the field, e.g. `schedule.split`)."""
+    if isinstance(value, bool):
+        raise ValueError("a schedule is a string, a number in [0, 1] or an object, not true/false")
+    if isinstance(value, str) and len(value) > 200:
+        raise ValueError("a schedule string is at most 200 characters")
+    if isinstance(value, str | int | float):
+        return schedule_from_value(value)
+    return value
+
+
+#: The `schedule` field's type in requests: the CLI's string form, a bare split number, or the object;
+#: always a DomainSchedule once validated. Its JSON schema (OpenAPI) shows the three inputs.
+ScheduleValue = Annotated[
+    DomainSchedule,
+    BeforeValidator(
+        _schedule_input,
+        json_schema_input_type=Annotated[
+            str,
+            Field(
+                max_length=200,
+                description="the CLI's form: " + SCHEDULE_SYNTAX,
+                examples=["0.4", "real", "synthetic", "0.4,blocks=6", "0.4,up=0"],
+            ),
+        ]
+        | Annotated[
+            float, Field(ge=0.0, le=1.0, description="a split: this fraction of the steps runs synthetic")
+        ]
+        | DomainSchedule,
+    ),
+]
 
 
 @dataclass

@@ -80,9 +80,28 @@ async def _broker_down(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors())
+    if (not_json := _not_json(request, errors)) is not None:
+        return not_json
     if any(e.get("type") == "json_invalid" for e in errors):
         return JSONResponse(error_body("invalid_json", "the request body is not valid JSON"), status_code=400)
     return JSONResponse(error_body("invalid_request", validation_message(errors)), status_code=422)
+
+
+def _not_json(request: Request, errors: list[dict]) -> JSONResponse | None:
+    """A JSON route sent a body of another media type (curl's -d says application/x-www-form-urlencoded):
+    415 naming the header, not a 422 about a dictionary (FastAPI reads no JSON without the header either)."""
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    if not any(tuple(e.get("loc", ()))[:1] == ("body",) and len(e.get("loc", ())) == 1 for e in errors):
+        return None  # a whole-body problem only; field errors are the fields' (a JSON body was read)
+    message = (
+        f"{request.method} {request.url.path} takes a JSON body: send the header "
+        f"'Content-Type: application/json' (this request sent {repr(media) if media else 'none'}; with curl add "
+        "-H 'content-type: application/json')"
+    )
+    return JSONResponse(error_body("unsupported_media_type", message), status_code=415)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import weakref
 from pathlib import PurePosixPath
 from typing import Annotated
@@ -24,6 +23,7 @@ from service.api.events import job_event_stream
 from service.api.job_requests import MultiviewJob, TextureJob, engine_params, webhook_of
 from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted, job_out
 from service.api.submission import MESH_FORMATS, submit
+from service.api.texture_form import texture_request_body
 from service.api.uploads import check_gltf_json, read_mesh_upload
 from service.jobs.records import JobKind, JobRecord
 from service.metrics import JOBS_TOTAL, QueueDepthCollector, render
@@ -152,34 +152,8 @@ async def create_multiview(
     responses=_ERRORS,
     tags=["jobs"],
     summary="Texture a mesh (GLB, OBJ or PLY) from a prompt",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["mesh", "params"],
-                        "properties": {
-                            "mesh": {"type": "string", "format": "binary", "description": "GLB, OBJ or PLY"},
-                            "params": {
-                                "type": "string",
-                                "description": "TextureRequest as JSON (plus an optional webhook_url)",
-                                "example": json.dumps(
-                                    {
-                                        "prompt": "a rusty metal barrel",
-                                        "num_views": 6,
-                                        "atlas_size": 1024,
-                                        "seed": 0,
-                                    }
-                                ),
-                            },
-                        },
-                    }
-                }
-            },
-        }
-    },
+    # mesh + `params` JSON and/or each parameter as a plain form field (texture_form)
+    openapi_extra={"requestBody": texture_request_body()},
 )
 async def create_texture(
     request: Request,

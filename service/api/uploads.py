@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engines.errors import MeshError
 from engines.texturing.gltf_document import MAX_GLTF_JSON_BYTES, load_json
 from service.api.errors import ApiError
+from service.api.texture_form import FILE_PARTS, PARAMS_PART, merged_params
 
 # Past the limit the rest of the body is read and dropped, up to this many times the limit, so the
 # client gets its 413 instead of a reset connection; beyond that the connection is cut.
@@ -117,6 +118,8 @@ class MeshUpload:
 
 #: A .gltf's own files (buffers, images) arrive as repeated `files` parts; more than this is refused.
 MAX_MESH_FILE_PARTS = 64
+#: non-file parts: `params` and the job's parameters as plain form fields (texture_form)
+MAX_FORM_FIELDS = 48
 
 
 def pack_gltf_parts(gltf_name: str, gltf: bytes, files: list[tuple[str, bytes]]) -> MeshUpload:
@@ -143,7 +146,8 @@ def pack_gltf_parts(gltf_name: str, gltf: bytes, files: list[tuple[str, bytes]])
 
 
 async def read_mesh_upload(request: Request) -> MeshUpload:
-    """Parse `multipart/form-data` with parts `mesh` (file), `params` (JSON text) and, for a `.gltf` with
+    """Parse `multipart/form-data` with parts `mesh` (file), `params` (JSON text) and/or the parameters as
+    plain form fields (merged into one JSON text, `texture_form.merged_params`) and, for a `.gltf` with
     external buffers or images, its files as repeated `files` parts (packed here into one .zip).
 
     The body size is already capped by BodyLimitMiddleware while it streams; file parts spool to disk
@@ -155,7 +159,7 @@ async def read_mesh_upload(request: Request) -> MeshUpload:
             415, "unsupported_media_type", "send multipart/form-data with parts 'mesh' and 'params'"
         )
     parser = MultiPartParser(
-        request.headers, request.stream(), max_files=1 + MAX_MESH_FILE_PARTS, max_fields=2
+        request.headers, request.stream(), max_files=1 + MAX_MESH_FILE_PARTS, max_fields=MAX_FORM_FIELDS
     )
     try:
         form = await parser.parse()
@@ -166,10 +170,14 @@ async def read_mesh_upload(request: Request) -> MeshUpload:
         params = form.get("params")
         if not isinstance(mesh, UploadFile):
             raise ApiError(422, "invalid_request", "mesh: a file part named 'mesh' is required")
-        if params is None:
-            params = "{}"
         if isinstance(params, UploadFile):
             params = (await params.read()).decode("utf-8", errors="replace")
+        # plain form fields (-F prompt=... -F steps=20) join the params part's object
+        fields = {k: v for k, v in form.multi_items() if k not in (*FILE_PARTS, PARAMS_PART)}
+        for name, value in fields.items():
+            if not isinstance(value, str):
+                raise ApiError(422, "invalid_request", f"{name}: a form field, not a file, is expected")
+        params = merged_params(params, fields)
         data = await mesh.read()
         filename = mesh.filename or "mesh"
         parts = [f for f in form.getlist("files") if isinstance(f, UploadFile)]

@@ -9,7 +9,7 @@ from engines.runtime.backend_names import BACKENDS, DEFAULT_PRECISION
 from service.commands.camera_args import explicit_camera_args
 from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.progress_bar import progress_bar
-from service.commands.schedule_arg import parse_schedule
+from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--schedule",
         default=None,
-        help="domain schedule: a split in [0,1] (first part synthetic), 'real', 'synthetic', "
-        "or per layer group e.g. '0.4,up=0' (default: the model's)",
+        help=SCHEDULE_HELP,
     )
     p.add_argument(
         "--scheduler",

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from service.commands.engines import add_engine_cache_arg, engine_cache_dir
-from service.commands.schedule_arg import parse_schedule
+from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
 
 
 def _csv(value: str) -> list[str]:
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--schedule",
         default=None,
-        help="domain schedule whose weight sets to build: 0.4 | real | synthetic | 0.4,up=0 (model default)",
+        help="the schedule whose weight sets to build (lora form): " + SCHEDULE_HELP,
     )
     p.add_argument("--steps", type=int, default=30, help="denoising steps the schedule is split over")
     p.add_argument(

@@ -15,7 +15,7 @@ from service.commands.camera_args import explicit_camera_args
 from service.commands.camera_args import load_cameras_arg as _load_cameras
 from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.progress_bar import progress_bar
-from service.commands.schedule_arg import parse_schedule
+from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
     )
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--schedule", default=None, help="0.4 | real | synthetic | 0.4,up=0 (model default)")
+    p.add_argument("--schedule", default=None, help=SCHEDULE_HELP)
     p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
