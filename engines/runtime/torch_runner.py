@@ -15,9 +15,28 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` (CUDA when there is one, else CPU), `cpu`, `cuda`, `cuda:N`...; a device this machine or this
+    torch build cannot use is a one-line UserInputError naming it, not a traceback at the first tensor."""
+    from engines.errors import UserInputError
+
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserInputError(
+            f"device {str(device)!r}: not a device (use auto, cpu, cuda or cuda:N)"
+        ) from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None:
+            raise UserInputError(
+                f"device {str(device)!r}: this PyTorch ({torch.__version__}) is built without CUDA; "
+                "use --device cpu (or auto), or install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise UserInputError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s) visible")
+    return dev
 
 
 class TorchRunner:

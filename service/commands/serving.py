@@ -78,6 +78,14 @@ def _settings(args: argparse.Namespace, mapping: dict[str, str]) -> Settings:
     return Settings(**overrides)
 
 
+def _check_device(device: str) -> None:
+    """A one-line UserInputError for a device this machine or torch build lacks (`--device cuda` on a
+    CPU-only torch), before the model loads in the background and fails there with a traceback."""
+    from engines.runtime.torch_runner import resolve_device
+
+    resolve_device(device)
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -86,6 +94,8 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     s = _settings(args, SERVE_FLAGS)
+    if not s.broker_url:
+        _check_device(s.device)  # embedded mode computes here: a device it cannot use is exit 2 now
     _logging()
     if s.broker_url and s.api_workers > 1:
         return _serve_gateway_processes(args, s)
@@ -189,5 +199,6 @@ def run_worker_command(args: argparse.Namespace) -> int:
             "metrics_port": "worker_metrics_port",
         },
     )
+    _check_device(s.device)
     _logging()
     return run_worker(s)
