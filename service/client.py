@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from engines.errors import Realiz3DError
 from service.api.schemas import TERMINAL, JobAccepted, JobOut
 
 __all__ = ["AsyncRealiz3DClient", "JobEvent", "JobAccepted", "JobOut", "Realiz3DAPIError", "Realiz3DClient"]
@@ -82,8 +83,32 @@ def _texture_parts(
         ("params", (None, json.dumps(_params(params)), "application/json")),
     ]
     return parts + [
-        ("files", (name, blob, "application/octet-stream")) for name, blob in (files or {}).items()
+        ("files", (name, blob, "application/octet-stream"))
+        for name, blob in _gltf_files(data, filename, files or {}).items()
     ]
+
+
+def _gltf_files(gltf: bytes, filename: str, files: dict[str, bytes]) -> dict[str, bytes]:
+    """`files` keyed by the URIs the .gltf uses: a key may be the URI as written (`Normal%20Map.png`) or the
+    file name it decodes to (`Normal Map.png`), as glTF URIs are percent-encoded. A URI no key carries is a
+    ValueError here, before anything is sent."""
+    if not files or not filename.lower().endswith(".gltf"):
+        return files
+    from engines.texturing.asset_files import gltf_file_uris, gltf_uri_path
+
+    try:
+        uris = gltf_file_uris(json.loads(gltf.decode("utf-8-sig")))
+        by_path = {gltf_uri_path(uri): uri for uri in uris}
+    except (ValueError, AttributeError, Realiz3DError):
+        return files  # the gateway names what is wrong with the .gltf
+    out = {}
+    for name, blob in files.items():
+        uri = name if name in uris else by_path.get(name.replace("\\", "/"), name)
+        out[uri] = blob
+    missing = [uri for uri in uris if uri not in out]
+    if missing:
+        raise ValueError(f"files: the .gltf refers to '{missing[0]}', which `files` does not carry")
+    return out
 
 
 class _SSEParser:

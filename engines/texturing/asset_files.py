@@ -61,11 +61,67 @@ def text_references(fmt: str, text: bytes) -> list[str]:
     found = []
     for match in pattern.finditer(text):
         line = match.group(1).decode("utf-8", errors="replace").strip()
-        if fmt == "mtl":  # options (`-s 1 1 1`, `-bm 0.5`) come first; the file name is what is left
-            line = re.sub(r"^(?:-\w+(?:\s+-?[\d.]+)*\s+)*", "", line)
+        if fmt == "mtl":
+            line = strip_mtl_options(line)
         if line:
             found.append(line)
     return found
+
+
+def gltf_file_uris(doc: dict) -> list[str]:
+    """The URIs of the files a glTF JSON refers to (buffers and images; data: URIs are not files)."""
+    uris = []
+    for item in [*doc.get("buffers", []), *doc.get("images", [])]:
+        uri = item.get("uri") if isinstance(item, dict) else None
+        if isinstance(uri, str) and not uri.startswith("data:") and uri not in uris:
+            uris.append(uri)
+    return uris
+
+
+def gltf_uri_path(uri: str) -> str:
+    """The file path a glTF URI names, as the spec reads it: percent-decoded (`Normal%20Map.png` is the file
+    `Normal Map.png`), backslashes as slashes, `.` steps removed. `AssetFiles.locate` refuses what leaves."""
+    return AssetFiles("the .gltf", lambda path: None).locate(uri)
+
+
+def match_gltf_parts(uris: list[str], names: list[str]) -> tuple[dict[str, str], list[str]]:
+    """The files sent beside a .gltf, matched to the URIs it uses.
+
+    A part may be named by the URI as the .gltf writes it (`Normal%20Map.png`) or by the file name that URI
+    decodes to (`Normal Map.png`). Returns ({part name: file path inside the asset}, URIs no part carries).
+    A part the .gltf does not name keeps its own (cleaned) name. Raises MeshError for a name that leaves the
+    asset (absolute, `..`, a scheme)."""
+    by_uri = {uri: gltf_uri_path(uri) for uri in uris}
+    wanted = set(by_uri.values())
+    paths = {}
+    for name in names:
+        if name in by_uri:
+            paths[name] = by_uri[name]
+            continue
+        clean = posixpath.normpath(name.replace("\\", "/").strip())
+        if not name.strip() or _SCHEME.match(clean) or clean.startswith("/") or clean.split("/")[0] == "..":
+            raise outside(name, "a `files` part")
+        paths[name] = clean if clean in wanted or "%" not in clean else gltf_uri_path(name)
+    carried = set(paths.values())
+    return paths, [uri for uri, path in by_uri.items() if path not in carried]
+
+
+def strip_mtl_options(ref: str) -> str:
+    """An MTL map's file name without the options that come first (`-s 1 1 1`, `-bm 0.5`, `-clamp on`)."""
+    return re.sub(r"^(?:-\w+(?:\s+(?:-?[\d.]+|on|off))*\s+)*", "", ref.strip(), flags=re.IGNORECASE)
+
+
+def mtl_textures(text: bytes) -> list[tuple[str, str]]:
+    """(material name, diffuse texture reference) for each `newmtl` with a `map_Kd` in an MTL text."""
+    out, material = [], None
+    for raw in text.decode("utf-8", errors="replace").splitlines():
+        line = raw.strip()
+        key, _, rest = line.partition(" ")
+        if key.lower() == "newmtl":
+            material = rest.strip()
+        elif key.lower() == "map_kd" and material is not None and rest.strip():
+            out.append((material, strip_mtl_options(rest)))
+    return out
 
 
 class AssetFiles:
@@ -84,6 +140,7 @@ class AssetFiles:
         self.where = where or "in the upload"
         self.refused: list[MeshError] = []  # refusals while a third-party parser (trimesh) asked
         self.missing: list[str] = []
+        self.material_textures: list[tuple[str, str]] = []  # (MTL material, map_Kd) of MTLs read
 
     # ---- constructors -----------------------------------------------------------------------------
 
@@ -106,7 +163,9 @@ class AssetFiles:
             if not target.is_relative_to(root):
                 raise outside(relative, path.name)
             if not target.is_file():
-                return None
+                target = _case_insensitive(root, relative)  # assets made on Windows: `Tex.JPG` for tex.jpg
+                if target is None:
+                    return None
             if target.stat().st_size > max_bytes:
                 raise MeshError(f"{path.name}: '{relative}' is over the limit of {max_bytes} bytes")
             return target.read_bytes()
@@ -140,7 +199,7 @@ class AssetFiles:
 
     def within(self, folder: str) -> AssetFiles:
         sub = AssetFiles(self.name, self._read, posixpath.join(self.base, folder), self.where)
-        sub.refused, sub.missing = self.refused, self.missing
+        sub.refused, sub.missing, sub.material_textures = self.refused, self.missing, self.material_textures
         return sub
 
     def trimesh_resolver(self):  # noqa: ANN201 - a trimesh Resolver, imported lazily
@@ -155,11 +214,14 @@ class AssetFiles:
                 pass
 
             def get(self, key: str) -> bytes:
+                # trimesh hands an MTL map line over whole: its options first (`-s 1 1 1 tex.jpg`).
+                key = strip_mtl_options(key)
                 try:
                     path = files.locate(key)
                     data = files._read(path)
                     if data is not None and path.lower().endswith(".mtl"):
                         files.check_text("mtl", data)
+                        files.material_textures.extend(mtl_textures(data))
                 except MeshError as e:
                     files.refused.append(e)
                     raise
@@ -210,7 +272,11 @@ class ZipEntries:
     def read(self, path: str) -> bytes | None:
         info = self.entries.get(path)
         if info is None:
-            return None
+            # Assets made on Windows name `Tex.JPG` as `tex.jpg`: one entry that matches but for case.
+            folded = [i for n, i in self.entries.items() if n.casefold() == path.casefold()]
+            if len(folded) != 1:
+                return None
+            info = folded[0]
         out = bytearray()
         try:
             with self.zip.open(info) as stream:
@@ -225,3 +291,18 @@ class ZipEntries:
             raise MeshError(f"{self.name}: cannot unpack '{path}' ({type(e).__name__}: {e})") from None
         self._budget -= len(out)
         return bytes(out)
+
+
+def _case_insensitive(root: Path, relative: str) -> Path | None:
+    """The one file under `root` whose path matches `relative` but for letter case, if there is exactly one
+    (every step inside `root`: a component is never `..`, `locate` removed those)."""
+    here = root
+    for part in relative.split("/"):
+        if not here.is_dir() or here.is_symlink():
+            return None
+        matches = [c for c in here.iterdir() if c.name.casefold() == part.casefold()]
+        if len(matches) != 1:
+            return None
+        here = matches[0]
+    target = here.resolve()
+    return target if target.is_file() and target.is_relative_to(root) else None

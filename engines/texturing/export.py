@@ -11,7 +11,13 @@ The GLB is the input document with the atlas added, not a rebuilt mesh (`gltf_do
   the material reads that set. Unwrapped primitives are re-indexed (seams split vertices): each of their
   attributes and morph targets is gathered through the unwrap's vertex map, bytes copied;
 - primitives without normals get smooth normals (area weighted, welded by position so UV seams stay
-  smooth).
+  smooth);
+- textured primitives lose `COLOR_0`: glTF multiplies it into the base colour, so it would tint the atlas
+  in a way the generated views never showed (meta.json says which primitives had it);
+- an atlas with an alpha channel (the input's BLEND / MASK materials, `appearance.atlas_alpha`) is written
+  as RGBA and those materials' base-colour factor becomes plain white: the alpha is in the texture now;
+- finally `gltf_compact.compact` removes what nothing references any more (replaced images, accessors a
+  re-indexed or Draco-decoded primitive left behind, the Draco streams) and makes `extensionsUsed` exact.
 Inputs without a document (a mesh made in code) get a fresh one (`build_document`).
 """
 
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engines.texturing.gltf_compact import compact
 from engines.texturing.gltf_document import ELEMENT_ARRAY_BUFFER, GltfDocument, build_document, unit_vectors
 from engines.texturing.mesh_io import LoadedMesh, mesh_from_document
 
@@ -32,10 +39,16 @@ BAKED_MATERIAL = "realiz3d_baked"
 SPEC_GLOSS = "KHR_materials_pbrSpecularGlossiness"
 
 
+def _atlas_image(atlas: np.ndarray) -> Image.Image:
+    """RGB, or RGBA when the atlas carries the input's alpha."""
+    channels = 4 if atlas.ndim == 3 and atlas.shape[2] == 4 else 3
+    return Image.fromarray(np.ascontiguousarray(atlas[..., :channels], dtype=np.uint8))
+
+
 def write_texture_png(atlas: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(atlas[..., :3], dtype=np.uint8)).save(path)
+    _atlas_image(atlas).save(path)
     return path
 
 
@@ -61,7 +74,8 @@ def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:
     asset, layout = mesh.asset, mesh.layout
     doc = GltfDocument(copy.deepcopy(asset.document.json), bytearray(asset.document.binary))
     png = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(atlas[..., :3], dtype=np.uint8)).save(png, format="PNG")
+    _atlas_image(atlas).save(png, format="PNG")
+    has_alpha = atlas.ndim == 3 and atlas.shape[2] == 4
     image = doc.add("images", {"name": BAKED_MATERIAL, "bufferView": doc.add_buffer_view(png.getvalue())})
     doc.json["images"][image]["mimeType"] = "image/png"
     sampler = doc.add("samplers", {"magFilter": 9729, "minFilter": 9987})
@@ -82,6 +96,10 @@ def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:
         if p in layout.vertex_maps:
             _reindex(doc, entry, layout.vertex_maps[p], prim.triangles)
         attrs = entry["attributes"]
+        # COLOR_0 multiplies the base colour: the atlas is what the views showed, untinted.
+        attrs.pop("COLOR_0", None)
+        for target in entry.get("targets", []):
+            target.pop("COLOR_0", None)
         if p in layout.new_texcoord:
             n = layout.texcoord[prim.material]
             uv = doc.add_accessor(layout.bake_uv[p].astype(np.float32), "VEC2")
@@ -95,19 +113,23 @@ def textured_document(mesh: LoadedMesh, atlas: np.ndarray) -> GltfDocument:
     _give_untextured_primitives_uv_sets(doc, layout.texcoord)
     for material, texcoord in layout.texcoord.items():
         target = doc.json["materials"][new_material if material is None else material]
+        # With an RGBA atlas the alpha is in the texture (factor alpha included): the factor becomes white.
+        keep_alpha = not (has_alpha and target.get("alphaMode", "OPAQUE") in ("BLEND", "MASK"))
         pbr = target.setdefault("pbrMetallicRoughness", {})
         pbr["baseColorTexture"] = {"index": texture, **({"texCoord": texcoord} if texcoord else {})}
-        _white_keeping_alpha(pbr, "baseColorFactor")
+        _white_keeping_alpha(pbr, "baseColorFactor", keep_alpha)
         spec_gloss = target.get("extensions", {}).get(SPEC_GLOSS)
         if spec_gloss is not None:  # viewers that read this extension use its diffuse map, not the PBR one
             spec_gloss["diffuseTexture"] = dict(pbr["baseColorTexture"])
-            _white_keeping_alpha(spec_gloss, "diffuseFactor")
+            _white_keeping_alpha(spec_gloss, "diffuseFactor", keep_alpha)
+    doc.compact_report = compact(doc)
     return doc
 
 
-def _white_keeping_alpha(holder: dict, key: str) -> None:
-    """A colour factor multiplying the new texture: white, with the material's alpha kept."""
-    alpha = float(holder.get(key, [1, 1, 1, 1])[3])
+def _white_keeping_alpha(holder: dict, key: str, keep_alpha: bool = True) -> None:
+    """A colour factor multiplying the new texture: white, with the material's alpha kept (unless the
+    texture carries it)."""
+    alpha = float(holder.get(key, [1, 1, 1, 1])[3]) if keep_alpha else 1.0
     if alpha != 1.0:
         holder[key] = [1.0, 1.0, 1.0, alpha]
     else:
@@ -163,17 +185,54 @@ def write_textured_glb(mesh: LoadedMesh, atlas: np.ndarray, path: str | Path) ->
     return path
 
 
+def _obj_name(name: str) -> str:
+    """A name on one OBJ/MTL line (no line breaks, no leading or trailing space)."""
+    return " ".join(str(name).split()) or "unnamed"
+
+
+def obj_groups(mesh: LoadedMesh) -> list[tuple[str, str, int, int]]:
+    """(group name, material name, first face, end face) of each instance of the flat mesh: the input's
+    node names (an OBJ's groups) and material names; one group of the baked material without a document."""
+    if mesh.asset is None:
+        return [("mesh", BAKED_MATERIAL, 0, len(mesh.faces))]
+    doc = mesh.asset.document.json
+    groups, start = [], 0
+    for inst in mesh.asset.instances:
+        prim = mesh.asset.primitives[inst.primitive]
+        end = start + len(prim.triangles)
+        node = doc.get("nodes", [])[inst.node].get("name") or f"node_{inst.node}"
+        material = BAKED_MATERIAL
+        if prim.material is not None:
+            material = doc["materials"][prim.material].get("name") or f"material_{prim.material}"
+        groups.append((_obj_name(node), _obj_name(material), start, end))
+        start = end
+    return groups
+
+
 def write_textured_obj(mesh: LoadedMesh, atlas_png: str, path: str | Path) -> list[Path]:
-    """OBJ + MTL of the flat mesh in its own coordinates (full float64 precision), reading `atlas_png`."""
+    """OBJ + MTL of the flat mesh in its own coordinates (full float64 precision), reading `atlas_png`.
+
+    Groups and materials keep the input's names (an OBJ's `g` groups and `usemtl` materials); every
+    material reads the one atlas."""
     path = Path(path)
     mtl = path.with_suffix(".mtl")
     normals = smooth_normals(mesh.vertices, mesh.faces)
     f = mesh.faces + 1
-    lines = [f"mtllib {mtl.name}", "usemtl realiz3d_baked"]
+    lines = [f"mtllib {mtl.name}"]
     lines += [f"v {x!r} {y!r} {z!r}" for x, y, z in mesh.vertices.tolist()]
     lines += [f"vt {u:.9g} {v:.9g}" for u, v in mesh.uv.tolist()]
     lines += [f"vn {x:.7g} {y:.7g} {z:.7g}" for x, y, z in normals.tolist()]
-    lines += [f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}" for a, b, c in f.tolist()]
+    materials = []
+    for group, material, start, end in obj_groups(mesh):
+        lines += [f"g {group}", f"usemtl {material}"]
+        lines += [f"f {a}/{a}/{a} {b}/{b}/{b} {c}/{c}/{c}" for a, b, c in f[start:end].tolist()]
+        if material not in materials:
+            materials.append(material)
     path.write_text("\n".join(lines) + "\n")
-    mtl.write_text(f"newmtl realiz3d_baked\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {atlas_png}\n")
+    mtl.write_text(
+        "".join(
+            f"newmtl {m}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {atlas_png}\n\n"
+            for m in materials
+        )
+    )
     return [path, mtl]

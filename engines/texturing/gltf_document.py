@@ -102,6 +102,8 @@ class GltfDocument:
         self.json = doc
         self.binary = binary
         self.notes: list[str] = []  # what loading left out (a file the upload did not carry)
+        self.source_format = "gltf"  # what the upload was: gltf (or glb), obj or ply
+        self.compact_report = None  # set by export: what `gltf_compact.compact` removed
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -239,9 +241,11 @@ class GltfDocument:
     def _align(self, to: int = 4) -> None:
         self.binary += b"\0" * (-len(self.binary) % to)
 
-    def add_buffer_view(self, raw: bytes, target: int | None = None) -> int:
+    def add_buffer_view(self, raw: bytes, target: int | None = None, byte_stride: int | None = None) -> int:
         self._align()
         view = {"buffer": 0, "byteOffset": len(self.binary), "byteLength": len(raw)}
+        if byte_stride is not None:
+            view["byteStride"] = byte_stride
         if target is not None:
             view["target"] = target
         self.binary += raw
@@ -251,8 +255,25 @@ class GltfDocument:
             self.json["buffers"] = [{"byteLength": 0}]
         return len(views) - 1
 
-    def add_accessor(self, values: np.ndarray, type_: str, target: int | None = ARRAY_BUFFER) -> int:
-        """Append tightly packed values (float32, uint8/16/32 ...) as a new accessor; returns its index."""
+    def add_values_view(self, values: np.ndarray, target: int | None = ARRAY_BUFFER) -> int:
+        """A buffer view of (n, k) values, little endian; vertex attributes (ARRAY_BUFFER) start every
+        element on a 4-byte boundary (a uint8 SCALAR takes 4 bytes: `byteStride` 4)."""
+        values = np.ascontiguousarray(values).reshape(len(values), -1)
+        raw = values.astype(values.dtype.newbyteorder("<")).tobytes()
+        element = values.dtype.itemsize * values.shape[1]
+        stride = None
+        if target == ARRAY_BUFFER and element % 4:
+            stride = element + (-element % 4)
+            padded = np.zeros((len(values), stride), np.uint8)
+            padded[:, :element] = np.frombuffer(raw, np.uint8).reshape(len(values), element)
+            raw = padded.tobytes()
+        return self.add_buffer_view(raw, target, stride)
+
+    def add_accessor(
+        self, values: np.ndarray, type_: str, target: int | None = ARRAY_BUFFER, bounds: bool = False
+    ) -> int:
+        """Append values (float32, uint8/16/32 ...) as a new accessor; returns its index. Float accessors get
+        their exact min/max, integer ones when `bounds` (POSITION, or an accessor that declared them)."""
         values = np.ascontiguousarray(values)
         ncomp = TYPE_SIZES[type_]
         values = values.reshape(len(values), ncomp)
@@ -260,9 +281,7 @@ class GltfDocument:
         if component is None:
             raise ValueError(f"no glTF component type for {values.dtype}")
         acc = {
-            "bufferView": self.add_buffer_view(
-                values.astype(values.dtype.newbyteorder("<")).tobytes(), target
-            ),
+            "bufferView": self.add_values_view(values, target),
             "componentType": component,
             "count": len(values),
             "type": type_,
@@ -270,6 +289,9 @@ class GltfDocument:
         if values.dtype == np.float32 and len(values):
             acc["min"] = values.min(axis=0).astype(float).tolist()
             acc["max"] = values.max(axis=0).astype(float).tolist()
+        elif bounds and len(values):
+            acc["min"] = values.min(axis=0).astype(int).tolist()
+            acc["max"] = values.max(axis=0).astype(int).tolist()
         accessors = self.json.setdefault("accessors", [])
         accessors.append(acc)
         return len(accessors) - 1
@@ -358,11 +380,14 @@ def unit_vectors(vectors: np.ndarray) -> np.ndarray:
 
 
 def build_document(parts: list[tuple]) -> GltfDocument:
-    """A fresh document from flat parts
-    `(name, world vertices float64, faces, uv v-up | None, PIL image | None[, unit normals | None])`.
+    """A fresh document from flat parts `(name, world vertices float64, faces, uv v-up | None, PIL image |
+    None[, unit normals | None[, material name | None[, RGBA colour factor | None]]])`.
 
-    One mesh and child node per part, under a root node whose float64 translation carries the common
-    centre: positions are stored relative to it, so float32 keeps their precision far from the origin.
+    One mesh and child node per part (named after the part: an OBJ's group), under a root node whose float64
+    translation carries the common centre: positions are stored relative to it, so float32 keeps their
+    precision far from the origin. Parts that name the same material share one glTF material of that name
+    (its colour factor, and its image as base-colour texture when the part has UVs); a part with an image
+    but no material name gets `{name}_material`.
     """
     import io
 
@@ -374,8 +399,11 @@ def build_document(parts: list[tuple]) -> GltfDocument:
         root["translation"] = center.tolist()
     doc.json["nodes"] = [root]
     doc.json["scenes"] = [{"nodes": [0]}]
+    materials: dict[str, int] = {}
     for name, vertices, faces, uv, image, *rest in parts:
         normals = rest[0] if rest else None
+        material_name = rest[1] if len(rest) > 1 else None
+        colour = rest[2] if len(rest) > 2 else None
         attributes = {"POSITION": doc.add_accessor((vertices - center).astype(np.float32), "VEC3")}
         if normals is not None:
             attributes["NORMAL"] = doc.add_accessor(unit_vectors(normals), "VEC3")
@@ -390,19 +418,26 @@ def build_document(parts: list[tuple]) -> GltfDocument:
             ),
             "mode": 4,
         }
-        if image is not None and uv is not None:
-            png = io.BytesIO()
-            image.convert("RGBA" if image.mode in ("RGBA", "LA") else "RGB").save(png, format="PNG")
-            img = doc.add(
-                "images", {"bufferView": doc.add_buffer_view(png.getvalue()), "mimeType": "image/png"}
-            )
-            tex = doc.add("textures", {"source": img})
-            material = {
-                "name": f"{name}_material",
-                "pbrMetallicRoughness": {"baseColorTexture": {"index": tex}},
-            }
-            material["pbrMetallicRoughness"].update(metallicFactor=0.0, roughnessFactor=1.0)
-            prim["material"] = doc.add("materials", material)
+        textured = image is not None and uv is not None
+        if material_name is None and textured:
+            material_name = f"{name}_material"
+        if material_name is not None:
+            # The same name with and without a usable texture (a part without UVs): two materials.
+            key = f"{material_name}\0{textured}"
+            if key not in materials:
+                pbr: dict = {"metallicFactor": 0.0, "roughnessFactor": 1.0}
+                if colour is not None and not textured:
+                    factor = [round(float(c), 6) for c in colour]
+                    if factor != [1.0, 1.0, 1.0, 1.0]:
+                        pbr["baseColorFactor"] = factor
+                if textured:
+                    png = io.BytesIO()
+                    image.convert("RGBA" if image.mode in ("RGBA", "LA") else "RGB").save(png, format="PNG")
+                    view = doc.add_buffer_view(png.getvalue())
+                    img = doc.add("images", {"bufferView": view, "mimeType": "image/png"})
+                    pbr["baseColorTexture"] = {"index": doc.add("textures", {"source": img})}
+                materials[key] = doc.add("materials", {"name": material_name, "pbrMetallicRoughness": pbr})
+            prim["material"] = materials[key]
         mesh = doc.add("meshes", {"name": name, "primitives": [prim]})
         root["children"].append(doc.add("nodes", {"name": name, "mesh": mesh}))
     return doc

@@ -81,6 +81,7 @@ class LoadedMesh:
     scale: float
     texture: np.ndarray | None = None  # (H, W, 3) uint8
     source: str = ""
+    source_format: str = ""  # gltf (a .gltf or .glb), obj or ply: what the upload held (a zip's main file)
     uv_source: str = "input"  # input | packed | xatlas
     notes: list[str] = field(default_factory=list)
     asset: Asset | None = field(default=None, repr=False)  # the document and its primitives (export)
@@ -136,12 +137,18 @@ class LoadedMesh:
             texture=texture,
             uv_source=source,
             layout=layout,
-            notes=[*asset.notes, *layout.notes],
+            notes=[*asset.notes, *layout.notes, *_vertex_colour_notes(asset)],
         )
+
+    @property
+    def vertex_colours_dropped(self) -> list[str]:
+        """Textured primitives whose COLOR_0 the output drops (`mesh m primitive i`)."""
+        return vertex_colour_primitives(self.asset) if self.asset is not None else []
 
     def describe(self) -> dict:
         return {
             "source": self.source,
+            "format": self.source_format or None,
             "vertices": int(len(self.vertices)),
             "faces": self.num_faces,
             "uv_source": self.uv_source if self.uv is not None else None,
@@ -152,11 +159,33 @@ class LoadedMesh:
                     "primitives": len({i.primitive for i in self.asset.instances}),
                     "instances": len(self.asset.instances),
                     "uv_layout": self.layout.describe(),
+                    "vertex_colors_dropped": self.vertex_colours_dropped,
                 }
                 if self.asset is not None and self.layout is not None
                 else {}
             ),
         }
+
+
+def vertex_colour_primitives(asset: Asset) -> list[str]:
+    """Drawn (so textured) primitives that have COLOR_0, which glTF multiplies into the base colour."""
+    meshes = asset.document.json.get("meshes", [])
+    found = []
+    for p in sorted({i.primitive for i in asset.instances}):
+        prim = asset.primitives[p]
+        if "COLOR_0" in meshes[prim.mesh]["primitives"][prim.index].get("attributes", {}):
+            found.append(f"mesh {prim.mesh} primitive {prim.index}")
+    return found
+
+
+def _vertex_colour_notes(asset: Asset) -> list[str]:
+    found = vertex_colour_primitives(asset)
+    if not found:
+        return []
+    return [
+        f"{len(found)} textured primitive(s) had vertex colours (COLOR_0): dropped from the output, since glTF "
+        "multiplies them into the base colour and the generated views never showed them"
+    ]
 
 
 def _base_color_image(asset: Asset, material: int | None) -> np.ndarray | None:
@@ -430,7 +459,16 @@ def mesh_from_document(document, name: str = "mesh", limits: MeshLimits | None =
     if not math.isfinite(radius) or not math.isfinite(float(np.abs(center).max())):
         raise MeshError(f"{name}: vertex coordinates are too large to compute with (over 1e150)")
     scale = FIT_RADIUS / radius if radius > 0 else 1.0
-    mesh = LoadedMesh(vertices, np.zeros((0, 3), np.int64), None, center, scale, source=name, asset=asset)
+    mesh = LoadedMesh(
+        vertices,
+        np.zeros((0, 3), np.int64),
+        None,
+        center,
+        scale,
+        source=name,
+        source_format=getattr(document, "source_format", "gltf"),
+        asset=asset,
+    )
     mesh = mesh.with_layout(layout)
     _check_geometry(mesh, name)
     return mesh
@@ -462,9 +500,16 @@ def _trimesh_document(data: bytes, fmt: str, name: str, files: AssetFiles, limit
 
     files.check_text(fmt, data)
     check_memory(len(data) * _TEXT_BYTES_FACTOR, name, limits)
+    # OBJ: one part per group (`g`), each keeping its material (`usemtl`), so both names reach the output.
+    options = {"split_groups": True, "group_material": False} if fmt == "obj" else {}
     try:
         scene = trimesh.load(
-            io.BytesIO(data), file_type=fmt, force="scene", process=False, resolver=files.trimesh_resolver()
+            io.BytesIO(data),
+            file_type=fmt,
+            force="scene",
+            process=False,
+            resolver=files.trimesh_resolver(),
+            **options,
         )
     except MeshError:
         raise
@@ -487,7 +532,19 @@ def _trimesh_document(data: bytes, fmt: str, name: str, files: AssetFiles, limit
             ):  # the file had normals (trimesh computes them lazily otherwise)
                 normals = np.asarray(geom.vertex_normals, np.float64) @ np.linalg.inv(m[:3, :3])
             faces = np.asarray(geom.faces, np.int64)
-            parts.append((str(geom_name), v, faces, _part_uv(geom), _part_image(geom, name, limits), normals))
+            material_name, colour = _part_material(geom)
+            parts.append(
+                (
+                    str(geom_name),
+                    v,
+                    faces,
+                    _part_uv(geom),
+                    _part_image(geom, name, limits),
+                    normals,
+                    material_name,
+                    colour,
+                )
+            )
     if not parts and fmt == "ply":
         parts = _ply_strips(io.BytesIO(data), name)
     if not parts:
@@ -495,11 +552,38 @@ def _trimesh_document(data: bytes, fmt: str, name: str, files: AssetFiles, limit
     from engines.texturing.gltf_document import build_document
 
     document = build_document(parts)
-    if files.missing:
-        document.notes = [
-            f"'{m}' is not in the upload; loaded without it" for m in dict.fromkeys(files.missing)
-        ]
+    document.source_format = fmt
+    document.notes = _missing_notes(files)
     return document
+
+
+def _missing_notes(files: AssetFiles) -> list[str]:
+    """One line per file the asset names but did not carry; a texture names the material that uses it."""
+    users: dict[str, list[str]] = {}
+    for material, ref in files.material_textures:
+        users.setdefault(ref, []).append(material)
+    notes = []
+    for missing in dict.fromkeys(files.missing):
+        who = users.get(missing)
+        if who:
+            names = ", ".join(f"'{m}'" for m in dict.fromkeys(who))
+            notes.append(f"material {names}: its texture '{missing}' is not in the upload; loaded without it")
+        else:
+            notes.append(f"'{missing}' is not in the upload; loaded without it")
+    return notes
+
+
+def _part_material(geom) -> tuple[str | None, list[float] | None]:  # noqa: ANN001 - a trimesh geometry
+    """The OBJ material's name and diffuse colour (RGBA in [0, 1]) of a part, when it has one."""
+    material = getattr(geom.visual, "material", None)
+    name = getattr(material, "name", None)
+    if not name:
+        return None, None
+    diffuse = getattr(material, "diffuse", None)
+    colour = None
+    if diffuse is not None and len(diffuse) >= 3:
+        colour = [float(c) / 255.0 for c in diffuse[:4]] + [1.0] * (4 - len(diffuse[:4]))
+    return str(name), colour
 
 
 def _ply_strips(source, name: str) -> list:

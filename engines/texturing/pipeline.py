@@ -20,12 +20,14 @@ from PIL import Image
 from engines.errors import JobCanceled
 from engines.requests import CancelCheck, ProgressCallback, StageCallback, TextureRequest
 from engines.sampling.cameras import CONVENTION, Camera, cameras_to_json, texturing_cameras
-from engines.texturing.bake import BakeResult, BakeSettings, bake_views
+from engines.texturing.appearance import with_alpha
+from engines.texturing.bake import BakeResult, BakeSettings, InstanceCopies, bake_views
 from engines.texturing.export import write_texture_png, write_textured_glb, write_textured_obj
 from engines.texturing.fill import fill_over_surface
 from engines.texturing.mesh_io import LoadedMesh, MeshLimits, load_mesh
 from engines.texturing.rasterize import (
     RayCaster,
+    UVMaps,
     geometry_channels,
     mirrored_faces,
     rasterize_uv,
@@ -38,6 +40,8 @@ GenerateViews = Callable[[list[Camera], np.ndarray, int], list[np.ndarray]]
 
 STAGES = ("load", "unwrap", "render", "generate", "bake", "fill", "export")
 DEFAULT_VIEW_RESOLUTION = 512
+#: Below this share of the surface coloured from views, meta.json and the CLI warn.
+LOW_COVERAGE = 0.05
 
 
 @dataclass
@@ -83,9 +87,66 @@ def save_textured(mesh: LoadedMesh, atlas: np.ndarray, out: Path) -> list[Path]:
         write_texture_png(atlas, out / "texture.png"),
         write_textured_glb(mesh, atlas, out / "textured.glb"),
     ]
-    if mesh.source.lower().endswith(".obj"):
+    if mesh.source_format == "obj" or mesh.source.lower().endswith(".obj"):  # a zipped OBJ too
         files += write_textured_obj(mesh, "texture.png", out / "textured.obj")
     return files
+
+
+def uv_maps_of(mesh: LoadedMesh, atlas_size: int) -> tuple[UVMaps, InstanceCopies | None]:
+    """The mesh rasterised in UV space, each primitive's first instance only, and where its other
+    instances are (they share its UVs: one rasterisation, baked copy by copy, memory bounded by the atlas)."""
+    if mesh.asset is None or len(mesh.asset.instances) == len({i.primitive for i in mesh.asset.instances}):
+        return rasterize_uv(mesh.uv, mesh.faces, atlas_size), None
+    starts: dict[int, list[int]] = {}
+    offset = 0
+    for inst in mesh.asset.instances:
+        starts.setdefault(inst.primitive, []).append(offset)
+        offset += len(mesh.asset.primitives[inst.primitive].triangles)
+    groups = list(starts)
+    offsets = np.full((len(groups), max(len(v) for v in starts.values())), -1, np.int64)
+    group = np.full(len(mesh.faces), -1, np.int64)
+    first = []
+    for g, p in enumerate(groups):
+        offsets[g, : len(starts[p])] = starts[p]
+        n = len(mesh.asset.primitives[p].triangles)
+        group[starts[p][0] : starts[p][0] + n] = g
+        first.append(np.arange(starts[p][0], starts[p][0] + n))
+    first_faces = np.concatenate(first)
+    maps = rasterize_uv(mesh.uv, mesh.faces[first_faces], atlas_size)
+    on = maps.face_id >= 0
+    maps.face_id[on] = first_faces[maps.face_id[on]]
+    maps.extra_face = first_faces[maps.extra_face].astype(np.int32)
+    return maps, InstanceCopies(offsets, group)
+
+
+def instance_notes(copies: InstanceCopies | None) -> list[str]:
+    if copies is None:
+        return []
+    shared = int((copies.offsets >= 0).sum(axis=1).max())
+    return [
+        f"instances share their primitive's UVs (up to {shared} copies): rasterised once, each texel "
+        "baked from the copy its views see best"
+    ]
+
+
+def coverage_warnings(coverage: float, chart_texels: int) -> list[str]:
+    """What meta.json and the CLI say when the views coloured little or nothing of the surface."""
+    if chart_texels == 0:
+        return ["the atlas holds no texel of the mesh: nothing could be baked"]
+    if coverage == 0:
+        return [
+            "no view coloured any texel (coverage 0): the atlas is the surface fill only; check that the "
+            "views and cameras belong to this mesh"
+        ]
+    if coverage < LOW_COVERAGE:
+        return [f"the views coloured only {coverage:.1%} of the surface; the rest is filled"]
+    return []
+
+
+def surface_shares(baked: BakeResult) -> dict:
+    """Shares of on-mesh texels: coloured from a view, or filled (they sum to 1)."""
+    from_views = round(baked.coverage_fraction, 4)
+    return {"from_views": from_views, "filled": round(1.0 - from_views, 4)}
 
 
 def uv_report(mesh: LoadedMesh, baked: BakeResult) -> dict:
@@ -159,9 +220,10 @@ def bake_images(
     vertices = mesh.normalized_vertices
     rasterizer = rasterizer or RayCaster(vertices, mesh.faces)
     view_maps = [rasterizer.render(cam, img.shape[0]) for cam, img in zip(cameras, images, strict=True)]
-    uv_maps = rasterize_uv(mesh.uv, mesh.faces, atlas_size)
-    baked = bake_views(uv_maps, vertices, mesh.faces, images, view_maps, view_weights, settings)
-    return fill_over_surface(baked, vertices, mesh.faces), baked
+    uv_maps, copies = uv_maps_of(mesh, atlas_size)
+    baked = bake_views(uv_maps, vertices, mesh.faces, images, view_maps, view_weights, settings, copies)
+    atlas = fill_over_surface(baked, vertices, mesh.faces)
+    return with_alpha(atlas, mesh, baked.face_id, baked.bary), baked
 
 
 def _as_view_image(image: np.ndarray, resolution: int, index: int) -> np.ndarray:
@@ -232,22 +294,32 @@ def texture_mesh(
             raise ValueError(f"generate_views returned {len(raw)} views for {len(cams)} cameras")
         views = [_as_view_image(v, res, i) for i, v in enumerate(raw)]
     with stages.stage("bake"):
-        uv_maps = rasterize_uv(loaded.uv, loaded.faces, request.atlas_size)
-        baked = bake_views(uv_maps, vertices, loaded.faces, views, view_maps, view_weights, bake_settings)
+        uv_maps, copies = uv_maps_of(loaded, request.atlas_size)
+        baked = bake_views(
+            uv_maps, vertices, loaded.faces, views, view_maps, view_weights, bake_settings, copies
+        )
     with stages.stage("fill"):
         atlas = fill_over_surface(baked, vertices, loaded.faces)
+        atlas = with_alpha(atlas, loaded, baked.face_id, baked.bary)
     stages.timings["total"] = sum(stages.timings.values())
     uvs = uv_report(loaded, baked)
+    warnings = coverage_warnings(baked.coverage_fraction, int(baked.chart.sum()))
 
     meta = {
         "kind": "texture",
         "request": request.model_dump(mode="json"),
-        "mesh": {**loaded.describe(), "notes": [*loaded.notes, *_overlap_notes(uvs)]},
+        "mesh": {
+            **loaded.describe(),
+            "notes": [*loaded.notes, *_overlap_notes(uvs), *instance_notes(copies), *warnings],
+        },
         "uv": uvs,
         "atlas_size": request.atlas_size,
+        "atlas_channels": "RGBA" if atlas.shape[-1] == 4 else "RGB",
         "view_resolution": res,
         "num_views": len(cams),
         "coverage": round(baked.coverage_fraction, 4),
+        "surface": surface_shares(baked),
+        "warnings": warnings,
         "view_weights": view_weights,
         "bake": asdict(bake_settings or BakeSettings()),
         "camera_convention": CONVENTION,

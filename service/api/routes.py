@@ -178,7 +178,7 @@ async def create_texture(
         engine_params(params),
         owner,
         idempotency_key,
-        (suffix, upload.data),
+        (suffix, upload.data, upload.display_name or upload.filename),
         params.model_dump(mode="json"),
         webhook_of(params),
     )

@@ -109,7 +109,7 @@ def submit(
     params: dict[str, Any],
     owner: str | None,
     idempotency_key: str | None,
-    mesh: tuple[str, bytes] | None = None,
+    mesh: tuple[str, bytes] | tuple[str, bytes, str] | None = None,
     compare: dict[str, Any] | None = None,
     webhook_url: str | None = None,
 ) -> tuple[JobRecord, bool]:
@@ -131,6 +131,7 @@ def submit(
         record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner, webhook_url=webhook_url)
         if mesh is not None:
             record.input_name = "mesh" + mesh[0]
+            record.upload_name = mesh[2] if len(mesh) > 2 else None
         job, created = ctx.store.create(
             record,
             max_queue_depth=s.max_queue_depth,

@@ -114,6 +114,7 @@ class MeshUpload:
     filename: str
     data: bytes
     params_json: str
+    display_name: str | None = None  # what the client uploaded, when `filename` is our packing of it
 
 
 #: A .gltf's own files (buffers, images) arrive as repeated `files` parts; more than this is refused.
@@ -124,25 +125,49 @@ MAX_FORM_FIELDS = 48
 
 def pack_gltf_parts(gltf_name: str, gltf: bytes, files: list[tuple[str, bytes]]) -> MeshUpload:
     """A .gltf and the files it refers to, sent as separate parts, as one in-memory .zip: the mesh loader
-    already resolves a zipped .gltf's relative URIs (and names what is missing). Part file names are the
-    URIs as the .gltf writes them (`textures/wood.png`); absolute paths and `..` are refused."""
+    already resolves a zipped .gltf's relative URIs. Part file names are the URIs as the .gltf writes them
+    (`textures/Normal%20Map.png`) or the file names they decode to (`textures/Normal Map.png`): each is
+    stored under the decoded name, which is what the loader reads (glTF URIs are percent-encoded). Absolute
+    paths and `..` are refused, and so is a .gltf that names a file no part carries (422 naming it)."""
     import io
     import posixpath
     import zipfile
 
+    from engines.texturing.asset_files import gltf_file_uris, match_gltf_parts
+
+    try:
+        uris = gltf_file_uris(load_json(gltf, posixpath.basename(gltf_name) or "the .gltf"))
+    except MeshError as e:
+        raise ApiError(422, e.code, f"mesh: {e}") from e
+    try:
+        paths, missing = match_gltf_parts(uris, [name for name, _ in files])
+    except MeshError:
+        paths, missing = {}, []
+    if missing:
+        raise ApiError(
+            422,
+            "invalid_mesh",
+            f"files: the .gltf refers to '{missing[0][:200]}', which no `files` part carries (name each "
+            "part by the URI the .gltf uses; percent-encoded or decoded both work)",
+        )
     buffer = io.BytesIO()
     seen: set[str] = set()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(posixpath.basename(gltf_name) or "scene.gltf", gltf)
         for name, data in files:
-            clean = posixpath.normpath(name.replace("\\", "/"))
-            if not name or clean.startswith(("/", "../")) or clean == ".." or clean in seen:
+            clean = paths.get(name)
+            if not name or clean is None or clean in seen:
                 why = "repeated" if clean in seen else "not a relative path inside the asset"
                 raise ApiError(422, "invalid_request", f"files: part file name {name!r} is {why}")
             seen.add(clean)
             zf.writestr(clean, data)
     stem = posixpath.splitext(posixpath.basename(gltf_name))[0] or "scene"
-    return MeshUpload(filename=f"{stem}.zip", data=buffer.getvalue(), params_json="")
+    return MeshUpload(
+        filename=f"{stem}.zip",
+        data=buffer.getvalue(),
+        params_json="",
+        display_name=posixpath.basename(gltf_name) or None,
+    )
 
 
 async def read_mesh_upload(request: Request) -> MeshUpload:

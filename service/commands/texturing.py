@@ -137,6 +137,7 @@ def run_texture(args: argparse.Namespace) -> int:
         result = pipe.texture(request, args.mesh, progress=update, stage_progress=bar.stage, limits=limits)
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
+    _warn(result.meta.get("warnings", []))
     from service.commands.generate import engine_cache_summary
 
     cache_summary = engine_cache_summary(pipe)
@@ -149,7 +150,13 @@ def run_bake(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from engines.texturing.mesh_io import load_mesh
-    from engines.texturing.pipeline import bake_images, save_textured, uv_report
+    from engines.texturing.pipeline import (
+        bake_images,
+        coverage_warnings,
+        save_textured,
+        surface_shares,
+        uv_report,
+    )
     from engines.texturing.uv_layout import ensure_layout
 
     _check_range("--atlas", args.atlas, 64, 4096)
@@ -196,19 +203,31 @@ def run_bake(args: argparse.Namespace) -> int:
         "atlas_size": args.atlas,
         "unwrap": args.unwrap if mesh.uv_source == "xatlas" else None,  # None: the mesh's own UVs
         "coverage": round(baked.coverage_fraction, 4),
+        "surface": surface_shares(baked),
+        "warnings": coverage_warnings(baked.coverage_fraction, int(baked.chart.sum())),
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2))
     print(
         f"baked {len(images)} views into {args.out / 'texture.png'} (coverage {baked.coverage_fraction:.1%})"
     )
+    _warn(meta["warnings"])
     return 0
+
+
+def _warn(warnings: list[str]) -> None:
+    """Each warning of meta.json on stderr: a bake that coloured (almost) nothing is not a plain success."""
+    import sys
+
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def run_render(args: argparse.Namespace) -> int:
     from engines.sampling.cameras import cameras_to_json, texturing_cameras
+    from engines.texturing.appearance import has_base_colour_texture, render_base_colour
     from engines.texturing.mesh_io import load_mesh
-    from engines.texturing.rasterize import RayCaster, map_to_u8, render_albedo, render_shaded
+    from engines.texturing.rasterize import RayCaster, map_to_u8, render_shaded
 
     _check_range("--resolution", args.resolution, 16, 2048)
     if args.cameras is not None:
@@ -218,9 +237,10 @@ def run_render(args: argparse.Namespace) -> int:
         _check_range("--views", views, 1, 64)
         cameras = texturing_cameras(views)
     mesh = load_mesh(args.mesh, _limits())
-    textured = mesh.texture is not None and mesh.uv is not None
+    textured = has_base_colour_texture(mesh)
     if args.unlit and not textured:
         raise UserInputError(f"{args.mesh}: --unlit needs a mesh with UVs and a base-colour texture")
+    has_material = mesh.asset is not None and any(p.material is not None for p in mesh.asset.primitives)
     rasterizer = RayCaster(mesh.normalized_vertices, mesh.faces)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +251,8 @@ def run_render(args: argparse.Namespace) -> int:
         _save_png(map_to_u8((maps.position + 1) / 2, mask), out / f"position_{i:02d}.png")
         _save_png((mask * 255).astype(np.uint8), out / f"mask_{i:02d}.png")
         _save_png(_depth_u16(maps.depth, mask), out / f"depth_{i:02d}.png")
-        albedo = render_albedo(maps, mesh.faces, mesh.uv, mesh.texture) if textured else None
+        # Each face through its own material (texture, factor, vertex colours), as a glTF viewer shows it.
+        albedo = render_base_colour(maps, mesh) if textured or has_material else None
         if args.unlit:
             _save_png(albedo, out / f"view_{i:02d}.png")
         else:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engines.errors import JobCanceled, UserInputError
@@ -235,8 +236,10 @@ def _call_pipeline(ctx: WorkerContext, job: JobRecord, staging, progress, should
         request = MultiviewRequest.model_validate(job.params)
         return ctx.pipeline.multiview(request, progress=progress, should_cancel=should_cancel)
     request = TextureRequest.model_validate(job.params)
-    mesh_path = ctx.artifacts.fetch_input(job.id, job.input_name or "mesh.glb", staging)
-    return ctx.pipeline.texture(
+    mesh_path = _as_uploaded(
+        ctx.artifacts.fetch_input(job.id, job.input_name or "mesh.glb", staging), job, staging
+    )
+    result = ctx.pipeline.texture(
         request,
         mesh_path,
         progress=progress,
@@ -244,6 +247,26 @@ def _call_pipeline(ctx: WorkerContext, job: JobRecord, staging, progress, should
         limits=ctx.settings.mesh_limits(),
         stage_progress=stage_progress,
     )
+    if job.upload_name and isinstance(getattr(result, "meta", None), dict):
+        # meta.json names what the client sent (a .gltf with its parts arrives here as a zip)
+        result.meta.setdefault("mesh", {})["source"] = job.upload_name
+    return result
+
+
+def _as_uploaded(path: Path, job: JobRecord, staging: Path) -> Path:
+    """The staged input under the client's file name (its stem, the stored suffix, which says the format),
+    so that messages about the mesh name it; the stored name when the upload had none usable."""
+    stem = Path(Path(job.upload_name or "").name).stem.strip()
+    stem = "".join(c for c in stem if c.isprintable() and c not in '/\\:*?"<>|')[:120].strip(" .")
+    if not stem:
+        return path
+    named = Path(staging) / "upload" / f"{stem}{path.suffix}"
+    named.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        named.symlink_to(path.resolve())  # the stored input stays where it is (a retry reads it again)
+    except OSError:
+        shutil.copyfile(path, named)
+    return named
 
 
 class _StepClock:

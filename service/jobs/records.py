@@ -71,6 +71,7 @@ class JobRecord:
     error: JobError | None = None
     artifacts: list[Artifact] = field(default_factory=list)
     input_name: str | None = None  # the uploaded mesh, stored under the job's inputs
+    upload_name: str | None = None  # the file name the client sent (meta.json and messages name it)
     webhook_url: str | None = None  # POSTed the final job (signed) when it ends
     # Its delivery so far: requests sent, the last outcome ("HTTP 204", "ConnectError", "refused: <why>"
     # for a target the address policy refuses, never connected to) and when a 2xx answer came.
