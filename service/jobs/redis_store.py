@@ -284,7 +284,7 @@ class DeadlineRetry(Retry):
     exponential backoff (50 ms doubling to 1 s, jittered) until `seconds` have passed since the command
     began, then raises the last error. redis-py also runs a connection's connect through its `Retry`,
     inside the command's: the nested call shares the command's deadline (a thread-local), so a command
-    waits at most `seconds` plus one socket timeout."""
+    waits at most `seconds` plus one backoff step (1 s) and one socket timeout."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__(ExponentialWithJitterBackoff(base=0.05, cap=1.0), -1, TRANSIENT_ERRORS)
@@ -336,7 +336,8 @@ class RedisJobStore:
     second client without retries, and on a Redis error a progress write is dropped (the next one carries
     the newer step) and `run_check` answers "go on" (ownership is enforced again by `finish()`, atomically,
     by attempt number). 0 (the gateway): no retry, a route answers 503 at once while Redis is down.
-    `lease_grace_seconds` (workers: `heartbeat_ttl_seconds`): see `requeue_expired`."""
+    `lease_grace_seconds` (workers: `heartbeat_ttl_seconds`): how long after Redis starts `requeue_expired`
+    leaves lapsed leases alone."""
 
     def __init__(self, url: str, retry_seconds: float = 0.0, lease_grace_seconds: float = 10.0) -> None:
         self.url = url
