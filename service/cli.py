@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "service.commands.loadtest",
     "service.commands.training",
     "service.commands.importing",
+    "service.commands.sample",
 )
 
 
