@@ -19,7 +19,7 @@ from pathlib import Path
 
 _MB = 1024.0  # ru_maxrss is in KiB on Linux
 
-JOB_CASES = ("multiview", "texture", "load_skinned_100k", "load_500k_faces")
+JOB_CASES = ("multiview", "texture", "texture_instanced_skinned_84", "load_skinned_100k", "load_500k_faces")
 HOSTILE_CASES = (
     "glb_huge_count",
     "glb_sparse_instanced",
@@ -77,6 +77,26 @@ def run_case(name: str) -> dict:
                 pipe.texture(request, mesh, limits=limits).save(Path(tmp) / "out")
             result["job"] = "icosphere (5120 faces), 6 views x 30 steps, atlas 1024, default model"
         result["outcome"] = "succeeded"
+    elif name == "texture_instanced_skinned_84":
+        import tempfile
+
+        from engines.requests import TextureRequest
+        from engines.texturing.bench_asset import instanced_skinned_glb, normal_views
+        from engines.texturing.pipeline import texture_mesh
+
+        data = instanced_skinned_glb(84)
+        result["upload_bytes"] = len(data)
+        baseline = _rss_mb()
+        with tempfile.TemporaryDirectory() as tmp:
+            mesh = Path(tmp) / "crowd.glb"
+            mesh.write_bytes(data)
+            request = TextureRequest(prompt="x", num_views=6, steps=2, atlas_size=1024, seed=0)
+            texture_mesh(request, mesh, normal_views, limits=limits, out_dir=Path(tmp) / "out")
+        result["job"] = (
+            "84 instances of one skinned mesh (954 nodes, 30 levels deep, no UVs), 6 views at 512 px, "
+            "atlas 1024, views from the normal maps (no model): load, unwrap, bake, fill, export"
+        )
+        result["outcome"] = "succeeded"
     else:
         if name == "load_skinned_100k":
             from engines.texturing.bench_asset import skinned_glb
@@ -121,6 +141,11 @@ def run_job_memory_bench(out_dir: Path = Path("docs/benchmarks"), cases: list[st
         else:
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]))
+    previous = out_dir / "job_memory.json"
+    if cases and previous.is_file():  # some cases measured again: the others keep their last figures
+        fresh = {r["case"]: r for r in rows}
+        old = {r["case"]: r for r in json.loads(previous.read_text()).get("rows", [])}
+        rows = [fresh.get(c) or old[c] for c in [*JOB_CASES, *HOSTILE_CASES] if c in fresh or c in old]
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
         "command": "realiz3d bench memory",
@@ -143,6 +168,14 @@ def run_job_memory_bench(out_dir: Path = Path("docs/benchmarks"), cases: list[st
             f"| {r['case']} | {r.get('outcome', '')} | {r.get('upload_bytes', '')} | {r.get('estimate_mb', '')} "
             f"| {r.get('baseline_mb', '')} | {r.get('peak_mb', '')} | {r.get('extra_mb', '')} |"
         )
+    lines += [
+        "",
+        "`texture_instanced_skinned_84` runs the geometry part of a texture job (no model: the views are the",
+        "normal maps) on 84 instances of one skinned mesh. Before instances were rasterised once, the bake alone",
+        "of that asset peaked at 7.9 GB RSS (7.5 GB traced by tracemalloc) at a 1024 atlas, growing with",
+        "instances x atlas; `realiz3d bench geometry` (docs/benchmarks/texturing_asset.md) shows the bake's",
+        "peak against the instance count.",
+    ]
     (out_dir / "job_memory.md").write_text("\n".join(lines) + "\n")
     return report
 
