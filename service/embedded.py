@@ -1,6 +1,7 @@
 """Embedded mode (`realiz3d serve` without `--broker`): gateway, queue and worker in one process.
 
-Same routes, same job records (an in-memory store with the Redis store's semantics), same job
+Same routes, same job records (an in-memory store with the Redis store's semantics, each record also
+written to disk beside the artifacts so a restart keeps the jobs: service.jobs.local_records), same job
 execution code as a Celery worker; no Redis needed, so the service runs on a fresh machine. The model
 loads in the background: `/readyz` turns true, and submissions stop answering 503, once it is warm.
 """
@@ -19,7 +20,7 @@ from service.api.auth import ApiKeys
 from service.api.context import ServiceContext
 from service.jobs.execution import WorkerContext, execute_job, model_info
 from service.jobs.heartbeat import WorkerHeartbeat
-from service.jobs.memory_store import MemoryJobStore
+from service.jobs.local_records import RECORDS_DIR, DiskBackedJobStore
 from service.jobs.queue import InProcessJobQueue
 from service.settings import Settings
 from service.storage import make_artifact_store
@@ -28,7 +29,10 @@ log = logging.getLogger("realiz3d.embedded")
 
 
 def create_embedded_app(settings: Settings) -> FastAPI:
-    store = MemoryJobStore()
+    # In memory, with each job's record also on disk beside the artifacts: a restart keeps the jobs.
+    store = DiskBackedJobStore(settings.artifact_dir / RECORDS_DIR)
+    if store.restored:
+        log.info("%d earlier jobs read back from %s", store.restored, store.folder)
     queue = InProcessJobQueue()
     artifacts = make_artifact_store(settings)
     loading = {"state": "warming"}  # -> ready | failed
