@@ -476,3 +476,60 @@ def test_the_wheel_ships_every_playground_file(tmp_path):
         f"service/static/{p.relative_to(static).as_posix()}" for p in static.rglob("*") if p.is_file()
     }
     assert expected and expected <= shipped, sorted(expected - shipped)
+
+
+def test_a_newcomer_gets_the_model_examples_samples_and_the_schedule_explained(embedded, browser_factory):
+    b = browser_factory(embedded.url, width=360, height=740)  # a phone
+    page = b.page
+    # What the page talks to: the shipped toy model, said plainly.
+    note = page.locator("#model-note")
+    note.wait_for()
+    assert "realiz3d-default-trained (32 px views)" in note.inner_text()
+    assert "32×32" in note.inner_text() and note.get_attribute("data-toy") == "true"
+    page.locator("#about details summary").click()
+    assert "block sites" in page.locator("#about details").inner_text()
+    assert "0.4,blocks=6" in page.locator("#about details").inner_text()
+
+    # The split rows are dimmed and unused until "Step split" is picked (touching one picks it).
+    schedule = page.locator("#mv-form fieldset.schedule").first
+    rows = schedule.locator(".split-row")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.inactive)") == ["true", "true"]
+    assert schedule.locator("[data-role=split-out]").inner_text() == "unused"
+    schedule.locator("[data-mode=real]").click()
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.inactive)") == ["true", "true"]
+    schedule.locator("[data-mode=split]").click()
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.inactive)") == ["false", "false"]
+    assert schedule.locator("[data-role=split-out]").inner_text() == "0.40"
+
+    # An example prompt fills the prompt; the new job is scrolled into view on the phone.
+    page.locator("#mv-form [data-example='a blue sphere']").click()
+    assert page.locator("#mv-prompt").input_value() == "a blue sphere"
+    fill_job(page, "mv-form", num_views="1", steps="2")
+    page.locator("#mv-submit").click()
+    job = page.locator("#mv-results article.job")
+    job.wait_for()
+    page.wait_for_function(
+        "() => { const r = document.querySelector('#mv-results article.job').getBoundingClientRect();"
+        " return r.top >= 0 && r.top < window.innerHeight; }"
+    )
+
+    # A sample mesh in one click (the same file as `realiz3d sample ball.glb`), and more file types offered.
+    accept = page.locator("#tx-mesh").get_attribute("accept")
+    assert all(ext in accept for ext in (".glb", ".gltf", ".zip", ".obj", ".ply"))
+    page.locator("#tx-samples [data-sample=ball]").click()
+    page.locator("#tx-sample-note").filter(has_text="ball.glb loaded").wait_for()
+    assert page.locator("#tx-prompt").input_value() == "a red sphere"
+    assert page.evaluate("document.querySelector('#tx-mesh').files[0].name") == "ball.glb"
+    fill_job(page, "tx-form", num_views="1", steps="2")
+    page.locator("#tx-atlas").select_option("256")
+    with page.expect_response(lambda r: r.url.endswith("/v1/texture")) as answered:
+        page.locator("#tx-submit").click()
+    assert answered.value.status == 202, answered.value.text()
+    page.locator("#tx-results article.job").wait_for()
+    b.check_clean()
+
+
+def test_readyz_says_warming_and_names_the_models(embedded):
+    body = httpx.get(embedded.url + "/readyz").json()
+    assert body["ready"] is True and body["warming"] is False
+    assert body["models"] == [{"name": "realiz3d-default-trained", "resolution": 32}]

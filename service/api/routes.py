@@ -22,7 +22,7 @@ from service.api.errors import ApiError, validation_message
 from service.api.events import job_event_stream
 from service.api.job_requests import MultiviewJob, TextureJob, engine_params, webhook_of
 from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted, job_out
-from service.api.submission import MESH_FORMATS, submit
+from service.api.submission import MESH_FORMATS, submit, submit_async
 from service.api.texture_form import texture_request_body
 from service.api.uploads import check_gltf_json, read_mesh_upload
 from service.jobs.records import JobKind, JobRecord
@@ -130,15 +130,15 @@ async def create_multiview(
 ) -> JobAccepted:
     params = engine_params(request_body)
     full = request_body.model_dump(mode="json")
+    webhook_url = webhook_of(request_body)
+    if ctx.submit_store is not None:  # the gateway: on the event loop, two Redis round trips, no thread
+        job, created = await submit_async(
+            ctx, JobKind.multiview, params, owner, idempotency_key, compare=full, webhook_url=webhook_url
+        )
+        return _accepted(response, job, created)
     job, created = await to_thread.run_sync(
         lambda: submit(
-            ctx,
-            JobKind.multiview,
-            params,
-            owner,
-            idempotency_key,
-            compare=full,
-            webhook_url=webhook_of(request_body),
+            ctx, JobKind.multiview, params, owner, idempotency_key, compare=full, webhook_url=webhook_url
         ),
         limiter=_submit_limiter(),
     )
@@ -299,7 +299,16 @@ def readyz(ctx: Ctx, response: Response) -> dict:
     workers = ctx.store.live_workers() if broker else []
     ready = broker and bool(workers)
     response.status_code = 200 if ready else 503
-    return {"ready": ready, "broker": broker, "workers": len(workers), "mode": ctx.mode}
+    # the models the live workers serve (name, native resolution): the playground says what it talks to
+    models = {(m.get("name"), m.get("resolution")) for w in workers if isinstance(m := w.get("model"), dict)}
+    return {
+        "ready": ready,
+        "broker": broker,
+        "workers": len(workers),
+        "mode": ctx.mode,
+        "warming": ctx.warming(),
+        "models": [{"name": n, "resolution": r} for n, r in sorted(models, key=str) if n],
+    }
 
 
 @router.get("/metrics", tags=["ops"], response_class=Response, responses={401: {"model": ErrorResponse}})

@@ -46,13 +46,19 @@ export function schedulePicker(slot) {
   const pickSplit = () => {
     el.querySelector("[data-role=mode][value=split]").checked = true;
     out.value = Number(split.value).toFixed(2);
+    showMode();
   };
-  // The slider and the block input are always live: touching either picks the step split.
+  // The split rows count only under "Step split": dimmed (and the value shown as unused) otherwise.
+  const showMode = () => {
+    const active = mode() === "split";
+    for (const row of el.querySelectorAll(".split-row")) row.dataset.inactive = String(!active);
+    out.value = active ? Number(split.value).toFixed(2) : "unused";
+  };
+  for (const radio of el.querySelectorAll("[data-role=mode]")) radio.addEventListener("change", showMode);
+  // The slider and the block input stay usable: touching either picks the step split.
   split.addEventListener("input", pickSplit);
   blocks.addEventListener("input", pickSplit);
-  const sync = () => {
-    out.value = Number(split.value).toFixed(2);
-  };
+  const sync = showMode;
   slot.replaceChildren(el);
   sync();
 

@@ -59,12 +59,58 @@ async function pollStatus() {
     ready = Boolean(body.ready);
     if (ready) pill.textContent = `ready (${body.mode} mode)`;
     else if (!body.broker) pill.textContent = "not ready: the job broker is unreachable";
-    else pill.textContent = "not ready: no worker has a loaded model yet (jobs are refused with 503)";
+    else if (body.warming) pill.textContent = "loading the model: jobs submitted now wait in the queue and run once it is loaded";
+    else pill.textContent = "not ready: no worker has a loaded model yet";
+    showModel(body.models || []);
   } catch {
     pill.textContent = "the service cannot be reached";
   }
   pill.dataset.ready = String(ready);
   setTimeout(pollStatus, ready ? 30000 : 3000);
+}
+
+/** What the page talks to: the model's name and size, and a word on the shipped toy model. */
+function showModel(models) {
+  const note = $("#model-note");
+  if (!models.length) return;
+  const names = models.map((m) => `${m.name} (${m.resolution} px views)`).join(", ");
+  const toy = models.some((m) => m.name === "realiz3d-default-trained" || (m.resolution && m.resolution <= 64));
+  note.textContent =
+    `Model: ${names}.` +
+    (toy
+      ? " This is the small model shipped to try the service, trained here on a CPU: it draws blobby 32×32 views" +
+        " of simple shapes, mostly in the prompt's colour, with checkerboard noise. Rough results are expected;" +
+        " a real model folder gives real images (docs/bring-your-own-model.md)."
+      : "");
+  note.dataset.toy = String(toy);
+  note.hidden = false;
+}
+
+/** Example chips fill the prompt; a sample chip also loads that sample mesh into the file input. */
+function setupExamples() {
+  for (const chip of document.querySelectorAll("[data-example]")) {
+    chip.addEventListener("click", async () => {
+      const form = chip.closest("form");
+      const prompt = $("[data-field=prompt]", form);
+      prompt.value = chip.dataset.example;
+      if (chip.dataset.sample) await loadSample(chip.dataset.sample);
+      prompt.focus();
+    });
+  }
+}
+
+async function loadSample(name) {
+  const note = $("#tx-sample-note");
+  const response = await fetch(`static/samples/${name}.glb`);
+  if (!response.ok) {
+    note.textContent = `The sample ${name}.glb could not be loaded (HTTP ${response.status}).`;
+    return;
+  }
+  const file = new File([await response.blob()], `${name}.glb`, { type: "model/gltf-binary" });
+  const transfer = new DataTransfer();
+  transfer.items.add(file);
+  $("#tx-mesh").files = transfer.files;
+  note.textContent = `${name}.glb loaded (the same as realiz3d sample ${name}.glb).`;
 }
 
 function setupKey() {
@@ -206,7 +252,7 @@ async function showTexture(area, job) {
   area.append(
     el("div", { class: "texture-top" }, viewerBox, atlasFigure),
     el("div", { class: "viewer-help hint" }, "Drag to orbit, wheel to zoom, right-drag to pan; with the viewer focused: arrows orbit, + and − zoom, 0 resets."),
-    await downloadLinks(area, job, ["textured.glb", "texture.png", "cameras.json", "meta.json"]),
+    await downloadLinks(area, job, ["textured.glb", "textured.obj", "textured.mtl", "texture.png", "cameras.json", "meta.json"]),
     el("h4", {}, "Generated views"),
     await viewGrid(area, job, "views/", cameras),
     camerasTable(cameras),
@@ -421,6 +467,7 @@ function setupMultiview() {
       rememberJob({ id: job.id, kind: job.kind, label });
       jobPanel(results, row, job, describeSchedule(schedule));
     }
+    showNewJob(results);
   });
 }
 
@@ -453,7 +500,16 @@ function setupTexture() {
     resetArea(results);
     rememberJob({ id: job.id, kind: job.kind, label: `${file?.name ?? "mesh"} · ${shortPrompt(params.prompt ?? "")}` });
     jobPanel(results, results, job, `${file?.name ?? "mesh"} · ${describeSchedule(schedule)}`);
+    showNewJob(results);
   });
+}
+
+/** The new job's panel into view (on a phone it is far below the form's submit button). */
+function showNewJob(results) {
+  const panel = results.querySelector("article.job");
+  if (panel && panel.getBoundingClientRect().top > window.innerHeight * 0.6) {
+    panel.scrollIntoView({ block: "start", behavior: "smooth" });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -498,6 +554,7 @@ function setupJobs() {
 setupKey();
 setupMultiview();
 setupTexture();
+setupExamples();
 setupJobs();
 pollStatus();
 document.body.dataset.ready = "true";
