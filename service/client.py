@@ -90,8 +90,8 @@ def _texture_parts(
 
 def _gltf_files(gltf: bytes, filename: str, files: dict[str, bytes]) -> dict[str, bytes]:
     """`files` keyed by the URIs the .gltf uses: a key may be the URI as written (`Normal%20Map.png`) or the
-    file name it decodes to (`Normal Map.png`), as glTF URIs are percent-encoded. A URI no key carries is a
-    ValueError here, before anything is sent."""
+    file name it decodes to (`Normal Map.png`), as glTF URIs are percent-encoded. A URI no key carries is
+    left for the gateway to refuse (422 naming it)."""
     if not files or not filename.lower().endswith(".gltf"):
         return files
     from engines.texturing.asset_files import gltf_file_uris, gltf_uri_path
@@ -101,14 +101,10 @@ def _gltf_files(gltf: bytes, filename: str, files: dict[str, bytes]) -> dict[str
         by_path = {gltf_uri_path(uri): uri for uri in uris}
     except (ValueError, AttributeError, Realiz3DError):
         return files  # the gateway names what is wrong with the .gltf
-    out = {}
-    for name, blob in files.items():
-        uri = name if name in uris else by_path.get(name.replace("\\", "/"), name)
-        out[uri] = blob
-    missing = [uri for uri in uris if uri not in out]
-    if missing:
-        raise ValueError(f"files: the .gltf refers to '{missing[0]}', which `files` does not carry")
-    return out
+    return {
+        (name if name in uris else by_path.get(name.replace("\\", "/"), name)): blob
+        for name, blob in files.items()
+    }
 
 
 class _SSEParser:

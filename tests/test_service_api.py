@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from service.client import Realiz3DAPIError, Realiz3DClient
+from tests.fixtures.gltf_validator import assert_valid_glb
 from tests.fixtures.redis_server import wait_until
 from tests.service_helpers import box_glb, metric_value
 
@@ -80,6 +81,7 @@ def test_texture_job_with_a_small_mesh(client):
     Image.open(io.BytesIO(client.download(job.id, view))).load()
     glb = client.download(job.id, "textured.glb")
     assert glb[:4] == b"glTF"
+    assert_valid_glb(glb)
 
 
 def test_a_gltf_with_its_files_as_parts_is_textured_and_bad_part_names_are_refused(client):
@@ -91,7 +93,7 @@ def test_a_gltf_with_its_files_as_parts_is_textured_and_bad_part_names_are_refus
     accepted = client.submit_texture(gltf, params, filename="scene.gltf", files=files)
     job = client.wait(accepted.id, timeout=240)
     assert job.status == "succeeded", job.error
-    assert client.download(job.id, "textured.glb")[:4] == b"glTF"
+    assert_valid_glb(client.download(job.id, "textured.glb"))
     with pytest.raises(Realiz3DAPIError) as e:
         client.submit_texture(gltf, params, filename="scene.gltf", files={"../data.bin": files["data.bin"]})
     assert e.value.status == 422 and "relative path" in str(e.value)

@@ -15,7 +15,7 @@ from engines.texturing.mesh_io import load_mesh, load_mesh_bytes
 from engines.texturing.pipeline import texture_mesh
 from engines.texturing.uv_layout import ensure_layout
 from tests.fixtures.gltf_assets import grid, multi_material_hierarchy, single_mesh, skinned_animated
-from tests.fixtures.gltf_validator import assert_valid
+from tests.fixtures.gltf_validator import assert_valid, assert_valid_glb
 from tests.fixtures.texturing import colour_by_normal, procedural_texture
 
 
@@ -154,7 +154,9 @@ def test_far_from_origin_ply_is_exported_without_float32_loss(tmp_path):
     body = "".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in far.tolist())
     body += "".join(f"3 {a} {b} {c}\n" for a, b, c in tri.tolist())
     mesh = ensure_layout(load_mesh_bytes((header + body).encode(), "far.ply"), timeout_s=60)
-    back = load_mesh_bytes(textured_glb_bytes(mesh, procedural_texture(32)), "back.glb")
+    data = textured_glb_bytes(mesh, procedural_texture(32))
+    assert_valid_glb(data)
+    back = load_mesh_bytes(data, "back.glb")
     # The old export went through float32 world positions: 0.25 units off at 5e6.
     assert np.abs(np.sort(back.vertices, axis=0) - np.sort(mesh.vertices, axis=0)).max() < 1e-6
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from engines.texturing.mesh_io import load_mesh
 from service.cli import main
+from tests.fixtures.gltf_validator import assert_valid
 from tests.fixtures.texturing import psnr, textured_box_glb
 
 
@@ -41,6 +42,7 @@ def test_render_unlit_then_bake_gives_back_the_texture(tmp_path):
     assert meta["coverage"] > 0.7
     # Compare chart interiors only: texels near chart borders are filled, not baked.
     assert psnr(atlas[72:120, 6:36], source.texture[72:120, 6:36]) > 30
+    assert_valid(baked / "textured.glb")
     out = load_mesh(baked / "textured.glb")
     assert len(out.vertices) == len(source.vertices) and (out.texture == atlas).all()
 
@@ -66,6 +68,7 @@ def test_bake_unwraps_a_mesh_without_uvs_in_the_mode_asked(tmp_path):
         assert main([*bake, "--atlas", "128", "--unwrap", mode, "--out", str(out)]) == 0
         meta = json.loads((out / "meta.json").read_text())
         assert meta["unwrap"] == mode and meta["mesh"]["uv_source"] == "xatlas" and meta["coverage"] > 0.5
+        assert_valid(out / "textured.glb")
 
 
 def test_user_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
@@ -103,4 +106,5 @@ def test_texture_command_runs_the_real_pipeline_and_writes_the_contract_files(tm
     for name in ("texture.png", "textured.glb", "meta.json", "cameras.json", "views/view_03.png"):
         assert (out / name).is_file(), name
     assert not (out / "views" / "view_04.png").exists()
+    assert_valid(out / "textured.glb")
     assert main([*args, "--schedule", "sometimes", "--out", str(out)]) == 2

@@ -21,7 +21,7 @@ from service.api.routes import validate_mesh
 from service.cli import main
 from service.settings import Settings, get_settings
 from tests.fixtures.gltf_assets import add_primitive, grid, new_document, png
-from tests.fixtures.gltf_validator import assert_valid
+from tests.fixtures.gltf_validator import assert_valid, assert_valid_glb
 from tests.fixtures.texturing import procedural_texture
 
 
@@ -195,12 +195,16 @@ def test_obj_normals_are_kept_and_missing_ones_are_smooth(tmp_path):
     obj = "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0.2\nvn 0.6 0 0.8\nvn 0.6 0 0.8\nvn 0.6 0 0.8\nvn 0.6 0 0.8\n"
     obj += "f 1//1 2//2 3//3\nf 2//2 4//4 3//3\n"
     mesh = ensure_layout(load_mesh_bytes(obj.encode(), "n.obj"), timeout_s=60)
-    doc = GltfDocument.from_bytes(textured_glb_bytes(mesh, procedural_texture(16)))
+    data = textured_glb_bytes(mesh, procedural_texture(16))
+    assert_valid_glb(data)
+    doc = GltfDocument.from_bytes(data)
     normals = doc.read(doc.json["meshes"][0]["primitives"][0]["attributes"]["NORMAL"])
     np.testing.assert_allclose(normals, np.tile([0.6, 0.0, 0.8], (len(normals), 1)), atol=1e-6)
     bare = ensure_layout(
         load_mesh_bytes(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0.2\nf 1 2 3\nf 2 4 3\n", "b.obj"), 60
     )
-    doc = GltfDocument.from_bytes(textured_glb_bytes(bare, procedural_texture(16)))
+    data = textured_glb_bytes(bare, procedural_texture(16))
+    assert_valid_glb(data)
+    doc = GltfDocument.from_bytes(data)
     normals = doc.read(doc.json["meshes"][0]["primitives"][0]["attributes"]["NORMAL"])
     assert (normals[:, 2] > 0.9).all() and not np.allclose(normals, normals[0])  # smooth, not one flat normal

@@ -15,6 +15,7 @@ from engines.texturing.export import textured_glb_bytes
 from engines.texturing.mesh_io import FIT_RADIUS, MeshLimits, load_mesh, load_mesh_bytes, validate_mesh_bytes
 from engines.texturing.rasterize import rasterize_uv
 from engines.texturing.unwrap import ensure_uv
+from tests.fixtures.gltf_validator import assert_valid_glb
 from tests.fixtures.texturing import procedural_texture, textured_box_glb, textured_trimesh, uv_box
 
 OBJ_TRIANGLE = b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n"
@@ -37,6 +38,7 @@ def test_glb_export_round_trip_keeps_vertex_count_uvs_and_texture():
     mesh = load_mesh_bytes(textured_box_glb(64), "box.glb")
     atlas = procedural_texture(128)[::-1].copy()  # a different image than the input's
     data = textured_glb_bytes(mesh, atlas)
+    assert_valid_glb(data)
     back = trimesh.load(io.BytesIO(data), file_type="glb", force="scene", process=False)
     (geom,) = back.geometry.values()
     assert len(geom.vertices) == len(mesh.vertices)

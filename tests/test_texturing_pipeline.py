@@ -11,6 +11,7 @@ import trimesh
 from engines.errors import JobCanceled
 from engines.requests import TextureRequest
 from engines.texturing.pipeline import STAGES, texture_mesh
+from tests.fixtures.gltf_validator import assert_valid
 from tests.fixtures.texturing import colour_by_normal
 
 
@@ -37,6 +38,7 @@ def test_texture_mesh_runs_every_stage_and_saves_the_artifacts(tmp_path):
     out = tmp_path / "out"
     for name in ("texture.png", "textured.glb", "cameras.json", "meta.json", "views/view_05.png"):
         assert (out / name).is_file(), name
+    assert_valid(out / "textured.glb")
     meta = json.loads((out / "meta.json").read_text())
     assert set(STAGES) <= set(meta["timings"])
     assert len(json.loads((out / "cameras.json").read_text())["cameras"]) == 6
