@@ -198,16 +198,22 @@ def compact(document: GltfDocument) -> CompactReport:
     """Remove what nothing references, repack the binary, make the extension lists exact (in place)."""
     doc = document.json
     report = CompactReport(bytes_before=len(document.binary))
-    unknown = sorted(set(doc.get("extensionsUsed", [])) - FOLLOWED_EXTENSIONS)
+    unknown = sorted((set(doc.get("extensionsUsed", [])) | _extensions_present(doc)) - FOLLOWED_EXTENSIONS)
     if unknown:
         report.kept_because = unknown[0]
         exact_extension_lists(doc)
         report.bytes_after = len(document.binary)
         return report
     refs = _collect(doc)
+    broken = [k for k in _KINDS if any(not 0 <= i < len(doc.get(k, [])) for i in refs.used(k))]
+    if broken:  # a reference to nothing (a broken input): renumbering could make it point at something
+        report.kept_because = f"a reference to a missing {broken[0][:-1]}"
+        exact_extension_lists(doc)
+        report.bytes_after = len(document.binary)
+        return report
     for kind in _KINDS:
         items = doc.get(kind, [])
-        keep = sorted(i for i in refs.used(kind) if 0 <= i < len(items))
+        keep = sorted(refs.used(kind))
         report.removed[kind] = len(items) - len(keep)
         if not report.removed[kind]:
             continue
@@ -231,7 +237,7 @@ def _repack(document: GltfDocument) -> None:
     binary = bytearray()
     for view in views:
         start = int(view.get("byteOffset", 0))
-        length = int(view["byteLength"])
+        length = int(view.get("byteLength", 0))
         binary += b"\0" * ((start - len(binary)) % 4)  # the same remainder modulo 4 as before
         view["byteOffset"] = len(binary)
         binary += old[start : start + length]

@@ -500,16 +500,9 @@ def _trimesh_document(data: bytes, fmt: str, name: str, files: AssetFiles, limit
 
     files.check_text(fmt, data)
     check_memory(len(data) * _TEXT_BYTES_FACTOR, name, limits)
-    # OBJ: one part per group (`g`), each keeping its material (`usemtl`), so both names reach the output.
-    options = {"split_groups": True, "group_material": False} if fmt == "obj" else {}
     try:
         scene = trimesh.load(
-            io.BytesIO(data),
-            file_type=fmt,
-            force="scene",
-            process=False,
-            resolver=files.trimesh_resolver(),
-            **options,
+            io.BytesIO(data), file_type=fmt, force="scene", process=False, resolver=files.trimesh_resolver()
         )
     except MeshError:
         raise
@@ -519,6 +512,9 @@ def _trimesh_document(data: bytes, fmt: str, name: str, files: AssetFiles, limit
         ) from None
     if files.refused:
         raise files.refused[0]
+    # trimesh makes one part per OBJ material; a material used by one group (`g`, else `o`) only names
+    # its part after that group, so both names reach the output.
+    groups = _obj_groups_by_material(data) if fmt == "obj" else {}
     parts = []
     for node in scene.graph.nodes_geometry:
         transform, geom_name = scene.graph[node]
@@ -533,9 +529,10 @@ def _trimesh_document(data: bytes, fmt: str, name: str, files: AssetFiles, limit
                 normals = np.asarray(geom.vertex_normals, np.float64) @ np.linalg.inv(m[:3, :3])
             faces = np.asarray(geom.faces, np.int64)
             material_name, colour = _part_material(geom)
+            named = groups.get(material_name, [])
             parts.append(
                 (
-                    str(geom_name),
+                    named[0] if len(named) == 1 else str(geom_name),
                     v,
                     faces,
                     _part_uv(geom),
@@ -571,6 +568,25 @@ def _missing_notes(files: AssetFiles) -> list[str]:
         else:
             notes.append(f"'{missing}' is not in the upload; loaded without it")
     return notes
+
+
+def _obj_groups_by_material(text: bytes) -> dict[str, list[str]]:
+    """For each `usemtl` material of an OBJ text, the groups (`g`, else the object `o`) whose faces use it."""
+    groups: dict[str, list[str]] = {}
+    group = obj_name = material = None
+    for raw in text.decode("utf-8", errors="replace").splitlines():
+        key, _, rest = raw.strip().partition(" ")
+        if key == "g":
+            group = rest.strip() or None
+        elif key == "o":
+            obj_name, group = rest.strip() or None, None
+        elif key == "usemtl":
+            material = rest.strip()
+        elif key == "f" and material is not None:
+            name = group or obj_name
+            if name is not None and name not in groups.setdefault(material, []):
+                groups[material].append(name)
+    return groups
 
 
 def _part_material(geom) -> tuple[str | None, list[float] | None]:  # noqa: ANN001 - a trimesh geometry
