@@ -33,9 +33,11 @@ class GenerationParams(BaseModel):
     # Finite numbers only: NaN or 1e999 (inf) would pass every bound check and break the cameras later.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    prompt: str = Field(..., min_length=1, max_length=1000, examples=["a red cube"])
-    negative_prompt: str = Field("", max_length=1000)
-    steps: int = Field(30, ge=1, le=MAX_STEPS)
+    prompt: str = Field(
+        ..., min_length=1, max_length=1000, examples=["a red cube"], description="what to draw"
+    )
+    negative_prompt: str = Field("", max_length=1000, description="what to steer away from")
+    steps: int = Field(30, ge=1, le=MAX_STEPS, description="denoising steps")
     guidance_scale: float | None = Field(
         None, ge=0.0, le=50.0, description="classifier-free guidance; the model's default when omitted"
     )
@@ -113,11 +115,13 @@ class ExplicitCameras(BaseModel):
 class MultiviewRequest(ExplicitCameras, GenerationParams):
     """N views of one object at given cameras: an orbit (elevation, azimuths, radius, fov) or `cameras`."""
 
-    num_views: int = Field(4, ge=1, le=MAX_VIEWS)
-    elevation_deg: float = Field(15.0, ge=-90.0, le=90.0)
-    azimuths_deg: list[float] | None = Field(None, description="one per view; evenly spaced when omitted")
-    radius: float = Field(2.2, gt=0.5, le=10.0)
-    fov_deg: float = Field(40.0, gt=5.0, lt=120.0)
+    num_views: int = Field(4, ge=1, le=MAX_VIEWS, description="views of the object, one camera each")
+    elevation_deg: float = Field(15.0, ge=-90.0, le=90.0, description="camera elevation in degrees")
+    azimuths_deg: list[float] | None = Field(
+        None, description="camera azimuths in degrees, one per view; evenly spaced when omitted"
+    )
+    radius: float = Field(2.2, gt=0.5, le=10.0, description="camera distance from the object's centre")
+    fov_deg: float = Field(40.0, gt=5.0, lt=120.0, description="vertical field of view in degrees")
     resolution: int | None = Field(
         None, ge=16, le=2048, multiple_of=8, description="the model's native size when omitted"
     )
@@ -136,9 +140,20 @@ class TextureRequest(ExplicitCameras, GenerationParams):
     """Texture a mesh: geometry-conditioned views baked into a UV atlas. Cameras: the default view set
     (ring + top + bottom) of `num_views`, or explicit `cameras` in the mesh's normalised frame."""
 
-    num_views: int = Field(6, ge=1, le=MAX_VIEWS)
-    atlas_size: int = Field(1024, ge=64, le=4096)
-    view_resolution: int | None = Field(None, ge=16, le=2048, multiple_of=8)
+    num_views: int = Field(
+        6,
+        ge=1,
+        le=MAX_VIEWS,
+        description="views to generate and bake: a ring at elevation 0 plus top and bottom",
+    )
+    atlas_size: int = Field(1024, ge=64, le=4096, description="texture atlas size in texels (square)")
+    view_resolution: int | None = Field(
+        None,
+        ge=16,
+        le=2048,
+        multiple_of=8,
+        description="generated views' size; the model's native size when omitted",
+    )
     unwrap: Literal["fast", "quality"] = Field(
         "fast",
         description="UV unwrap of a mesh without usable UVs: fast (pieces charted in parallel, one pack) "

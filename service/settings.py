@@ -111,14 +111,16 @@ class Settings(BaseSettings):
 
     # Worker
     model_dir: Path | None = Field(None, description="model folder; unset = embedded default model")
-    backend: str = "torch"
-    adapters: str = "fused"
+    backend: str = Field("torch", description="UNet runtime: " + ", ".join(BACKENDS))
+    adapters: str = Field(
+        "fused", description="Domain Shifter: fused (precomputed per domain) or unfused (computed per call)"
+    )
     precision: str | None = Field(
         None,
         description="UNet precision (fp32, fp16, bf16); unset = the backend's default: fp16 for tensorrt "
         "and torch-tensorrt, fp32 otherwise (engines.runtime.backend_names.DEFAULT_PRECISION)",
     )
-    device: str = "auto"
+    device: str = Field("auto", description="auto (CUDA when there is one, else CPU), cpu, cuda, cuda:N")
     engine_cache_dir: Path | None = Field(
         None,
         description="compiled-engine cache (ONNX graphs, TensorRT engines); unset = $REALIZ3D_HOME/engines, "

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 
-from engines.runtime.backend_names import BACKENDS
-from service.commands.engines import ENGINE_CACHE_HELP
+from service.commands.request_args import add_runtime_args
 from service.commands.serve_banner import announce
 from service.settings import API_PORT, Settings
 
@@ -22,14 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help=f"port (default {API_PORT})")
     serve.add_argument("--broker", default=None, help="Redis URL, e.g. redis://localhost:6379/0")
-    serve.add_argument("--model", type=Path, default=None, help="model folder (embedded mode)")
-    serve.add_argument("--backend", default=None, help="|".join(BACKENDS) + " (embedded mode)")
-    serve.add_argument("--adapters", default=None, help="fused|unfused (embedded mode)")
-    serve.add_argument("--device", default=None, help="auto|cpu|cuda (embedded mode)")
-    serve.add_argument(
-        "--precision", default=None, help="fp32|fp16|bf16 (embedded mode; default: the backend's)"
-    )
-    serve.add_argument("--engine-cache", type=Path, default=None, help=ENGINE_CACHE_HELP + " (embedded mode)")
+    # the compute flags (embedded mode), with Settings' choices and help
+    add_runtime_args(serve.add_argument_group("model and runtime (embedded mode)"), from_settings=True)
     serve.add_argument(
         "--access-log",
         action=argparse.BooleanOptionalAction,
@@ -45,12 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     worker.add_argument("--broker", default=None, help="Redis URL (or REALIZ3D_BROKER_URL)")
     worker.add_argument("--queues", default=None, help="comma-separated: multiview,texture")
-    worker.add_argument("--model", type=Path, default=None, help="model folder (default: embedded model)")
-    worker.add_argument("--backend", default=None, help="|".join(BACKENDS))
-    worker.add_argument("--adapters", default=None, help="fused|unfused")
-    worker.add_argument("--device", default=None, help="auto|cpu|cuda")
-    worker.add_argument("--precision", default=None, help="fp32|fp16|bf16 (default: the backend's)")
-    worker.add_argument("--engine-cache", type=Path, default=None, help=ENGINE_CACHE_HELP)
+    add_runtime_args(worker, from_settings=True)
     worker.add_argument("--metrics-port", type=int, default=None, help="port of /metrics (default 9100)")
     worker.set_defaults(handler=run_worker_command)
 
@@ -66,6 +53,7 @@ SERVE_FLAGS = {
     "device": "device",
     "precision": "precision",
     "engine_cache": "engine_cache_dir",
+    "cuda_graphs": "cuda_graphs",
     "access_log": "access_log",
 }
 
@@ -196,6 +184,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
             "device": "device",
             "precision": "precision",
             "engine_cache": "engine_cache_dir",
+            "cuda_graphs": "cuda_graphs",
             "metrics_port": "worker_metrics_port",
         },
     )

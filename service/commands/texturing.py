@@ -10,41 +10,39 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserInputError
-from engines.runtime.backend_names import BACKENDS
 from service.commands.camera_args import explicit_camera_args
 from service.commands.camera_args import load_cameras_arg as _load_cameras
-from service.commands.engines import add_engine_cache_arg, engine_cache_dir
+from service.commands.engines import engine_cache_dir
 from service.commands.progress_bar import progress_bar
-from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
+from service.commands.request_args import TEXTURE_FLAGS, add_request_args, add_runtime_args, request_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("texture", help="texture a mesh from a prompt (views generated, then baked)")
+    from engines.requests import TextureRequest
+
+    p = subparsers.add_parser(
+        "texture",
+        help="texture a mesh from a prompt (views generated, then baked)",
+        description="Texture a mesh on this machine. The request flags, their bounds and defaults are "
+        "POST /v1/texture's fields (engines.requests.TextureRequest).",
+    )
     p.add_argument("mesh", type=Path, help="GLB, glTF (buffers beside it), OBJ, PLY, or a .zip of one")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--views", type=int, default=None, help="number of views (default 6: ring + top + bottom)")
+    add_request_args(p, TextureRequest, TEXTURE_FLAGS)
     p.add_argument(
-        "--cameras", type=Path, default=None, help="cameras.json: explicit cameras instead of the default set"
+        "--cameras",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="cameras.json: explicit cameras instead of the default set (--views, if given, must agree)",
     )
-    p.add_argument("--atlas", type=int, default=1024, help="texture atlas size in texels")
-    p.add_argument("--resolution", type=int, default=None, help="view resolution (the model's by default)")
-    p.add_argument("--steps", type=int, default=30)
+    add_runtime_args(p)
     p.add_argument(
-        "--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's)"
+        "--out",
+        type=Path,
+        default=Path("out/texture"),
+        metavar="DIR",
+        help="output folder (default out/texture)",
     )
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--schedule", default=None, help=SCHEDULE_HELP)
-    p.add_argument("--adapters", choices=("fused", "unfused"), default="fused")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument(
-        "--precision", choices=["fp32", "bf16", "fp16"], default=None, help="default: the backend's"
-    )
-    p.add_argument("--model", type=Path, default=None, help="model folder (embedded default model if unset)")
-    add_engine_cache_arg(p)
-    _add_unwrap_arg(p)
-    p.add_argument("--out", type=Path, default=Path("out/texture"))
     p.set_defaults(handler=run_texture)
 
     p = subparsers.add_parser("bake", help="bake given view images into a texture atlas")
@@ -72,8 +70,8 @@ def _add_unwrap_arg(p: argparse.ArgumentParser) -> None:
         "--unwrap",
         choices=("fast", "quality"),  # engines.texturing.unwrap.UNWRAP_MODES (not imported at parse time)
         default="fast",
-        help="UV unwrap of a mesh without UVs: fast (default; pieces in parallel) or quality (one slow "
-        "xatlas pass, the old behaviour)",
+        help="UV unwrap of a mesh without UVs: fast (default; pieces in parallel) or quality (one "
+        "xatlas pass over the whole mesh, several times slower)",
     )
 
 
@@ -100,20 +98,8 @@ def _save_png(image: np.ndarray, path: Path) -> None:
 def run_texture(args: argparse.Namespace) -> int:
     from engines.requests import TextureRequest
 
-    schedule = parse_schedule(args.schedule)
-    views = explicit_camera_args(args.cameras, args.views, 6)
-    request = TextureRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        **views,
-        atlas_size=args.atlas,
-        view_resolution=args.resolution,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        schedule=schedule,
-        unwrap=args.unwrap,
-    )
+    cameras = explicit_camera_args(args.cameras, args.num_views, 6) if args.cameras else {}
+    request = request_from_args(TextureRequest, args, TEXTURE_FLAGS, **cameras)
     if not args.mesh.is_file():
         raise UserInputError(f"{args.mesh}: no such mesh file")
     from engines.texturing.mesh_io import validate_mesh_bytes
@@ -131,6 +117,7 @@ def run_texture(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         engine_cache_dir=engine_cache_dir(args.engine_cache),
+        cuda_graphs=args.cuda_graphs,
     )
     bar = progress_bar(request.steps, "denoise")
     with bar as update:
