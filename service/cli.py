@@ -41,7 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that group of commands is not part of this build
             raise
         module.register(sub)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every flag's help says its default (unless it already does), in every (sub)command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _show_defaults(sub)
+            continue
+        default = action.default
+        if (
+            not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or action.help == argparse.SUPPRESS
+        ):
+            continue
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            continue
+        help_text = action.help or ""
+        if "default" in help_text.lower():
+            continue
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        action.help = (help_text + " " if help_text else "") + f"(default: {shown.replace('%', '%%')})"
 
 
 def user_error(message: str) -> int:

@@ -83,3 +83,22 @@ def test_a_bad_value_names_the_flag_and_the_field(capsys):
     assert "--atlas (atlas_size): Input should be less than or equal to 4096" in capsys.readouterr().err
     assert main(["generate", "x", "--azimuths", "0,ninety"]) == 2
     assert "--azimuths: could not convert" in capsys.readouterr().err
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "realiz3d"):
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_flag_with_a_default_says_it():
+    for name, parser in _parsers(build_parser()):
+        parser.format_help()  # renders (no stray % in a help text)
+        for action in parser._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+                continue
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert "default" in (action.help or "").lower(), f"{name} {action.option_strings[0]}"
