@@ -115,8 +115,8 @@ def write_report(result: dict, out_dir: Path) -> None:
     lines = [
         "# Peak RAM while loading a UNet",
         "",
-        "`python -m engines.models.bench_loading --width "
-        f"{result['width']} --out docs/benchmarks` (one run; fresh subprocess per method, peak RSS above a "
+        "`realiz3d bench loading --width "
+        f"{result['width']}` (one run; fresh subprocess per method, peak RSS above a "
         "process that only imported the same modules; a shared 2-core machine, so seconds are noisy).",
         "",
         f"SD 1.x block layout at width {result['width']}: {result['params'] / 1e6:.0f} M parameters, "

@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway (HTTP ceiling vs "
         "a bare FastAPI app), gateway-overhead (queue latency), throughput, "
         "resolution (the default model at 32 vs 64 px: training step and generation), memory (peak RSS per "
-        "job kind and per hostile upload)",
+        "job kind and per hostile upload), loading (peak RAM while loading an SD-shaped UNet)",
     )
     b.add_argument(
         "target",
@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "throughput",
             "resolution",
             "memory",
+            "loading",
         ),
     )
     b.add_argument(
@@ -99,6 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="unet: the embedded default model, or a seeded UNet at SD 1.x shapes (64x64 latents)",
     )
     b.add_argument("--gpu-only", action="store_true", help="unet: skip the CPU table")
+    b.add_argument(
+        "--width", type=int, default=160, help="loading: the UNet's first block channels (SD 1.5: 320)"
+    )
     b.add_argument(
         "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
     )
@@ -222,6 +226,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.job_memory import run_job_memory_bench
 
         run_job_memory_bench(out_dir=args.out)
+    elif args.target == "loading":
+        from engines.models.bench_loading import run as run_loading
+
+        run_loading(args.width, args.out)
     elif args.target == "resolution":
         from engines.bench.resolution import run_resolution_bench
 
