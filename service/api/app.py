@@ -82,6 +82,8 @@ def create_app(
                 with contextlib.suppress(BaseException):
                     await task
             await context.webhooks.close()
+            if context.submit_store is not None:
+                await context.submit_store.close()
             if on_shutdown:
                 on_shutdown()
 
@@ -183,7 +185,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
     """Gateway mode: job records in Redis, jobs to Celery workers; this process never runs a job."""
     from service.jobs.celery_app import make_celery_app
     from service.jobs.queue import CeleryJobQueue
-    from service.jobs.redis_store import RedisJobStore
+    from service.jobs.redis_store import AsyncSubmitStore, RedisJobStore
     from service.jobs.store import DONE_CHANNEL, EVENTS_CHANNEL
 
     if not settings.broker_url:
@@ -197,6 +199,7 @@ def create_gateway_app(settings: Settings) -> FastAPI:
         artifacts=make_artifact_store(settings),
         keys=ApiKeys(settings.api_keys),
         mode="gateway",
+        submit_store=AsyncSubmitStore(settings.broker_url),
     )
     url = settings.broker_url
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -18,6 +19,9 @@ from service.jobs.queue import JobQueue
 from service.jobs.store import JobStore
 from service.settings import Settings
 from service.storage import ArtifactStore
+
+if TYPE_CHECKING:  # redis is not installed in an embedded-only install
+    from service.jobs.redis_store import AsyncSubmitStore
 
 
 @dataclass
@@ -32,6 +36,9 @@ class ServiceContext:
     #: True while this process's own worker is still loading its model (embedded): jobs are accepted
     warming: Callable[[], bool] = lambda: False
     webhooks: WebhookSender | None = None
+    #: gateway: POST /v1/multiview submits on the event loop through it (`submission.submit_async`);
+    #: None (embedded): every submission runs `submission.submit` in a thread
+    submit_store: AsyncSubmitStore | None = None
 
     def __post_init__(self) -> None:
         if self.webhooks is None:

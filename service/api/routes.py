@@ -22,7 +22,7 @@ from service.api.errors import ApiError, validation_message
 from service.api.events import job_event_stream
 from service.api.job_requests import MultiviewJob, TextureJob, engine_params, webhook_of
 from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted, job_out
-from service.api.submission import MESH_FORMATS, submit
+from service.api.submission import MESH_FORMATS, submit, submit_async
 from service.api.texture_form import texture_request_body
 from service.api.uploads import check_gltf_json, read_mesh_upload
 from service.jobs.records import JobKind, JobRecord
@@ -130,15 +130,15 @@ async def create_multiview(
 ) -> JobAccepted:
     params = engine_params(request_body)
     full = request_body.model_dump(mode="json")
+    webhook_url = webhook_of(request_body)
+    if ctx.submit_store is not None:  # the gateway: on the event loop, two Redis round trips, no thread
+        job, created = await submit_async(
+            ctx, JobKind.multiview, params, owner, idempotency_key, compare=full, webhook_url=webhook_url
+        )
+        return _accepted(response, job, created)
     job, created = await to_thread.run_sync(
         lambda: submit(
-            ctx,
-            JobKind.multiview,
-            params,
-            owner,
-            idempotency_key,
-            compare=full,
-            webhook_url=webhook_of(request_body),
+            ctx, JobKind.multiview, params, owner, idempotency_key, compare=full, webhook_url=webhook_url
         ),
         limiter=_submit_limiter(),
     )

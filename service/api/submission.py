@@ -18,7 +18,7 @@ from service.api.context import ServiceContext
 from service.api.errors import ApiError
 from service.jobs.cost import OverBudget, check_cost, job_cost
 from service.jobs.records import JobKind, JobRecord, new_job_id
-from service.jobs.store import IdempotencyConflict, QueueFull, worker_serves
+from service.jobs.store import AdmissionRefused, IdempotencyConflict, QueueFull, RateLimited, worker_serves
 from service.metrics import JOBS_TOTAL
 
 log = logging.getLogger("realiz3d.api")
@@ -76,15 +76,44 @@ def check_request(
         raise ApiError(422, e.code, str(e)) from e
 
 
+def admitted(ctx: ServiceContext, kind: JobKind, workers: list[dict[str, Any]]) -> bool:
+    """False when admission=require-worker and no live worker serves this kind (nor is one warming)."""
+    return ctx.settings.admission == "queue" or ctx.warming() or worker_serves(workers, kind)
+
+
+def _no_worker(ctx: ServiceContext, kind: JobKind) -> ApiError:
+    return ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", _retry(ctx))
+
+
+def _rate_limited(limit: int, wait: float) -> ApiError:
+    return ApiError(
+        429,
+        "rate_limited",
+        f"over {limit} submissions per minute; the next one passes in {math.ceil(wait)} s",
+        {"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
+def _queue_full(ctx: ServiceContext, kind: JobKind) -> ApiError:
+    n = ctx.settings.max_queue_depth
+    return ApiError(
+        429, "queue_full", f"the {kind} queue is full ({n} jobs waiting); retry later", _retry(ctx)
+    )
+
+
+def _conflict() -> ApiError:
+    return ApiError(
+        409, "idempotency_conflict", "this Idempotency-Key was used with a different request body"
+    )
+
+
 def check_admission(
     ctx: ServiceContext, kind: JobKind, owner: str | None, workers: list[dict[str, Any]]
 ) -> None:
     """Raise 429 (over rate) or 503 (no live worker for this kind, with admission=require-worker)."""
-    s = ctx.settings
     check_rate(ctx, owner)
-    if s.admission == "queue" or ctx.warming() or worker_serves(workers, kind):
-        return
-    raise ApiError(503, "no_worker", f"no worker with a loaded model serves '{kind}' jobs", _retry(ctx))
+    if not admitted(ctx, kind, workers):
+        raise _no_worker(ctx, kind)
 
 
 def check_rate(ctx: ServiceContext, owner: str | None) -> None:
@@ -95,12 +124,7 @@ def check_rate(ctx: ServiceContext, owner: str | None) -> None:
         return
     wait = ctx.store.take_rate(owner or "anonymous", limit, 60.0)
     if wait > 0:
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"over {limit} submissions per minute; the next one passes in {math.ceil(wait)} s",
-            {"Retry-After": str(max(1, math.ceil(wait)))},
-        )
+        raise _rate_limited(limit, wait)
 
 
 def submit(
@@ -140,16 +164,9 @@ def submit(
             body_hash=digest,
         )
     except QueueFull as e:
-        raise ApiError(
-            429,
-            "queue_full",
-            f"the {kind} queue is full ({s.max_queue_depth} jobs waiting); retry later",
-            _retry(ctx),
-        ) from e
+        raise _queue_full(ctx, kind) from e
     except IdempotencyConflict as e:
-        raise ApiError(
-            409, "idempotency_conflict", "this Idempotency-Key was used with a different request body"
-        ) from e
+        raise _conflict() from e
     if not created:
         return job, False
     try:
@@ -164,3 +181,56 @@ def submit(
         ) from e
     JOBS_TOTAL.labels(kind.value, "queued").inc()
     return job, True
+
+
+async def submit_async(
+    ctx: ServiceContext,
+    kind: JobKind,
+    params: dict[str, Any],
+    owner: str | None,
+    idempotency_key: str | None,
+    compare: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
+) -> tuple[JobRecord, bool]:
+    """`submit()` of a job without an upload on the event loop, through `ctx.submit_store` (the gateway's
+    `AsyncSubmitStore`): the same checks in the same order with the same answers, in two Redis round trips
+    (the Idempotency-Key and the live workers; then rate limit, admission, queue bound, record and broker
+    message in one script: a job is never stored without its message, nor its message sent without it)."""
+    s = ctx.settings
+    store = ctx.submit_store
+    assert store is not None
+    if webhook_url is not None:
+        ctx.webhooks.check_target(webhook_url)  # 422 for an internal address (SSRF)
+    scoped_key = f"{owner or '-'}:{idempotency_key}" if idempotency_key else None
+    digest = body_hash(compare or params)
+    raw, replay, workers = await store.lookup(scoped_key)
+    if replay is not None:
+        if raw.partition("|")[2] != digest:
+            raise _conflict()
+        return replay, False
+    check_request(ctx, kind, params, workers)
+    limit = s.rate_limit_per_minute
+    record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner, webhook_url=webhook_url)
+    try:
+        job, created = await store.create(
+            record,
+            ctx.queue.message(record),
+            max_queue_depth=s.max_queue_depth,
+            ttl_seconds=s.job_ttl_seconds,
+            idempotency_key=scoped_key,
+            body_hash=digest,
+            stale=raw,  # a key whose job expired: overwritten, unless another request wins the race
+            rate=(owner or "anonymous", limit, 60.0) if limit else None,
+            refusal="" if admitted(ctx, kind, workers) else "no_worker",
+        )
+    except RateLimited as e:
+        raise _rate_limited(limit, e.wait) from e
+    except AdmissionRefused as e:
+        raise _no_worker(ctx, kind) from e
+    except QueueFull as e:
+        raise _queue_full(ctx, kind) from e
+    except IdempotencyConflict as e:
+        raise _conflict() from e
+    if created:
+        JOBS_TOTAL.labels(kind.value, "queued").inc()
+    return job, created

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -16,6 +17,62 @@ from service.jobs.records import JobRecord, JobStatus
 from service.jobs.store import JobStore
 
 log = logging.getLogger("realiz3d.queue")
+
+#: a task message body's third part (protocol 2 "embed"): no callbacks, errbacks, chain or chord
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def task_message(task: str, job_id: str, task_id: str, queue: str, reply_to: str) -> str:
+    """The entry kombu 5.7's Redis transport LPUSHes onto the list `queue` for celery 5.7's
+    `send_task(task, args=[job_id], queue=queue, task_id=task_id, ignore_result=True)`, built without
+    kombu's producer (its connection pool, declares, retry wrapper and signals cost ~0.3 ms of CPU per
+    job): task protocol 2 (headers, properties, body `[args, kwargs, embed]`), JSON, the body base64, the
+    anonymous exchange with the queue as routing key, priority 0 (so the list is the queue's own name).
+    tests/test_service_submit_path.py holds it byte for byte to what kombu writes and has a real worker
+    run one."""
+    from celery.utils.nodenames import anon_nodename
+    from celery.utils.saferepr import saferepr
+
+    body = json.dumps([[job_id], {}, _EMBED]).encode()
+    headers = {
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": saferepr([job_id]),
+        "kwargsrepr": "{}",
+        "origin": anon_nodename(),
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    properties = {
+        "correlation_id": task_id,
+        "reply_to": reply_to,
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": 0,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": properties,
+        }
+    )
 
 
 class JobQueue(Protocol):
@@ -55,8 +112,18 @@ class CeleryJobQueue:
                 "retry_policy": {**policy, "interval_step": 0.5, "interval_max": 1},
             }
 
+    @staticmethod
+    def task_id(job: JobRecord) -> str:
+        return f"{job.id}:{uuid.uuid4().hex[:12]}"
+
+    def message(self, job: JobRecord) -> tuple[str, str]:
+        """(the Redis list, the entry) that `enqueue(job)` would push, for a caller that pushes it itself
+        (the gateway's submission script pushes it atomically with the job's creation)."""
+        queue = job.kind.value
+        return queue, task_message(self._task, job.id, self.task_id(job), queue, self._app.thread_oid)
+
     def enqueue(self, job: JobRecord) -> None:
-        task_id = f"{job.id}:{uuid.uuid4().hex[:12]}"
+        task_id = self.task_id(job)
         # ignore_result: the job record is the result (the task is ignore_result too). Without it, every
         # send subscribes to the task's result channel and unsubscribes when the AsyncResult is dropped:
         # two more Redis round trips per submission, serialized on one pub/sub connection.

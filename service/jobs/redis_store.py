@@ -12,16 +12,20 @@ sliding-window rate limit). Each state change is one Lua script, and publishes t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -29,10 +33,12 @@ from service.jobs.records import Artifact, JobError, JobKind, JobRecord, JobStat
 from service.jobs.store import (
     EVENTS_CHANNEL,
     LOSSES_BEFORE_SOLO,
+    AdmissionRefused,
     CancelOutcome,
     IdempotencyConflict,
     LostJobs,
     QueueFull,
+    RateLimited,
     StartedJob,
 )
 
@@ -41,21 +47,55 @@ P = "realiz3d:"
 # with the job's creation, removed once its webhook is delivered or given up; gateways sweep it.
 WEBHOOKS_PENDING = P + "webhooks:pending"
 
+# The rate limiter: a sliding window log per client (a zset of the admitted submissions' times, by
+# Redis's own clock so that every gateway agrees). Admits and logs one submission when fewer than `limit`
+# were admitted in the last `window` seconds (returns 0); else returns the seconds until one would pass.
+_RATE_FUNCTION = """
+local function take_rate(key, limit, window, token)
+  local now = redis.call('TIME')
+  local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', t - window)
+  local count = redis.call('ZCARD', key)
+  if count < limit then
+    redis.call('ZADD', key, t, token)
+    redis.call('PEXPIRE', key, math.ceil(window * 1000))
+    return 0
+  end
+  local edge = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+  return math.max(tonumber(edge[2]) + window - t, 0.001)
+end
+"""
+
 # Every script names each key it touches in KEYS (none is built inside Lua).
-_CREATE = """
+# A submission, in the order the gateway answers it: an Idempotency-Key a concurrent request stored first
+# (its job: a replay, neither rate-counted nor refused), the rate limit (ARGV[9] > 0: 'rate' and the wait,
+# not counted), an admission refusal decided by the caller (ARGV[12], e.g. 'no_worker': counted), a full
+# queue ('full'), then the job: its record, its place in the queued zset, its pending webhook (ARGV[8]),
+# its Idempotency-Key and its broker message (ARGV[13], LPUSHed onto KEYS[6]) in one step, so that no
+# job record exists without its message. KEYS: job, idem, queued, webhooks pending, rate, broker list.
+_CREATE = (
+    _RATE_FUNCTION
+    + """
 if ARGV[6] == '1' then
   local current = redis.call('GET', KEYS[2])
   if current and current ~= ARGV[7] then return {'existing', current} end
 end
+if tonumber(ARGV[9]) > 0 then
+  local wait = take_rate(KEYS[5], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11])
+  if wait > 0 then return {'rate', tostring(wait)} end
+end
+if ARGV[12] ~= '' then return {'refused', ARGV[12]} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[2]))
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'full', ''} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 14))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-if KEYS[4] then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end  -- a webhook is due when it ends
+if ARGV[8] == '1' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end  -- a webhook is due when it ends
 if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2]) end
+if ARGV[13] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[13]) end
 return {'created', ARGV[1]}
 """
+)
 
 # ARGV[3] (the start time, one value per start() call) makes a retried call idempotent: if the first
 # try ran but its reply was lost to a dropped connection, the retry finds its own start and returns it.
@@ -188,23 +228,10 @@ redis.call('PUBLISH', 'realiz3d:job-done', ARGV[1])
 return 1
 """
 
-# The rate limiter: a sliding window log per client (a zset of the admitted submissions' times, by
-# Redis's own clock so that every gateway agrees). Admits and logs one submission when fewer than
-# ARGV[1] were admitted in the last ARGV[2] seconds; else returns the seconds until one would pass.
-_TAKE_RATE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < limit then
-  redis.call('ZADD', KEYS[1], t, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
-  return '0'
-end
-local edge = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
-return tostring(math.max(tonumber(edge[2]) + window - t, 0.001))
-"""
+# One client's rate limit alone (KEYS[1]; ARGV: limit, window seconds, token): 0, or the wait.
+_TAKE_RATE = (
+    _RATE_FUNCTION + "return tostring(take_rate(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]))"
+)
 
 # A delivery's outcome on the job, unless the job expired meanwhile (never a partial record).
 _RECORD_WEBHOOK = """
@@ -218,6 +245,18 @@ _LIVE_WORKERS = """
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
 if #names == 0 then return {} end
 return redis.call('HMGET', KEYS[2], unpack(names))
+"""
+
+# What a submission reads before it decides, in one round trip: the value of its Idempotency-Key (KEYS[3],
+# read when ARGV[2] is '1'; '' when unset), then the info of each live worker (as _LIVE_WORKERS).
+_LOOKUP = """
+local found = {''}
+if ARGV[2] == '1' then found[1] = redis.call('GET', KEYS[3]) or '' end
+local names = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+if #names == 0 then return found end
+local infos = redis.call('HMGET', KEYS[2], unpack(names))
+for i = 1, #names do found[i + 1] = infos[i] end
+return found
 """
 
 _JSON_FIELDS = ("params", "timings", "error", "artifacts")
@@ -268,6 +307,50 @@ def _decode(h: dict[str, str]) -> JobRecord:
 
 def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _create_call(
+    record: JobRecord,
+    *,
+    max_queue_depth: int,
+    ttl_seconds: int,
+    idempotency_key: str | None,
+    body_hash: str,
+    stale: str,
+    rate: tuple[str, int, float] | None = None,
+    refusal: str = "",
+    message: tuple[str, str] | None = None,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of `_CREATE`. `rate`: (client, limit, window seconds) to count the job against;
+    `refusal`: the error code admission refuses it with once counted ('' = admitted); `message`: (broker
+    list, entry) pushed with the record."""
+    unused = P + "none"  # a key slot the call does not use (never read nor written)
+    keys = [
+        P + "job:" + record.id,
+        P + "idem:" + (idempotency_key or "-"),
+        P + "queued:" + record.kind,
+        WEBHOOKS_PENDING,
+        P + "rate:" + rate[0] if rate else unused,
+        message[0] if message else unused,
+    ]
+    token = f"{time.time():.6f}-{secrets.token_hex(4)}" if rate else ""
+    argv = [
+        record.id,
+        ttl_seconds,
+        max_queue_depth,
+        record.created_at,
+        body_hash,
+        "1" if idempotency_key else "0",
+        stale,
+        "1" if record.webhook_url else "0",
+        rate[1] if rate else 0,
+        rate[2] if rate else 0,
+        token,
+        refusal,
+        message[1] if message else "",
+        *_encode(record.to_dict()),
+    ]
+    return keys, argv
 
 
 log = logging.getLogger("realiz3d.store")
@@ -403,13 +486,15 @@ class RedisJobStore:
                     raise IdempotencyConflict(idempotency_key)
                 return existing, False
             stale = raw  # a key whose job expired: overwritten, unless another request wins the race
-        fields = record.to_dict()
-        keys = [P + "job:" + record.id, P + "idem:" + (idempotency_key or "-"), P + "queued:" + record.kind]
-        if record.webhook_url:
-            keys.append(WEBHOOKS_PENDING)
-        argv = [record.id, ttl_seconds, max_queue_depth, record.created_at, body_hash]
-        use_key = "1" if idempotency_key else "0"
-        outcome, value = self._create(keys, [*argv, use_key, stale, *_encode(fields)])
+        keys, argv = _create_call(
+            record,
+            max_queue_depth=max_queue_depth,
+            ttl_seconds=ttl_seconds,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+            stale=stale,
+        )
+        outcome, value = self._create(keys, argv)
         if outcome == "full":
             raise QueueFull(record.kind)
         if outcome == "existing":  # a concurrent request with the same key won
@@ -601,4 +686,98 @@ class RedisJobStore:
         return float(wait)
 
 
-__all__ = ["EVENTS_CHANNEL", "RedisJobStore"]
+class AsyncSubmitStore:
+    """The gateway's submission path on its event loop (`redis.asyncio`: no thread-pool hop per job), in
+    two round trips: `lookup()` reads the request's Idempotency-Key and the live workers in one script;
+    `create()` runs the rate limit, the admission refusal, the queue bound, the record, its pending
+    webhook and its broker message in one (`_CREATE`). Fails fast like the gateway's `RedisJobStore`: no
+    retries, bounded connect and read timeouts, so a Redis error is a 503 at once.
+
+    One client per event loop: a redis.asyncio connection belongs to the loop that opened it (a process
+    serves from one loop; tests open several)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._bound: tuple[weakref.ref | None, Any] = (None, None)  # (its loop, (client, lookup, create))
+
+    def _on_loop(self) -> tuple[aioredis.Redis, Any, Any]:
+        loop = asyncio.get_running_loop()
+        ref, bound = self._bound
+        if bound is None or ref is None or ref() is not loop:
+            client = aioredis.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                health_check_interval=30,
+                socket_connect_timeout=2,
+                socket_timeout=10,
+                retry=AsyncRetry(NoBackoff(), 0),
+            )
+            bound = (client, client.register_script(_LOOKUP), client.register_script(_CREATE))
+            self._bound = (weakref.ref(loop), bound)
+        return bound
+
+    async def close(self) -> None:
+        ref, bound = self._bound
+        self._bound = (None, None)
+        if bound is not None and ref is not None and ref() is asyncio.get_running_loop():
+            await bound[0].aclose()
+
+    async def _get(self, client: aioredis.Redis, job_id: str) -> JobRecord | None:
+        h = await client.hgetall(P + "job:" + job_id)
+        return _decode(h) if h else None
+
+    async def lookup(self, idempotency_key: str | None) -> tuple[str, JobRecord | None, list[dict[str, Any]]]:
+        """(the raw `id|hash` stored under the key or '', that job if it still exists, the live workers)."""
+        client, lookup, _ = self._on_loop()
+        keys = [P + "workers", P + "workers:info", P + "idem:" + (idempotency_key or "-")]
+        found = await lookup(keys, [time.time(), "1" if idempotency_key else "0"])
+        raw = found[0] or ""
+        workers = [json.loads(i) for i in found[1:] if i]
+        job = await self._get(client, raw.partition("|")[0]) if raw else None
+        return raw, job, workers
+
+    async def create(
+        self,
+        record: JobRecord,
+        message: tuple[str, str],
+        *,
+        max_queue_depth: int,
+        ttl_seconds: int,
+        idempotency_key: str | None,
+        body_hash: str,
+        stale: str,
+        rate: tuple[str, int, float] | None,
+        refusal: str,
+    ) -> tuple[JobRecord, bool]:
+        """Store a queued job and push its message; (job, created). Raises RateLimited, AdmissionRefused
+        (after counting it), QueueFull, or IdempotencyConflict; a concurrent request that stored the same
+        key first gives (its job, False)."""
+        client, _, create = self._on_loop()
+        keys, argv = _create_call(
+            record,
+            max_queue_depth=max_queue_depth,
+            ttl_seconds=ttl_seconds,
+            idempotency_key=idempotency_key,
+            body_hash=body_hash,
+            stale=stale,
+            rate=rate,
+            refusal=refusal,
+            message=message,
+        )
+        outcome, value = await create(keys, argv)
+        if outcome == "created":
+            return record, True
+        if outcome == "rate":
+            raise RateLimited(float(value))
+        if outcome == "refused":
+            raise AdmissionRefused(value)
+        if outcome == "full":
+            raise QueueFull(record.kind)
+        job_id, _, seen_hash = value.partition("|")  # 'existing': a concurrent request with the key won
+        existing = await self._get(client, job_id)
+        if seen_hash != body_hash or existing is None:
+            raise IdempotencyConflict(idempotency_key)
+        return existing, False
+
+
+__all__ = ["EVENTS_CHANNEL", "AsyncSubmitStore", "RedisJobStore"]

@@ -28,6 +28,22 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
 
+class RateLimited(Exception):
+    """The client is over its rate limit (not counted): `wait` seconds until a submission would pass."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
+class AdmissionRefused(Exception):
+    """Admission refused the job (`code`, e.g. `no_worker`) after it was counted against the rate limit."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 @dataclass
 class StartedJob:
     record: JobRecord
@@ -185,6 +201,8 @@ __all__ = [
     "JobStore",
     "Listener",
     "QueueFull",
+    "RateLimited",
+    "AdmissionRefused",
     "StartedJob",
     "worker_serves",
     "JobKind",
