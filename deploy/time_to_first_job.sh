@@ -21,11 +21,13 @@ t1=$(date +%s.%N)
 id=$(curl -s -X POST localhost:8000/v1/multiview -H 'content-type: application/json' \
        -d '{"prompt": "a red cube", "num_views": 4, "steps": 30, "schedule": "0.4,blocks=6"}' \
      | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
-while ! curl -s localhost:8000/v1/jobs/$id | grep -q '"status":"succeeded"'; do
-  curl -s localhost:8000/v1/jobs/$id | grep -qE '"status":"(failed|canceled)"' && { echo "job failed"; exit 1; }
-  sleep 0.2
+while true; do
+  status=$(curl -s localhost:8000/v1/jobs/$id | grep -oE '"status":"[a-z]+"' | head -1)
+  [ "$status" = '"status":"succeeded"' ] && break
+  case $status in *failed*|*canceled*) echo "job $status"; exit 1;; esac
+  sleep 0.5
 done
 t2=$(date +%s.%N)
 python3 -c "print(f'fresh clone -> /healthz {$t1 - $t0:.1f} s; -> first job succeeded {$t2 - $t0:.1f} s')"
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB, $(python3.11 --version 2>&1)"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB, $(python3.11 --version 2>&1), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 grep -E '^==>|realiz3d\.(serve|embedded)' make-run.log | cut -c1-160

@@ -2,7 +2,8 @@
 
 `Realiz3DPipeline` is the cog-style contract: `load()` once (model, backend, fused weight sets), then
 `multiview()` / `texture()` per request, each with a progress callback and a cancel check polled every
-denoising step. The module-level `multiview()` and `texture()` keep one pipeline per configuration.
+denoising step. A caller that serves several configurations keeps one pipeline per configuration (the
+worker keeps one).
 """
 
 from __future__ import annotations

@@ -28,6 +28,41 @@ CUBE_OBJ = (
 )
 
 
+#: the job-mix profiles shipped in deploy/loadtest/ (`realiz3d loadtest URL --profile smoke`)
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "loadtest"
+
+
+def load_profile(name_or_path: str) -> dict:
+    """A profile's LoadTestConfig fields: `{name, concurrency, duration_s, ramp_up_s?, mix, request}` from
+    deploy/loadtest/NAME.yaml or a YAML file's path."""
+    import yaml
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))) or "none found"
+        raise ValueError(f"no such file (shipped profiles: {shipped})")
+    data = yaml.safe_load(path.read_text())
+    request = data.get("request") or {}
+    mv, tx = request.get("multiview") or {}, request.get("texture") or {}
+    total = sum(data["mix"].values())
+    fields = {
+        "concurrency": int(data["concurrency"]),
+        "duration_s": float(data["duration_s"]),
+        "ramp_up_s": float(data.get("ramp_up_s") or 0.0),
+        "mix": {k: v / total for k, v in data["mix"].items() if v > 0},
+        "steps": int(mv.get("steps", tx.get("steps", 10))),
+        "num_views": int(mv.get("num_views", 4)),
+        "texture_views": int(tx.get("num_views", mv.get("num_views", 4))),
+        "atlas_size": int(tx.get("atlas_size", 256)),
+        "guidance_scale": mv.get("guidance_scale", tx.get("guidance_scale")),
+    }
+    if "steps" in tx:
+        fields["texture_steps"] = int(tx["steps"])
+    return fields
+
+
 def parse_mix(text: str) -> dict[str, float]:
     """`multiview:0.8,texture:0.2` -> normalised weights; raises ValueError on bad input."""
     mix: dict[str, float] = {}
@@ -58,6 +93,9 @@ class LoadTestConfig:
     num_views: int = 4
     texture_views: int = 4
     atlas_size: int = 256
+    guidance_scale: float | None = None  # None: the model's default
+    texture_steps: int | None = None  # None: `steps`
+    ramp_up_s: float = 0.0  # clients start evenly spread over this many seconds
     api_key: str | None = None
     job_timeout_s: float = 600.0
     seed: int = 0
@@ -89,6 +127,10 @@ def percentile(values: list[float], q: float) -> float | None:
 async def _one_job(client: AsyncRealiz3DClient, cfg: LoadTestConfig, kind: str, seed: int, t_start: float):
     submitted = time.perf_counter() - t_start
     params = {"prompt": f"a red cube {seed}", "steps": cfg.steps, "seed": seed}
+    if cfg.guidance_scale is not None:
+        params["guidance_scale"] = cfg.guidance_scale
+    if kind == "texture" and cfg.texture_steps is not None:
+        params["steps"] = cfg.texture_steps
     throttled = 0
     while True:
         try:
@@ -130,8 +172,10 @@ async def run_load(cfg: LoadTestConfig) -> tuple[list[JobSample], int, float]:
     t_start = time.perf_counter()
     deadline = t_start + cfg.duration_s if cfg.duration_s else None
 
-    async def client_loop(client: AsyncRealiz3DClient) -> None:
+    async def client_loop(client: AsyncRealiz3DClient, index: int) -> None:
         nonlocal throttled_total
+        if cfg.ramp_up_s > 0:
+            await asyncio.sleep(cfg.ramp_up_s * index / cfg.concurrency)
         while True:
             if deadline is not None and time.perf_counter() >= deadline:
                 return
@@ -143,7 +187,7 @@ async def run_load(cfg: LoadTestConfig) -> tuple[list[JobSample], int, float]:
             throttled_total += throttled
 
     async with AsyncRealiz3DClient(cfg.url, api_key=cfg.api_key, timeout=cfg.job_timeout_s) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(cfg.concurrency)))
+        await asyncio.gather(*(client_loop(client, i) for i in range(cfg.concurrency)))
     return samples, throttled_total, time.perf_counter() - t_start
 
 

@@ -67,3 +67,46 @@ def test_throughput_bench_alternates_both_configurations_and_reports_batch_sizes
     md = (tmp_path / "tp.md").read_text()
     assert md.count("| batched |") == 2 and "| unbatched | 8 |" in md  # results row, histogram row
     assert (tmp_path / "tp_batched_latency.png").exists()
+
+
+@pytest.mark.parametrize("profile", ["smoke", "steady", "burst"])
+def test_loadtest_reads_the_shipped_profiles(profile, monkeypatch, tmp_path):
+    """`realiz3d loadtest URL --profile NAME`: deploy/loadtest/NAME.yaml sets the run; flags override it."""
+    import yaml
+
+    import service.loadtest as lt
+    from service.cli import main
+
+    seen = {}
+
+    def fake_run(cfg, out_dir, name):  # noqa: ANN001, ANN202
+        seen["cfg"] = cfg
+        return {"jobs_succeeded": 1}
+
+    monkeypatch.setattr(lt, "run_loadtest", fake_run)
+    data = yaml.safe_load((lt.PROFILES_DIR / f"{profile}.yaml").read_text())
+    assert main(["loadtest", "http://127.0.0.1:1", "--profile", profile, "--out", str(tmp_path)]) == 0
+    cfg = seen["cfg"]
+    assert cfg.concurrency == data["concurrency"] and cfg.duration_s == data["duration_s"]
+    assert cfg.ramp_up_s == data.get("ramp_up_s", 0)
+    assert cfg.mix == {k: v for k, v in data["mix"].items() if v > 0}
+    assert cfg.steps == data["request"]["multiview"]["steps"]
+    assert cfg.guidance_scale == data["request"]["multiview"]["guidance_scale"]
+    if "texture" in data["request"]:
+        assert cfg.atlas_size == data["request"]["texture"]["atlas_size"]
+        assert cfg.texture_views == data["request"]["texture"]["num_views"]
+    assert (
+        main(
+            ["loadtest", "http://127.0.0.1:1", "--profile", profile, "--concurrency", "3", "--duration", "5"]
+        )
+        == 0
+    )
+    assert seen["cfg"].concurrency == 3 and seen["cfg"].duration_s == 5
+
+
+def test_loadtest_unknown_profile_is_one_line(capsys):
+    from service.cli import main
+
+    assert main(["loadtest", "http://127.0.0.1:1", "--profile", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--profile nope: no such file (shipped profiles: burst, smoke, steady)" in err
