@@ -13,6 +13,7 @@ from PIL import Image
 
 from engines.sampling.cameras import Camera, cameras_from_json
 from service.client import Realiz3DAPIError, Realiz3DClient
+from tests.fixtures.gltf_validator import assert_valid_glb
 from tests.service_helpers import box_glb
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,7 +39,9 @@ def test_latent_model_textures_a_mesh_over_http(latent_service):
         assert view.shape == (64, 64, 3)  # the model's own resolution: 8x8 latents through the 8x VAE
         meta = json.loads(client.download(job.id, "meta.json"))
         assert meta["view_resolution"] == 64 and meta["model"] == "tiny-sd"
-        scene = trimesh.load(io.BytesIO(client.download(job.id, "textured.glb")), file_type="glb")
+        glb = client.download(job.id, "textured.glb")
+        assert_valid_glb(glb)
+        scene = trimesh.load(io.BytesIO(glb), file_type="glb")
         assert len(scene.geometry) == 1
 
 
