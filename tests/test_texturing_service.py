@@ -110,6 +110,7 @@ def test_gltf_with_external_files_as_a_zip_is_textured_into_a_valid_glb(client, 
     out.write_bytes(client.download(job.id, "textured.glb"))
     assert_valid(out)
     meta = json.loads(client.download(job.id, "meta.json"))
+    assert meta["mesh"]["source"] == "scene.zip"  # the uploaded name, not the stored mesh.zip
     assert meta["mesh"]["uv_layout"] == {
         "mode": "original",
         "unwrap_needed": False,
