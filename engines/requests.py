@@ -159,6 +159,26 @@ class TextureRequest(ExplicitCameras, GenerationParams):
         description="UV unwrap of a mesh without usable UVs: fast (pieces charted in parallel, one pack) "
         "or quality (one xatlas pass over the whole mesh, several times slower)",
     )
+    bake_resolution: int = Field(
+        512,
+        ge=64,
+        le=2048,
+        description="pixels per view side at which visibility is decided and views are sampled for the "
+        "bake (generated views are upsampled to it; at least the view resolution)",
+    )
+    coverage_target: float = Field(
+        0.97,
+        ge=0.0,
+        le=1.0,
+        description="view planning: add views until this share of the surface is coloured by views",
+    )
+    max_views: int = Field(
+        16,
+        ge=1,
+        le=64,
+        description="view planning: the most views in all, requested plus planned (inpainted); at most "
+        "num_views turns planning off",
+    )
 
     @model_validator(mode="after")
     def _cameras_set_views(self) -> TextureRequest:

@@ -226,6 +226,15 @@ def bake_images(
     return with_alpha(atlas, mesh, baked.face_id, baked.bary), baked
 
 
+def upsample_view(image: np.ndarray, resolution: int) -> np.ndarray:
+    """A generated view resized (bilinear, pixel centres aligned) to the bake resolution."""
+    if image.shape[0] == resolution and image.shape[1] == resolution:
+        return image
+    import cv2
+
+    return cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+
+
 def _as_view_image(image: np.ndarray, resolution: int, index: int) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[0] != resolution or img.shape[1] != resolution or img.shape[2] < 3:
@@ -265,6 +274,8 @@ def texture_mesh(
     limits = limits or MeshLimits()
     stages = _Stages(progress, should_cancel, stage_progress)
     res = int(request.view_resolution or resolution or DEFAULT_VIEW_RESOLUTION)
+    # Visibility (silhouettes, depth edges) is decided at the bake resolution, not the model's.
+    bake_res = max(int(request.bake_resolution), res)
     cams = list(cameras) if cameras is not None else texturing_cameras(request.num_views)
     if len(cams) != request.num_views:
         raise ValueError(f"{len(cams)} cameras for num_views={request.num_views}")
@@ -288,6 +299,7 @@ def texture_mesh(
         rasterizer = RayCaster(vertices, loaded.faces)
         view_maps = render_views(rasterizer, cams, res)
         geometry = geometry_channels(view_maps)
+        bake_maps = view_maps if bake_res == res else render_views(rasterizer, cams, bake_res)
     with stages.stage("generate"):
         raw = generate_views(cams, geometry, res)
         if len(raw) != len(cams):
@@ -296,7 +308,14 @@ def texture_mesh(
     with stages.stage("bake"):
         uv_maps, copies = uv_maps_of(loaded, request.atlas_size)
         baked = bake_views(
-            uv_maps, vertices, loaded.faces, views, view_maps, view_weights, bake_settings, copies
+            uv_maps,
+            vertices,
+            loaded.faces,
+            [upsample_view(v, bake_res) for v in views],
+            bake_maps,
+            view_weights,
+            bake_settings,
+            copies,
         )
     with stages.stage("fill"):
         atlas = fill_over_surface(baked, vertices, loaded.faces)
@@ -316,6 +335,7 @@ def texture_mesh(
         "atlas_size": request.atlas_size,
         "atlas_channels": "RGBA" if atlas.shape[-1] == 4 else "RGB",
         "view_resolution": res,
+        "bake_resolution": bake_res,
         "num_views": len(cams),
         "coverage": round(baked.coverage_fraction, 4),
         "surface": surface_shares(baked),

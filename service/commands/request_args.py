@@ -61,6 +61,9 @@ TEXTURE_FLAGS = (
     Flag("schedule", "--schedule", "SCHEDULE"),
     Flag("scheduler", "--scheduler"),
     Flag("unwrap", "--unwrap"),
+    Flag("bake_resolution", "--bake-resolution", "PX"),
+    Flag("coverage_target", "--coverage-target", "SHARE"),
+    Flag("max_views", "--max-views", "N"),
 )
 
 
