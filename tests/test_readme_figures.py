@@ -76,3 +76,20 @@ def test_every_row_names_a_command_that_exists():
             args = parser.parse_args(shlex.split(command))
             assert args.command == "bench", command
         previous = commands
+
+
+def test_the_benchmark_index_lists_every_report_its_command_and_code():
+    from service.cli import build_parser
+
+    index = (BENCH / "README.md").read_text()
+    rows = re.findall(r"^\| (`[^|]+`) \| `(realiz3d [^`]+)` \| ([^|]+) \|$", index, flags=re.M)
+    assert rows
+    listed = set()
+    parser = build_parser()
+    for reports, command, code in rows:
+        listed |= set(re.findall(r"`([^`]+\.md)`", reports))
+        assert parser.parse_args(shlex.split(command)[1:]).command == "bench", command
+        for path in re.findall(r"`([^`]+\.py)`", code):
+            assert (ROOT / path).is_file(), path
+    reports_here = {p.name for p in BENCH.glob("*.md")} - {"README.md", "loadtest.md"}
+    assert reports_here <= listed, sorted(reports_here - listed)

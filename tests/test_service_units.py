@@ -116,11 +116,16 @@ def test_serve_takes_the_embedded_workers_precision_device_and_adapters_and_vali
 
     from service.cli import build_parser
     from service.commands.serving import SERVE_FLAGS, _settings
+    from service.settings import Settings
 
     args = build_parser().parse_args(
         ["serve", "--precision", "bf16", "--device", "cpu", "--adapters", "unfused"]
     )
     s = _settings(args, SERVE_FLAGS)
     assert (s.precision, s.device, s.adapters) == ("bf16", "cpu", "unfused")
+    # the flag lists its choices (argparse refuses others, exit 2); the env var is validated by Settings
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["serve", "--precision", "fp8"])
+    assert refused.value.code == 2
     with pytest.raises(ValidationError, match="precision must be one of fp32, fp16, bf16"):
-        _settings(build_parser().parse_args(["serve", "--precision", "fp8"]), SERVE_FLAGS)
+        Settings(precision="fp8")

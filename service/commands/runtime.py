@@ -227,7 +227,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         run_job_memory_bench(out_dir=args.out)
     elif args.target == "loading":
-        from engines.models.bench_loading import run as run_loading
+        from engines.bench.loading import run as run_loading
 
         run_loading(args.width, args.out)
     elif args.target == "resolution":

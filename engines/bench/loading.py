@@ -1,6 +1,6 @@
 """Peak RAM while loading a UNet: meta-device loading (ours) vs build-random-then-load (the old way).
 
-`python -m engines.models.bench_loading [--width 160] [--out docs/benchmarks]` writes a random SD-shaped
+`realiz3d bench loading [--width 160] [--out docs/benchmarks]` writes a random SD-shaped
 UNet folder (SD 1.x's block layout; `--width 320` is SD 1.5 itself, 3.4 GB in fp32), then loads it in fresh
 subprocesses and reads each one's peak resident memory (`VmHWM`, which starts afresh at exec) above a
 baseline process that only imported the same modules. A benchmark, not a test: figures vary with the machine and its other load.
@@ -76,7 +76,7 @@ def _child(method: str, folder: Path) -> None:
 
 def _in_child(method: str, folder: Path) -> dict:
     # Everything heavy runs in children: the parent never holds weights, so no child inherits them.
-    cmd = [sys.executable, "-m", "engines.models.bench_loading", "--child", method, str(folder)]
+    cmd = [sys.executable, "-m", "engines.bench.loading", "--child", method, str(folder)]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
