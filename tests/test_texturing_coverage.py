@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+
 from engines.requests import TextureRequest
+from engines.sampling.cameras import Camera
 from engines.texturing.pipeline import texture_mesh
-from tests.fixtures.texturing import colour_by_normal, textured_box_glb
+from engines.texturing.planning import plan_views
+from engines.texturing.rasterize import RayCaster, face_normals
+from tests.fixtures.texturing import colour_by_normal, textured_box_glb, uv_box
 
 
 def _box_path(tmp_path):
@@ -22,3 +28,63 @@ def test_full_resolution_bake_sees_almost_all_of_a_cube_from_its_six_views(tmp_p
     assert full.meta["bake_resolution"] == 512 and full.meta["view_resolution"] == 32
     assert full.views[0].shape == (32, 32, 3)  # the model's views stay at their size
     assert full.meta["coverage"] >= 0.97 > low.meta["coverage"]
+
+
+def test_planning_picks_the_camera_that_sees_the_uncovered_patch():
+    # A cube whose every face but -X is covered: of the six axis cameras, the one on -X adds the most.
+    vertices, faces, _ = uv_box()
+    tri = vertices[faces]
+    centres = tri.mean(axis=1)
+    normals = face_normals(vertices, faces)
+    points = np.repeat(centres, 50, axis=0) + np.random.default_rng(0).uniform(
+        -0.2, 0.2, (len(faces) * 50, 3)
+    ) * (1 - np.abs(np.repeat(normals, 50, axis=0)))
+    normals = np.repeat(normals, 50, axis=0)
+    covered = ~(normals[:, 0] < -0.5)
+    candidates = [
+        Camera(az, el, 2.2) for az, el in [(0, 0), (90, 0), (180, 0), (270, 0), (0, 89.9), (0, -89.9)]
+    ]
+    planned, expected = plan_views(
+        RayCaster(vertices, faces),
+        points,
+        normals,
+        covered,
+        coverage_target=0.99,
+        budget=3,
+        candidates=candidates,
+    )
+    assert [p.camera.azimuth_deg for p in planned] == [270]  # one view was enough
+    assert planned[0].gain == pytest.approx(1 / 6, abs=0.01) and expected == 1.0
+
+
+def test_planned_views_colour_what_the_requested_views_missed_and_the_shares_sum_to_one(tmp_path):
+    # One front camera sees one face of six; planning adds views for the rest, inpainted around what is known.
+    calls = []
+
+    def generator(cameras, geometry, resolution, known=None):
+        calls.append((len(cameras), known))
+        return colour_by_normal(cameras, geometry, resolution, known)
+
+    request = TextureRequest(prompt="a box", num_views=1, atlas_size=128, view_resolution=32, max_views=8)
+    result = texture_mesh(request, _box_path(tmp_path), generator)
+    surface = result.meta["surface"]
+    assert set(surface) == {"from_views", "inpainted", "filled"}
+    assert sum(surface.values()) == pytest.approx(1.0, abs=1e-3)
+    assert result.meta["coverage"] == surface["from_views"] < 0.25
+    assert surface["inpainted"] > 0.7 and surface["filled"] < 0.05
+    assert (
+        result.meta["views_used"] == len(result.cameras) == 1 + len(result.meta["planning"]["planned_views"])
+    )
+    assert calls[0] == (1, None)  # the requested view: nothing held
+    for count, known in calls[1:]:  # planned views, with the earlier views as held context
+        assert known is not None and count <= 8 and known.mask[0].all()
+    assert not result.meta["warnings"]
+
+
+def test_planning_off_leaves_the_rest_to_the_fill_and_warns(tmp_path):
+    request = TextureRequest(prompt="a box", num_views=1, atlas_size=64, view_resolution=32, max_views=1)
+    result = texture_mesh(request, _box_path(tmp_path), colour_by_normal)
+    surface = result.meta["surface"]
+    assert surface["inpainted"] == 0 and surface["filled"] > 0.5 and result.meta["views_used"] == 1
+    assert any("surface fill" in w for w in result.meta["warnings"])
+    assert sum(surface.values()) == pytest.approx(1.0, abs=1e-3)

@@ -51,7 +51,7 @@ def test_stage_progress_names_each_stage_and_follows_the_unwrap(tmp_path):
         request, _sphere_path(tmp_path), colour_by_normal, stage_progress=lambda n, f: reports.append((n, f))
     )
     order = [n for i, (n, _) in enumerate(reports) if i == 0 or reports[i - 1][0] != n]
-    assert order == ["load", "unwrap", "render", "generate", "bake", "fill"]
+    assert order == ["load", "unwrap", "render", "generate", "bake", "plan", "inpaint", "fill"]
     for name in order:
         fractions = [f for n, f in reports if n == name]
         assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions), name

@@ -37,6 +37,31 @@ def make_scheduler(name: str, config: dict):
 
 
 @dataclass
+class KnownRegion:
+    """Samples held while the rest is generated: masked diffusion in the RePaint / blended-latent style.
+
+    Before the first step and after every step the known region of the latents is replaced by the known
+    clean sample noised to the level the latents are at (the scheduler's own `add_noise`, fresh noise each
+    time from `generator`); after the last step by the clean sample itself. The model sees the known
+    region at every step, so what it generates next to it continues it. No retraining; pixel and latent
+    models alike (for a latent model `sample` is the VAE's encoding and `mask` its cells).
+    """
+
+    sample: torch.Tensor  # (views, C, H, W) the clean known sample, in the job's latent space
+    mask: torch.Tensor  # (views, 1, H, W) float: 1 known (held), 0 generated
+    generator: torch.Generator  # CPU generator: the same seed gives the same result on any device
+
+    def blend(self, scheduler: object, latents: torch.Tensor, timestep: int | None) -> torch.Tensor:
+        """`latents` with the known region replaced: noised to `timestep`, or clean when None (the end)."""
+        known = self.sample
+        if timestep is not None:
+            noise = torch.randn(known.shape, generator=self.generator, dtype=torch.float32).to(known)
+            t = torch.tensor([timestep], dtype=torch.long, device=known.device)
+            known = scheduler.add_noise(known, noise, t)  # type: ignore[attr-defined]
+        return self.mask * known + (1.0 - self.mask) * latents
+
+
+@dataclass
 class DenoiseJob:
     scheduler: object
     latents: torch.Tensor  # (views, C, H, W) float32
@@ -49,12 +74,16 @@ class DenoiseJob:
     num_steps: int
     step_index: int = 0
     timesteps: list[int] = field(default_factory=list)
+    #: held samples (inpainting); None generates everything
+    known: KnownRegion | None = None
 
     def __post_init__(self) -> None:
         self.scheduler.set_timesteps(self.num_steps, device=self.latents.device)  # type: ignore[attr-defined]
         self.timesteps = [int(t) for t in self.scheduler.timesteps]  # type: ignore[attr-defined]
         self.latents = self.latents * float(self.scheduler.init_noise_sigma)  # type: ignore[attr-defined]
         self.combos = self.schedule.combos(self.num_steps)
+        if self.known is not None:
+            self.latents = self.known.blend(self.scheduler, self.latents, self.timesteps[0])
 
     @property
     def num_views(self) -> int:
@@ -97,3 +126,7 @@ class DenoiseJob:
         t = self.timesteps[self.step_index]
         self.latents = self.scheduler.step(noise_pred, t, self.latents, return_dict=False)[0]  # type: ignore[attr-defined]
         self.step_index += 1
+        if self.known is not None:
+            # the latents are now at the next timestep's noise level (clean after the last step)
+            nxt = self.timesteps[self.step_index] if self.step_index < self.num_steps else None
+            self.latents = self.known.blend(self.scheduler, self.latents, nxt)

@@ -151,6 +151,39 @@ def project(camera: Camera, resolution: int, points: np.ndarray) -> tuple[np.nda
     return c + right * inv, c - up * inv, depth
 
 
+def visible_samples(
+    points: np.ndarray, normals: np.ndarray, maps: ViewMaps, bad: np.ndarray, s: BakeSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(sample indices, |cos theta|, pixel x, pixel y) of the surface samples one view colours: in frame,
+    on a reliable pixel, the surface that camera sees, not at a grazing angle. The bake and the view
+    planner share this test, so a planned view covers what the planner counted."""
+    res = maps.resolution
+    f = maps.camera.focal_px(res)
+    min_cos = math.cos(math.radians(s.max_angle_deg))
+    max_tan = math.tan(math.radians(s.max_angle_deg))
+    # Cheap tests first on every texel (in frame, reliable pixel, depth within the loosest
+    # tolerance), the angle only on the few that pass: most texels face away or are hidden.
+    x, y, depth = project(maps.camera, res, points)
+    col, row = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    idx = np.flatnonzero((depth > 1e-6) & (col >= 0) & (col < res) & (row >= 0) & (row < res))
+    pix = row[idx] * res + col[idx]
+    keep = ~bad.reshape(-1)[pix]
+    idx, pix = idx[keep], pix[keep]
+    gap = np.abs(maps.depth.reshape(-1)[pix] - depth[idx])
+    footprint = depth[idx] / f
+    keep = gap <= s.depth_tolerance + footprint * (1.0 + max_tan)
+    idx, gap, footprint = idx[keep], gap[keep], footprint[keep]
+    to_eye = maps.camera.position().astype(np.float32) - points[idx]
+    cos = np.abs(np.einsum("nc,nc->n", normals[idx], to_eye)) / np.maximum(
+        np.linalg.norm(to_eye, axis=1), 1e-12
+    )
+    # Half a pixel's footprint times the slope is how far a correct nearest-pixel depth can be off.
+    tan = np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / np.maximum(cos, 1e-6)
+    keep = (cos >= min_cos) & (gap <= s.depth_tolerance + footprint * (1.0 + tan))
+    idx, cos = idx[keep], cos[keep]
+    return idx, cos, x[idx], y[idx]
+
+
 def _view_weights(
     points: np.ndarray,
     normals: np.ndarray,
@@ -163,35 +196,12 @@ def _view_weights(
     """(summed weighted colour (n, 3), summed weight (n,)) of surface samples over every view."""
     color_sum = np.zeros((len(points), 3), np.float64)
     weight_sum = np.zeros(len(points), np.float64)
-    min_cos = math.cos(math.radians(s.max_angle_deg))
-    max_tan = math.tan(math.radians(s.max_angle_deg))
     for image, maps, view_weight, bad in zip(images, view_maps, weights, unreliable, strict=True):
-        res = maps.resolution
-        f = maps.camera.focal_px(res)
-        # Cheap tests first on every texel (in frame, reliable pixel, depth within the loosest
-        # tolerance), the angle only on the few that pass: most texels face away or are hidden.
-        x, y, depth = project(maps.camera, res, points)
-        col, row = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
-        idx = np.flatnonzero((depth > 1e-6) & (col >= 0) & (col < res) & (row >= 0) & (row < res))
-        pix = row[idx] * res + col[idx]
-        keep = ~bad.reshape(-1)[pix]
-        idx, pix = idx[keep], pix[keep]
-        gap = np.abs(maps.depth.reshape(-1)[pix] - depth[idx])
-        footprint = depth[idx] / f
-        keep = gap <= s.depth_tolerance + footprint * (1.0 + max_tan)
-        idx, gap, footprint = idx[keep], gap[keep], footprint[keep]
-        to_eye = maps.camera.position().astype(np.float32) - points[idx]
-        cos = np.abs(np.einsum("nc,nc->n", normals[idx], to_eye)) / np.maximum(
-            np.linalg.norm(to_eye, axis=1), 1e-12
-        )
-        # Half a pixel's footprint times the slope is how far a correct nearest-pixel depth can be off.
-        tan = np.sqrt(np.maximum(1.0 - cos**2, 0.0)) / np.maximum(cos, 1e-6)
-        keep = (cos >= min_cos) & (gap <= s.depth_tolerance + footprint * (1.0 + tan))
-        idx, cos = idx[keep], cos[keep]
+        idx, cos, x, y = visible_samples(points, normals, maps, bad, s)
         if not len(idx):
             continue
         w = view_weight * cos.astype(np.float64) ** s.cos_power
-        color_sum[idx] += w[:, None] * sample_bilinear(image[..., :3], x[idx], y[idx])
+        color_sum[idx] += w[:, None] * sample_bilinear(image[..., :3], x, y)
         weight_sum[idx] += w
     return color_sum, weight_sum
 

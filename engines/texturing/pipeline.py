@@ -18,13 +18,15 @@ import numpy as np
 from PIL import Image
 
 from engines.errors import JobCanceled
-from engines.requests import CancelCheck, ProgressCallback, StageCallback, TextureRequest
+from engines.requests import MAX_VIEWS, CancelCheck, ProgressCallback, StageCallback, TextureRequest
 from engines.sampling.cameras import CONVENTION, Camera, cameras_to_json, texturing_cameras
+from engines.sampling.known import KnownViews
 from engines.texturing.appearance import with_alpha
-from engines.texturing.bake import BakeResult, BakeSettings, InstanceCopies, bake_views
+from engines.texturing.bake import BakeResult, BakeSettings, InstanceCopies, bake_views, texel_surface
 from engines.texturing.export import write_texture_png, write_textured_glb, write_textured_obj
 from engines.texturing.fill import fill_over_surface
 from engines.texturing.mesh_io import LoadedMesh, MeshLimits, load_mesh
+from engines.texturing.planning import PlannedView, context_order, known_view, merge_bakes, plan_views
 from engines.texturing.rasterize import (
     RayCaster,
     UVMaps,
@@ -35,10 +37,13 @@ from engines.texturing.rasterize import (
 )
 from engines.texturing.uv_layout import ensure_layout
 
-# generate_views(cameras, geometry (V, 7, H, W) float32, resolution) -> V uint8 (H, W, 3) images.
-GenerateViews = Callable[[list[Camera], np.ndarray, int], list[np.ndarray]]
+# generate_views(cameras, geometry (V, 7, H, W) float32, resolution[, known]) -> V uint8 (H, W, 3) images.
+# `known` (KnownViews) is passed, as a fourth argument, only for planned views: pixels to hold (inpainting).
+GenerateViews = Callable[..., list[np.ndarray]]
 
-STAGES = ("load", "unwrap", "render", "generate", "bake", "fill", "export")
+STAGES = ("load", "unwrap", "render", "generate", "bake", "plan", "inpaint", "fill", "export")
+#: Above this share of the surface left to the fill, meta.json, the job and the CLI warn.
+HIGH_FILL = 0.5
 DEFAULT_VIEW_RESOLUTION = 512
 #: Below this share of the surface coloured from views, meta.json and the CLI warn.
 LOW_COVERAGE = 0.05
@@ -143,10 +148,23 @@ def coverage_warnings(coverage: float, chart_texels: int) -> list[str]:
     return []
 
 
-def surface_shares(baked: BakeResult) -> dict:
-    """Shares of on-mesh texels: coloured from a view, or filled (they sum to 1)."""
+def surface_shares(baked: BakeResult, inpainted: np.ndarray | None = None) -> dict:
+    """Shares of on-mesh texels (they sum to 1): from the requested views, from planned (inpainted) views,
+    or filled. `baked` is the bake of the requested views; `inpainted` (S, S) the texels planned views added."""
+    chart = max(int(baked.chart.sum()), 1)
     from_views = round(baked.coverage_fraction, 4)
-    return {"from_views": from_views, "filled": round(1.0 - from_views, 4)}
+    inp = round(float(inpainted.sum()) / chart, 4) if inpainted is not None else 0.0
+    return {"from_views": from_views, "inpainted": inp, "filled": round(max(1.0 - from_views - inp, 0.0), 4)}
+
+
+def fill_warnings(surface: dict) -> list[str]:
+    """A job whose surface is mostly the fill succeeds, with this warning."""
+    if surface["filled"] > HIGH_FILL and surface["from_views"] + surface["inpainted"] > 0:
+        return [
+            f"{surface['filled']:.0%} of the surface is the surface fill (no view coloured it: "
+            f"{surface['from_views']:.0%} from the requested views, {surface['inpainted']:.0%} from planned views)"
+        ]
+    return []
 
 
 def uv_report(mesh: LoadedMesh, baked: BakeResult) -> dict:
@@ -260,8 +278,14 @@ def texture_mesh(
     view_weights: list[float] | None = None,
     bake_settings: BakeSettings | None = None,
     stage_progress: StageCallback | None = None,
+    views_per_call: int = MAX_VIEWS,
 ) -> TextureResult:
     """Run a texturing job around a view generator; save into `out_dir` when given.
+
+    After the requested views are baked, views are planned for what they missed (`request.coverage_target`,
+    `request.max_views`; `planning.py`) and generated with what is known held (`generate_views(cameras,
+    geometry, resolution, known)`), at most `views_per_call` views per call: the planned ones plus
+    earlier views as held context (1: no context, for a model whose views do not attend to each other).
 
     Views are rendered at `request.view_resolution`, else `resolution` (the model's), else 512. Cameras
     default to `texturing_cameras(request.num_views)`. `progress(done, 7)` is called after each stage
@@ -317,12 +341,72 @@ def texture_mesh(
             bake_settings,
             copies,
         )
+    first = baked
+    with stages.stage("plan"):
+        planned: list[PlannedView] = []
+        expected = baked.coverage_fraction
+        budget = request.max_views - len(cams)
+        if budget > 0 and baked.coverage_fraction < request.coverage_target:
+            flat, points, normals = texel_surface(uv_maps, vertices, loaded.faces)
+            planned, expected = plan_views(
+                rasterizer,
+                points,
+                normals,
+                baked.coverage.reshape(-1)[flat],
+                coverage_target=request.coverage_target,
+                budget=budget,
+                settings=bake_settings,
+                seed=request.seed or 0,
+            )
+    all_cams, all_views = list(cams), list(views)
+    with stages.stage("inpaint"):
+        geoms = list(geometry)
+        batch = max(1, views_per_call // 2) if views_per_call > 1 else 1
+        todo = [p.camera for p in planned]
+        for b0 in range(0, len(todo), batch):
+            stages.check_cancel("inpaint")
+            new_cams = todo[b0 : b0 + batch]
+            model_maps = render_views(rasterizer, new_cams, res)
+            maps = model_maps if bake_res == res else render_views(rasterizer, new_cams, bake_res)
+            held = [known_view(m, loaded.uv, loaded.faces, baked.atlas, baked.coverage, res) for m in maps]
+            context = context_order(all_cams, new_cams)[: max(views_per_call - len(new_cams), 0)]
+            context = context if views_per_call > 1 else []
+            known = KnownViews(
+                np.stack([all_views[i] for i in context] + [h[0] for h in held]),
+                np.stack([np.ones((res, res), bool) for _ in context] + [h[1] for h in held]),
+            )
+            call_cams = [all_cams[i] for i in context] + new_cams
+            call_geom = np.concatenate(
+                [np.stack([geoms[i] for i in context] + list(geometry_channels(model_maps)))]
+            )
+            raw = generate_views(call_cams, call_geom, res, known)
+            if len(raw) != len(call_cams):
+                raise ValueError(f"generate_views returned {len(raw)} views for {len(call_cams)} cameras")
+            new_views = [_as_view_image(v, res, i) for i, v in enumerate(raw)][len(context) :]
+            more = bake_views(
+                uv_maps,
+                vertices,
+                loaded.faces,
+                [upsample_view(v, bake_res) for v in new_views],
+                maps,
+                None,
+                bake_settings,
+                copies,
+            )
+            baked, _ = merge_bakes(baked, more)
+            all_cams += new_cams
+            all_views += new_views
+            geoms += list(call_geom[len(context) :])
+            if stage_progress is not None:
+                stage_progress("inpaint", min(b0 + batch, len(todo)) / len(todo))
+    inpainted = baked.coverage & ~first.coverage
     with stages.stage("fill"):
         atlas = fill_over_surface(baked, vertices, loaded.faces)
         atlas = with_alpha(atlas, loaded, baked.face_id, baked.bary)
     stages.timings["total"] = sum(stages.timings.values())
     uvs = uv_report(loaded, baked)
-    warnings = coverage_warnings(baked.coverage_fraction, int(baked.chart.sum()))
+    surface = surface_shares(first, inpainted)
+    warnings = coverage_warnings(first.coverage_fraction, int(first.chart.sum())) + fill_warnings(surface)
 
     meta = {
         "kind": "texture",
@@ -337,14 +421,21 @@ def texture_mesh(
         "view_resolution": res,
         "bake_resolution": bake_res,
         "num_views": len(cams),
-        "coverage": round(baked.coverage_fraction, 4),
-        "surface": surface_shares(baked),
+        "views_used": len(all_cams),
+        "coverage": round(first.coverage_fraction, 4),
+        "surface": surface,
+        "planning": {
+            "coverage_target": request.coverage_target,
+            "max_views": request.max_views,
+            "planned_views": [p.describe() for p in planned],
+            "expected_covered": round(expected, 4),
+        },
         "warnings": warnings,
         "view_weights": view_weights,
         "bake": asdict(bake_settings or BakeSettings()),
         "camera_convention": CONVENTION,
     }
-    result = TextureResult(atlas, views, cams, stages.timings, meta, loaded, baked.coverage)
+    result = TextureResult(atlas, all_views, all_cams, stages.timings, meta, loaded, baked.coverage)
     if out_dir is not None:
         # save() times itself as the "export" stage (it is also what callers run later without out_dir).
         stages.check_cancel("export")
