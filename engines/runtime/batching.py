@@ -26,8 +26,11 @@ every active and waiting job fails with `BatcherDied`, later submissions are ref
 has a timeout, so a job thread never hangs on a dead batcher. A job that completed its last step is done:
 a cancel or deadline seen after that never turns it into a canceled one.
 
-Timings passed to `on_unet_call` are taken after `torch.cuda.synchronize` on a CUDA device (kernels run
-asynchronously; without the sync the figure is the launch time).
+Timings reach `on_unet_call` through the executor (engines/runtime/engine.py): CUDA events read once
+their call has finished, never a synchronize in the loop.
+
+The loop itself (plan, execute, advance) is `EngineCore.step()`; this class is its threaded driver:
+admission, the job threads' hand-over, and supervision.
 """
 
 from __future__ import annotations
@@ -36,64 +39,36 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from engines.errors import BatcherDied, JobCanceled
 from engines.requests import CancelCheck, ProgressCallback
-from engines.runtime.base import UNetRunner, call_limit, call_pieces, run_padded, synchronize
+from engines.runtime.base import UNetRunner
 from engines.runtime.cpu_setup import compute_thread
+from engines.runtime.engine import (  # noqa: F401 - batch_inputs, group_key: re-exported
+    BUILD_POLL_S,
+    EngineCore,
+    Slot,
+    UNetCallObserver,
+    batch_inputs,
+    group_key,
+)
 from engines.sampling.denoise import DenoiseJob
-from engines.types import UNetInputs
 
 log = logging.getLogger(__name__)
-#: how long the batcher waits when every group it holds waits for a background build
-BUILD_POLL_S = 0.05
-
-# on_unet_call(images_in_call, jobs_in_call, seconds)
-UNetCallObserver = Callable[[int, int, float], None]
 
 
-@dataclass
-class _Entry:
-    job: DenoiseJob
+@dataclass(eq=False)
+class _Entry(Slot):
     finished: threading.Event = field(default_factory=threading.Event)
     stepped: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
     #: set by the job's own thread (canceled, or its progress callback failed): the batcher drops the job
     stop: BaseException | None = None
 
-
-def _group_key(job: DenoiseJob, mixes_domains: bool) -> tuple:
-    x = job.latents
-    key = (job.num_views, tuple(x.shape[1:]), tuple(job.text.shape[1:]), x.dtype)
-    return key if mixes_domains else (*key, job.combo)
-
-
-def batch_inputs(calls: list[UNetInputs]) -> UNetInputs:
-    """Concatenate several jobs' UNet calls (same views and shapes) into one."""
-    if len(calls) == 1:
-        return calls[0]
-    geometry = None
-    if any(c.geometry is not None for c in calls):
-        ref = next(c.geometry for c in calls if c.geometry is not None)
-        # A job without geometry is the empty control: zeros, exactly what the UNet uses for None.
-        geometry = torch.cat(
-            [
-                c.geometry if c.geometry is not None else ref.new_zeros((c.batch, *ref.shape[1:]))
-                for c in calls
-            ]
-        )
-    return UNetInputs(
-        sample=torch.cat([c.sample for c in calls]),
-        timestep=torch.cat([c.timestep for c in calls]),
-        text=torch.cat([c.text for c in calls]),
-        cameras=torch.cat([c.cameras for c in calls]),
-        geometry=geometry,
-        num_views=calls[0].num_views,
-    )
+    def stepped_once(self) -> None:
+        self.stepped.set()
 
 
 class StepBatcher:
@@ -115,11 +90,9 @@ class StepBatcher:
             raise ValueError("max_jobs must be >= 1")
         if max_cells is not None and max_cells < 1:
             raise ValueError("max_cells must be >= 1")
-        self.max_cells = max_cells
-        self.runner = runner
+        self.core = EngineCore(runner, on_unet_call, max_cells)
         self.max_jobs = max_jobs
         self.max_wait_s = max_wait_s
-        self.on_unet_call = on_unet_call
         self.threads = threads
         # How often a job's thread checks for cancel while the batcher is busy elsewhere (it also checks
         # after every step of its own job).
@@ -134,6 +107,18 @@ class StepBatcher:
         self.stop_timeout_s = 600.0
         self._thread = threading.Thread(target=self._loop, name="realiz3d-step-batcher", daemon=True)
         self._thread.start()
+
+    @property
+    def runner(self) -> UNetRunner:
+        return self.core.runner
+
+    @property
+    def max_cells(self) -> int | None:
+        return self.core.max_cells
+
+    @max_cells.setter
+    def max_cells(self, value: int | None) -> None:
+        self.core.max_cells = value
 
     # ---- called from job threads -------------------------------------------------------------------
     def run(
@@ -237,8 +222,7 @@ class StepBatcher:
                     self._finish(entry, entry.stop)
                     continue
                 try:
-                    if not hasattr(self.runner, "ready_for"):  # else built in the background, per group
-                        self.runner.prepare(sorted(set(entry.job.combos)))
+                    self.core.admit(entry.job)
                 except BaseException as e:  # noqa: BLE001 - reported to that job's caller
                     self._finish(entry, e)
                     continue
@@ -264,92 +248,12 @@ class StepBatcher:
             for entry in [e for e in self._active if e.stop is not None]:
                 self._active.remove(entry)
                 self._finish(entry, entry.stop)
-            groups: dict[tuple, list[_Entry]] = {}
-            for entry in self._active:
-                groups.setdefault(_group_key(entry.job, self.runner.mixes_domains), []).append(entry)
-            stepped = [self._step_group(members) for members in groups.values()]
+            plan = self.core.step(self._active)
             for entry in [e for e in self._active if e.job.done or e.error is not None]:
                 self._active.remove(entry)
                 self._finish(entry, entry.error)
-            if stepped and not any(stepped):  # every group waits on a background build: do not spin
+            if not self._active:
+                self.core.executor.report_timings(wait=True)  # idle: nothing left to stall
+            if plan.waiting_for_builds and not plan.calls:  # every group waits on a build: do not spin
                 with self._cond:
                     self._cond.wait(BUILD_POLL_S)
-
-    def _step_group(self, members: list[_Entry]) -> bool:
-        """One step of a group; False when it waits for its shape's graphs (built in the background)."""
-        if not self._built(members):
-            return False
-        for chunk in self._chunks(members):
-            self._step_chunk(chunk)
-        return True
-
-    def _built(self, members: list[_Entry]) -> bool:
-        ready_for = getattr(self.runner, "ready_for", None)
-        if ready_for is None:
-            return True
-        job = members[0].job
-        try:
-            return bool(
-                ready_for(job.num_views, *job.latents.shape[-2:], sorted({m.job.combo for m in members}))
-            )
-        except BaseException as e:  # noqa: BLE001 - the build failed: the jobs that needed it fail
-            log.exception(
-                "building the graphs of a %d-view %s group failed", job.num_views, job.latents.shape
-            )
-            for m in members:
-                m.error = e
-            return True
-
-    def _chunks(self, members: list[_Entry]) -> list[list[_Entry]]:
-        """Split a group by jobs so no call exceeds `call_limit` (a job above it alone is split later)."""
-        limit = call_limit(
-            self.runner, members[0].job.latents.shape, members[0].job.num_views, self.max_cells
-        )
-        if limit is None:
-            return [members]
-        chunks: list[list[_Entry]] = [[]]
-        images = 0
-        for m in members:
-            n = m.job.images_per_call
-            if chunks[-1] and images + n > limit:
-                chunks.append([])
-                images = 0
-            chunks[-1].append(m)
-            images += n
-        return chunks
-
-    def _step_chunk(self, members: list[_Entry]) -> None:
-        try:
-            calls = [m.job.unet_call() for m in members]
-            inputs = batch_inputs(calls)
-            if self.runner.mixes_domains:
-                domains = [m.job.combo for m, c in zip(members, calls, strict=True) for _ in range(c.batch)]
-            else:
-                domains = members[0].job.combo
-            limit = call_limit(self.runner, inputs.sample.shape, inputs.num_views, self.max_cells)
-            starts = [0]
-            for c in calls:
-                starts.append(starts[-1] + c.batch)
-            preds = []
-            for lo, hi, part, part_domains in call_pieces(inputs, domains, limit):
-                t0 = time.perf_counter()
-                preds.append(run_padded(self.runner, part, part_domains))
-                synchronize(self.runner.device)
-                if self.on_unet_call is not None:
-                    jobs = sum(1 for a, b in zip(starts, starts[1:], strict=False) if a < hi and b > lo)
-                    self.on_unet_call(part.batch, jobs, time.perf_counter() - t0)
-            pred = preds[0] if len(preds) == 1 else torch.cat(preds)
-        except BaseException as e:  # noqa: BLE001 - a failed call fails the jobs in it, not the batcher
-            log.exception("batched UNet call failed")
-            for m in members:
-                m.error = e
-            return
-        offset = 0
-        for m, c in zip(members, calls, strict=True):
-            part = pred[offset : offset + c.batch]
-            offset += c.batch
-            try:
-                m.job.advance(part)
-            except BaseException as e:  # noqa: BLE001
-                m.error = e
-            m.stepped.set()

@@ -4,8 +4,8 @@
 conditioning and domain schedule. Each step is two halves: `unet_call()` says what the UNet must compute
 (classifier-free guidance doubles the batch: the unconditional object then the conditional one, views of
 each contiguous) and under which domain combo; `advance(noise_pred)` applies guidance and the scheduler
-step. `engines.runtime.solo.denoise()` runs one job alone; the step batcher interleaves many. Sampling
-imports no runtime: the runners call into it, not the other way.
+step. The engine loop (engines/runtime/engine.py) advances one job or many from its executor's outputs.
+Sampling imports no runtime: the runners call into it, not the other way.
 """
 
 from __future__ import annotations
@@ -105,6 +105,11 @@ class DenoiseJob:
     @property
     def combo(self) -> DomainCombo:
         return self.combos[self.step_index]
+
+    @property
+    def step_kind(self) -> str:
+        """What the next UNet call computes: "full" (the whole UNet)."""
+        return "full"
 
     def unet_call(self) -> UNetInputs:
         t = self.timesteps[self.step_index]

@@ -131,7 +131,6 @@ def generate(
     version at hand assigns them)."""
     from engines.requests import StageTimer
     from engines.runtime.cpu_setup import helper_thread
-    from engines.runtime.solo import denoise
 
     if pipe.batcher is not None:
         helper_thread()  # the batcher's thread computes; a team here would slow its team down
@@ -141,11 +140,7 @@ def generate(
     views, dev = len(cameras), job.latents.device
     job.text = emb[0:1].expand(views, -1, -1).to(dev)
     job.uncond_text = emb[1:2].expand(views, -1, -1).to(dev)
-    if pipe.batcher is not None:  # several objects' steps share UNet calls
-        latents = pipe.batcher.run(job)
-    else:
-        with pipe.lock:
-            latents = denoise(pipe.runner, job)
+    latents = pipe.denoise(job)  # several objects' steps share UNet calls when batching is on
     return pipe.decode(latents)
 
 
