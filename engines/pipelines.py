@@ -41,7 +41,8 @@ from engines.runtime.engine import EngineCore
 from engines.runtime.factory import make_runner
 from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
-from engines.sampling.denoise import DenoiseJob, make_scheduler
+from engines.sampling.denoise import DenoiseJob, KnownRegion, make_scheduler
+from engines.sampling.known import KnownViews
 from engines.types import DomainSchedule
 
 if TYPE_CHECKING:  # texturing imports trimesh: only inside texture()
@@ -253,8 +254,10 @@ class Realiz3DPipeline:
         resolution: int,
         geometry: np.ndarray | None,
         timer: StageTimer,
+        known: KnownViews | None = None,
     ) -> JobPlan:
-        """Encode text, draw the seeded noise and build the job's state (no UNet call yet)."""
+        """Encode text, draw the seeded noise and build the job's state (no UNet call yet). `known`: pixels
+        the sampler holds at every step (inpainting), one image and mask per camera."""
         cfg = self.model.config
         seed = params.seed if params.seed is not None else secrets.randbits(31)
         schedule = params.schedule or cfg.default_schedule
@@ -289,8 +292,32 @@ class Realiz3DPipeline:
             guidance_scale=guidance,
             schedule=schedule,
             num_steps=params.steps,
+            known=None if known is None else self.known_region(known, noise.shape, seed),
         )
         return JobPlan(job, cameras, resolution, seed, schedule)
+
+    @torch.no_grad()
+    def known_region(self, known: KnownViews, shape: torch.Size, seed: int) -> KnownRegion:
+        """Known views in the job's latent space: pixels as the model's [-1, 1] images, or for a latent
+        model the VAE's encoding (mean) with a cell known only where all its pixels are."""
+        cfg = self.model.config
+        dev = self.runner.device
+        images = (
+            torch.from_numpy(np.ascontiguousarray(known.images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        )
+        mask = torch.from_numpy(known.mask.astype(np.float32))[:, None]
+        if self.model.vae is not None:
+            vae = self.model.vae
+            images = (
+                vae.encode(images.to(dev, vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
+            )
+            mask = (F.avg_pool2d(mask, cfg.vae_scale_factor) > 0.999).float()
+        if tuple(images.shape) != tuple(shape) or mask.shape[-2:] != images.shape[-2:]:
+            raise UserInputError(
+                f"known views encode to {tuple(images.shape)}, the job's latents are {tuple(shape)}"
+            )
+        gen = torch.Generator("cpu").manual_seed(seed + 1)
+        return KnownRegion(images.to(dev, torch.float32), mask.to(dev), gen)
 
     def decode_slice(self, height: int, width: int) -> int | None:
         """Latents one VAE decode takes at this latent size under the image budget (None: all at once)."""
@@ -333,13 +360,15 @@ class Realiz3DPipeline:
         geometry: np.ndarray | None = None,
         progress: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
+        known: KnownViews | None = None,
     ) -> MultiviewResult:
-        """Images of one object at `cameras`, optionally conditioned on geometry maps (V, 7, H, W)."""
+        """Images of one object at `cameras`, optionally conditioned on geometry maps (V, 7, H, W);
+        `known` holds given pixels of each view (inpainting: the rest is generated around them)."""
         self._enter_job_thread()
         start = time.perf_counter()
         resolution = resolution or self.model.config.resolution  # in the envelope: checked by the caller
         timer = StageTimer()
-        plan = self.plan(params, cameras, resolution, geometry, timer)
+        plan = self.plan(params, cameras, resolution, geometry, timer, known)
         t0 = time.perf_counter()
         latents = self.denoise(plan.job, progress, should_cancel)
         timer.add("denoise", time.perf_counter() - t0)
@@ -399,10 +428,19 @@ class Realiz3DPipeline:
         self._enter_job_thread()
         generated: list[MultiviewResult] = []
 
-        def generate_views(cameras: list[Camera], geometry: np.ndarray, resolution: int) -> list[np.ndarray]:
-            result = self.generate_views(request, cameras, resolution, geometry, progress, should_cancel)
+        def generate_views(
+            cameras: list[Camera], geometry: np.ndarray, resolution: int, known: KnownViews | None = None
+        ) -> list[np.ndarray]:
+            result = self.generate_views(
+                request, cameras, resolution, geometry, progress, should_cancel, known
+            )
             generated.append(result)
             return result.images
+
+        cfg = self.model.config
+        served = cfg.serving.views
+        # planned views are generated with earlier views as held context where views attend to each other
+        per_call = (max(served) if served else 8) if cfg.multiview_attention else 1
 
         # Job progress counts denoising steps; the stages are reported by name through stage_progress.
         result = texture_mesh(
@@ -415,6 +453,7 @@ class Realiz3DPipeline:
             resolution=self.model.config.resolution,
             cameras=request.explicit_cameras(),
             stage_progress=stage_progress,
+            views_per_call=per_call,
         )
         if generated:
             gen = generated[0]
