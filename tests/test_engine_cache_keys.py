@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.runtime.engine_cache import canonical, canonical_hash, cache_key
+from engines.runtime.engine_cache import cache_key, canonical, canonical_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
