@@ -26,7 +26,14 @@ from engines.texturing.bake import BakeResult, BakeSettings, InstanceCopies, bak
 from engines.texturing.export import write_texture_png, write_textured_glb, write_textured_obj
 from engines.texturing.fill import fill_over_surface
 from engines.texturing.mesh_io import LoadedMesh, MeshLimits, load_mesh
-from engines.texturing.planning import PlannedView, context_order, known_view, merge_bakes, plan_views
+from engines.texturing.planning import (
+    PlannedView,
+    context_order,
+    known_view,
+    merge_bakes,
+    plan_views,
+    uncovered_maps,
+)
 from engines.texturing.rasterize import (
     RayCaster,
     UVMaps,
@@ -44,6 +51,8 @@ GenerateViews = Callable[..., list[np.ndarray]]
 STAGES = ("load", "unwrap", "render", "generate", "bake", "plan", "inpaint", "fill", "export")
 #: Above this share of the surface left to the fill, meta.json, the job and the CLI warn.
 HIGH_FILL = 0.5
+#: earlier views held as context in each call that generates planned views (multi-view models)
+CONTEXT_VIEWS = 2
 DEFAULT_VIEW_RESOLUTION = 512
 #: Below this share of the surface coloured from views, meta.json and the CLI warn.
 LOW_COVERAGE = 0.05
@@ -361,7 +370,8 @@ def texture_mesh(
     all_cams, all_views = list(cams), list(views)
     with stages.stage("inpaint"):
         geoms = list(geometry)
-        batch = max(1, views_per_call // 2) if views_per_call > 1 else 1
+        # planned views per call: all but a few held context views (the nearest earlier ones)
+        batch = max(1, views_per_call - CONTEXT_VIEWS) if views_per_call > 1 else 1
         todo = [p.camera for p in planned]
         for b0 in range(0, len(todo), batch):
             stages.check_cancel("inpaint")
@@ -384,7 +394,7 @@ def texture_mesh(
                 raise ValueError(f"generate_views returned {len(raw)} views for {len(call_cams)} cameras")
             new_views = [_as_view_image(v, res, i) for i, v in enumerate(raw)][len(context) :]
             more = bake_views(
-                uv_maps,
+                uncovered_maps(uv_maps, baked.coverage),
                 vertices,
                 loaded.faces,
                 [upsample_view(v, bake_res) for v in new_views],

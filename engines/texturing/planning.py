@@ -21,7 +21,7 @@ import numpy as np
 
 from engines.sampling.cameras import Camera
 from engines.texturing.bake import BakeResult, BakeSettings, unreliable_pixels, visible_samples
-from engines.texturing.rasterize import Rasterizer, ViewMaps
+from engines.texturing.rasterize import Rasterizer, UVMaps, ViewMaps
 
 #: spheres of candidate cameras (distance from the object's centre; the object fits the unit sphere)
 CANDIDATE_RADII = (2.2, 1.5)
@@ -31,7 +31,7 @@ CLOSEUPS = 8
 CLOSEUP_DISTANCE = 1.0
 #: candidates are scored on views this size and on at most this many texel samples (speed; the bake
 #: decides at the full bake resolution)
-SCORE_RESOLUTION = 128
+SCORE_RESOLUTION = 256
 SCORE_SAMPLES = 150_000
 #: a view must add at least this share of the surface to be worth generating
 MIN_GAIN = 0.002
@@ -196,9 +196,18 @@ def known_view(
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), held
 
 
+def uncovered_maps(uv_maps: UVMaps, covered: np.ndarray) -> UVMaps:
+    """`uv_maps` without the covered texels: planned views are baked only where nothing is yet."""
+    face_id = np.where(covered, -1, uv_maps.face_id).astype(np.int32)
+    keep = ~covered.reshape(-1)[uv_maps.extra_texel]
+    return UVMaps(
+        face_id, uv_maps.bary, uv_maps.extra_texel[keep], uv_maps.extra_face[keep], uv_maps.extra_bary[keep]
+    )
+
+
 def merge_bakes(first: BakeResult, planned: BakeResult) -> tuple[BakeResult, np.ndarray]:
     """`first` with the texels only `planned` coloured added; returns it and those new texels (S, S)."""
-    new = planned.coverage & ~first.coverage
+    new = planned.coverage & ~first.coverage & first.chart
     merged = BakeResult(
         atlas=np.where(new[..., None], planned.atlas, first.atlas),
         coverage=first.coverage | new,
