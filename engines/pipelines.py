@@ -293,6 +293,8 @@ class Realiz3DPipeline:
             schedule=schedule,
             num_steps=params.steps,
             known=None if known is None else self.known_region(known, noise.shape, seed),
+            # step caching where the runner serves it (the eager torch backend); others run every step whole
+            cache_interval=params.cache_interval if getattr(self.runner, "step_cache", False) else 1,
         )
         return JobPlan(job, cameras, resolution, seed, schedule)
 
@@ -386,6 +388,7 @@ class Realiz3DPipeline:
             "scheduler": params.scheduler or self.model.config.default_scheduler,
             "guidance_scale": plan.job.guidance_scale,
             "schedule_steps": [c.label() for c in plan.job.combos],
+            "cache_interval": plan.job.cache_interval,
             "request": params.model_dump(mode="json"),
             "resolution": resolution,
         }

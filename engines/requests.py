@@ -53,6 +53,14 @@ class GenerationParams(BaseModel):
     scheduler: Literal["ddim", "dpm++"] | None = Field(
         None, description="sampler; the model's default_scheduler (realiz3d.json) when omitted"
     )
+    cache_interval: int = Field(
+        1,
+        ge=1,
+        le=MAX_STEPS,
+        description="step caching: run the whole UNet every N-th step and only its shallow branch on the "
+        "cached deep features between (DeepCache); 1 = off. A step where the domain schedule switches runs "
+        "whole. Faster, at some quality cost; the torch backend only (others run every step whole)",
+    )
 
     @field_validator("prompt")
     @classmethod

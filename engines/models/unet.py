@@ -107,6 +107,39 @@ class MultiViewUNet(nn.Module):
                 ctx.ids = None
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
+    def run_step(
+        self, inputs: UNetInputs, domain_ids: torch.Tensor | None = None, deep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step-caching call (engines/models/deep_cache.py): `deep=None` runs the whole UNet, else only
+        its shallow branch on `deep`; returns (noise prediction, deep feature)."""
+        from engines.models.deep_cache import split_forward
+
+        sample = inputs.sample
+        if self.geometry_channels:
+            geometry = inputs.geometry
+            if geometry is None:
+                geometry = sample.new_zeros((sample.shape[0], self.geometry_channels, *sample.shape[2:]))
+            sample = torch.cat([sample, geometry.to(sample.dtype)], dim=1)
+        if self.patch_size > 1:
+            sample = F.pixel_unshuffle(sample, self.patch_size)
+        ctx = self.domain_context
+        if ctx is not None:
+            ctx.ids = domain_ids
+        try:
+            out, deep = split_forward(
+                self.unet,
+                sample,
+                inputs.timestep,
+                inputs.text,
+                inputs.cameras.to(sample.dtype),
+                {"num_views": inputs.num_views},
+                deep,
+            )
+        finally:
+            if ctx is not None:
+                ctx.ids = None
+        return (F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out), deep
+
     def run(self, inputs: UNetInputs, domain_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self(
             inputs.sample,

@@ -177,8 +177,9 @@ class Executor:
         #: (start, end, images, jobs) of CUDA calls whose end event may not have completed yet
         self._pending: deque[tuple[torch.cuda.Event, torch.cuda.Event, int, int]] = deque()
 
-    def execute(self, call: PlannedCall) -> list[torch.Tensor]:
-        """One step of every job in `call`: each job's noise prediction, in the call's order."""
+    def execute(self, call: PlannedCall) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """One step of every job in `call`, in the call's order: each job's noise prediction, and the deep
+        feature a full step made for a job that caches steps (else None)."""
         calls = [s.job.unet_call() for s in call.slots]
         inputs = batch_inputs(calls)
         domains: DomainCombo | list[DomainCombo]
@@ -189,28 +190,43 @@ class Executor:
         starts = [0]
         for c in calls:
             starts.append(starts[-1] + c.batch)
+        caching = call.kind == "shallow" or any(s.job.caches for s in call.slots)
+        deep_in = torch.cat([s.job.deep for s in call.slots]) if call.kind == "shallow" else None  # type: ignore[misc]
         limit = call_limit(self.runner, inputs.sample.shape, inputs.num_views, self.max_cells)
-        preds = []
+        preds, deeps = [], []
         for lo, hi, part, part_domains in call_pieces(inputs, domains, limit):
             jobs = sum(1 for a, b in zip(starts, starts[1:], strict=False) if a < hi and b > lo)
-            preds.append(self._timed(part, part_domains, jobs))
+            if caching:  # the step-caching path (runners with `step_cache`; no padding there)
+                piece_deep = None if deep_in is None else deep_in[lo:hi]
+                run_step = self.runner.run_step  # type: ignore[attr-defined]
+                pred, deep = self._timed(part.batch, jobs, run_step, part, part_domains, piece_deep)
+                deeps.append(deep)
+            else:
+                pred = self._timed(part.batch, jobs, run_padded, self.runner, part, part_domains)
+            preds.append(pred)
         pred = preds[0] if len(preds) == 1 else torch.cat(preds)
-        return [pred[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+        if not caching or call.kind == "shallow":
+            return [(pred[a:b], None) for a, b in zip(starts, starts[1:], strict=False)]
+        deep = deeps[0] if len(deeps) == 1 else torch.cat(deeps)
+        return [
+            (pred[a:b], deep[a:b] if s.job.caches else None)
+            for s, a, b in zip(call.slots, starts, starts[1:], strict=False)
+        ]
 
-    def _timed(self, part: UNetInputs, domains, jobs: int) -> torch.Tensor:  # noqa: ANN001
+    def _timed(self, images: int, jobs: int, run: Callable, *args):  # noqa: ANN002, ANN202
         if self.on_unet_call is None:
-            return run_padded(self.runner, part, domains)
+            return run(*args)
         if self.runner.device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            out = run_padded(self.runner, part, domains)
+            out = run(*args)
             end.record()
-            self._pending.append((start, end, part.batch, jobs))
+            self._pending.append((start, end, images, jobs))
             self.report_timings()
             return out
         t0 = time.perf_counter()
-        out = run_padded(self.runner, part, domains)
-        self.on_unet_call(part.batch, jobs, time.perf_counter() - t0)
+        out = run(*args)
+        self.on_unet_call(images, jobs, time.perf_counter() - t0)
         return out
 
     def report_timings(self, wait: bool = False) -> None:
@@ -269,9 +285,9 @@ class EngineCore:
                 for s in call.slots:
                     s.error = e
                 continue
-            for s, pred in zip(call.slots, preds, strict=True):
+            for s, (pred, deep) in zip(call.slots, preds, strict=True):
                 try:
-                    s.job.advance(pred)
+                    s.job.advance(pred, deep)
                 except BaseException as e:  # noqa: BLE001
                     s.error = e
                 s.stepped_once()

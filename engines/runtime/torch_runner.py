@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.runtime.base import run_domains
+from engines.runtime.base import per_sample, run_domains
 from engines.types import DomainCombo, UNetInputs
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,6 +73,33 @@ class TorchRunner:
             return self.model.unet.run(cast_inputs(x, self.device, self.dtype), ids).float()
 
         return run_domains(shifter, inputs, domains, run_one, self.device, fused)
+
+    @property
+    def step_cache(self) -> bool:
+        """Whether `run_step` serves step caching: one call takes per-sample domains (block-shift, or
+        unfused adapters) and the UNet has the layout `deep_cache.split_forward` follows."""
+        from engines.models.deep_cache import supports_step_cache
+
+        return self.mixes_domains and supports_step_cache(self.model.unet.unet)
+
+    @torch.no_grad()
+    def run_step(
+        self,
+        inputs: UNetInputs,
+        domains: DomainCombo | Sequence[DomainCombo],
+        deep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step-caching call: the whole UNet (`deep=None`) returning (noise prediction, deep feature),
+        or its shallow branch on `deep` (engines/models/deep_cache.py)."""
+        shifter = self.model.shifter
+        if self.adapters == "fused":
+            shifter.activate(None)
+        else:
+            shifter.set_unfused()
+        ids = shifter.domain_ids(per_sample(domains, inputs.batch), device=inputs.sample.device)
+        x = cast_inputs(inputs, self.device, self.dtype)
+        pred, feature = self.model.unet.run_step(x, ids, deep)
+        return pred.float(), feature
 
 
 def cast_inputs(inputs: UNetInputs, device: torch.device, dtype: torch.dtype) -> UNetInputs:

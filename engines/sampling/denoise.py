@@ -76,6 +76,13 @@ class DenoiseJob:
     timesteps: list[int] = field(default_factory=list)
     #: held samples (inpainting); None generates everything
     known: KnownRegion | None = None
+    #: step caching (engines/models/deep_cache.py): the whole UNet at most every `cache_interval` steps,
+    #: its shallow branch on the cached deep feature between (1: every step full)
+    cache_interval: int = 1
+    #: the deep feature of the last full step (rows of this job's call), its step and domain combo
+    deep: torch.Tensor | None = field(default=None, repr=False)
+    deep_step: int = -1
+    deep_combo: DomainCombo | None = None
 
     def __post_init__(self) -> None:
         self.scheduler.set_timesteps(self.num_steps, device=self.latents.device)  # type: ignore[attr-defined]
@@ -107,9 +114,22 @@ class DenoiseJob:
         return self.combos[self.step_index]
 
     @property
+    def caches(self) -> bool:
+        return self.cache_interval > 1
+
+    @property
     def step_kind(self) -> str:
-        """What the next UNet call computes: "full" (the whole UNet)."""
-        return "full"
+        """What the next UNet call computes: "full" (the whole UNet) or "shallow" (its shallow branch on
+        the cached deep feature). Full every `cache_interval` steps, and whenever the domain assignment
+        differs from the one the cached feature was made under (a step split or block split switching)."""
+        if (
+            not self.caches
+            or self.deep is None
+            or self.combo != self.deep_combo
+            or self.step_index - self.deep_step >= self.cache_interval
+        ):
+            return "full"
+        return "shallow"
 
     def unet_call(self) -> UNetInputs:
         t = self.timesteps[self.step_index]
@@ -124,13 +144,19 @@ class DenoiseJob:
         timestep = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         return UNetInputs(x, timestep, text, cams, geom, self.num_views)
 
-    def advance(self, noise_pred: torch.Tensor) -> None:
+    def advance(self, noise_pred: torch.Tensor, deep: torch.Tensor | None = None) -> None:
+        """One step from the UNet's output; `deep`: the deep feature a full step computed (kept for the
+        shallow steps after it)."""
+        if deep is not None:
+            self.deep, self.deep_step, self.deep_combo = deep, self.step_index, self.combo
         if self.uses_cfg:
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + self.guidance_scale * (cond - uncond)
         t = self.timesteps[self.step_index]
         self.latents = self.scheduler.step(noise_pred, t, self.latents, return_dict=False)[0]  # type: ignore[attr-defined]
         self.step_index += 1
+        if self.done:
+            self.deep = None  # the cached feature is a full activation: let it go with the job
         if self.known is not None:
             # the latents are now at the next timestep's noise level (clean after the last step)
             nxt = self.timesteps[self.step_index] if self.step_index < self.num_steps else None

@@ -45,6 +45,7 @@ MULTIVIEW_FLAGS = (
     Flag("fov_deg", "--fov", "DEG"),
     Flag("schedule", "--schedule", "SCHEDULE"),
     Flag("scheduler", "--scheduler"),
+    Flag("cache_interval", "--cache-interval", "N"),
     Flag("resolution", "--resolution", "PX"),
 )
 
@@ -60,6 +61,7 @@ TEXTURE_FLAGS = (
     Flag("seed", "--seed", "N"),
     Flag("schedule", "--schedule", "SCHEDULE"),
     Flag("scheduler", "--scheduler"),
+    Flag("cache_interval", "--cache-interval", "N"),
     Flag("unwrap", "--unwrap"),
     Flag("bake_resolution", "--bake-resolution", "PX"),
     Flag("coverage_target", "--coverage-target", "SHARE"),
