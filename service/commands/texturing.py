@@ -47,7 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("bake", help="bake given view images into a texture atlas")
     p.add_argument("mesh", type=Path)
-    p.add_argument("--views", type=Path, required=True, help="folder of view_XX.png, one per camera")
+    p.add_argument(
+        "--views",
+        "--images",
+        dest="views",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="a folder of view_XX.png images, one per camera (texture's views/ folder); --images is the same",
+    )
     p.add_argument("--cameras", type=Path, required=True, help="cameras.json")
     p.add_argument("--atlas", type=int, default=1024)
     _add_unwrap_arg(p)
@@ -58,7 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("mesh", type=Path)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--cameras", type=Path, default=None, help="cameras.json")
-    group.add_argument("--views", type=int, default=None, help="default texturing view set of N views")
+    group.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a count, as in texture: the default texturing view set of N views (default 6)",
+    )
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--unlit", action="store_true", help="views show pure albedo (for round-trip checks)")
     p.add_argument("--out", type=Path, required=True)
