@@ -319,7 +319,7 @@ def test_a_bake_that_colours_nothing_says_so(tmp_path, capsys):
     args = ["bake", str(src), "--views", str(tmp_path / "v"), "--cameras", str(tmp_path / "away.json")]
     assert main([*args, "--atlas", "64", "--out", str(tmp_path / "b")]) == 0
     meta = json.loads((tmp_path / "b" / "meta.json").read_text())
-    assert meta["coverage"] == 0 and meta["surface"] == {"from_views": 0.0, "filled": 1.0}
+    assert meta["coverage"] == 0 and meta["surface"] == {"from_views": 0.0, "inpainted": 0.0, "filled": 1.0}
     assert meta["warnings"] and "coverage 0" in meta["warnings"][0]
     assert "warning: no view coloured any texel" in capsys.readouterr().err
     assert_valid(tmp_path / "b" / "textured.glb")

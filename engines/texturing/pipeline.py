@@ -253,13 +253,22 @@ def bake_images(
     return with_alpha(atlas, mesh, baked.face_id, baked.bary), baked
 
 
-def upsample_view(image: np.ndarray, resolution: int) -> np.ndarray:
-    """A generated view resized (bilinear, pixel centres aligned) to the bake resolution."""
+def upsample_view(image: np.ndarray, resolution: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """A generated view resized (bilinear, pixel centres aligned) to the bake resolution. With the view's
+    object `mask` (model resolution), only object pixels are interpolated (colour x mask / mask), so the
+    background never bleeds into the silhouette band the bake now keeps."""
     if image.shape[0] == resolution and image.shape[1] == resolution:
         return image
     import cv2
 
-    return cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+    size = (resolution, resolution)
+    if mask is None:
+        return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+    m = mask.astype(np.float32)
+    num = cv2.resize(image[..., :3].astype(np.float32) * m[..., None], size, interpolation=cv2.INTER_LINEAR)
+    den = cv2.resize(m, size, interpolation=cv2.INTER_LINEAR)[..., None]
+    out = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def _as_view_image(image: np.ndarray, resolution: int, index: int) -> np.ndarray:
@@ -344,7 +353,7 @@ def texture_mesh(
             uv_maps,
             vertices,
             loaded.faces,
-            [upsample_view(v, bake_res) for v in views],
+            [upsample_view(v, bake_res, g[6] > 0.5) for v, g in zip(views, geometry, strict=True)],
             bake_maps,
             view_weights,
             bake_settings,
@@ -397,7 +406,10 @@ def texture_mesh(
                 uncovered_maps(uv_maps, baked.coverage),
                 vertices,
                 loaded.faces,
-                [upsample_view(v, bake_res) for v in new_views],
+                [
+                    upsample_view(v, bake_res, g[6] > 0.5)
+                    for v, g in zip(new_views, call_geom[len(context) :], strict=True)
+                ],
                 maps,
                 None,
                 bake_settings,

@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway (HTTP ceiling vs "
         "a bare FastAPI app), gateway-overhead (queue latency), throughput, "
         "resolution (the default model at 32 vs 64 px: training step and generation), memory (peak RSS per "
-        "job kind and per hostile upload), loading (peak RAM while loading an SD-shaped UNet)",
+        "job kind and per hostile upload), loading (peak RAM while loading an SD-shaped UNet), coverage (surface "
+        "shares, views and job time of texturing procedural meshes, view planning off and on; bake round trip)",
     )
     b.add_argument(
         "target",
@@ -75,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "resolution",
             "memory",
             "loading",
+            "coverage",
         ),
     )
     b.add_argument(
@@ -226,6 +228,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.job_memory import run_job_memory_bench
 
         run_job_memory_bench(out_dir=args.out)
+    elif args.target == "coverage":
+        from engines.bench.coverage import run_coverage_bench
+
+        run_coverage_bench(out_dir=args.out)
     elif args.target == "loading":
         from engines.bench.loading import run as run_loading
 

@@ -1,0 +1,264 @@
+"""`realiz3d bench coverage`: how much of the surface takes its colour from the model (issue 25).
+
+For each procedural mesh (`coverage_meshes.py`) one texture job with the real default model and default
+settings (6 views), view planning off (`max_views` = 6) and on (the defaults), in one run after a warm-up
+job: the three surface shares, the views used and the job's wall time.
+
+Round trip: a mesh with a known procedural colour (a function of the 3D point) stands in for a perfect
+model: its views are that colour rendered at the model's resolution (32 px), planned views hold their
+known pixels as the sampler does. The baked atlas is compared with the true colour on on-mesh texels
+(PSNR), and the colour step across UV seams (chart edges adjacent on the surface) is measured. Three bakes
+at the same 6 requested views: the bake at the view resolution (before issue 25), the bake at the bake
+resolution, and that plus planned views.
+
+Writes docs/benchmarks/coverage.md and coverage.json.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engines.bench.coverage_meshes import MESHES
+from engines.bench.machine import torch_machine
+
+COMMAND = "realiz3d bench coverage"
+PROMPT = "a hand-painted toy"
+
+
+def procedural_colour(points: np.ndarray) -> np.ndarray:
+    """A smooth colour field over 3D points of the normalised mesh (float, 0-255)."""
+    p = np.asarray(points, np.float64)
+    r = 0.5 + 0.4 * np.sin(2 * np.pi * (1.3 * p[:, 0] + 0.4 * p[:, 1]))
+    g = 0.5 + 0.4 * np.sin(2 * np.pi * (1.1 * p[:, 1] - 0.5 * p[:, 2]) + 1.0)
+    b = 0.5 + 0.3 * np.cos(2 * np.pi * (0.9 * p[:, 2] + 0.6 * p[:, 0]))
+    return np.stack([r, g, b], axis=1) * 255.0
+
+
+def oracle_views(cameras, geometry: np.ndarray, resolution: int, known=None) -> list[np.ndarray]:
+    """A perfect model: the procedural colour at each pixel's surface point; known pixels held."""
+    views = []
+    for i, g in enumerate(geometry):
+        mask = g[6] > 0.5
+        img = np.zeros((resolution, resolution, 3), np.float64)
+        img[mask] = procedural_colour(g[3:6].transpose(1, 2, 0)[mask])
+        img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        if known is not None:
+            img = np.where(known.mask[i][..., None], known.images[i], img)
+        views.append(img)
+    return views
+
+
+def true_atlas(mesh, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the procedural colour at every texel of the mesh's atlas (S, S, 3) float, on-mesh mask (S, S))."""
+    from engines.texturing.bake import texel_surface
+    from engines.texturing.rasterize import rasterize_uv
+
+    maps = rasterize_uv(mesh.uv, mesh.faces, size)
+    flat, points, _ = texel_surface(maps, mesh.normalized_vertices, mesh.faces)
+    atlas = np.zeros((size * size, 3), np.float64)
+    atlas[flat] = procedural_colour(points)
+    return atlas.reshape(size, size, 3), maps.mask
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def seam_step(atlas: np.ndarray, mesh, chart: np.ndarray) -> float:
+    """Mean colour step (0-255, mean over channels) across UV seams: for each mesh edge shared by two faces
+    whose UVs differ along it, the atlas's nearest on-mesh texel one texel inside each face, at 3 points
+    along the edge (pairs where either side's texel is off the mesh are skipped)."""
+    v = np.asarray(mesh.normalized_vertices, np.float64)
+    f = np.asarray(mesh.faces, np.int64)
+    uv = np.asarray(mesh.uv, np.float64)
+    size = atlas.shape[0]
+    _, weld = np.unique(np.round(v * 1e5).astype(np.int64), axis=0, return_inverse=True)
+    weld = weld.reshape(-1)
+    a = f.reshape(-1)
+    b = f[:, [1, 2, 0]].reshape(-1)
+    face = np.repeat(np.arange(len(f)), 3)
+    wa, wb = weld[a], weld[b]
+    lo, hi = np.minimum(wa, wb), np.maximum(wa, wb)
+    key = lo * (int(weld.max()) + 1) + hi
+    order = np.argsort(key, kind="stable")
+    key_s = key[order]
+    first = np.flatnonzero(np.r_[True, key_s[1:] != key_s[:-1]])
+    counts = np.diff(np.r_[first, len(key_s)])
+    pairs = first[counts == 2]
+    e1, e2 = order[pairs], order[pairs + 1]
+    # endpoints of e2 ordered like e1's (a1 <-> the e2 corner welded to it)
+    a1, b1 = a[e1], b[e1]
+    same = weld[a[e2]] == weld[a1]
+    a2 = np.where(same, a[e2], b[e2])
+    b2 = np.where(same, b[e2], a[e2])
+    seam = (np.abs(uv[a1] - uv[a2]).max(axis=1) > 1e-6) | (np.abs(uv[b1] - uv[b2]).max(axis=1) > 1e-6)
+    if not seam.any():
+        return 0.0
+    steps = []
+    for t in (0.25, 0.5, 0.75):
+        sides = []
+        for p, q, fc in ((a1, b1, face[e1]), (a2, b2, face[e2])):
+            point = (1 - t) * uv[p[seam]] + t * uv[q[seam]]
+            centre = uv[f[fc[seam]]].mean(axis=1)
+            inward = centre - point
+            inward /= np.maximum(np.linalg.norm(inward, axis=1, keepdims=True), 1e-12)
+            point = point + inward * (1.0 / size)  # one texel inside the face
+            col = np.floor(point[:, 0] * size).astype(np.int64) % size
+            row = np.floor((1 - point[:, 1]) * size).astype(np.int64) % size
+            sides.append((row, col))
+        (r1, c1), (r2, c2) = sides
+        ok = chart[r1, c1] & chart[r2, c2]
+        diff = atlas[r1, c1, :3].astype(np.float64) - atlas[r2, c2, :3].astype(np.float64)
+        steps.append(np.abs(diff[ok]).mean(axis=1))
+    both = np.concatenate(steps)
+    return float(np.mean(both)) if len(both) else 0.0
+
+
+def _round_trip(path: Path, name: str) -> dict:
+    from engines.requests import TextureRequest
+    from engines.texturing.pipeline import texture_mesh
+
+    configs = {
+        "bake at the view resolution (before), 6 views": dict(bake_resolution=64, max_views=6, res_bake=32),
+        "bake at 512 px, 6 views": dict(bake_resolution=512, max_views=6),
+        "bake at 512 px, 6 views + planned": dict(bake_resolution=512, max_views=16),
+    }
+    rows = []
+    for label, cfg in configs.items():
+        request = TextureRequest(
+            prompt=PROMPT, seed=0, bake_resolution=cfg["bake_resolution"], max_views=cfg["max_views"]
+        )
+        if "res_bake" in cfg:  # below the request's bound: what the bake did before issue 25
+            request = request.model_copy(update={"bake_resolution": cfg["res_bake"]})
+        result = texture_mesh(request, path, oracle_views, resolution=32)
+        truth, chart = true_atlas(result.mesh, request.atlas_size)
+        got = result.atlas[..., :3].astype(np.float64)
+        seen = result.coverage & chart
+        rows.append(
+            {
+                "mesh": name,
+                "bake": label,
+                "views_used": result.meta["views_used"],
+                "surface": result.meta["surface"],
+                "psnr_on_mesh_db": round(psnr(got[chart], truth[chart]), 2),
+                "psnr_from_views_db": round(psnr(got[seen], truth[seen]), 2),
+                "seam_step": round(seam_step(result.atlas, result.mesh, chart), 2),
+                "seam_step_truth": round(seam_step(truth, result.mesh, chart), 2),
+            }
+        )
+    return {"rows": rows}
+
+
+def run_coverage_bench(out_dir: str | Path = "docs/benchmarks", meshes: list[str] | None = None) -> dict:
+    from engines.pipelines import Realiz3DPipeline
+    from engines.requests import TextureRequest
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = meshes or list(MESHES)
+    pipe = Realiz3DPipeline.load(device="cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for name in names:
+            paths[name] = Path(tmp) / f"{name}.ply"
+            MESHES[name]().export(paths[name])
+        # warm-up: the first job pays lazy initialisation, which neither mode should carry
+        pipe.texture(
+            TextureRequest(prompt=PROMPT, seed=0, steps=2, atlas_size=128, max_views=7), paths[names[0]]
+        )
+        for name in names:
+            for mode, max_views in (("off", 6), ("on", None)):
+                params = {"prompt": PROMPT, "seed": 0}
+                if max_views is not None:
+                    params["max_views"] = max_views
+                request = TextureRequest(**params)
+                start = time.perf_counter()
+                result = pipe.texture(request, paths[name])
+                seconds = time.perf_counter() - start
+                rows.append(
+                    {
+                        "mesh": name,
+                        "faces": int(len(result.mesh.faces)),
+                        "planning": mode,
+                        "views_used": result.meta["views_used"],
+                        "surface": result.meta["surface"],
+                        "job_seconds": round(seconds, 2),
+                        "stages": {k: round(v, 2) for k, v in result.timings.items()},
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+        trip_mesh = "quadruped" if "quadruped" in names else names[0]
+        trip = _round_trip(paths[trip_mesh], trip_mesh)
+    report = {
+        "command": COMMAND,
+        "machine": torch_machine(),
+        "settings": {
+            "model": pipe.config.name,
+            "view_resolution": pipe.config.resolution,
+            "request": {k: v for k, v in TextureRequest(prompt=PROMPT).model_dump().items() if k != "prompt"},
+            "planning_off": "max_views=6",
+        },
+        "jobs": rows,
+        "round_trip": trip,
+    }
+    (out / "coverage.json").write_text(json.dumps(report, indent=2))
+    (out / "coverage.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [
+        "# Coverage: how much of the surface the model colours",
+        "",
+        f"Made by `{report['command']}` (engines/bench/coverage.py) on {report['machine']}.",
+        f"Model `{s['model']}` ({s['view_resolution']} px views), default texture settings (6 views, "
+        f"{s['request']['steps']} steps, atlas {s['request']['atlas_size']}, bake at "
+        f"{s['request']['bake_resolution']} px, coverage_target {s['request']['coverage_target']}, "
+        f"max_views {s['request']['max_views']}); planning off is `max_views=6`. One run, after a warm-up job; "
+        "job time is the wall time of `Realiz3DPipeline.texture` on the CPU.",
+        "",
+        "| mesh | faces | planning | from views | inpainted | filled | views used | job s | plan s | inpaint s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["jobs"]:
+        sf = r["surface"]
+        lines.append(
+            f"| {r['mesh']} | {r['faces']} | {r['planning']} | {sf['from_views']:.3f} | {sf['inpainted']:.3f} | "
+            f"{sf['filled']:.3f} | {r['views_used']} | {r['job_seconds']:.1f} | {r['stages'].get('plan', 0):.1f} | "
+            f"{r['stages'].get('inpaint', 0):.1f} |"
+        )
+    by = {(r["mesh"], r["planning"]): r for r in report["jobs"]}
+    ratios = [
+        f"{m}: {by[(m, 'on')]['job_seconds'] / by[(m, 'off')]['job_seconds']:.2f}x"
+        for m in dict.fromkeys(r["mesh"] for r in report["jobs"])
+        if (m, "on") in by and (m, "off") in by
+    ]
+    lines += ["", "Job time with planning on / off: " + ", ".join(ratios) + ".", ""]
+    trip = report["round_trip"]["rows"]
+    lines += [
+        f"## Round trip ({trip[0]['mesh']}, a known procedural colour)",
+        "",
+        "A perfect model renders the colour at 32 px; the bake is compared with the true colour. PSNR over "
+        "every on-mesh texel (the fill included) and over the texels views coloured; seam step: mean colour "
+        "step (0-255) across UV chart edges that are adjacent on the surface (the true colour's own step, "
+        "from texel sampling, beside it).",
+        "",
+        "| bake | views used | from views | inpainted | filled | PSNR on mesh dB | PSNR from views dB | seam step | true seam step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in trip:
+        sf = r["surface"]
+        lines.append(
+            f"| {r['bake']} | {r['views_used']} | {sf['from_views']:.3f} | {sf['inpainted']:.3f} | "
+            f"{sf['filled']:.3f} | {r['psnr_on_mesh_db']:.2f} | {r['psnr_from_views_db']:.2f} | "
+            f"{r['seam_step']:.2f} | {r['seam_step_truth']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
