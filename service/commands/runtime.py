@@ -76,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "resolution",
             "memory",
             "loading",
+            "cache",
             "coverage",
         ),
     )
@@ -232,6 +233,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.coverage import run_coverage_bench
 
         run_coverage_bench(out_dir=args.out)
+    elif args.target == "cache":
+        from engines.bench.step_cache import run_step_cache_bench
+
+        run_step_cache_bench(out_dir=args.out)
     elif args.target == "loading":
         from engines.bench.loading import run as run_loading
 

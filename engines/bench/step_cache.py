@@ -1,0 +1,219 @@
+"""`realiz3d bench cache`: what step caching (`cache_interval`, engines/models/deep_cache.py) saves.
+
+- **Shipped model**: whole denoising loops through the pipeline (4 views, CFG, the model's default
+  schedule, 20 steps, one seed), at each cache interval, in interleaved rounds; the denoise stage's seconds
+  are compared per round (N=1 / N), until the 95% bootstrap interval of every median ratio is narrower
+  than 1% of it or the time budget runs out. The images' mean absolute difference from N=1 (levels of
+  255) is reported beside: a sanity figure, not the quality evaluation.
+- **SD-1.x-shaped UNet** (engines/bench/sd_like.py, 64x64 latents, one view x CFG): a full step and a
+  shallow step timed interleaved; the denoise time at each N is the count of full and shallow steps that
+  `DenoiseJob.step_kind` plans for 20 steps under the same schedule, times those step times (a loop of
+  that model takes minutes per interval on a 2-core CPU). Its interval comes from resampling the steps.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.bench.machine import torch_machine
+
+INTERVALS = (1, 2, 3, 5)
+STEPS = 20
+
+
+def _ci(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return meds[int(0.025 * rounds)], meds[int(0.975 * rounds) - 1]
+
+
+def step_kinds(schedule, steps: int, interval: int) -> str:  # noqa: ANN001 - a DomainSchedule
+    """The kinds the engine plans for one job: "F"ull and "S"hallow, in order."""
+    from engines.models.realiz3d_model import DEFAULT_SCHEDULER_CONFIG
+    from engines.sampling.denoise import DenoiseJob, make_scheduler
+
+    z = torch.zeros(1, 1, 1, 1)
+    job = DenoiseJob(
+        scheduler=make_scheduler("ddim", DEFAULT_SCHEDULER_CONFIG),
+        latents=z,
+        text=torch.zeros(1, 1, 1),
+        uncond_text=torch.zeros(1, 1, 1),
+        cameras=torch.zeros(1, 16),
+        geometry=None,
+        guidance_scale=1.0,
+        schedule=schedule,
+        num_steps=steps,
+        cache_interval=interval,
+    )
+    out = ""
+    while not job.done:
+        kind = job.step_kind
+        out += kind[0].upper()
+        job.advance(z, z if kind == "full" else None)
+    return out
+
+
+def shipped_model(max_seconds: float, min_rounds: int = 5, max_rounds: int = 200) -> dict:
+    from engines.pipelines import Realiz3DPipeline
+    from engines.requests import MultiviewRequest
+
+    pipe = Realiz3DPipeline.load(device="cpu")
+    schedule = pipe.config.default_schedule
+
+    def request(n: int) -> MultiviewRequest:
+        return MultiviewRequest(prompt="a red chair", num_views=4, steps=STEPS, seed=7, cache_interval=n)
+
+    images = {n: np.stack(pipe.multiview(request(n)).images).astype(float) for n in INTERVALS}  # warm-up
+    seconds: dict[int, list[float]] = {n: [] for n in INTERVALS}
+    start = time.monotonic()
+    rounds = 0
+    while rounds < max_rounds:
+        for n in INTERVALS:  # interleaved: drift and other load hit every interval alike
+            seconds[n].append(pipe.multiview(request(n)).timings["denoise"])
+        rounds += 1
+        if rounds < min_rounds:
+            continue
+        ratios = {n: [a / b for a, b in zip(seconds[1], seconds[n], strict=True)] for n in INTERVALS[1:]}
+        narrow = all((hi - lo) < 0.01 * statistics.median(r) for r in ratios.values() for lo, hi in [_ci(r)])
+        if narrow or time.monotonic() - start > max_seconds:
+            break
+    rows = []
+    for n in INTERVALS:
+        r = [a / b for a, b in zip(seconds[1], seconds[n], strict=True)]
+        lo, hi = _ci(r)
+        rows.append(
+            {
+                "cache_interval": n,
+                "step_kinds": step_kinds(schedule, STEPS, n),
+                "denoise_s_median": round(statistics.median(seconds[n]), 4),
+                "speedup_median": round(statistics.median(r), 4),
+                "speedup_ci95": [round(lo, 4), round(hi, 4)],
+                "ci_width_over_median": round((hi - lo) / statistics.median(r), 4),
+                "mean_abs_diff_vs_n1": round(float(np.abs(images[n] - images[1]).mean()), 3),
+            }
+        )
+    return {
+        "model": pipe.config.name,
+        "job": f"4 views, CFG, {STEPS} steps, schedule {schedule.model_dump(exclude_defaults=True)}, seed 7",
+        "rounds": rounds,
+        "rows": rows,
+    }
+
+
+@torch.no_grad()
+def sd_shaped(repeats: int) -> dict:
+    from engines.bench.sd_like import sd_like_model
+    from engines.bench.unet import unet_inputs
+    from engines.runtime.torch_runner import TorchRunner
+    from engines.types import uniform_combo
+
+    model = sd_like_model()
+    model.eval()
+    runner = TorchRunner(model)
+    runner.prepare([])
+    x = unet_inputs(model, views=1, objects=1)
+    combos = [uniform_combo("real")] * x.batch
+    _, deep = runner.run_step(x, combos)
+    fns = {"full": lambda: runner(x, combos), "shallow": lambda: runner.run_step(x, combos, deep)}
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    schedule = model.config.default_schedule
+    rng = random.Random(0)
+    rows = []
+    for n in INTERVALS:
+        kinds = step_kinds(schedule, STEPS, n)
+        nf, ns = kinds.count("F"), kinds.count("S")
+        ratios = []
+        for _ in range(2000):  # resample the measured steps
+            f = statistics.median(rng.choices(times["full"], k=len(times["full"])))
+            s = statistics.median(rng.choices(times["shallow"], k=len(times["shallow"])))
+            ratios.append(STEPS * f / (nf * f + ns * s))
+        ratios.sort()
+        f, s = statistics.median(times["full"]), statistics.median(times["shallow"])
+        rows.append(
+            {
+                "cache_interval": n,
+                "step_kinds": kinds,
+                "denoise_s": round(nf * f + ns * s, 2),
+                "speedup": round(STEPS * f / (nf * f + ns * s), 4),
+                "speedup_ci95": [round(ratios[50], 4), round(ratios[1949], 4)],
+            }
+        )
+    return {
+        "model": f"seeded SD-1.x-shaped UNet (engines/bench/sd_like.py), 64x64 latents, "
+        f"{model.parameter_count():,} parameters",
+        "unet_batch": x.batch,
+        "full_step_ms": [round(t * 1e3, 1) for t in times["full"]],
+        "shallow_step_ms": [round(t * 1e3, 1) for t in times["shallow"]],
+        "rows": rows,
+    }
+
+
+def run_step_cache_bench(
+    out_dir: str | Path = "docs/benchmarks", max_seconds: float = 300.0, sd_repeats: int = 4, sd: bool = True
+) -> dict:
+    """Writes step_cache.json and step_cache.md."""
+    result = {"machine": torch_machine(), "shipped": shipped_model(max_seconds)}
+    if sd:
+        result["sd"] = sd_shaped(sd_repeats)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_cache.json").write_text(json.dumps(result, indent=2))
+    s = result["shipped"]
+    lines = [
+        "# Step caching (`cache_interval`), CPU (`realiz3d bench cache`)",
+        "",
+        f"Machine: {result['machine']}. Code: engines/bench/step_cache.py. F = full step, S = shallow step "
+        "(engines/models/deep_cache.py); a step where the schedule switches domains runs full.",
+        "",
+        f"## Shipped model ({s['model']}): measured denoise loops",
+        "",
+        f"{s['job']}; {s['rounds']} interleaved rounds; speedup = denoise seconds at N=1 / at N, per round; "
+        "median and 95% bootstrap interval. Image difference: mean |difference| from N=1 in levels of 255 "
+        "(a sanity figure; the quality evaluation is not run).",
+        "",
+        "| N | steps | denoise s (median) | speedup | 95% interval | interval width | mean abs diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in s["rows"]:
+        lo, hi = r["speedup_ci95"]
+        lines.append(
+            f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s_median']} | {r['speedup_median']} | "
+            f"{lo} - {hi} | {r['ci_width_over_median']:.2%} | {r['mean_abs_diff_vs_n1']} |"
+        )
+    if sd:
+        d = result["sd"]
+        lines += [
+            "",
+            f"## {d['model']}: measured steps, counted loop",
+            "",
+            f"UNet batch {d['unet_batch']} (1 view x CFG). Full steps (ms): {d['full_step_ms']}; shallow steps "
+            f"(ms): {d['shallow_step_ms']} (interleaved). Denoise time at N = full steps x median full step + "
+            f"shallow steps x median shallow step, for {STEPS} steps under the model's default schedule; the "
+            "interval resamples the measured steps.",
+            "",
+            "| N | steps | denoise s | speedup | 95% interval |",
+            "|---|---|---|---|---|",
+        ]
+        for r in d["rows"]:
+            lo, hi = r["speedup_ci95"]
+            lines.append(
+                f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s']} | {r['speedup']} | {lo} - {hi} |"
+            )
+    (out / "step_cache.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
