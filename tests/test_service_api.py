@@ -148,6 +148,8 @@ def test_full_queue_answers_429_with_retry_after(client):
         ({"prompt": "x", "num_views": 9}, 422, "num_views"),
         ({"prompt": "x", "steps": 0}, 422, "steps"),
         ({"prompt": "x", "steps": 151}, 422, "steps"),
+        ({"prompt": "x", "cache_interval": 0}, 422, "cache_interval"),
+        ({"prompt": "x", "cache_interval": -2}, 422, "cache_interval"),
         ({"prompt": "   "}, 422, "prompt"),
         ({"num_views": 2}, 422, "prompt"),
         ({"prompt": "x", "schedule": {"split": 1.5}}, 422, "schedule"),
