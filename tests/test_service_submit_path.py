@@ -220,3 +220,33 @@ def test_concurrent_submissions_each_get_one_job_and_one_message(url):
     pushed = [json.loads(m)["headers"]["id"].partition(":")[0] for m in r.lrange("multiview", 0, -1)]
     assert len(ids) == 40 and sorted(pushed) == sorted(ids)
     r.close()
+
+
+def test_more_submissions_at_once_than_connections_wait_for_one(url):
+    store = AsyncSubmitStore(url, connections=4)
+    r = redis.Redis.from_url(url, decode_responses=True)
+
+    async def go() -> list[bool]:
+        jobs = [JobRecord(id=f"{i:022d}", kind=JobKind.multiview, params={}) for i in range(150)]
+        created = await asyncio.gather(*[_create(store, j, max_queue_depth=1000) for j in jobs])
+        # (a redis.asyncio pool of 4 alone would refuse the 5th at once: "Too many connections")
+        await store.close()
+        return [c for _, c in created]
+
+    assert asyncio.run(go()) == [True] * 150
+    assert r.llen("multiview") == 150
+    r.close()
+
+
+def test_the_record_is_stored_byte_for_byte_whatever_its_text(url):
+    prompt = 'a "quoted" \\ back\nslash \x01 \u00e9t\u00e9 \U0001f600 \u4e2d\u6587 \x00 end'
+    record = JobRecord(id=JOB_ID, kind=JobKind.multiview, params={"prompt": prompt, "num_views": 2})
+    store, sync = AsyncSubmitStore(url), RedisJobStore(url)
+
+    async def go() -> None:
+        await _create(store, record)
+        await store.close()
+
+    asyncio.run(go())
+    assert sync.get(JOB_ID).to_dict() == record.to_dict()
+    sync.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -73,6 +74,12 @@ def create_app(
         context.hub.bind(asyncio.get_running_loop())
         context.webhooks.bind(asyncio.get_running_loop())
         tasks = [asyncio.create_task(factory()) for factory in (background(context) if background else [])]
+        if context.mode == "gateway":
+            # Its startup heap (modules, the app, its schemas: ~100k objects) is never garbage. Frozen, no
+            # collection walks it again: at 50 clients objects of requests in flight reach the oldest
+            # generation fast, and each full collection of that heap was a ~70 ms pause every second.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
