@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from service.bench_gateway_load import markdown, run
+from engines.bench.gateway import markdown, run
 
 
 @pytest.mark.skipif(

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from engines.bench.loadtest import parse_mix, percentile
 from service.cli import main
-from service.loadtest import parse_mix, percentile
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,7 +51,7 @@ def test_throughput_bench_alternates_both_configurations_and_reports_batch_sizes
     """`realiz3d bench throughput` end to end at toy size: two real stacks (redis-server, worker,
     gateway each) take turns; the report has both configurations, per-round ratios, the UNet bound and
     the batch-size histograms scraped from each worker's /metrics."""
-    from service.bench_throughput import run
+    from engines.bench.throughput import run
 
     report = run(concurrency=2, jobs=4, steps=2, views=1, out_dir=tmp_path, name="tp", rounds=2)
     batched, unbatched = report["batched"], report["unbatched"]
@@ -74,7 +74,7 @@ def test_loadtest_reads_the_shipped_profiles(profile, monkeypatch, tmp_path):
     """`realiz3d loadtest URL --profile NAME`: deploy/loadtest/NAME.yaml sets the run; flags override it."""
     import yaml
 
-    import service.loadtest as lt
+    import engines.bench.loadtest as lt
     from service.cli import main
 
     seen = {}

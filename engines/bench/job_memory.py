@@ -80,8 +80,8 @@ def run_case(name: str) -> dict:
     elif name == "texture_instanced_skinned_84":
         import tempfile
 
+        from engines.bench.texturing_asset import instanced_skinned_glb, normal_views
         from engines.requests import TextureRequest
-        from engines.texturing.bench_asset import instanced_skinned_glb, normal_views
         from engines.texturing.pipeline import texture_mesh
 
         data = instanced_skinned_glb(84)
@@ -99,11 +99,11 @@ def run_case(name: str) -> dict:
         result["outcome"] = "succeeded"
     else:
         if name == "load_skinned_100k":
-            from engines.texturing.bench_asset import skinned_glb
+            from engines.bench.texturing_asset import skinned_glb
 
             filename, data = "skinned.glb", skinned_glb(100_000)
         elif name == "load_500k_faces":
-            from engines.texturing.bench_asset import skinned_glb
+            from engines.bench.texturing_asset import skinned_glb
 
             filename, data = "skinned.glb", skinned_glb(limits.max_faces)
         else:

@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engines.bench.loadtest import LoadTestConfig, load_profile, parse_mix, run_loadtest
     from engines.errors import UserInputError
-    from service.loadtest import LoadTestConfig, load_profile, parse_mix, run_loadtest
 
     fields: dict = {}
     if args.profile:

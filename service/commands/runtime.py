@@ -210,13 +210,13 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.target == "unet":
         return _bench_unet(args)
     if args.target == "geometry":
-        from engines.texturing.bench import run_geometry_benchmark
-        from engines.texturing.bench_asset import run_asset_benchmark
+        from engines.bench.geometry import run_geometry_benchmark
+        from engines.bench.texturing_asset import run_asset_benchmark
 
         run_geometry_benchmark(out_dir=args.out)
         run_asset_benchmark(out_dir=args.out)
     elif args.target == "unwrap":
-        from engines.texturing.unwrap_bench import run_unwrap_benchmark
+        from engines.bench.unwrap import run_unwrap_benchmark
 
         run_unwrap_benchmark(
             args.out,
@@ -246,7 +246,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         run_resolution_bench(out_dir=args.out)
     elif args.target == "gateway":
-        from service.bench_gateway_load import run as run_load
+        from engines.bench.gateway import run as run_load
 
         report = run_load(
             concurrency=args.concurrency or 50,
@@ -257,11 +257,11 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         print(json.dumps({"summary": report["summary"], "met": report["met"]}, indent=2))
     elif args.target == "gateway-overhead":
-        from service.bench_gateway import run
+        from engines.bench.gateway_overhead import run
 
         run(out_dir=args.out)
     else:
-        from service.bench_throughput import run
+        from engines.bench.throughput import run
 
         report = run(
             concurrency=args.concurrency or 8,
