@@ -118,3 +118,18 @@ def test_gltf_with_external_files_as_a_zip_is_textured_into_a_valid_glb(client, 
         "new_texcoord_primitives": 0,
         "texcoord_by_material": {"0": 0},
     }
+
+
+def test_planned_views_are_inpainted_end_to_end_over_http(client):
+    # One view sees one face of a box: the worker plans views for the rest and inpaints them (issue 25).
+    from tests.fixtures.texturing import textured_box_glb
+
+    params = {**PARAMS, "num_views": 1, "max_views": 4}
+    job = client.wait(client.submit_texture(textured_box_glb(32), params, filename="box.glb").id, timeout=240)
+    assert job.status == "succeeded", job.error
+    meta = json.loads(client.download(job.id, "meta.json"))
+    surface = meta["surface"]
+    assert sum(surface.values()) == pytest.approx(1.0, abs=1e-3)
+    assert meta["coverage"] == surface["from_views"] < 0.3 and surface["inpainted"] > 0.3
+    cameras = json.loads(client.download(job.id, "cameras.json"))["cameras"]
+    assert 2 < meta["views_used"] <= 4 and len(cameras) == meta["views_used"]

@@ -32,7 +32,7 @@ CLOSEUP_DISTANCE = 1.0
 #: candidates are scored on views this size and on at most this many texel samples (speed; the bake
 #: decides at the full bake resolution)
 SCORE_RESOLUTION = 256
-SCORE_SAMPLES = 150_000
+SCORE_SAMPLES = 50_000
 #: a view must add at least this share of the surface to be worth generating
 MIN_GAIN = 0.002
 

@@ -138,6 +138,12 @@ def run_texture(args: argparse.Namespace) -> int:
         result = pipe.texture(request, args.mesh, progress=update, stage_progress=bar.stage, limits=limits)
     files = result.save(args.out)
     print(f"wrote {len(files)} files to {args.out}")
+    if surface := result.meta.get("surface"):
+        print(
+            f"surface: {surface['from_views']:.1%} from the {result.meta['num_views']} views, "
+            f"{surface['inpainted']:.1%} from {result.meta['views_used'] - result.meta['num_views']} planned "
+            f"(inpainted) views, {surface['filled']:.1%} filled"
+        )
     _warn(result.meta.get("warnings", []))
     from service.commands.generate import engine_cache_summary
 

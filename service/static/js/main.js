@@ -237,10 +237,29 @@ async function showMultiview(area, job) {
   );
 }
 
+/** Where the texture's colour came from: meta.json's surface shares (sum 1) and its warnings. */
+function surfaceShares(meta) {
+  const s = meta?.surface;
+  if (!s) return null;
+  const pct = (x) => `${(100 * (x ?? 0)).toFixed(1)}%`;
+  const planned = (meta.views_used ?? meta.num_views) - meta.num_views;
+  return el(
+    "div",
+    { class: "surface-shares" },
+    el(
+      "p",
+      { class: "result-meta", "data-testid": "surface-shares" },
+      `surface: ${pct(s.from_views)} from the ${meta.num_views} views · ${pct(s.inpainted)} inpainted from ` +
+        `${planned} planned view${planned === 1 ? "" : "s"} · ${pct(s.filled)} filled (no view saw it)`,
+    ),
+    ...(meta.warnings || []).map((w) => el("p", { class: "hint" }, `warning: ${w}`)),
+  );
+}
+
 async function showTexture(area, job) {
   const viewerBox = el("div", { class: "viewer", "data-state": "loading" }, "Loading the 3D viewer…");
   const atlas = byName(job, "texture.png");
-  const cameras = await artifactJson(job, "cameras.json");
+  const [cameras, meta] = await Promise.all([artifactJson(job, "cameras.json"), artifactJson(job, "meta.json")]);
   const atlasFigure = atlas
     ? el(
         "figure",
@@ -251,6 +270,7 @@ async function showTexture(area, job) {
     : null;
   area.append(
     el("div", { class: "texture-top" }, viewerBox, atlasFigure),
+    surfaceShares(meta) ?? "",
     el("div", { class: "viewer-help hint" }, "Drag to orbit, wheel to zoom, right-drag to pan; with the viewer focused: arrows orbit, + and − zoom, 0 resets."),
     await downloadLinks(area, job, ["textured.glb", "textured.obj", "textured.mtl", "texture.png", "cameras.json", "meta.json"]),
     el("h4", {}, "Generated views"),
