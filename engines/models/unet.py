@@ -107,16 +107,23 @@ class MultiViewUNet(nn.Module):
                 ctx.ids = None
         return F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out
 
-    def run_step(
-        self, inputs: UNetInputs, domain_ids: torch.Tensor | None = None, deep: torch.Tensor | None = None
+    def step_forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        cameras: torch.Tensor,
+        geometry: torch.Tensor | None = None,
+        domain_ids: torch.Tensor | None = None,
+        num_views: int = 1,
+        deep: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A step-caching call (engines/models/deep_cache.py): `deep=None` runs the whole UNet, else only
-        its shallow branch on `deep`; returns (noise prediction, deep feature)."""
+        """A step-caching call, tensors only like `forward` (engines/models/deep_cache.py): `deep=None`
+        runs the whole UNet, else only its shallow branch on `deep`; returns (noise prediction, deep
+        feature). Compiled, None and a tensor are two graphs: one per step kind."""
         from engines.models.deep_cache import split_forward
 
-        sample = inputs.sample
         if self.geometry_channels:
-            geometry = inputs.geometry
             if geometry is None:
                 geometry = sample.new_zeros((sample.shape[0], self.geometry_channels, *sample.shape[2:]))
             sample = torch.cat([sample, geometry.to(sample.dtype)], dim=1)
@@ -127,18 +134,26 @@ class MultiViewUNet(nn.Module):
             ctx.ids = domain_ids
         try:
             out, deep = split_forward(
-                self.unet,
-                sample,
-                inputs.timestep,
-                inputs.text,
-                inputs.cameras.to(sample.dtype),
-                {"num_views": inputs.num_views},
-                deep,
+                self.unet, sample, timestep, text, cameras.to(sample.dtype), {"num_views": num_views}, deep
             )
         finally:
             if ctx is not None:
                 ctx.ids = None
         return (F.pixel_shuffle(out, self.patch_size) if self.patch_size > 1 else out), deep
+
+    def run_step(
+        self, inputs: UNetInputs, domain_ids: torch.Tensor | None = None, deep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.step_forward(
+            inputs.sample,
+            inputs.timestep,
+            inputs.text,
+            inputs.cameras,
+            inputs.geometry,
+            domain_ids,
+            inputs.num_views,
+            deep,
+        )
 
     def run(self, inputs: UNetInputs, domain_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self(

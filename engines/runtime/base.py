@@ -191,6 +191,26 @@ def run_padded(
     return runner(padded, domains)[:real]
 
 
+def run_step_padded(
+    runner: object,
+    inputs: UNetInputs,
+    domains: DomainCombo | Sequence[DomainCombo],
+    deep: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`runner.run_step(inputs, domains, deep)` (step caching) at the batch the runner wants, the padding
+    rows copying the last object's inputs and cached feature; cut back to `inputs`."""
+    real, v = inputs.batch, inputs.num_views
+    batch = call_batch(runner, real, v)
+    if batch != real:
+        combos = per_sample(domains, real)
+        domains = combos + [combos[-1]] * (batch - real)
+        if deep is not None:
+            deep = torch.cat([deep, deep[real - v : real].repeat((batch - real) // v, 1, 1, 1)])
+        inputs = pad_inputs(inputs, batch)
+    pred, feature = runner.run_step(inputs, domains, deep)  # type: ignore[attr-defined]
+    return pred[:real], feature[:real]
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued kernels (CUDA runs them asynchronously): a wall-clock step timing
     taken without it measures the launches, not the work. A no-op on the CPU."""

@@ -32,7 +32,7 @@ import torch
 
 from engines.errors import UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
-from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
+from engines.runtime.base import graph_inputs, per_sample, power_of_two_objects, run_domains
 from engines.runtime.torch_runner import PRECISIONS, cast_inputs
 from engines.types import DomainCombo, UNetInputs
 
@@ -68,6 +68,47 @@ class CompileRunner:
         self.mode = mode
         self.dynamic = dynamic
         self.compiled = torch.compile(model.unet, mode=mode, dynamic=dynamic, backend=compile_backend)
+
+        #: step caching's graphs (one per step kind and shape), compiled on first use
+        self.compiled_step = torch.compile(
+            model.unet.step_forward, mode=mode, dynamic=dynamic, backend=compile_backend
+        )
+
+    @property
+    def step_cache(self) -> bool:
+        from engines.models.deep_cache import supports_step_cache
+
+        return self.mixes_domains and supports_step_cache(self.model.unet.unet)
+
+    @torch.no_grad()
+    def run_step(
+        self,
+        inputs: UNetInputs,
+        domains: DomainCombo | Sequence[DomainCombo],
+        deep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step caching (engines/models/deep_cache.py): a full step's graph outputs the deep feature too,
+        a shallow step's graph takes it as an input; two graphs per shape, every schedule in each."""
+        shifter = self.model.shifter
+        shifter.activate(None)
+        ids = shifter.domain_ids(per_sample(domains, inputs.batch), device=self.device)
+        x = cast_inputs(inputs, self.device, self.dtype)
+        args = {k: t.contiguous() for k, t in graph_inputs(x, self.model.unet.geometry_channels, ids).items()}
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out, feature = self.compiled_step(
+            args["sample"],
+            args["timestep"],
+            args["text"],
+            args["cameras"],
+            args.get("geometry"),
+            args.get("domain_ids"),
+            x.num_views,
+            None if deep is None else deep.to(self.dtype).contiguous(),
+        )
+        if self.cuda_graphs:  # replays overwrite the graph's outputs
+            return out.float().clone(), feature.clone()
+        return out.float(), feature
 
     def batch_shape(self, batch: int, num_views: int) -> int:
         """Static graphs: pad to a power-of-two number of objects (a few sizes, a few compiles)."""

@@ -30,7 +30,7 @@ import torch
 
 from engines.errors import JobCanceled
 from engines.requests import CancelCheck, ProgressCallback
-from engines.runtime.base import UNetRunner, call_limit, call_pieces, run_padded
+from engines.runtime.base import UNetRunner, call_limit, call_pieces, run_padded, run_step_padded
 from engines.sampling.denoise import DenoiseJob
 from engines.types import DomainCombo, UNetInputs
 
@@ -196,10 +196,11 @@ class Executor:
         preds, deeps = [], []
         for lo, hi, part, part_domains in call_pieces(inputs, domains, limit):
             jobs = sum(1 for a, b in zip(starts, starts[1:], strict=False) if a < hi and b > lo)
-            if caching:  # the step-caching path (runners with `step_cache`; no padding there)
+            if caching:  # the step-caching path (runners with `step_cache`)
                 piece_deep = None if deep_in is None else deep_in[lo:hi]
-                run_step = self.runner.run_step  # type: ignore[attr-defined]
-                pred, deep = self._timed(part.batch, jobs, run_step, part, part_domains, piece_deep)
+                pred, deep = self._timed(
+                    part.batch, jobs, run_step_padded, self.runner, part, part_domains, piece_deep
+                )
                 deeps.append(deep)
             else:
                 pred = self._timed(part.batch, jobs, run_padded, self.runner, part, part_domains)
