@@ -93,3 +93,23 @@ def test_the_benchmark_index_lists_every_report_its_command_and_code():
             assert (ROOT / path).is_file(), path
     reports_here = {p.name for p in BENCH.glob("*.md")} - {"README.md", "loadtest.md"}
     assert reports_here <= listed, sorted(reports_here - listed)
+
+
+def test_every_benchmark_describes_its_machine_one_way():
+    """Each module of engines/bench/ that writes a report takes the machine from engines.bench.machine."""
+    import subprocess
+    import sys
+
+    writers = [
+        p
+        for p in (ROOT / "engines" / "bench").glob("*.py")
+        if ".md" in p.read_text() and "write_text" in p.read_text()
+    ]
+    assert len(writers) >= 10
+    for path in writers:
+        assert "engines.bench.machine import" in path.read_text(), path.name
+    # torch-free: the gateway benchmarks describe the machine without importing torch
+    code = "import sys; from engines.bench.machine import describe; print(describe()); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    line, torch_loaded = out.stdout.splitlines()
+    assert "cores" in line and "Python" in line and torch_loaded == "False"

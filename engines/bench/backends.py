@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from engines.bench.machine import describe, torch_machine
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
 from engines.types import UNetInputs, uniform_combo
 
@@ -227,11 +227,7 @@ def run_backend_bench(
         flops = count_flops(eager_model, inputs) if eager_model is not None else float("nan")
     result: dict[str, Any] = {
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "torch": torch.__version__,
+            **torch_machine(),
             "note": "ratios within one run are the figures to use (load average before the run: "
             + _load_average()
             + ")",
@@ -294,8 +290,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['unet_gflop_per_step']} GFLOP per step (FlopCounterMode). Median of interleaved repetitions; "
         "each step alternates the real / synthetic weight set.",
         "",
-        f"## CPU ({m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, "
-        f"OMP_NUM_THREADS={m['OMP_NUM_THREADS']}, torch {m['torch']})",
+        f"## CPU ({describe(m)})",
         "",
         f"fp32 matmul peak measured: {r['cpu_matmul_peak_gflops_fp32']} GFLOP/s. {m['note']}.",
         "",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ import httpx
 from pydantic import BaseModel
 
 from engines.bench.gateway_overhead import ROOT, _free_port, _wait
+from engines.bench.machine import describe
 
 JOB = {"prompt": "a small red cube", "num_views": 1, "steps": 1, "seed": 0}
 GOALS = {"get_ratio": 0.8, "post_ratio": 0.5, "post_p99_ms": 100.0}
@@ -271,7 +271,7 @@ def run(
         "api_workers": workers,
         "server": _server_stack(),
         "load_generator": "wrk -t1 (one thread, HTTP/1.1 keep-alive), a separate process",
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+        "machine": describe(),
         "command": f"realiz3d bench gateway --concurrency {concurrency} --seconds {seconds:g} --rounds {rounds} "
         f"--api-workers {workers}",
     }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -25,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from engines.bench.machine import describe
 from service.client import Realiz3DClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,7 +165,7 @@ def run(url: str | None = None, jobs: int = 200, out_dir: Path | None = None) ->
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="realiz3d-bench-")))
         target = url or _local_stack(stack, workdir)
         result = measure(target, jobs)
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}"
+    result["machine"] = describe()
     result["command"] = (
         f"python -m engines.bench.gateway_overhead --url {url}" if url else "realiz3d bench gateway-overhead"
     )

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.bench.machine import describe, machine
 from engines.sampling.cameras import texturing_cameras
 from engines.texturing.bake import bake_views
 from engines.texturing.export import write_texture_png, write_textured_glb
@@ -145,16 +144,7 @@ def run_geometry_benchmark(
         "meets_goal": median["geometry_total"] <= goal_s,
         "meets_goal_cpu_time": median["geometry_total_cpu"] <= goal_s,
         "unwrap": {k: round(v, 3) for k, v in unwrap.items()} if unwrap else None,
-        "machine": {
-            "cpus_usable": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "load_average_1min_after": round(os.getloadavg()[0], 2),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-        },
+        "machine": {**machine(), "numpy": np.__version__},  # after the runs (its load average)
         "rasterizer": "embreex ray casting for views, numpy edge functions for the UV atlas "
         "(engines/texturing/rasterize.py)",
     }
@@ -174,10 +164,9 @@ def _markdown(r: dict) -> str:
         "",
         f"Mesh: {r['mesh']['kind']}, {r['mesh']['faces']} faces. {r['views']} views at "
         f"{r['view_resolution']}x{r['view_resolution']}, atlas {r['atlas_size']}x{r['atlas_size']}. "
-        f"Median of {r['repeats']} runs; {r['machine']['cpus_usable']} usable CPUs, "
-        f"OMP_NUM_THREADS={r['machine']['omp_num_threads']}, load average after the runs "
-        f"{r['machine']['load_average_1min_after']} (other jobs share the cores: wall times grow with it; "
-        f"the CPU-seconds row does not). Rasterizer: {r['rasterizer']}.",
+        f"Median of {r['repeats']} runs. Machine, after the runs: {describe(r['machine'])} (other jobs "
+        f"share the cores: wall times grow with the load; the CPU-seconds row does not). Rasterizer: "
+        f"{r['rasterizer']}.",
         "",
         "| stage | seconds |",
         "|---|---|",

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 from pathlib import Path
+
+from engines.bench.machine import machine
 
 _MB = 1024.0  # ru_maxrss is in KiB on Linux
 
@@ -147,7 +148,7 @@ def run_job_memory_bench(out_dir: Path = Path("docs/benchmarks"), cases: list[st
         old = {r["case"]: r for r in json.loads(previous.read_text()).get("rows", [])}
         rows = [fresh.get(c) or old[c] for c in [*JOB_CASES, *HOSTILE_CASES] if c in fresh or c in old]
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": machine(),
         "command": "realiz3d bench memory",
         "rows": rows,
     }

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engines.bench.machine import describe, machine
+
 METHODS = ("baseline", "meta", "random-init")
 
 
@@ -89,6 +91,7 @@ def run(width: int, out_dir: Path | None) -> dict:
     weights_mib = written["bytes"] / 2**20
     base = figures["baseline"]["peak_rss_mib"]
     result = {
+        "machine": machine(),
         "width": width,
         "unet_weights_mib": round(weights_mib, 1),
         "params": figures["meta"]["params"],
@@ -117,7 +120,8 @@ def write_report(result: dict, out_dir: Path) -> None:
         "",
         "`realiz3d bench loading --width "
         f"{result['width']}` (one run; fresh subprocess per method, peak RSS above a "
-        "process that only imported the same modules; a shared 2-core machine, so seconds are noisy).",
+        f"process that only imported the same modules; seconds are noisy on a shared machine). Machine: "
+        f"{describe(result['machine'])}.",
         "",
         f"SD 1.x block layout at width {result['width']}: {result['params'] / 1e6:.0f} M parameters, "
         f"{result['unet_weights_mib']:.0f} MiB of fp32 weights.",

@@ -1,18 +1,55 @@
-"""What a UNet benchmark report says about the machine it ran on."""
+"""The one description of the machine a benchmark ran on, for every report in docs/benchmarks.
+
+`machine()` is torch-free (torch's version and thread count are added when torch is already imported, as
+in the engine benchmarks; the gateway ones never import it); `describe()` is its one line in a report.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
+import sys
+from typing import Any
 
-import torch
 
-
-def torch_machine() -> dict:
-    """CPU, torch's thread count, OMP_NUM_THREADS and the torch version: what the timings depend on."""
-    return {
+def machine() -> dict[str, Any]:
+    """CPU, cores (all and usable), OMP_NUM_THREADS, Python, torch (version and intra-op threads, when
+    loaded) and the 1-minute load average now: what the timings depend on."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
+        "python": platform.python_version(),
     }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["threads"] = torch.get_num_threads()
+    if hasattr(os, "getloadavg"):
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def torch_machine() -> dict[str, Any]:
+    """`machine()` with torch imported (the engine benchmarks' reports)."""
+    import torch  # noqa: F401 - so machine() includes its version and threads
+
+    return machine()
+
+
+def describe(info: dict[str, Any] | None = None) -> str:
+    """`x86_64, 2 cores (2 usable), OMP_NUM_THREADS=2, Python 3.11.7, torch 2.13.0+cpu (2 threads), load
+    average 1.7`"""
+    m = info if info is not None else machine()
+    cores = f"{m.get('cores')} cores" + (f" ({m['usable_cores']} usable)" if "usable_cores" in m else "")
+    parts = [f"{m.get('cpu', '?')}, {cores}", f"OMP_NUM_THREADS={m.get('OMP_NUM_THREADS') or 'unset'}"]
+    if "python" in m:
+        parts.append(f"Python {m['python']}")
+    if "torch" in m:
+        threads = m.get("threads", m.get("torch_threads"))
+        parts.append(f"torch {m['torch']}" + (f" ({threads} threads)" if threads is not None else ""))
+    if "load_average_1min" in m:
+        parts.append(f"load average {m['load_average_1min']}")
+    return ", ".join(parts)

@@ -18,13 +18,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from engines.bench.geometry import bumpy_torus
+from engines.bench.machine import describe
 from engines.sampling.cameras import Camera, orbit_cameras, texturing_cameras
 from engines.texturing.bake import bake_views
 from engines.texturing.export import textured_glb_bytes
@@ -339,8 +339,7 @@ def run_asset_benchmark(
     lines = [
         "# Texturing: asset re-export, fill, bake round trip",
         "",
-        "Measured on this project's 2-core CPU machine (load average "
-        f"{os.getloadavg()[0]:.1f} after the runs): wall seconds grow with the load, the CPU seconds of the "
+        f"Machine, after the runs: {describe()}. Wall seconds grow with the load, the CPU seconds of the "
         "process (in brackets) do not; compare figures within one run.",
         "",
         f"- Re-export of a {r['faces']}-face skinned GLB ({r['glb_bytes']} bytes): load (document, bind pose, "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import platform
 import re
 import tempfile
 from contextlib import ExitStack
@@ -29,6 +28,7 @@ import httpx
 from engines.bench.gateway_overhead import _free_port, _local_stack
 from engines.bench.loadtest import JobSample, LoadTestConfig, run_load, run_loadtest, summarize
 from engines.bench.loadtest import write_report as write_loadtest_report
+from engines.bench.machine import machine
 from service.settings import get_settings
 
 CONFIGS = (("batched", 8), ("unbatched", 1))
@@ -129,7 +129,7 @@ def run(
     b, u = results["batched"], results["unbatched"]
     round_ratios = [x / y for x, y in zip(b["rounds_jobs_per_s"], u["rounds_jobs_per_s"], strict=True)]
     report = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine(),
         "workload": {
             "concurrency": concurrency,
             "jobs": per_round * rounds,

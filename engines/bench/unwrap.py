@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.bench.machine import describe, machine
 from engines.errors import UserInputError
 from engines.texturing.unwrap import UNWRAP_MODES
 
@@ -163,7 +163,6 @@ def run_unwrap_benchmark(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the benchmark, write `<name>.json` and `<name>.md` into `out_dir`; returns the report."""
-    from engines.texturing.piecewise_unwrap import usable_cpus
 
     shapes, sizes, modes = shapes or tuple(SHAPES), sizes or SIZES, modes or UNWRAP_MODES
     for name_, allowed in (("shape", SHAPES), ("mode", UNWRAP_MODES)):
@@ -194,14 +193,7 @@ def run_unwrap_benchmark(
         "atlas_size": atlas_size,
         "rows": rows,
         "jobs": jobs,
-        "machine": {
-            "cpus_usable": usable_cpus(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "load_average_1min_before": round(load_before, 2),
-            "load_average_1min_after": round(os.getloadavg()[0], 2),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-        },
+        "machine": {**machine(), "load_average_1min_before": round(load_before, 2)},  # after the runs
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,9 +213,9 @@ def markdown(r: dict) -> str:
     lines = [
         "# UV unwrap benchmark (`realiz3d bench unwrap`)",
         "",
-        f"`unwrap_uv` in its child process, atlas {r['atlas_size']}^2, {m['cpus_usable']} usable CPUs, "
-        f"load average {m['load_average_1min_before']} before and {m['load_average_1min_after']} after "
-        "(the machine is shared: wall seconds grow with the neighbours' load, CPU seconds much less). "
+        f"`unwrap_uv` in its child process, atlas {r['atlas_size']}^2. Machine, after the runs: "
+        f"{describe(m)} ({m['load_average_1min_before']} before; the machine is shared: wall seconds grow "
+        "with the neighbours' load, CPU seconds much less). "
         "Modes alternate on each mesh. Utilisation: atlas texels covered; density spread: p95 / p5 of "
         "texel density (1 = uniform); seam: cut length / sqrt(surface area).",
         "",
