@@ -431,12 +431,19 @@ class Realiz3DPipeline:
         self._enter_job_thread()
         generated: list[MultiviewResult] = []
 
+        done_steps = [0]  # steps of earlier calls: planned views' calls continue the count
+
+        def call_progress(step: int, total: int) -> None:
+            if progress is not None:
+                progress(done_steps[0] + step, done_steps[0] + total)
+
         def generate_views(
             cameras: list[Camera], geometry: np.ndarray, resolution: int, known: KnownViews | None = None
         ) -> list[np.ndarray]:
             result = self.generate_views(
-                request, cameras, resolution, geometry, progress, should_cancel, known
+                request, cameras, resolution, geometry, call_progress, should_cancel, known
             )
+            done_steps[0] += request.steps
             generated.append(result)
             return result.images
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from engines.pipelines import Realiz3DPipeline
@@ -57,9 +58,45 @@ def test_a_texture_job_inpaints_planned_views_with_the_real_model(pipeline, tmp_
     request = TextureRequest(
         prompt="a wooden crate", num_views=1, steps=2, seed=1, atlas_size=64, max_views=6
     )
-    stages = []
-    result = pipeline.texture(request, path, stage_progress=lambda name, f: stages.append(name))
+    stages, steps = [], []
+    result = pipeline.texture(
+        request,
+        path,
+        progress=lambda s, t: steps.append((s, t)),
+        stage_progress=lambda n, f: stages.append(n),
+    )
     surface = result.meta["surface"]
     assert surface["inpainted"] > 0.5 and sum(surface.values()) == pytest.approx(1.0, abs=1e-3)
     assert "plan" in stages and "inpaint" in stages
     assert result.meta["views_used"] == len(result.views) > 1
+    # the planned views' denoising continues the step count: it never goes back
+    assert [s for s, _ in steps] == sorted(s for s, _ in steps) and steps[-1][0] == steps[-1][
+        1
+    ] > request.steps
+
+
+def test_a_latent_model_holds_the_known_cells_of_its_latents_exactly(tiny_sd_model_dir):
+    # A latent model holds the VAE encoding of the cells whose pixels are all known: after the last step
+    # those latents are the encoding itself, so the decoded known region is the VAE's own reconstruction.
+    from engines.requests import MultiviewRequest, StageTimer
+    from engines.sampling.cameras import orbit_cameras
+    from tests.fixtures.models import eager_unet
+
+    pipe = Realiz3DPipeline.load(tiny_sd_model_dir, device="cpu")
+    res = pipe.config.resolution
+    factor = pipe.config.vae_scale_factor
+    cameras = orbit_cameras(2)
+    images = np.random.default_rng(1).integers(0, 256, (2, res, res, 3), dtype=np.uint8)
+    mask = np.zeros((2, res, res), bool)
+    mask[:, :, : res // 2 + factor // 2] = True  # half a cell past the middle: that cell is not all known
+    request = MultiviewRequest(prompt="a cup", num_views=2, steps=3, seed=2)
+    plan = pipe.plan(request, cameras, res, None, StageTimer(), KnownViews(images, mask))
+    job, known = plan.job, plan.job.known
+    assert known is not None and known.mask.shape[-1] == res // factor
+    assert known.mask[..., : res // factor // 2].all() and not known.mask[..., res // factor // 2 :].any()
+    with torch.no_grad():
+        while not job.done:
+            job.advance(eager_unet(pipe.model, job.unet_call(), job.combo))
+    held = known.mask.bool().expand_as(job.latents)
+    assert torch.equal(job.latents[held], known.sample[held])
+    assert not torch.allclose(job.latents[~held], known.sample[~held], atol=0.1)

@@ -17,9 +17,15 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
 class Progress(BaseModel):
     step: int = Field(0, description="denoising steps done")
-    total: int = Field(0, description="denoising steps in all (0 until the job starts)")
+    total: int = Field(
+        0,
+        description="denoising steps in all (0 until the job starts; a texture job's total grows by the "
+        "request's steps for each call that inpaints planned views)",
+    )
     stage: str | None = Field(
-        None, description="texture jobs: the stage running (load, unwrap, render, generate, bake, fill)"
+        None,
+        description="texture jobs: the stage running (load, unwrap, render, generate, bake, plan, inpaint, "
+        "fill)",
     )
     stage_fraction: float | None = Field(
         None, description="how far into that stage, 0-1 (the UV unwrap reports as it goes)"
