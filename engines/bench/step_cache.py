@@ -108,6 +108,52 @@ def shipped_model(max_seconds: float, min_rounds: int = 5, max_rounds: int = 200
     }
 
 
+def batched_throughput(rounds: int = 3, jobs: int = 8) -> dict:
+    """Jobs/s of a batching pipeline (max_jobs = `jobs`, all submitted at once, 4 views, CFG, 20 steps):
+    every job at N=1, a mix of N=1,2,3,5, every job at N=3; interleaved rounds, median wall time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engines.pipelines import Realiz3DPipeline
+    from engines.requests import MultiviewRequest
+
+    pipe = Realiz3DPipeline.load(device="cpu")
+    pipe.enable_batching(max_jobs=jobs, max_wait_ms=2000, threads=torch.get_num_threads())
+    mixes = {
+        "all N=1": [1] * jobs,
+        "mixed N=1,2,3,5": [INTERVALS[i % 4] for i in range(jobs)],
+        "all N=3": [3] * jobs,
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in mixes}
+    try:
+        with ThreadPoolExecutor(jobs) as pool:
+            for r in range(rounds + 1):  # the first round warms up
+                for name, intervals in mixes.items():
+                    reqs = [
+                        MultiviewRequest(
+                            prompt=f"object {i}", num_views=4, steps=STEPS, seed=i, cache_interval=n
+                        )
+                        for i, n in enumerate(intervals)
+                    ]
+                    t0 = time.perf_counter()
+                    list(pool.map(pipe.multiview, reqs))
+                    if r:
+                        seconds[name].append(time.perf_counter() - t0)
+    finally:
+        pipe.batcher.close()
+    return {
+        "jobs": jobs,
+        "rounds": rounds,
+        "rows": [
+            {
+                "mix": k,
+                "wall_s": [round(t, 3) for t in v],
+                "jobs_per_s": round(jobs / statistics.median(v), 3),
+            }
+            for k, v in seconds.items()
+        ],
+    }
+
+
 @torch.no_grad()
 def sd_shaped(repeats: int) -> dict:
     from engines.bench.sd_like import sd_like_model
@@ -167,7 +213,11 @@ def run_step_cache_bench(
     out_dir: str | Path = "docs/benchmarks", max_seconds: float = 300.0, sd_repeats: int = 4, sd: bool = True
 ) -> dict:
     """Writes step_cache.json and step_cache.md."""
-    result = {"machine": torch_machine(), "shipped": shipped_model(max_seconds)}
+    result = {
+        "machine": torch_machine(),
+        "shipped": shipped_model(max_seconds),
+        "batched": batched_throughput(),
+    }
     if sd:
         result["sd"] = sd_shaped(sd_repeats)
     out = Path(out_dir)
@@ -195,6 +245,18 @@ def run_step_cache_bench(
             f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s_median']} | {r['speedup_median']} | "
             f"{lo} - {hi} | {r['ci_width_over_median']:.2%} | {r['mean_abs_diff_vs_n1']} |"
         )
+    b = result["batched"]
+    lines += [
+        "",
+        f"## Shipped model, batched: {b['jobs']} jobs at once through the step batcher",
+        "",
+        f"4 views, CFG, {STEPS} steps each, max_jobs {b['jobs']}; {b['rounds']} interleaved rounds after a "
+        "warm-up round; jobs/s from the median wall time. Shallow and full steps batch separately.",
+        "",
+        "| mix | wall s per round | jobs/s |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {r['mix']} | {r['wall_s']} | {r['jobs_per_s']} |" for r in b["rows"]]
     if sd:
         d = result["sd"]
         lines += [
