@@ -464,6 +464,7 @@ class Realiz3DPipeline:
             cameras=request.explicit_cameras(),
             stage_progress=stage_progress,
             views_per_call=per_call,
+            view_counts=served,
         )
         if generated:
             gen = generated[0]

@@ -97,7 +97,7 @@ def test_texture_command_runs_the_real_pipeline_and_writes_the_contract_files(tm
     trimesh.creation.icosphere(2).export(ply)
     out = tmp_path / "out"
     args = ["texture", str(ply), "--prompt", "a marble ball", "--views", "4", "--atlas", "128"]
-    args += ["--steps", "2", "--model", str(tiny_model_dir)]
+    args += ["--steps", "2", "--model", str(tiny_model_dir), "--max-views", "4"]  # no planned views
     assert main([*args, "--seed", "3", "--schedule", "0.4", "--out", str(out)]) == 0
     meta = json.loads((out / "meta.json").read_text())
     assert meta["seed"] == 3 and meta["schedule"] == {"split": 0.4}

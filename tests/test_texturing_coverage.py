@@ -107,3 +107,14 @@ def test_bench_meshes_and_the_round_trip_measures(tmp_path):
     assert psnr(result.atlas[seen], truth[seen]) > 25
     noise = np.random.default_rng(0).uniform(0, 255, truth.shape)
     assert seam_step(truth, result.mesh, chart) < 0.2 * seam_step(noise, result.mesh, chart)
+
+
+def test_context_views_per_call_follow_the_models_view_counts():
+    from engines.texturing.planning import CONTEXT_VIEWS, context_size
+
+    assert context_size(3, 6, 8) == CONTEXT_VIEWS == 2  # a few nearest earlier views
+    assert context_size(6, 1, 8) == 1  # only one earlier view exists
+    assert context_size(3, 6, 1) == 0  # views do not attend to each other: no context
+    assert context_size(1, 6, 4, [4]) == 3  # a model serving 4-view calls only: filled to 4
+    assert context_size(2, 6, 8, [2, 4, 8]) == 2  # the smallest served count that holds the context
+    assert context_size(3, 6, 8, [2, 4, 8]) == 5  # 3 + 2 is no served count: 8

@@ -27,8 +27,10 @@ from engines.texturing.export import write_texture_png, write_textured_glb, writ
 from engines.texturing.fill import fill_over_surface
 from engines.texturing.mesh_io import LoadedMesh, MeshLimits, load_mesh
 from engines.texturing.planning import (
+    CONTEXT_VIEWS,
     PlannedView,
     context_order,
+    context_size,
     known_view,
     merge_bakes,
     plan_views,
@@ -51,8 +53,6 @@ GenerateViews = Callable[..., list[np.ndarray]]
 STAGES = ("load", "unwrap", "render", "generate", "bake", "plan", "inpaint", "fill", "export")
 #: Above this share of the surface left to the fill, meta.json, the job and the CLI warn.
 HIGH_FILL = 0.5
-#: earlier views held as context in each call that generates planned views (multi-view models)
-CONTEXT_VIEWS = 2
 DEFAULT_VIEW_RESOLUTION = 512
 #: Below this share of the surface coloured from views, meta.json and the CLI warn.
 LOW_COVERAGE = 0.05
@@ -297,6 +297,7 @@ def texture_mesh(
     bake_settings: BakeSettings | None = None,
     stage_progress: StageCallback | None = None,
     views_per_call: int = MAX_VIEWS,
+    view_counts: list[int] | None = None,
 ) -> TextureResult:
     """Run a texturing job around a view generator; save into `out_dir` when given.
 
@@ -304,6 +305,8 @@ def texture_mesh(
     `request.max_views`; `planning.py`) and generated with what is known held (`generate_views(cameras,
     geometry, resolution, known)`), at most `views_per_call` views per call: the planned ones plus
     earlier views as held context (1: no context, for a model whose views do not attend to each other).
+    `view_counts`: the view counts the model serves (None: any); each call is made one of them, the
+    difference held context.
 
     Views are rendered at `request.view_resolution`, else `resolution` (the model's), else 512. Cameras
     default to `texturing_cameras(request.num_views)`. `progress(done, 7)` is called after each stage
@@ -381,6 +384,8 @@ def texture_mesh(
         geoms = list(geometry)
         # planned views per call: all but a few held context views (the nearest earlier ones)
         batch = max(1, views_per_call - CONTEXT_VIEWS) if views_per_call > 1 else 1
+        if view_counts:
+            batch = min(batch, max(view_counts))
         todo = [p.camera for p in planned]
         for b0 in range(0, len(todo), batch):
             stages.check_cancel("inpaint")
@@ -388,8 +393,8 @@ def texture_mesh(
             model_maps = render_views(rasterizer, new_cams, res)
             maps = model_maps if bake_res == res else render_views(rasterizer, new_cams, bake_res)
             held = [known_view(m, loaded.uv, loaded.faces, baked.atlas, baked.coverage, res) for m in maps]
-            context = context_order(all_cams, new_cams)[: max(views_per_call - len(new_cams), 0)]
-            context = context if views_per_call > 1 else []
+            size = context_size(len(new_cams), len(all_cams), views_per_call, view_counts)
+            context = context_order(all_cams, new_cams)[:size]
             known = KnownViews(
                 np.stack([all_views[i] for i in context] + [h[0] for h in held]),
                 np.stack([np.ones((res, res), bool) for _ in context] + [h[1] for h in held]),

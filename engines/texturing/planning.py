@@ -35,6 +35,8 @@ SCORE_RESOLUTION = 256
 SCORE_SAMPLES = 50_000
 #: a view must add at least this share of the surface to be worth generating
 MIN_GAIN = 0.002
+#: earlier views held as context in each call that generates planned views (multi-view models)
+CONTEXT_VIEWS = 2
 
 
 @dataclass
@@ -218,6 +220,20 @@ def merge_bakes(first: BakeResult, planned: BakeResult) -> tuple[BakeResult, np.
         overlapping_texels=first.overlapping_texels,
     )
     return merged, new
+
+
+def context_size(new: int, earlier: int, views_per_call: int, view_counts: list[int] | None = None) -> int:
+    """How many earlier views to hold as context beside `new` planned views in one call: `CONTEXT_VIEWS`
+    (as many as exist and fit), or, for a model that serves only some view counts, what makes the call the
+    smallest of them that fits."""
+    if views_per_call <= 1:
+        return 0
+    size = max(min(CONTEXT_VIEWS, earlier, views_per_call - new), 0)
+    if view_counts:
+        fits = [c for c in sorted(view_counts) if c >= new + size and c - new <= earlier]
+        if fits:
+            size = fits[0] - new
+    return size
 
 
 def context_order(cameras: list[Camera], targets: list[Camera]) -> list[int]:
