@@ -250,3 +250,25 @@ def test_the_record_is_stored_byte_for_byte_whatever_its_text(url):
     asyncio.run(go())
     assert sync.get(JOB_ID).to_dict() == record.to_dict()
     sync.close()
+
+
+def test_a_redis_that_never_answers_is_a_redis_error_within_the_timeout():
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel does), never answers a command
+    store = AsyncSubmitStore(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout=0.5)
+
+    async def go() -> None:
+        start = time.monotonic()
+        with pytest.raises(redis.TimeoutError):  # a RedisError: the API answers 503 broker_unavailable
+            await store.lookup(None)
+        assert time.monotonic() - start < 3
+        await store.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        silent.close()

@@ -202,7 +202,7 @@ async def submit_async(
     if webhook_url is not None:
         ctx.webhooks.check_target(webhook_url)  # 422 for an internal address (SSRF)
     scoped_key = f"{owner or '-'}:{idempotency_key}" if idempotency_key else None
-    digest = body_hash(compare or params)
+    digest = body_hash(compare or params) if scoped_key else ""  # compared only under a key
     raw, replay, workers = await store.lookup(scoped_key)
     if replay is not None:
         if raw.partition("|")[2] != digest:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
@@ -74,9 +73,11 @@ class BodyLimitMiddleware:
             if body_done:  # later receives wait for a disconnect (streaming responses): no deadline
                 return await receive()
             if deadline is None:
-                deadline = time.monotonic() + self.timeout_s
+                deadline = asyncio.get_running_loop().time() + self.timeout_s
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                # timeout_at, not wait_for: no task per receive (~15 us of a small POST's CPU)
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 raise ApiError(
                     408, "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s"

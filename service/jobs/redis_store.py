@@ -701,15 +701,16 @@ class AsyncSubmitStore:
     two round trips: `lookup()` reads the request's Idempotency-Key and the live workers in one script;
     `create()` runs the rate limit, the admission refusal, the queue bound, the record, its pending
     webhook and its broker message in one (`_CREATE`). Fails fast like the gateway's `RedisJobStore`: no
-    retries, bounded connect and read timeouts, so a Redis error is a 503 at once.
+    retries, bounded connect (2 s) and command (`timeout`) waits, so a Redis error is a 503 at once.
 
     One client per event loop (a redis.asyncio connection belongs to the loop that opened it; a process
     serves from one loop, tests open several), with at most `connections` connections: more submissions
     at once wait for one (a redis.asyncio pool would refuse them, "Too many connections")."""
 
-    def __init__(self, url: str, connections: int = 32) -> None:
+    def __init__(self, url: str, connections: int = 32, timeout: float = 10.0) -> None:
         self.url = url
         self.connections = connections
+        self.timeout = timeout  # the gateway's RedisJobStore's socket_timeout
         self._bound: tuple[weakref.ref | None, _LoopClient | None] = (None, None)  # (its loop, its client)
 
     def _on_loop(self) -> _LoopClient:
@@ -721,7 +722,7 @@ class AsyncSubmitStore:
                 decode_responses=True,
                 health_check_interval=30,
                 socket_connect_timeout=2,
-                socket_timeout=10,
+                socket_timeout=None,  # `_call` bounds each command
                 retry=AsyncRetry(NoBackoff(), 0),
                 max_connections=self.connections,
             )
@@ -736,17 +737,26 @@ class AsyncSubmitStore:
         if bound is not None and ref is not None and ref() is asyncio.get_running_loop():
             await bound.client.aclose()
 
-    async def _get(self, on: _LoopClient, job_id: str) -> JobRecord | None:
+    async def _call(self, on: _LoopClient, command: Callable[..., Any], *args: Any) -> Any:
+        """One command on one of `on`'s connections, answered within `timeout` seconds or a
+        redis.TimeoutError (a 503 like every Redis error). One timer per command: redis-py's own
+        `socket_timeout` wraps each send in asyncio.wait_for, a task per command (~10% of a submission)."""
         async with on.slots:
-            h = await on.client.hgetall(P + "job:" + job_id)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await command(*args)
+            except TimeoutError as e:  # redis-py drops a connection cancelled mid-command
+                raise redis.TimeoutError(f"Redis did not answer within {self.timeout:g} s") from e
+
+    async def _get(self, on: _LoopClient, job_id: str) -> JobRecord | None:
+        h = await self._call(on, on.client.hgetall, P + "job:" + job_id)
         return _decode(h) if h else None
 
     async def lookup(self, idempotency_key: str | None) -> tuple[str, JobRecord | None, list[dict[str, Any]]]:
         """(the raw `id|hash` stored under the key or '', that job if it still exists, the live workers)."""
         on = self._on_loop()
         keys = [P + "workers", P + "workers:info", P + "idem:" + (idempotency_key or "-")]
-        async with on.slots:
-            found = await on.lookup(keys, [time.time(), "1" if idempotency_key else "0"])
+        found = await self._call(on, on.lookup, keys, [time.time(), "1" if idempotency_key else "0"])
         raw = found[0] or ""
         workers = [json.loads(i) for i in found[1:] if i]
         job = await self._get(on, raw.partition("|")[0]) if raw else None
@@ -780,8 +790,7 @@ class AsyncSubmitStore:
             refusal=refusal,
             message=message,
         )
-        async with on.slots:
-            outcome, value = await on.create(keys, argv)
+        outcome, value = await self._call(on, on.create, keys, argv)
         if outcome == "created":
             return record, True
         if outcome == "rate":
