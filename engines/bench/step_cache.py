@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.bench.machine import torch_machine
+from engines.bench.machine import describe, torch_machine
 
 INTERVALS = (1, 2, 3, 5)
 STEPS = 20
@@ -223,11 +223,18 @@ def run_step_cache_bench(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_cache.json").write_text(json.dumps(result, indent=2))
+    write_report(result, out)
+    return result
+
+
+def write_report(result: dict, out: Path) -> None:
+    """step_cache.md from the result (step_cache.json)."""
+    sd = "sd" in result
     s = result["shipped"]
     lines = [
         "# Step caching (`cache_interval`), CPU (`realiz3d bench cache`)",
         "",
-        f"Machine: {result['machine']}. Code: engines/bench/step_cache.py. F = full step, S = shallow step "
+        f"Machine: {describe(result['machine'])}. Code: engines/bench/step_cache.py. F = full step, S = shallow step "
         "(engines/models/deep_cache.py); a step where the schedule switches domains runs full.",
         "",
         f"## Shipped model ({s['model']}): measured denoise loops",
@@ -278,4 +285,3 @@ def run_step_cache_bench(
             )
     (out / "step_cache.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return result
