@@ -177,3 +177,18 @@ def test_the_knob_at_the_edges():
         timeout=120,
     )
     assert r.returncode == 2 and "--cache-interval" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_the_evaluation_scores_each_cache_interval_against_full_compute(tmp_path):
+    from engines.training.evaluate import Condition, EvalConfig, conditions_for
+
+    folder = tmp_path / "m"
+    conditions = conditions_for(
+        {"block-shift": folder}, None, EvalConfig(splits=(0.0, 0.4), cache_intervals=(1, 3))
+    )
+    assert [(c.name, c.cache_interval) for c in conditions] == [
+        ("block-shift, step split 0", 1),
+        ("block-shift, step split 0.4", 1),
+        ("block-shift, step split 0.4, cache_interval 3", 3),
+    ]
+    assert isinstance(conditions[-1], Condition) and conditions[-1].schedule == conditions[1].schedule

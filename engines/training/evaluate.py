@@ -67,6 +67,8 @@ class EvalConfig:
     guidance: float = 3.0
     splits: tuple[float, ...] = (0.0, 0.4, 1.0)
     block_splits: tuple[int, ...] = ()  # blocks=K conditions (after a step split of 0)
+    #: step caching conditions: each model at step split 0.4 with cache_interval N (paired with N=1)
+    cache_intervals: tuple[int, ...] = ()
     bootstrap: int = 1000
     text: bool = True  # also score text-to-multiview (False: the text columns repeat the geometry task)
     batch_jobs: int = 8  # objects generated together through the step batcher
@@ -145,7 +147,14 @@ def generate(
 
 
 def run_condition(
-    pipe, schedule: DomainSchedule, objects: list[EvalObject], cfg: EvalConfig, clf, feat, kid_features
+    pipe,
+    schedule: DomainSchedule,
+    objects: list[EvalObject],
+    cfg: EvalConfig,
+    clf,
+    feat,
+    kid_features,
+    cache_interval: int = 1,
 ):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -162,6 +171,7 @@ def run_condition(
             guidance_scale=cfg.guidance,
             seed=obj.seed,
             schedule=schedule,
+            cache_interval=cache_interval,
         )
         jobs.append((params, obj.cameras, geom_native))
     with ThreadPoolExecutor(max(1, cfg.batch_jobs)) as pool:
@@ -239,6 +249,7 @@ class Condition:
     method: str  # "naive", "block-shift", "lora", "seeded"
     folder: Path
     schedule: DomainSchedule
+    cache_interval: int = 1
 
 
 def conditions_for(
@@ -263,6 +274,10 @@ def conditions_for(
             out.append(
                 Condition(f"{method}, 0,blocks={k}", method, folder, DomainSchedule(split=0.0, blocks=k))
             )
+        for n in cfg.cache_intervals:
+            if n > 1:
+                name = f"{method}, step split 0.4, cache_interval {n}"
+                out.append(Condition(name, method, folder, DomainSchedule(split=0.4), n))
     return out
 
 
@@ -333,7 +348,7 @@ def evaluate(
                 if cfg.batch_jobs > 1:
                     pipes[c.folder].enable_batching(max_jobs=cfg.batch_jobs, max_wait_ms=50)
             mean, objs, sg, st = run_condition(
-                pipes[c.folder], c.schedule, objects, cfg, clf, feat, kid_features
+                pipes[c.folder], c.schedule, objects, cfg, clf, feat, kid_features, c.cache_interval
             )
             k = {
                 f"{task}_{ref}": ObjectKernels.build(
@@ -423,13 +438,18 @@ def compare(
             pairs.append((c.name, naive))
     by_schedule: dict[str, dict[str, str]] = {}
     for c in conditions:
-        by_schedule.setdefault(c.schedule.describe(), {})[c.method] = c.name
+        if c.cache_interval == 1:
+            by_schedule.setdefault(c.schedule.describe(), {})[c.method] = c.name
     for methods in by_schedule.values():
         if "block-shift" in methods and "lora" in methods:
             pairs.append((methods["block-shift"], methods["lora"]))
     all_real = by_schedule.get(DomainSchedule(split=0.0).describe(), {})
     for c in conditions:
-        if c.method in forms and c.method in all_real and c.name != all_real[c.method]:
+        if c.cache_interval != 1:  # step caching against full compute, same model and schedule
+            full = by_schedule.get(c.schedule.describe(), {}).get(c.method)
+            if full is not None:
+                pairs.append((c.name, full))
+        elif c.method in forms and c.method in all_real and c.name != all_real[c.method]:
             pairs.append((c.name, all_real[c.method]))
     out = []
     for a, b in pairs:

@@ -120,6 +120,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--block-splits", default="", help="comma-separated block splits K (schedule 0,blocks=K), e.g. 4,9"
     )
+    e.add_argument(
+        "--cache-intervals",
+        default="",
+        help="comma-separated step-caching intervals N > 1, each scored at split 0.4 against N=1, e.g. 2,3,5",
+    )
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     e.add_argument("--no-text", action="store_true", help="score only the geometry-conditioned task")
     e.add_argument("--batch-jobs", type=int, default=8, help="objects generated together (step batcher)")
@@ -288,12 +293,21 @@ def run_eval(args: argparse.Namespace) -> int:
         ) from None
     if any(k < 0 for k in block_splits):
         raise UserInputError(f"--block-splits {args.block_splits!r}: every K must be >= 0")
+    try:
+        cache_intervals = tuple(int(n) for n in args.cache_intervals.split(",") if n.strip())
+    except ValueError:
+        raise UserInputError(
+            f"--cache-intervals {args.cache_intervals!r}: expected comma-separated integers"
+        ) from None
+    if any(n < 1 for n in cache_intervals):
+        raise UserInputError(f"--cache-intervals {args.cache_intervals!r}: every N must be >= 1")
     cfg = EvalConfig(
         objects=_positive("--objects", args.objects),
         steps=_positive("--steps", args.steps),
         guidance=args.guidance,
         splits=splits,
         block_splits=block_splits,
+        cache_intervals=cache_intervals,
         bootstrap=_positive("--bootstrap", args.bootstrap),
         text=not args.no_text,
         batch_jobs=_positive("--batch-jobs", args.batch_jobs),
