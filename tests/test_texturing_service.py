@@ -13,6 +13,7 @@ import trimesh
 from engines.bench import hostile_uploads as hostile
 from service.client import Realiz3DAPIError, Realiz3DClient
 from tests.fixtures.gltf_validator import assert_valid
+from tests.fixtures.texturing import textured_box_glb
 from tests.test_texturing_inputs import _external_gltf
 
 pytestmark = pytest.mark.timeout(900)
@@ -122,8 +123,6 @@ def test_gltf_with_external_files_as_a_zip_is_textured_into_a_valid_glb(client, 
 
 def test_planned_views_are_inpainted_end_to_end_over_http(client):
     # One view sees one face of a box: the worker plans views for the rest and inpaints them (issue 25).
-    from tests.fixtures.texturing import textured_box_glb
-
     params = {**PARAMS, "num_views": 1, "max_views": 4}
     job = client.wait(client.submit_texture(textured_box_glb(32), params, filename="box.glb").id, timeout=240)
     assert job.status == "succeeded", job.error
@@ -133,3 +132,12 @@ def test_planned_views_are_inpainted_end_to_end_over_http(client):
     assert meta["coverage"] == surface["from_views"] < 0.3 and surface["inpainted"] > 0.3
     cameras = json.loads(client.download(job.id, "cameras.json"))["cameras"]
     assert 2 < meta["views_used"] <= 4 and len(cameras) == meta["views_used"]
+
+
+def test_a_mostly_filled_surface_is_a_success_with_a_warning_in_the_job_record(client):
+    params = {**PARAMS, "num_views": 1, "max_views": 1}  # one view of a box, planning off: 5/6 filled
+    job = client.wait(client.submit_texture(textured_box_glb(32), params, filename="box.glb").id, timeout=240)
+    assert job.status == "succeeded", job.error
+    meta = json.loads(client.download(job.id, "meta.json"))
+    assert meta["surface"]["filled"] > 0.5
+    assert job.warnings == meta["warnings"] and any("surface fill" in w for w in job.warnings)

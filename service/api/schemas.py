@@ -83,6 +83,11 @@ class JobOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="seconds per stage")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="texture jobs: what meta.json warns about (e.g. more than half of the surface filled, "
+        "not coloured by any view); the job still succeeded",
+    )
     error: ErrorInfo | None = None
     artifacts: list[ArtifactOut] = Field(default_factory=list)
     attempts: int = 0
@@ -119,6 +124,7 @@ def job_out(record) -> JobOut:  # noqa: ANN001 - service.jobs.records.JobRecord 
         started_at=_time(record.started_at),
         finished_at=_time(record.finished_at),
         timings=record.timings,
+        warnings=list(getattr(record, "warnings", None) or []),
         error=ErrorInfo(code=record.error.code, message=record.error.message) if record.error else None,
         artifacts=[
             ArtifactOut(

@@ -181,10 +181,12 @@ def _run(ctx: WorkerContext, started: StartedJob, running: RunningJob) -> JobSta
     staging = ctx.artifacts.staging_dir(job.id, attempt)
     out_dir = staging / "out"
     status, timings, error, artifacts = JobStatus.failed, {}, None, []
+    warnings: list[str] = []
     try:
         check_cost(job_cost(job.kind, job.params, _native_resolution(ctx)), settings)
         result = _call_pipeline(ctx, job, staging, progress, should_cancel, write_stage)
         timings = {k: float(v) for k, v in (result.timings or {}).items()}
+        warnings = [str(w) for w in (getattr(result, "meta", None) or {}).get("warnings") or []]
         if running.lost or ctx.store.run_check(job.id, attempt) == "lost":
             running.lost = True  # taken over while it computed its last stage: publish nothing
             raise JobCanceled("the run lost its job")
@@ -216,6 +218,7 @@ def _run(ctx: WorkerContext, started: StartedJob, running: RunningJob) -> JobSta
             timings=timings,
             error=error,
             artifacts=artifacts,
+            warnings=warnings,
         )
     ):
         log.warning("job %s: run %d lost its job before finishing; its result is dropped", job.id, attempt)

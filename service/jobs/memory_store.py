@@ -200,6 +200,7 @@ class MemoryJobStore:
         timings: dict[str, float] | None = None,
         error: JobError | None = None,
         artifacts: list[Artifact] | None = None,
+        warnings: list[str] | None = None,
     ) -> bool:
         with self._lock:
             job = self._owned(job_id, attempt)
@@ -209,6 +210,7 @@ class MemoryJobStore:
             job.phase = ""
             job.finished_at = time.time()
             job.timings = dict(timings or {})
+            job.warnings = list(warnings or [])
             job.error = error
             job.artifacts = list(artifacts or [])
             self._leases.pop(job_id, None)

@@ -68,6 +68,9 @@ class JobRecord:
     stage: str = ""
     stage_fraction: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Texture jobs: meta.json's warnings (most of the surface filled, views that coloured nothing); the job
+    # still succeeded.
+    warnings: list[str] = field(default_factory=list)
     error: JobError | None = None
     artifacts: list[Artifact] = field(default_factory=list)
     input_name: str | None = None  # the uploaded mesh, stored under the job's inputs
@@ -95,6 +98,7 @@ class JobRecord:
         d = dict(self.__dict__)
         d["params"] = dict(self.params)
         d["timings"] = dict(self.timings)
+        d["warnings"] = list(self.warnings)
         d["error"] = dict(vars(self.error)) if self.error is not None else None
         d["artifacts"] = [dict(vars(a)) for a in self.artifacts]
         return d
@@ -107,4 +111,5 @@ class JobRecord:
         if d.get("error"):
             d["error"] = JobError(**d["error"])
         d["artifacts"] = [Artifact(**a) for a in d.get("artifacts") or []]
+        d["warnings"] = list(d.get("warnings") or [])
         return cls(**d)

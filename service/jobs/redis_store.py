@@ -261,7 +261,7 @@ for i = 1, #names do found[i + 1] = infos[i] end
 return found
 """
 
-_JSON_FIELDS = ("params", "timings", "error", "artifacts")
+_JSON_FIELDS = ("params", "timings", "error", "artifacts", "warnings")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "stage_fraction", "webhook_delivered_at")
 _INT_FIELDS = (
     "progress_step",
@@ -302,6 +302,7 @@ def _decode(h: dict[str, str]) -> JobRecord:
         else:
             d[key] = raw or None
     d["timings"] = d.get("timings") or {}
+    d["warnings"] = d.get("warnings") or []
     d["artifacts"] = d.get("artifacts") or []
     d["params"] = d.get("params") or {}
     return JobRecord.from_dict(d)
@@ -553,11 +554,13 @@ class RedisJobStore:
         timings: dict[str, float] | None = None,
         error: JobError | None = None,
         artifacts: list[Artifact] | None = None,
+        warnings: list[str] | None = None,
     ) -> bool:
         fields = {
             "timings": timings or {},
             "error": vars(error) if error else None,
             "artifacts": [vars(a) for a in artifacts or []],
+            "warnings": list(warnings or []),
             "phase": "",
         }
         keys = [P + "job:" + job_id, P + "running", P + "lease:" + job_id, P + "cancel:" + job_id]

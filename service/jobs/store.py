@@ -120,6 +120,7 @@ class JobStore(Protocol):
         timings: dict[str, float] | None = None,
         error: JobError | None = None,
         artifacts: list[Artifact] | None = None,
+        warnings: list[str] | None = None,
     ) -> bool:
         """running -> terminal, only for the run that holds the job (same attempt)."""
         ...
