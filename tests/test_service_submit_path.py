@@ -16,7 +16,7 @@ from service.jobs.celery_app import RUN_JOB_TASK, make_celery_app
 from service.jobs.queue import CeleryJobQueue
 from service.jobs.records import JobKind, JobRecord
 from service.jobs.redis_store import AsyncSubmitStore, RedisJobStore
-from service.jobs.store import AdmissionRefused, IdempotencyConflict, QueueFull, RateLimited
+from service.jobs.store import AdmissionRefused, IdempotencyConflict, QueueFull, RateLimited, StaleWorkers
 from service.settings import Settings
 from tests.fixtures.redis_server import wait_until
 
@@ -119,7 +119,7 @@ def test_one_script_stores_the_job_its_webhook_key_and_message_or_nothing(url):
         assert sync.get(webhook.id).webhook_url == "https://example.com/h"
         # the same key: found by lookup (a replay), a race loser gets the first job, another body 409
         raw, job, workers = await store.lookup("c:k")
-        assert raw == webhook.id + "|hash" and job.id == webhook.id and workers == []
+        assert raw == webhook.id + "|hash" and job.id == webhook.id and workers.workers == []
         other = JobRecord(id="o" * 22, kind=JobKind.multiview, params={})
         assert await _create(store, other, idempotency_key="c:k", body_hash="hash") == (job, False)
         with pytest.raises(IdempotencyConflict):
@@ -272,3 +272,59 @@ def test_a_redis_that_never_answers_is_a_redis_error_within_the_timeout():
         asyncio.run(go())
     finally:
         silent.close()
+
+
+CAPS = {"name": "m", "geometry": True, "block_sites": 18, "resolution": 64}
+
+
+def test_a_snapshot_of_the_workers_that_changed_is_stale_and_nothing_is_done(url):
+    store, sync = AsyncSubmitStore(url), RedisJobStore(url)
+    r = redis.Redis.from_url(url, decode_responses=True)
+    sync.heartbeat("w1", {"queues": ["multiview"], "model": {**CAPS, "resolution_step": 8}}, 60)
+    rate = ("alice", 100, 60.0)
+
+    async def go() -> None:
+        _, _, snap = await store.lookup(None)
+        assert store.snapshot() is snap and [w["model"]["resolution_step"] for w in snap.workers] == [8]
+        job = JobRecord(id="a" * 22, kind=JobKind.multiview, params={})
+        for change in (
+            lambda: sync.heartbeat("w2", {"queues": ["texture"]}, 60),  # one joins
+            lambda: sync.heartbeat(
+                "w1", {"queues": ["multiview"], "model": {**CAPS, "resolution_step": 16}}, 60
+            ),
+            lambda: sync.remove_worker("w2"),  # one leaves
+            lambda: sync.heartbeat("w1", {"queues": ["multiview"]}, -1),  # one's heartbeat lapses
+        ):
+            change()
+            with pytest.raises(StaleWorkers):
+                await _create(store, job, workers=snap, rate=rate)
+            assert store.snapshot() is None  # the next submission reads the workers again
+            assert not r.exists("realiz3d:job:" + job.id) and r.llen("multiview") == 0
+            assert not r.exists("realiz3d:rate:alice")  # not counted
+            _, _, snap = await store.lookup(None)
+        assert snap.workers == [] and (await _create(store, job, workers=snap, rate=rate))[1]
+        await store.close()
+
+    asyncio.run(go())
+    sync.close()
+    r.close()
+
+
+def test_submissions_decide_on_the_live_workers_not_on_a_stale_snapshot(url):
+    """A snapshot read while the only worker refused resolution 40 (step 16) is not what refuses the next
+    submission once a worker that takes it (step 8) replaced it; nor admits one once no worker is left."""
+    sync = RedisJobStore(url)
+    sync.heartbeat("w16", {"queues": ["multiview"], "model": {**CAPS, "resolution_step": 16}}, 60)
+    body = {**SMALL, "resolution": 40}
+    with gateway_client(url, admission="require-worker") as client:
+        refused = client.post("/v1/multiview", json=body)
+        assert refused.status_code == 422 and "multiple of 16" in refused.json()["error"]["message"]
+        sync.remove_worker("w16")
+        sync.heartbeat("w8", {"queues": ["multiview"], "model": {**CAPS, "resolution_step": 8}}, 60)
+        assert client.post("/v1/multiview", json=body).status_code == 202
+        assert client.post("/v1/multiview", json=body).status_code == 202  # on the snapshot, verified
+        sync.remove_worker("w8")
+        gone = client.post("/v1/multiview", json=body)
+        assert gone.status_code == 503 and gone.json()["error"]["code"] == "no_worker"
+    assert redis.Redis.from_url(url).llen("multiview") == 2
+    sync.close()

@@ -18,7 +18,14 @@ from service.api.context import ServiceContext
 from service.api.errors import ApiError
 from service.jobs.cost import OverBudget, check_cost, job_cost
 from service.jobs.records import JobKind, JobRecord, new_job_id
-from service.jobs.store import AdmissionRefused, IdempotencyConflict, QueueFull, RateLimited, worker_serves
+from service.jobs.store import (
+    AdmissionRefused,
+    IdempotencyConflict,
+    QueueFull,
+    RateLimited,
+    StaleWorkers,
+    worker_serves,
+)
 from service.metrics import JOBS_TOTAL
 
 log = logging.getLogger("realiz3d.api")
@@ -183,6 +190,12 @@ def submit(
     return job, True
 
 
+#: submissions verified against a snapshot of the live workers that turned out stale, before the next
+#: attempt decides on a fresh read without verifying it (as `submit()` does): workers join and leave far
+#: less often than this many round trips
+VERIFIED_ATTEMPTS = 2
+
+
 async def submit_async(
     ctx: ServiceContext,
     kind: JobKind,
@@ -193,9 +206,14 @@ async def submit_async(
     webhook_url: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """`submit()` of a job without an upload on the event loop, through `ctx.submit_store` (the gateway's
-    `AsyncSubmitStore`): the same checks in the same order with the same answers, in two Redis round trips
-    (the Idempotency-Key and the live workers; then rate limit, admission, queue bound, record and broker
-    message in one script: a job is never stored without its message, nor its message sent without it)."""
+    `AsyncSubmitStore`): the same checks in the same order with the same answers. One Redis round trip
+    while the live workers stay as they are: the model envelope, cost and admission are checked against
+    the store's snapshot of the live workers, and the script that counts the rate, refuses (no_worker),
+    bounds the queue, stores the record and pushes its message (a job is never stored without its message,
+    nor its message sent without it) first verifies that snapshot is exactly the live workers now; if not
+    (StaleWorkers, nothing done), the workers are read again and the job decided again. A refusal (422) is
+    only answered on workers just read. An Idempotency-Key is read first (one more round trip, which also
+    reads the workers): a replay is answered before anything else."""
     s = ctx.settings
     store = ctx.submit_store
     assert store is not None
@@ -203,34 +221,53 @@ async def submit_async(
         ctx.webhooks.check_target(webhook_url)  # 422 for an internal address (SSRF)
     scoped_key = f"{owner or '-'}:{idempotency_key}" if idempotency_key else None
     digest = body_hash(compare or params) if scoped_key else ""  # compared only under a key
-    raw, replay, workers = await store.lookup(scoped_key)
-    if replay is not None:
-        if raw.partition("|")[2] != digest:
-            raise _conflict()
-        return replay, False
-    check_request(ctx, kind, params, workers)
+    raw, workers = "", store.snapshot()
+    fresh = scoped_key is not None or workers is None
+    if fresh:
+        raw, replay, workers = await store.lookup(scoped_key)
+        if replay is not None:
+            if raw.partition("|")[2] != digest:
+                raise _conflict()
+            return replay, False
     limit = s.rate_limit_per_minute
     record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner, webhook_url=webhook_url)
-    try:
-        job, created = await store.create(
-            record,
-            ctx.queue.message(record),
-            max_queue_depth=s.max_queue_depth,
-            ttl_seconds=s.job_ttl_seconds,
-            idempotency_key=scoped_key,
-            body_hash=digest,
-            stale=raw,  # a key whose job expired: overwritten, unless another request wins the race
-            rate=(owner or "anonymous", limit, 60.0) if limit else None,
-            refusal="" if admitted(ctx, kind, workers) else "no_worker",
-        )
-    except RateLimited as e:
-        raise _rate_limited(limit, e.wait) from e
-    except AdmissionRefused as e:
-        raise _no_worker(ctx, kind) from e
-    except QueueFull as e:
-        raise _queue_full(ctx, kind) from e
-    except IdempotencyConflict as e:
-        raise _conflict() from e
+    message = ctx.queue.message(record)
+    verify = VERIFIED_ATTEMPTS
+    while True:
+        assert workers is not None
+        try:
+            check_request(ctx, kind, params, workers.workers)
+        except ApiError:
+            if fresh:
+                raise
+            workers, fresh = (await store.lookup(None))[2], True  # refuse on the workers as they are
+            continue
+        try:
+            job, created = await store.create(
+                record,
+                message,
+                max_queue_depth=s.max_queue_depth,
+                ttl_seconds=s.job_ttl_seconds,
+                idempotency_key=scoped_key,
+                body_hash=digest,
+                stale=raw,  # a key whose job expired: overwritten, unless another request wins the race
+                rate=(owner or "anonymous", limit, 60.0) if limit else None,
+                refusal="" if admitted(ctx, kind, workers.workers) else "no_worker",
+                workers=workers if verify > 0 else None,
+            )
+        except StaleWorkers:
+            verify -= 1
+            workers, fresh = (await store.lookup(None))[2], True
+            continue
+        except RateLimited as e:
+            raise _rate_limited(limit, e.wait) from e
+        except AdmissionRefused as e:
+            raise _no_worker(ctx, kind) from e
+        except QueueFull as e:
+            raise _queue_full(ctx, kind) from e
+        except IdempotencyConflict as e:
+            raise _conflict() from e
+        break
     if created:
         JOBS_TOTAL.labels(kind.value, "queued").inc()
     return job, created

@@ -39,6 +39,7 @@ from service.jobs.store import (
     LostJobs,
     QueueFull,
     RateLimited,
+    StaleWorkers,
     StartedJob,
 )
 
@@ -74,13 +75,28 @@ end
 # its Idempotency-Key and its broker message (ARGV[13], LPUSHed onto KEYS[6]) in one step, so that no
 # job record exists without its message. KEYS: job, idem, queued, webhooks pending, rate, broker list.
 # The record's fields are one argument (ARGV[14]), a JSON array of field/value strings: redis-py packs
-# each argument in Python, ~1 us each.
+# each argument in Python, ~1 us each. ARGV[15] '1': the caller decided on a snapshot of the live workers
+# (KEYS[7] zset, KEYS[8] info hash; alive at ARGV[16]; then their names, then their infos): 'stale',
+# before anything is counted or written, unless those are exactly the live workers now.
 _CREATE = (
     _RATE_FUNCTION
     + """
 if ARGV[6] == '1' then
   local current = redis.call('GET', KEYS[2])
   if current and current ~= ARGV[7] then return {'existing', current} end
+end
+if ARGV[15] == '1' then  -- the live workers the caller decided by must be the live workers now
+  local names = redis.call('ZRANGEBYSCORE', KEYS[7], ARGV[16], '+inf')
+  local n = (#ARGV - 16) / 2
+  if #names ~= n then return {'stale', ''} end
+  if n > 0 then  -- the same names (unique in the zset), each with the same info
+    local expected = {}
+    for i = 1, n do expected[ARGV[16 + i]] = ARGV[16 + n + i] end
+    local infos = redis.call('HMGET', KEYS[8], unpack(names))
+    for i = 1, n do
+      if expected[names[i]] ~= (infos[i] or '') then return {'stale', ''} end
+    end
+  end
 end
 if tonumber(ARGV[9]) > 0 then
   local wait = take_rate(KEYS[5], tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11])
@@ -250,15 +266,16 @@ return redis.call('HMGET', KEYS[2], unpack(names))
 """
 
 # What a submission reads before it decides, in one round trip: the value of its Idempotency-Key (KEYS[3],
-# read when ARGV[2] is '1'; '' when unset), then the info of each live worker (as _LIVE_WORKERS).
+# read when ARGV[2] is '1'; '' when unset), the names of the live workers (as _LIVE_WORKERS: by expiry)
+# and their infos ('' for a name whose info is gone).
 _LOOKUP = """
-local found = {''}
-if ARGV[2] == '1' then found[1] = redis.call('GET', KEYS[3]) or '' end
+local idem = ''
+if ARGV[2] == '1' then idem = redis.call('GET', KEYS[3]) or '' end
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
-if #names == 0 then return found end
-local infos = redis.call('HMGET', KEYS[2], unpack(names))
-for i = 1, #names do found[i + 1] = infos[i] end
-return found
+local infos = {}
+if #names > 0 then infos = redis.call('HMGET', KEYS[2], unpack(names)) end
+for i = 1, #names do infos[i] = infos[i] or '' end
+return {idem, names, infos}
 """
 
 _JSON_FIELDS = ("params", "timings", "error", "artifacts", "warnings")
@@ -312,6 +329,19 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+class WorkersSnapshot(NamedTuple):
+    """The live workers as one read saw them: `names`, `infos` their raw heartbeat infos in that order
+    ('' for one gone), `workers` the parsed infos in `live_workers()`'s order (by expiry)."""
+
+    names: tuple[str, ...]
+    infos: tuple[str, ...]
+    workers: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, names: list[str], infos: list[str]) -> WorkersSnapshot:
+        return cls(tuple(names), tuple(infos), [json.loads(i) for i in infos if i])
+
+
 def _create_call(
     record: JobRecord,
     *,
@@ -323,10 +353,12 @@ def _create_call(
     rate: tuple[str, int, float] | None = None,
     refusal: str = "",
     message: tuple[str, str] | None = None,
+    workers: WorkersSnapshot | None = None,
 ) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of `_CREATE`. `rate`: (client, limit, window seconds) to count the job against;
     `refusal`: the error code admission refuses it with once counted ('' = admitted); `message`: (broker
-    list, entry) pushed with the record."""
+    list, entry) pushed with the record; `workers`: the snapshot of the live workers the caller decided
+    by, which must still be exact (else 'stale')."""
     unused = P + "none"  # a key slot the call does not use (never read nor written)
     keys = [
         P + "job:" + record.id,
@@ -335,6 +367,8 @@ def _create_call(
         WEBHOOKS_PENDING,
         P + "rate:" + rate[0] if rate else unused,
         message[0] if message else unused,
+        P + "workers",
+        P + "workers:info",
     ]
     token = f"{time.time():.6f}-{secrets.token_hex(4)}" if rate else ""
     argv = [
@@ -353,7 +387,11 @@ def _create_call(
         message[1] if message else "",
         # ensure_ascii=False: the values' UTF-8 bytes as they are (cjson passes them through)
         json.dumps(_encode(record.to_dict()), ensure_ascii=False),
+        "1" if workers is not None else "0",
+        time.time(),
     ]
+    if workers is not None:
+        argv += [*workers.names, *workers.infos]
     return keys, argv
 
 
@@ -700,10 +738,14 @@ class _LoopClient(NamedTuple):
 
 
 class AsyncSubmitStore:
-    """The gateway's submission path on its event loop (`redis.asyncio`: no thread-pool hop per job), in
-    two round trips: `lookup()` reads the request's Idempotency-Key and the live workers in one script;
-    `create()` runs the rate limit, the admission refusal, the queue bound, the record, its pending
-    webhook and its broker message in one (`_CREATE`). Fails fast like the gateway's `RedisJobStore`: no
+    """The gateway's submission path on its event loop (`redis.asyncio`: no thread-pool hop per job).
+    `lookup()` reads the request's Idempotency-Key and the live workers in one script; `create()` runs the
+    rate limit, the admission refusal, the queue bound, the record, its pending webhook and its broker
+    message in one (`_CREATE`). The live workers a submission is checked against (model envelope, cost,
+    admission) are the last snapshot a lookup read (`snapshot()`), and `create()` verifies in the same
+    script that they are exactly the live workers now (names and infos), else raises StaleWorkers having
+    done nothing: a submission without an Idempotency-Key is one round trip while the workers stay as they
+    are, and never decided on workers that changed. Fails fast like the gateway's `RedisJobStore`: no
     retries, bounded connect (2 s) and command (`timeout`) waits, so a Redis error is a 503 at once.
 
     One client per event loop (a redis.asyncio connection belongs to the loop that opened it; a process
@@ -715,6 +757,11 @@ class AsyncSubmitStore:
         self.connections = connections
         self.timeout = timeout  # the gateway's RedisJobStore's socket_timeout
         self._bound: tuple[weakref.ref | None, _LoopClient | None] = (None, None)  # (its loop, its client)
+        self._snapshot: WorkersSnapshot | None = None
+
+    def snapshot(self) -> WorkersSnapshot | None:
+        """The live workers as the last lookup read them (None: read them); `create()` verifies them."""
+        return self._snapshot
 
     def _on_loop(self) -> _LoopClient:
         loop = asyncio.get_running_loop()
@@ -755,13 +802,15 @@ class AsyncSubmitStore:
         h = await self._call(on, on.client.hgetall, P + "job:" + job_id)
         return _decode(h) if h else None
 
-    async def lookup(self, idempotency_key: str | None) -> tuple[str, JobRecord | None, list[dict[str, Any]]]:
-        """(the raw `id|hash` stored under the key or '', that job if it still exists, the live workers)."""
+    async def lookup(self, idempotency_key: str | None) -> tuple[str, JobRecord | None, WorkersSnapshot]:
+        """(the raw `id|hash` stored under the key or '', that job if it still exists, the live workers,
+        which become the snapshot)."""
         on = self._on_loop()
         keys = [P + "workers", P + "workers:info", P + "idem:" + (idempotency_key or "-")]
-        found = await self._call(on, on.lookup, keys, [time.time(), "1" if idempotency_key else "0"])
-        raw = found[0] or ""
-        workers = [json.loads(i) for i in found[1:] if i]
+        raw, names, infos = await self._call(
+            on, on.lookup, keys, [time.time(), "1" if idempotency_key else "0"]
+        )
+        self._snapshot = workers = WorkersSnapshot.of(names, infos)
         job = await self._get(on, raw.partition("|")[0]) if raw else None
         return raw, job, workers
 
@@ -777,10 +826,12 @@ class AsyncSubmitStore:
         stale: str,
         rate: tuple[str, int, float] | None,
         refusal: str,
+        workers: WorkersSnapshot | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Store a queued job and push its message; (job, created). Raises RateLimited, AdmissionRefused
-        (after counting it), QueueFull, or IdempotencyConflict; a concurrent request that stored the same
-        key first gives (its job, False)."""
+        """Store a queued job and push its message; (job, created). Raises StaleWorkers (`workers`, the
+        snapshot the caller decided by, is not the live workers now: nothing done), RateLimited,
+        AdmissionRefused (after counting it), QueueFull, or IdempotencyConflict; a concurrent request that
+        stored the same key first gives (its job, False)."""
         on = self._on_loop()
         keys, argv = _create_call(
             record,
@@ -792,10 +843,15 @@ class AsyncSubmitStore:
             rate=rate,
             refusal=refusal,
             message=message,
+            workers=workers,
         )
         outcome, value = await self._call(on, on.create, keys, argv)
         if outcome == "created":
             return record, True
+        if outcome == "stale":
+            if self._snapshot is workers:
+                self._snapshot = None
+            raise StaleWorkers()
         if outcome == "rate":
             raise RateLimited(float(value))
         if outcome == "refused":
@@ -809,4 +865,4 @@ class AsyncSubmitStore:
         return existing, False
 
 
-__all__ = ["EVENTS_CHANNEL", "AsyncSubmitStore", "RedisJobStore"]
+__all__ = ["EVENTS_CHANNEL", "AsyncSubmitStore", "RedisJobStore", "WorkersSnapshot"]

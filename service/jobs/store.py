@@ -36,6 +36,10 @@ class RateLimited(Exception):
         self.wait = wait
 
 
+class StaleWorkers(Exception):
+    """The live workers are no longer those of the snapshot a submission decided by: nothing was done."""
+
+
 class AdmissionRefused(Exception):
     """Admission refused the job (`code`, e.g. `no_worker`) after it was counted against the rate limit."""
 
@@ -204,6 +208,7 @@ __all__ = [
     "QueueFull",
     "RateLimited",
     "AdmissionRefused",
+    "StaleWorkers",
     "StartedJob",
     "worker_serves",
     "JobKind",
