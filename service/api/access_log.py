@@ -8,9 +8,8 @@ embedded mode, off in gateway mode. The query string is left out (it may carry t
 from __future__ import annotations
 
 import logging
-import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 log = logging.getLogger("realiz3d.access")
 
@@ -19,24 +18,5 @@ def access_log_enabled(setting: bool | None, mode: str) -> bool:
     return setting if setting is not None else mode == "embedded"
 
 
-class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            ms = (time.perf_counter() - start) * 1000
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms)
+def log_request(scope: Scope, status: int, seconds: float) -> None:
+    log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.access_log import AccessLogMiddleware, access_log_enabled
+from service.api.access_log import access_log_enabled, log_request
 from service.api.auth import ApiKeys
 from service.api.context import ServiceContext
 from service.api.docs_pages import install_docs
@@ -35,10 +35,12 @@ Errors are `{"error": {"code", "message"}}`."""
 
 
 class RequestMetricsMiddleware:
-    """`realiz3d_http_request_duration_seconds{route, method, status}`, labelled by route template."""
+    """`realiz3d_http_request_duration_seconds{route, method, status}`, labelled by route template, and
+    with `access_log` the request's access-log line: one layer observes every request once."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,9 +59,10 @@ class RequestMetricsMiddleware:
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
-            HTTP_REQUEST_DURATION.labels(label, scope["method"], str(status)).observe(
-                time.perf_counter() - start
-            )
+            seconds = time.perf_counter() - start
+            HTTP_REQUEST_DURATION.labels(label, scope["method"], str(status)).observe(seconds)
+            if self.access_log:
+                log_request(scope, status, seconds)
 
 
 def create_app(
@@ -112,9 +115,7 @@ def create_app(
     if not hide_docs:
         install_docs(app, "/docs", "/redoc")
     app.add_middleware(BodyLimitMiddleware, limit=s.max_upload_bytes, timeout_s=s.body_timeout_seconds)
-    app.add_middleware(RequestMetricsMiddleware)
-    if access_log_enabled(s.access_log, context.mode):
-        app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, access_log=access_log_enabled(s.access_log, context.mode))
     if context.keys.enabled:
         declare_security(app)
     return app
