@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from engines.bench import hostile_uploads as hostile
+from engines.bench.job_memory import HOSTILE_CASES
 from engines.errors import MeshError
 from engines.texturing.mesh_io import load_mesh, load_mesh_bytes, validate_mesh_bytes
 from engines.texturing.uv_layout import ensure_layout
@@ -174,6 +175,7 @@ _PEAK = textwrap.dedent(
     from engines.texturing.mesh_io import load_mesh_bytes
     from service.settings import Settings
     from engines.bench import hostile_uploads as hostile
+from engines.bench.job_memory import HOSTILE_CASES
     limits = Settings().mesh_limits()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     name, data = getattr(hostile, sys.argv[1])()
@@ -191,17 +193,7 @@ _PEAK = textwrap.dedent(
 PEAK_BOUND_MB = 256
 
 
-@pytest.mark.parametrize(
-    "bomb",
-    [
-        "glb_huge_count",
-        "glb_sparse_instanced",
-        "gltf_percent_encoded",
-        "zip_lying_sizes",
-        "glb_huge_image",
-        "zip_deep_gltf",
-    ],
-)
+@pytest.mark.parametrize("bomb", HOSTILE_CASES)  # the same cases `realiz3d bench memory` reports
 def test_no_hostile_upload_grows_a_process_past_the_stated_bound(bomb):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run(

@@ -300,6 +300,14 @@ def _obj_face_count(data: bytes) -> int:
     return len(re.findall(rb"^\s*f\s", data, re.MULTILINE))
 
 
+def _open_zip(data: bytes, name: str, limits: MeshLimits) -> tuple[str, str, bytes, AssetFiles]:
+    """An uploaded zip's main file (its name, format and bytes) and the entries it may refer to."""
+    entries = ZipEntries(data, name, limits.max_bytes)
+    main = _zip_main(entries, name)
+    files = AssetFiles.archive(name, entries, posixpath.dirname(main))
+    return main, Path(main).suffix.lower().lstrip("."), entries.read(main) or b"", files
+
+
 def _zip_main(entries: ZipEntries, name: str) -> str:
     mains = [n for n in entries.names() if Path(n).suffix.lower().lstrip(".") in FORMATS[:4]]
     if len(mains) != 1:
@@ -312,11 +320,7 @@ def _zip_check(data: bytes, name: str, limits: MeshLimits) -> int | None:
     """The gateway's look into a zip: entry sizes, the main file and every reference it makes."""
     from engines.texturing.gltf_document import _split_glb, load_json
 
-    entries = ZipEntries(data, name, limits.max_bytes)
-    main = _zip_main(entries, name)
-    fmt = Path(main).suffix.lower().lstrip(".")
-    files = AssetFiles.archive(name, entries, posixpath.dirname(main))
-    raw = entries.read(main) or b""
+    main, fmt, raw, files = _open_zip(data, name, limits)
     if fmt in ("gltf", "glb"):
         doc, binary = (
             _split_glb(raw, main) if fmt == "glb" else (load_json(raw, main, limits.max_bytes), None)
@@ -479,11 +483,7 @@ def _zip_document(data: bytes, name: str, limits: MeshLimits):
     every entry read with a cap on its real size, references resolved among the entries only."""
     from engines.texturing.gltf_document import GltfDocument
 
-    entries = ZipEntries(data, name, limits.max_bytes)
-    main = _zip_main(entries, name)
-    fmt = Path(main).suffix.lower().lstrip(".")
-    files = AssetFiles.archive(name, entries, posixpath.dirname(main))
-    raw = entries.read(main) or b""
+    main, fmt, raw, files = _open_zip(data, name, limits)
     if fmt in ("gltf", "glb"):
         return GltfDocument.from_bytes(raw, main, files.get, limits)
     return _trimesh_document(raw, fmt, main, files, limits)
