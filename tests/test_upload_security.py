@@ -175,7 +175,6 @@ _PEAK = textwrap.dedent(
     from engines.texturing.mesh_io import load_mesh_bytes
     from service.settings import Settings
     from engines.bench import hostile_uploads as hostile
-from engines.bench.job_memory import HOSTILE_CASES
     limits = Settings().mesh_limits()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     name, data = getattr(hostile, sys.argv[1])()
