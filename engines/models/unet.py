@@ -72,6 +72,16 @@ class MultiViewUNet(nn.Module):
         # A plain attribute, not a submodule: the shifter's weights stay out of the UNet's state dict.
         object.__setattr__(self, "domain_context", context)
 
+    def _unet_sample(self, sample: torch.Tensor, geometry: torch.Tensor | None) -> torch.Tensor:
+        """What the diffusers UNet sees: the image with its geometry channels (zeros when none), unshuffled."""
+        if self.geometry_channels:
+            if geometry is None:
+                geometry = sample.new_zeros((sample.shape[0], self.geometry_channels, *sample.shape[2:]))
+            sample = torch.cat([sample, geometry.to(sample.dtype)], dim=1)
+        if self.patch_size > 1:
+            sample = F.pixel_unshuffle(sample, self.patch_size)
+        return sample
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -82,14 +92,7 @@ class MultiViewUNet(nn.Module):
         domain_ids: torch.Tensor | None = None,
         num_views: int = 1,
     ) -> torch.Tensor:
-        if self.geometry_channels:
-            if geometry is None:
-                geometry = sample.new_zeros(
-                    (sample.shape[0], self.geometry_channels, sample.shape[2], sample.shape[3])
-                )
-            sample = torch.cat([sample, geometry.to(sample.dtype)], dim=1)
-        if self.patch_size > 1:
-            sample = F.pixel_unshuffle(sample, self.patch_size)
+        sample = self._unet_sample(sample, geometry)
         ctx = self.domain_context
         if ctx is not None:
             ctx.ids = domain_ids
@@ -123,12 +126,7 @@ class MultiViewUNet(nn.Module):
         feature). Compiled, None and a tensor are two graphs: one per step kind."""
         from engines.models.deep_cache import split_forward
 
-        if self.geometry_channels:
-            if geometry is None:
-                geometry = sample.new_zeros((sample.shape[0], self.geometry_channels, *sample.shape[2:]))
-            sample = torch.cat([sample, geometry.to(sample.dtype)], dim=1)
-        if self.patch_size > 1:
-            sample = F.pixel_unshuffle(sample, self.patch_size)
+        sample = self._unet_sample(sample, geometry)
         ctx = self.domain_context
         if ctx is not None:
             ctx.ids = domain_ids
