@@ -175,7 +175,7 @@ def test_texture_job_on_a_rigged_asset_writes_a_valid_glb_and_reports_the_layout
 
 
 def test_a_mesh_made_in_code_exports_as_a_fresh_valid_document(tmp_path):
-    from engines.texturing.bench import bumpy_torus
+    from engines.bench.geometry import bumpy_torus
 
     mesh = bumpy_torus(2_000)
     assert mesh.asset is None

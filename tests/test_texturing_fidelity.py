@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engines.bench.texturing_asset import instanced_skinned_glb
 from engines.errors import MeshError
 from engines.requests import TextureRequest
 from engines.texturing.appearance import base_colour
-from engines.texturing.bench_asset import instanced_skinned_glb
 from engines.texturing.export import textured_glb_bytes
 from engines.texturing.gltf_compact import _collect, compact
 from engines.texturing.gltf_document import GltfDocument

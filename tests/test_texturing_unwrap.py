@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from engines.bench.unwrap import blob, sphere, torus_knot
 from engines.errors import JobCanceled
 from engines.requests import TextureRequest
 from engines.texturing.atlas_quality import atlas_quality, count_charts
@@ -19,7 +20,6 @@ from engines.texturing.piecewise_unwrap import (
 )
 from engines.texturing.rasterize import rasterize_uv
 from engines.texturing.unwrap import unwrap_uv
-from engines.texturing.unwrap_bench import blob, sphere, torus_knot
 from service.cli import main
 
 CUBE_VERTICES = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], np.float64)
