@@ -77,8 +77,9 @@ gpu-wheels: install
 gpu-check:
 	bash deploy/gpu_check.sh
 
-## Retrain the embedded default model (CPU, ~40 min on 2 cores), evaluate against the naive baseline and
-## the lora form (~10 min), ship it with its README samples.
+## Retrain the embedded default model on the CPU (base, block-shift, lora, naive; docs/benchmarks/resolution.md
+## projects the base and one method), evaluate against the naive baseline and the lora form, ship it with
+## its README samples.
 train: install
 	$(BIN)/realiz3d train --stage all --out runs --base-steps 1500 --steps 6000 --stage1-steps 1200 --with-lora
 

@@ -8,6 +8,7 @@ the CLI's own parser ("the same": the row above's).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -107,9 +108,32 @@ def test_every_benchmark_describes_its_machine_one_way():
     ]
     assert len(writers) >= 10
     for path in writers:
-        assert "engines.bench.machine import" in path.read_text(), path.name
+        text = path.read_text()
+        assert "engines.bench.machine import" in text and "describe(" in text, path.name
     # torch-free: the gateway benchmarks describe the machine without importing torch
     code = "import sys; from engines.bench.machine import describe; print(describe()); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     line, torch_loaded = out.stdout.splitlines()
     assert "cores" in line and "Python" in line and torch_loaded == "False"
+
+
+def test_every_report_states_its_machine_as_machine_py_describes_it():
+    """Each report's markdown holds `describe()` of the machine its .json recorded (a string there: already
+    described). The reports the index names as older (made before machine.py, not made again) are exempt."""
+    from engines.bench.machine import describe
+
+    index = (BENCH / "README.md").read_text()
+    older = set(re.findall(r"`([^`]+\.md)`", index.split("Older reports:", 1)[1].split("\n\n", 1)[0]))
+    missing = []
+    for md in sorted(BENCH.glob("*.md")):
+        if md.name == "README.md" or md.name in older:
+            continue
+        record = md.with_suffix(".json")
+        machine = json.loads(record.read_text()).get("machine") if record.is_file() else None
+        if machine is None:
+            missing.append(f"{md.name}: its .json records no machine")
+        elif (machine if isinstance(machine, str) else describe(machine)) not in md.read_text():
+            missing.append(f"{md.name}: no `{machine if isinstance(machine, str) else describe(machine)}`")
+    assert not missing, "\n".join(missing)
+    for name in older:
+        assert (BENCH / name).is_file(), name

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.bench.coverage_meshes import MESHES
-from engines.bench.machine import torch_machine
+from engines.bench.machine import describe, torch_machine
 
 COMMAND = "realiz3d bench coverage"
 PROMPT = "a hand-painted toy"
@@ -237,9 +237,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# Coverage: how much of the surface the model colours",
         "",
-        f"Made by `{report['command']}` (engines/bench/coverage.py); machine: "
-        + ", ".join(f"{k} {v}" for k, v in report["machine"].items())
-        + ".",
+        f"Made by `{report['command']}` (engines/bench/coverage.py). Machine: {describe(report['machine'])}.",
         f"Model `{s['model']}` ({s['view_resolution']} px views), default texture settings (6 views, "
         f"{s['request']['steps']} steps, atlas {s['request']['atlas_size']}, bake at "
         f"{s['request']['bake_resolution']} px, coverage_target {s['request']['coverage_target']}, "

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from engines.bench.machine import machine
+from engines.bench.machine import describe, machine
 
 _MB = 1024.0  # ru_maxrss is in KiB on Linux
 
@@ -160,6 +160,7 @@ def run_job_memory_bench(out_dir: Path = Path("docs/benchmarks"), cases: list[st
         "`realiz3d bench memory` (engines/bench/job_memory.py): each case in a fresh interpreter; *extra* is",
         "the growth of peak RSS over the process after its imports (and the model, for jobs); *estimate* is",
         "what the per-job budget check (`REALIZ3D_MESH_MEMORY_BUDGET_MB`) predicted from the document.",
+        f"Machine: {describe(report['machine'])}.",
         "",
         "| case | outcome | upload bytes | estimate MB | baseline MB | peak MB | extra MB |",
         "|---|---|---|---|---|---|---|",

@@ -39,16 +39,36 @@ def torch_machine() -> dict[str, Any]:
     return machine()
 
 
+# Key names of reports written before this module (geometry, unwrap, backends): read as the ones above.
+_OLDER_KEYS = {
+    "processor": "cpu",
+    "cpus_usable": "usable_cores",
+    "omp_num_threads": "OMP_NUM_THREADS",
+    "torch_threads": "threads",
+    "load_average_1min_after": "load_average_1min",
+}
+
+
 def describe(info: dict[str, Any] | None = None) -> str:
     """`x86_64, 2 cores (2 usable), OMP_NUM_THREADS=2, Python 3.11.7, torch 2.13.0+cpu (2 threads), load
-    average 1.7`"""
-    m = info if info is not None else machine()
-    cores = f"{m.get('cores')} cores" + (f" ({m['usable_cores']} usable)" if "usable_cores" in m else "")
-    parts = [f"{m.get('cpu', '?')}, {cores}", f"OMP_NUM_THREADS={m.get('OMP_NUM_THREADS') or 'unset'}"]
+    average 1.7`; of a recorded `machine()` (or an older report's machine record), only what it holds."""
+    m = dict(info if info is not None else machine())
+    for old, key in _OLDER_KEYS.items():
+        if old in m:
+            m.setdefault(key, m[old])
+    parts = [str(m.get("cpu", "?"))]
+    if m.get("cores") is not None:
+        parts[0] += f", {m['cores']} cores" + (
+            f" ({m['usable_cores']} usable)" if "usable_cores" in m else ""
+        )
+    elif "usable_cores" in m:
+        parts[0] += f", {m['usable_cores']} usable cores"
+    if "OMP_NUM_THREADS" in m:  # machine() always records it (None: unset)
+        parts.append(f"OMP_NUM_THREADS={m['OMP_NUM_THREADS'] or 'unset'}")
     if "python" in m:
         parts.append(f"Python {m['python']}")
     if "torch" in m:
-        threads = m.get("threads", m.get("torch_threads"))
+        threads = m.get("threads")
         parts.append(f"torch {m['torch']}" + (f" ({threads} threads)" if threads is not None else ""))
     if "load_average_1min" in m:
         parts.append(f"load average {m['load_average_1min']}")

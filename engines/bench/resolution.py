@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from engines.bench.machine import torch_machine
+from engines.bench.machine import describe, torch_machine
 from engines.models.model_folder import save_model
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
@@ -111,7 +111,7 @@ def markdown(result: dict) -> str:
     lines = [
         "# Default model resolution: 32 px vs 64 px (`realiz3d bench resolution`)",
         "",
-        f"Machine: {result['machine']}. The shipped architecture (UNet widths 32/64/64, block-shift shifter) "
+        f"Machine: {describe(result['machine'])}. The shipped architecture (UNet widths 32/64/64, block-shift shifter) "
         "built fresh at each resolution and measured in one run, interleaved, medians. *Train step*: 2 "
         "synthetic objects x 4 views with controls + 8 photographs (two forward/backward passes). "
         "*Generate*: 4 views x 30 DDIM steps with guidance (goal <= 10 s). *Recipe, one method*: base "

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.bench.geometry import bumpy_torus
-from engines.bench.machine import describe
+from engines.bench.machine import describe, machine
 from engines.sampling.cameras import Camera, orbit_cameras, texturing_cameras
 from engines.texturing.bake import bake_views
 from engines.texturing.export import textured_glb_bytes
@@ -330,6 +330,7 @@ def run_asset_benchmark(
         "fill_2048": time_fill(),
         "bake_round_trip": bake_round_trip(),
         "instanced_bake": [instanced_bake(n) for n in (1, 21, 84)],
+        "machine": machine(),  # after the runs (its load average)
     }
     figure = fill_figure(Path(samples_dir) / "fill_before_after.png")
     out = Path(out_dir)
@@ -339,7 +340,7 @@ def run_asset_benchmark(
     lines = [
         "# Texturing: asset re-export, fill, bake round trip",
         "",
-        f"Machine, after the runs: {describe()}. Wall seconds grow with the load, the CPU seconds of the "
+        f"Machine, after the runs: {describe(result['machine'])}. Wall seconds grow with the load, the CPU seconds of the "
         "process (in brackets) do not; compare figures within one run.",
         "",
         f"- Re-export of a {r['faces']}-face skinned GLB ({r['glb_bytes']} bytes): load (document, bind pose, "

@@ -28,7 +28,7 @@ import httpx
 from engines.bench.gateway_overhead import _free_port, _local_stack
 from engines.bench.loadtest import JobSample, LoadTestConfig, run_load, run_loadtest, summarize
 from engines.bench.loadtest import write_report as write_loadtest_report
-from engines.bench.machine import machine
+from engines.bench.machine import describe, machine
 from service.settings import get_settings
 
 CONFIGS = (("batched", 8), ("unbatched", 1))
@@ -173,7 +173,8 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "throughput"
             "",
             f"Real service (redis-server + 1 worker + gateway), embedded default model, {w['concurrency']} "
             f"concurrent clients, {w['jobs']} jobs of {w['num_views']} views x {w['steps']} steps each "
-            f"per configuration, in {w['rounds']} alternating rounds of one run.",
+            f"per configuration, in {w['rounds']} alternating rounds of one run. Machine: "
+            f"{describe(report['machine'])}.",
             "",
             "| config | jobs/s | p50 s | p99 s | queue wait p50 s | mean UNet batch (images) | errors |",
             "|---|---|---|---|---|---|---|",

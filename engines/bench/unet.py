@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engines.bench.machine import torch_machine
+from engines.bench.machine import describe, torch_machine
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.runtime.torch_runner import cast_inputs
@@ -292,7 +292,7 @@ def write_report(result: dict, out_dir: Path, name: str = "unet") -> None:
     lines = [
         "# UNet step: Domain Shifter cost (`realiz3d bench unet`)",
         "",
-        f"Machine: {r['machine']}. Model: {r['model']}. UNet batch {r['unet_batch']} (4 views x CFG). "
+        f"Machine: {describe(r['machine'])}. Model: {r['model']}. UNet batch {r['unet_batch']} (4 views x CFG). "
         "Baseline: the bare UNet (same weights, shifter removed, no hooks), interleaved in the same run.",
         "",
         "| measure | value | goal |",
@@ -360,14 +360,20 @@ def run_sd_shifter_cost(out_dir: str | Path = "docs/benchmarks", views: int = 1,
         "model": "seeded SD-1.x-shaped UNet (engines/bench/sd_like.py), 64x64 latents",
         **shifter_cost(sd_like_model, views, repeats),
     }
-    out_dir = Path(out_dir)
+    print("\n".join(write_sd_report(result, Path(out_dir))))
+    return result
+
+
+def write_sd_report(result: dict, out_dir: Path) -> list[str]:
+    """unet_sd_cpu.json and .md from `run_sd_shifter_cost`'s result; the markdown's lines."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "unet_sd_cpu.json").write_text(json.dumps(result, indent=2))
     r = result
+    views = r["unet_batch"] // 2  # views x CFG
     lines = [
         "# Domain Shifter cost at SD 1.x shapes, CPU (`realiz3d bench unet --shape sd`)",
         "",
-        f"Machine: {r['machine']}. Model: {r['model']}, {r['parameters']:,} parameters, {r['block_sites']} "
+        f"Machine: {describe(r['machine'])}. Model: {r['model']}, {r['parameters']:,} parameters, {r['block_sites']} "
         f"block-shift sites, UNet batch {r['unet_batch']} ({views} view(s) x CFG). Baseline: the same weights "
         f"built again with the shifter removed; interleaved medians of {r['repeats']} steps each.",
         "",
@@ -379,5 +385,4 @@ def run_sd_shifter_cost(out_dir: str | Path = "docs/benchmarks", views: int = 1,
         f"| extra bytes, all domains (offset tables) | {r['extra_bytes_all_domains']} B | |",
     ]
     (out_dir / "unet_sd_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return result
+    return lines
