@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "a bare FastAPI app), gateway-overhead (queue latency), throughput, "
         "resolution (the default model at 32 vs 64 px: training step and generation), memory (peak RSS per "
         "job kind and per hostile upload), loading (peak RAM while loading an SD-shaped UNet), coverage (surface "
-        "shares, views and job time of texturing procedural meshes, view planning off and on; bake round trip)",
+        "shares, views and job time of texturing procedural meshes, view planning off and on; bake round trip), "
+        "first-job (a fresh clone's `make run`: seconds to /healthz and to a finished job; port 8000 free)",
     )
     b.add_argument(
         "target",
@@ -78,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "loading",
             "cache",
             "coverage",
+            "first-job",
         ),
     )
     b.add_argument(
@@ -260,6 +262,13 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.gateway_overhead import run
 
         run(out_dir=args.out)
+    elif args.target == "first-job":
+        from engines.bench.first_job import run as run_first_job
+
+        report = run_first_job(out_dir=args.out)
+        print(
+            f"fresh clone -> /healthz {report['healthz_s']} s; -> first job succeeded {report['first_job_s']} s"
+        )
     else:
         from engines.bench.throughput import run
 
