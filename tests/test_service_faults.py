@@ -52,7 +52,9 @@ def test_a_poison_job_fails_alone_without_failing_its_batch_mates(redis_server, 
             done = client.wait(job.id, timeout=240)
             assert done.status == "succeeded", (job.id, done.error)
 
-        # The failure is counted exactly once, by the process that moved the job to failed.
+        # The failure is counted exactly once, by the process that moved the job to failed. The last
+        # worker may have been started after the last kill and still be loading: its counter once it is up.
+        service_launcher.wait_ready(workers[-1])
         live = httpx.get(workers[-1].url + "/metrics").text
         failed = metric_value(client.metrics(), "realiz3d_jobs_total", status="failed") - failed_before
         assert failed + metric_value(live, "realiz3d_jobs_total", status="failed") == 1

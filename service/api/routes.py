@@ -25,6 +25,7 @@ from service.api.schemas import ErrorResponse, JobAccepted, JobOut, job_accepted
 from service.api.submission import MESH_FORMATS, submit, submit_async
 from service.api.texture_form import texture_request_body
 from service.api.uploads import check_gltf_json, read_mesh_upload
+from service.eta import estimate_record
 from service.jobs.records import JobKind, JobRecord
 from service.metrics import JOBS_TOTAL, QueueDepthCollector, render
 from service.settings import Settings
@@ -99,29 +100,32 @@ def _submit_limiter() -> CapacityLimiter:
     return limiter
 
 
-def _accepted(response: Response, job: JobRecord, created: bool) -> JobAccepted:
+def _accepted(ctx: ServiceContext, response: Response, job: JobRecord, created: bool) -> JobAccepted:
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
-    return job_accepted(job)
+    return job_accepted(job, estimate_record(ctx.workers_seen, job))
 
 
-def _accepted_response(job: JobRecord, created: bool) -> Response:
+def _accepted_response(ctx: ServiceContext, job: JobRecord, created: bool) -> Response:
     """`_accepted` as the finished response: the body serialized once by JobAccepted's own serializer (the
     bytes FastAPI writes for the response_model), without FastAPI validating the returned model again."""
     headers = {"Location": f"/v1/jobs/{job.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    body = job_accepted(job).model_dump_json()
+    body = job_accepted(job, estimate_record(ctx.workers_seen, job)).model_dump_json()
     return Response(body, status_code=202, headers=headers, media_type="application/json")
 
 
-def _owned_job(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord:
-    job = ctx.store.get(job_id)
+def _owned(ctx: ServiceContext, job: JobRecord | None, job_id: str, owner: str | None) -> JobRecord:
     # Another client's job answers exactly like a missing one: ids are not probeable.
     if job is None or (ctx.keys.enabled and job.owner != owner):
         raise ApiError(404, "not_found", f"no job {job_id}")
     return job
+
+
+def _owned_job(ctx: ServiceContext, job_id: str, owner: str | None) -> JobRecord:
+    return _owned(ctx, ctx.store.get(job_id), job_id, owner)
 
 
 @router.post(
@@ -148,14 +152,14 @@ async def create_multiview(
         job, created = await submit_async(
             ctx, JobKind.multiview, params, owner, idempotency_key, compare=full, webhook_url=webhook_url
         )
-        return _accepted_response(job, created)
+        return _accepted_response(ctx, job, created)
     job, created = await to_thread.run_sync(
         lambda: submit(
             ctx, JobKind.multiview, params, owner, idempotency_key, compare=full, webhook_url=webhook_url
         ),
         limiter=_submit_limiter(),
     )
-    return _accepted_response(job, created)
+    return _accepted_response(ctx, job, created)
 
 
 @router.post(
@@ -195,7 +199,7 @@ async def create_texture(
         params.model_dump(mode="json"),
         webhook_of(params),
     )
-    return _accepted(response, job, created)
+    return _accepted(ctx, response, job, created)
 
 
 def validate_mesh(data: bytes, filename: str, settings: Settings) -> None:
@@ -222,11 +226,19 @@ def validate_mesh(data: bytes, filename: str, settings: Settings) -> None:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
-async def get_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
+async def get_job(request: Request, owner: Owner, job_id: str = JOB_ID) -> Response:
     """Status, progress, timings per stage, error and artifacts of a job."""
-    # async with one explicit hop for the store read: FastAPI runs a sync endpoint in the thread pool and
-    # then validates its response_model in the thread pool again (two hops per request).
-    return job_out(await run_in_threadpool(_owned_job, ctx, job_id, owner))
+    # The hot path, like POST's: the context read here, not as a dependency; in the gateway the job hash
+    # read on the event loop (one HGETALL, no thread hop), elsewhere one explicit hop for the store read;
+    # the body serialized once by JobOut's own serializer (no second validation of the response_model).
+    ctx: ServiceContext = request.app.state.context
+    if ctx.submit_store is not None:
+        job = _owned(ctx, await ctx.submit_store.get(job_id), job_id, owner)
+    else:
+        job = await run_in_threadpool(_owned_job, ctx, job_id, owner)
+    return Response(
+        job_out(job, estimate_record(ctx.workers_seen, job)).model_dump_json(), media_type="application/json"
+    )
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobOut, responses=_ERRORS, tags=["jobs"])

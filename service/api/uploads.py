@@ -60,8 +60,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limit = self.limit
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is None:
+            if b"transfer-encoding" not in headers:  # no body (RFC 9112 6.3): nothing to bound or time
+                return await self.app(scope, receive, send)
+        elif declared.isdigit() and int(declared) > limit:
             await _drain(receive, limit * _DRAIN_FACTOR)
             return await _send_413(send, limit)
         seen = 0

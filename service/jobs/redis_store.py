@@ -77,7 +77,9 @@ end
 # The record's fields are one argument (ARGV[14]), a JSON array of field/value strings: redis-py packs
 # each argument in Python, ~1 us each. ARGV[15] '1': the caller decided on a snapshot of the live workers
 # (KEYS[7] zset, KEYS[8] info hash; alive at ARGV[16]; then their names, then their infos): 'stale',
-# before anything is counted or written, unless those are exactly the live workers now.
+# before anything is counted or written, unless those are exactly the live workers now. A created job's
+# record gets `ahead`, the jobs queued or running before it (KEYS[9] running set, KEYS[10..] the queued
+# zsets of every kind): the queue its estimated_seconds counts (service/eta.py); 'created' returns it.
 _CREATE = (
     _RATE_FUNCTION
     + """
@@ -105,13 +107,16 @@ end
 if ARGV[12] ~= '' then return {'refused', ARGV[12]} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[2]))
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'full', ''} end
+local ahead = redis.call('SCARD', KEYS[9])
+for i = 10, #KEYS do ahead = ahead + redis.call('ZCARD', KEYS[i]) end
 redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[14])))
+redis.call('HSET', KEYS[1], 'ahead', ahead)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if ARGV[8] == '1' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end  -- a webhook is due when it ends
 if ARGV[6] == '1' then redis.call('SET', KEYS[2], ARGV[1] .. '|' .. ARGV[5], 'EX', ARGV[2]) end
 if ARGV[13] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[13]) end
-return {'created', ARGV[1]}
+return {'created', tostring(ahead)}
 """
 )
 
@@ -288,6 +293,7 @@ _INT_FIELDS = (
     "lost_runs",
     "charged_runs",
     "webhook_attempts",
+    "ahead",
 )
 _BOOL_FIELDS = ("run_alone",)
 
@@ -369,6 +375,8 @@ def _create_call(
         message[0] if message else unused,
         P + "workers",
         P + "workers:info",
+        P + "running",
+        *(P + "queued:" + kind for kind in JobKind),
     ]
     token = f"{time.time():.6f}-{secrets.token_hex(4)}" if rate else ""
     argv = [
@@ -545,6 +553,7 @@ class RedisJobStore:
             if seen_hash != body_hash or existing is None:
                 raise IdempotencyConflict(idempotency_key)
             return existing, False
+        record.ahead = int(value)
         return record, True
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -802,6 +811,10 @@ class AsyncSubmitStore:
         h = await self._call(on, on.client.hgetall, P + "job:" + job_id)
         return _decode(h) if h else None
 
+    async def get(self, job_id: str) -> JobRecord | None:
+        """A job as `RedisJobStore.get` reads it, on the event loop (`GET /v1/jobs/{id}`: no thread hop)."""
+        return await self._get(self._on_loop(), job_id)
+
     async def lookup(self, idempotency_key: str | None) -> tuple[str, JobRecord | None, WorkersSnapshot]:
         """(the raw `id|hash` stored under the key or '', that job if it still exists, the live workers,
         which become the snapshot)."""
@@ -847,6 +860,7 @@ class AsyncSubmitStore:
         )
         outcome, value = await self._call(on, on.create, keys, argv)
         if outcome == "created":
+            record.ahead = int(value)
             return record, True
         if outcome == "stale":
             if self._snapshot is workers:
