@@ -39,6 +39,7 @@ from engines.runtime.batching import StepBatcher, UNetCallObserver
 from engines.runtime.cpu_setup import compute_threads, helper_thread
 from engines.runtime.engine import EngineCore
 from engines.runtime.factory import make_runner
+from engines.runtime.step_costs import StepCosts
 from engines.runtime.torch_runner import resolve_device
 from engines.sampling.cameras import Camera, camera_embeddings, cameras_to_json, orbit_cameras
 from engines.sampling.denoise import DenoiseJob, KnownRegion, make_scheduler
@@ -105,6 +106,10 @@ class Realiz3DPipeline:
         self.max_images: int | None = None
         #: on_unet_call(images, jobs, seconds): observes every UNet call (service metrics hook).
         self.on_unet_call: UNetCallObserver | None = None
+        #: what a step costs here, per image and step kind, measured by the engine loop (a worker
+        #: publishes it with its heartbeat: service/eta.py)
+        side = model.config.resolution // model.config.unet_input_factor
+        self.step_costs = StepCosts(native_cells=side * side)
 
     def enable_batching(
         self, max_jobs: int = 8, max_wait_ms: float = 5.0, threads: int | None = None
@@ -121,6 +126,7 @@ class Realiz3DPipeline:
                 on_unet_call=self._observe,
                 threads=threads or compute_threads(),
                 max_cells=self.max_cells,
+                costs=self.step_costs,
             )
         return self.batcher
 
@@ -350,7 +356,9 @@ class Realiz3DPipeline:
         if self.batcher is not None:
             return self.batcher.run(job, progress, should_cancel)
         with self.lock:
-            engine = EngineCore(self.runner, self._observe, self.max_cells, background_builds=False)
+            engine = EngineCore(
+                self.runner, self._observe, self.max_cells, background_builds=False, costs=self.step_costs
+            )
             return engine.run_alone(job, progress, should_cancel)
 
     # ---- entry points ------------------------------------------------------------------------------

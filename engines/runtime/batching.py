@@ -55,6 +55,7 @@ from engines.runtime.engine import (  # noqa: F401 - batch_inputs, group_key: re
     batch_inputs,
     group_key,
 )
+from engines.runtime.step_costs import StepCosts
 from engines.sampling.denoise import DenoiseJob
 
 log = logging.getLogger(__name__)
@@ -82,15 +83,17 @@ class StepBatcher:
         on_unet_call: UNetCallObserver | None = None,
         threads: int | None = None,
         max_cells: int | None = None,
+        costs: StepCosts | None = None,
     ) -> None:
         """`threads`: intra-op threads of the batcher's thread, which runs every UNet call (None: torch's
         default for a new thread, i.e. the last count set anywhere in the process). `max_cells`: the most
-        UNet-input cells (rows x H x W) one call may hold (None: no bound but the runner's own)."""
+        UNet-input cells (rows x H x W) one call may hold (None: no bound but the runner's own). `costs`:
+        where the loop's measured step costs go (engines/runtime/step_costs.py)."""
         if max_jobs < 1:
             raise ValueError("max_jobs must be >= 1")
         if max_cells is not None and max_cells < 1:
             raise ValueError("max_cells must be >= 1")
-        self.core = EngineCore(runner, on_unet_call, max_cells)
+        self.core = EngineCore(runner, on_unet_call, max_cells, costs=costs)
         self.max_jobs = max_jobs
         self.max_wait_s = max_wait_s
         self.threads = threads

@@ -31,6 +31,7 @@ import torch
 from engines.errors import JobCanceled
 from engines.requests import CancelCheck, ProgressCallback
 from engines.runtime.base import UNetRunner, call_limit, call_pieces, run_padded, run_step_padded
+from engines.runtime.step_costs import StepCosts
 from engines.sampling.denoise import DenoiseJob
 from engines.types import DomainCombo, UNetInputs
 
@@ -252,10 +253,13 @@ class EngineCore:
         on_unet_call: UNetCallObserver | None = None,
         max_cells: int | None = None,
         background_builds: bool = True,
+        costs: StepCosts | None = None,
     ) -> None:
+        """`costs`: where each tick's step costs go (engines/runtime/step_costs.py; a new one if None)."""
         self.scheduler = Scheduler(runner, max_cells, background_builds)
         self.executor = Executor(runner, on_unet_call)
         self.executor.max_cells = max_cells
+        self.costs = costs if costs is not None else StepCosts()
 
     @property
     def runner(self) -> UNetRunner:
@@ -276,11 +280,18 @@ class EngineCore:
             self.runner.prepare(sorted(set(job.combos)))
 
     def step(self, slots: Sequence[Slot]) -> TickPlan:
-        """One tick: every schedulable job makes one step (or fails). Returns the plan it ran."""
+        """One tick: every schedulable job makes one step (or fails). Returns the plan it ran. Each call's
+        time and the tick's go to `costs` (per image and step kind)."""
+        tick_start = time.perf_counter()
         plan = self.scheduler.schedule(slots)
+        timed: list[tuple[str, float, float]] = []
         for call in plan.calls:
             try:
+                t0 = time.perf_counter()
                 preds = self.executor.execute(call)
+                rows = sum(s.job.images_per_call for s in call.slots)
+                images = self.costs.images(rows, *call.slots[0].job.latents.shape[-2:])
+                timed.append((call.kind, images, time.perf_counter() - t0))
             except BaseException as e:  # noqa: BLE001 - a failed call fails the jobs in it, not the loop
                 log.exception("batched UNet call failed")
                 for s in call.slots:
@@ -293,6 +304,7 @@ class EngineCore:
                     s.error = e
                 s.stepped_once()
         self.executor.report_timings()
+        self.costs.record_tick(timed, time.perf_counter() - tick_start)
         return plan
 
     def run_alone(

@@ -17,6 +17,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils import logging as diffusers_logging
 
+from engines.runtime.step_costs import full_step
 from engines.types import DomainCombo, DomainSchedule, UNetInputs
 
 diffusers_logging.set_verbosity_error()  # scheduler configs carry keys other schedulers ignore
@@ -122,12 +123,8 @@ class DenoiseJob:
         """What the next UNet call computes: "full" (the whole UNet) or "shallow" (its shallow branch on
         the cached deep feature). Full every `cache_interval` steps, and whenever the domain assignment
         differs from the one the cached feature was made under (a step split or block split switching)."""
-        if (
-            not self.caches
-            or self.deep is None
-            or self.combo != self.deep_combo
-            or self.step_index - self.deep_step >= self.cache_interval
-        ):
+        deep_step = self.deep_step if self.deep is not None else -1
+        if full_step(self.step_index, self.cache_interval, self.combo, deep_step, self.deep_combo):
             return "full"
         return "shallow"
 
