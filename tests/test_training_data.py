@@ -62,3 +62,39 @@ def test_dataset_cache_round_trip():
         assert fresh[1].captions == x[1].captions
     x = to_model_range(fresh[1].images)
     assert x.shape == (3, 3, 16, 16) and x.min() >= -1.0 and x.max() <= 1.0
+
+
+def test_photos_from_a_copied_folder_without_scipy_make_the_same_set(tmp_path, monkeypatch):
+    """The GPU machine has neither scikit-image nor scipy: deploy/gpu_train.sh points REALIZ3D_PHOTO_DIR at
+    copies of the sample photographs, and the blur falls back to numpy; the photographs are the same."""
+    import shutil
+    import sys
+
+    from engines.training import real_data
+
+    reference = make_real_set(3, seed=11, resolution=24)
+    for name in real_data.BACKGROUND_PHOTOS + real_data.GREY_TEXTURES:
+        shutil.copy(real_data.skimage_data_dir() / name, tmp_path / name)
+    monkeypatch.setenv(real_data.PHOTO_DIR_ENV, str(tmp_path))
+    monkeypatch.setitem(sys.modules, "scipy.ndimage", None)  # `from scipy.ndimage import ...` fails
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    real_data.load_photo.cache_clear()
+    try:
+        assert real_data.skimage_data_dir() == tmp_path
+        copied = make_real_set(3, seed=11, resolution=24)
+    finally:
+        real_data.load_photo.cache_clear()
+    np.testing.assert_array_equal(copied.images, reference.images)
+    assert copied.captions == reference.captions
+
+
+def test_numpy_gaussian_blur_is_scipys():
+    from scipy.ndimage import gaussian_filter
+
+    from engines.training.real_data import gaussian_blur
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        img = rng.random((int(rng.integers(8, 90)), int(rng.integers(8, 90)), 3)).astype(np.float32)
+        sigma = (rng.uniform(0.8, 2.5), rng.uniform(0.8, 2.5), 0)
+        np.testing.assert_allclose(gaussian_blur(img, sigma), gaussian_filter(img, sigma=sigma), atol=1e-6)

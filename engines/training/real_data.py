@@ -17,6 +17,7 @@ are kept: the camera and the geometry are never exposed to training (empty contr
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,53 @@ class RealSet:
         return len(self.captions)
 
 
+#: A folder holding copies of those sample files, for a machine without scikit-image (`make gpu-wheels`
+#: copies them into wheels/photos; deploy/gpu_train.sh points this at that folder).
+PHOTO_DIR_ENV = "REALIZ3D_PHOTO_DIR"
+
+
 def skimage_data_dir() -> Path:
+    if os.environ.get(PHOTO_DIR_ENV):
+        return Path(os.environ[PHOTO_DIR_ENV])
     try:
         import skimage.data
     except ImportError as e:  # pragma: no cover - dependency message
         raise ImportError(
-            "the real-domain data needs scikit-image's bundled sample photographs: pip install scikit-image"
+            "the real-domain data needs scikit-image's bundled sample photographs: pip install scikit-image "
+            f"(or {PHOTO_DIR_ENV}=a folder with copies of {', '.join(BACKGROUND_PHOTOS + GREY_TEXTURES)})"
         ) from e
     return Path(skimage.data.__file__).parent
+
+
+def gaussian_blur(image: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter(image, sigma) (truncate 4, mode "reflect") in numpy, for a machine
+    without scipy (the GPU machine): one 1-D pass per axis, accumulated in float64 and stored in the input's
+    dtype between passes, as scipy does; equal to it within float rounding (tests/test_training_data.py)."""
+    out = image
+    for axis, s in enumerate(sigma):
+        if s <= 1e-15:
+            continue
+        radius = int(4.0 * s + 0.5)
+        x = np.arange(-radius, radius + 1)
+        weights = np.exp(-0.5 / (s * s) * x.astype(np.float64) ** 2)
+        weights /= weights.sum()
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out.astype(np.float64), pad, mode="symmetric")
+        n = out.shape[axis]
+        acc = np.zeros(out.shape, np.float64)
+        for k, w in enumerate(weights):
+            acc += w * np.take(padded, np.arange(k, k + n), axis=axis)
+        out = acc.astype(image.dtype)
+    return out
+
+
+def _gaussian_filter(image: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
+    try:
+        from scipy.ndimage import gaussian_filter
+    except ImportError:
+        return gaussian_blur(image, sigma)
+    return gaussian_filter(image, sigma=sigma)
 
 
 @functools.cache
@@ -87,8 +127,6 @@ def _sample_texture(tex: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
     photo = load_photo(BACKGROUND_PHOTOS[int(rng.integers(len(BACKGROUND_PHOTOS)))])
     h, w = photo.shape[:2]
     crop = int(rng.integers(min(h, w) // 4, min(h, w) // 2))
@@ -97,7 +135,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     img = photo[y0 + idx][:, x0 + idx]
     if rng.random() < 0.5:
         img = img[:, ::-1]
-    img = gaussian_filter(img, sigma=(rng.uniform(0.8, 2.5), rng.uniform(0.8, 2.5), 0))
+    img = _gaussian_filter(img, (rng.uniform(0.8, 2.5), rng.uniform(0.8, 2.5), 0))
     return img * rng.uniform(0.6, 1.05)
 
 

@@ -27,10 +27,12 @@ launch`); the model is wrapped in DDP by `Accelerator.prepare`, bf16 autocast on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -85,6 +87,11 @@ class TrainConfig:
     tau_blocks: int | None = None  # stage 2: i ~ U{0..tau_B}; None = the shifter config's tau_blocks
     stage1_steps: int = 0  # naive only: how many leading steps use stage-1 data
     checkpoint_every: int = 200
+    # Wall-clock limits (a GPU lent for minutes): the stage stops at `max_seconds` (its steps refitted to
+    # the time, so the learning-rate schedule still ends) and writes its checkpoint and OUT/latest (the EMA
+    # weights as a model folder) every `checkpoint_seconds`, so a run killed from outside leaves weights.
+    max_seconds: float | None = None
+    checkpoint_seconds: float | None = None
     log_every: int = 25
     data: DataSpec = field(default_factory=DataSpec)  # the toy data, when data_dir is None
     data_dir: str | None = None  # a DATA_DIR (dataset.py's format)
@@ -107,6 +114,12 @@ class TrainConfig:
             raise UserInputError(f"--form must be block-shift or lora, got {self.shifter_form!r}")
         if self.tau_blocks is not None and self.tau_blocks < 0:
             raise UserInputError(f"--tau-blocks must be >= 0, got {self.tau_blocks}")
+        for name, value in (
+            ("--max-minutes", self.max_seconds),
+            ("--checkpoint-minutes", self.checkpoint_seconds),
+        ):
+            if value is not None and not value > 0:
+                raise UserInputError(f"{name} must be > 0, got {value / 60:g}")
         if self.precision not in PRECISIONS:
             raise UserInputError(
                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -615,15 +628,66 @@ class Trainer:
             )
         return digests
 
+    def _agreed(self, flag: bool) -> bool:
+        """True if any process says so: every process stops or checkpoints at the same step."""
+        if self.acc.num_processes == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor([float(flag)], device=self.acc.device), "sum").item() > 0)
+
+    def _fit_steps(self, steps_per_s: float, seconds_left: float) -> None:
+        """Shorten the stage to the steps that fit the time left at `steps_per_s` (never lengthen it)."""
+        fit = self.step + int(steps_per_s * seconds_left)
+        if self.acc.num_processes > 1:
+            fit = int(self.acc.gather(torch.tensor([fit], device=self.acc.device)).min().item())
+        if fit < self.cfg.steps:
+            self.cfg.steps = max(self.step + 1, fit)
+            self.cfg.warmup = min(self.cfg.warmup, max(1, self.cfg.steps // 10))  # a short stage still decays
+            self.log(f"stage {self.cfg.stage}: time budget: {self.cfg.steps} steps ({steps_per_s:.2f} it/s)")
+
+    def _checkpoint_latest(self) -> None:
+        """The resumable checkpoint and OUT/latest, the EMA weights as a model folder."""
+        self.save()
+        latest = self.export(self.out / "latest")
+        if self.acc.is_main_process:
+            (self.out / "latest.json").write_text(
+                json.dumps(
+                    {
+                        "stage": self.cfg.stage,
+                        "step": self.step,
+                        "steps": self.cfg.steps,
+                        "model": str(latest),
+                    }
+                )
+            )
+
     def run(self) -> Path:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         logf = (self.out / "log.jsonl").open("a") if self.acc.is_main_process else None
         t0, start_step = time.perf_counter(), self.step
+        deadline = t0 + cfg.max_seconds if cfg.max_seconds is not None else None
+        # Steps are fitted to the time budget after 10 steps (rate with the warm-up in it: cautious), then
+        # at a quarter and at half of the budget (the rate since the first fit).
+        fits = [0.25, 0.5]
+        first_fit: tuple[int, float] | None = None
+        last_checkpoint = t0
         window: list[dict[str, float]] = []
         while self.step < cfg.steps:
             losses = self._mean_over_processes(self.train_step(self.step))
             self.step += 1
+            now = time.perf_counter()
+            out_of_time = False
+            if deadline is not None:
+                if first_fit is None and self.step - start_step >= 10:
+                    self._fit_steps((self.step - start_step) / (now - t0), deadline - now)
+                    first_fit = (self.step, now)
+                elif first_fit is not None and fits and now - t0 >= fits[0] * cfg.max_seconds:
+                    fits.pop(0)
+                    self._fit_steps((self.step - first_fit[0]) / (now - first_fit[1]), deadline - now)
+                out_of_time = self._agreed(now >= deadline)
+            periodic = cfg.checkpoint_seconds is not None and self._agreed(
+                now - last_checkpoint >= cfg.checkpoint_seconds
+            )
             window.append(losses)
             if logf is not None:
                 logf.write(json.dumps({"step": self.step, **losses}) + "\n")
@@ -639,14 +703,50 @@ class Trainer:
                 if logf is not None:
                     logf.flush()
                 window = []
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if periodic:
+                self._checkpoint_latest()
+                last_checkpoint = time.perf_counter()
+            elif self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or out_of_time:
                 self.save()
+            if out_of_time and self.step < cfg.steps:
+                self.log(
+                    f"stage {cfg.stage}: time budget ({cfg.max_seconds:.0f} s) spent at step {self.step}"
+                )
+                break
         if logf is not None:
             logf.close()
         self.check_processes_agree()
         final = self.export(self.out / "final")
-        self.log(f"stage {cfg.stage} done: model folder {final}")
+        if self.acc.is_main_process:  # the finished weights supersede the periodic copy
+            shutil.rmtree(self.out / "latest", ignore_errors=True)
+            (self.out / "latest.json").unlink(missing_ok=True)
+        self.acc.wait_for_everyone()
+        self.log(f"stage {cfg.stage} done at step {self.step}: model folder {final}")
         return final
+
+
+class StageBudget:
+    """A run's wall-clock budget (`cfg.max_seconds` of `train_all` / `train_from_pretrained`) shared among
+    its stages in proportion to their work (a two-pass step, synthetic + real, counts twice a base step's
+    one pass). Each stage's share is taken when it starts, from the time then left, so the time an
+    earlier stage did not use (or the data it had to generate first) moves the later ones."""
+
+    def __init__(self, seconds: float | None, work: list[float]) -> None:
+        self.deadline = time.perf_counter() + seconds if seconds is not None else None
+        self.work_left = float(sum(work))
+
+    def run(self, trainer: Trainer, work: float) -> Path:
+        if self.deadline is not None:
+            left = max(1.0, self.deadline - time.perf_counter())
+            trainer.cfg.max_seconds = left * work / max(self.work_left, work)
+        self.work_left -= work
+        return trainer.run()
+
+
+def _stage_config(cfg: TrainConfig, name: str, steps: int, **kw) -> TrainConfig:
+    return TrainConfig(
+        **{**asdict(cfg), "stage": name, "steps": steps, "data": cfg.data, "max_seconds": None, **kw}
+    )
 
 
 def train_all(
@@ -660,23 +760,31 @@ def train_all(
 ) -> dict[str, Path]:
     """base (OUT/base) -> stage 1 -> stage 2 for each Domain Shifter form (block-shift: OUT/stage1,
     OUT/stage2; lora: OUT/lora/stage1, OUT/lora/stage2), and the naive baseline from the same base on
-    the same budget (OUT/naive). `cfg.steps` is the budget after the base stage."""
-
-    def stage(name: str, steps: int, **kw) -> TrainConfig:
-        return TrainConfig(**{**asdict(cfg), "stage": name, "steps": steps, "data": cfg.data, **kw})
-
-    paths = {"base": Trainer(stage("base", base_steps), out / "base", resume=resume, log=log).run()}
+    the same budget (OUT/naive). `cfg.steps` is the budget after the base stage; `cfg.max_seconds`, if
+    set, bounds the whole run's wall time (StageBudget)."""
+    stage = functools.partial(_stage_config, cfg)
+    stage2_steps = cfg.steps - stage1_steps
+    budget = StageBudget(
+        cfg.max_seconds, [base_steps, *[2 * stage1_steps, 2 * stage2_steps] * len(forms), 2 * cfg.steps]
+    )
+    paths = {
+        "base": budget.run(
+            Trainer(stage("base", base_steps), out / "base", resume=resume, log=log), base_steps
+        )
+    }
     for form in forms:
         root = out if form == "block-shift" else out / form
         key = "" if form == "block-shift" else f"{form}_"
         s1 = stage("1", stage1_steps, shifter_form=form, train=None)  # stage 1: the shifter only
-        paths[f"{key}stage1"] = Trainer(s1, root / "stage1", init=paths["base"], resume=resume, log=log).run()
-        s2 = stage("2", cfg.steps - stage1_steps, shifter_form=form)
-        paths[f"{key}stage2"] = Trainer(
-            s2, root / "stage2", init=paths[f"{key}stage1"], resume=resume, log=log
-        ).run()
+        trainer = Trainer(s1, root / "stage1", init=paths["base"], resume=resume, log=log)
+        paths[f"{key}stage1"] = budget.run(trainer, 2 * stage1_steps)
+        s2 = stage("2", stage2_steps, shifter_form=form)
+        trainer = Trainer(s2, root / "stage2", init=paths[f"{key}stage1"], resume=resume, log=log)
+        paths[f"{key}stage2"] = budget.run(trainer, 2 * stage2_steps)
     nv = stage("naive", cfg.steps, stage1_steps=stage1_steps)
-    paths["naive"] = Trainer(nv, out / "naive", init=paths["base"], resume=resume, log=log).run()
+    paths["naive"] = budget.run(
+        Trainer(nv, out / "naive", init=paths["base"], resume=resume, log=log), 2 * cfg.steps
+    )
     return paths
 
 
@@ -684,13 +792,15 @@ def train_from_pretrained(
     cfg: TrainConfig, out: Path, init: Path, stage1_steps: int, resume: bool, log=print
 ) -> dict[str, Path]:
     """The method on a pre-trained (e.g. imported SD/MVDream) model: stage 1 (OUT/stage1, `stage1_steps`)
-    then stage 2 (OUT/stage2, the rest of `cfg.steps`)."""
-
-    def stage(name: str, steps: int, **kw) -> TrainConfig:
-        return TrainConfig(**{**asdict(cfg), "stage": name, "steps": steps, "data": cfg.data, **kw})
-
-    s1 = Trainer(
-        stage("1", stage1_steps, train=None), out / "stage1", init=init, resume=resume, log=log
-    ).run()
-    s2 = Trainer(stage("2", cfg.steps - stage1_steps), out / "stage2", init=s1, resume=resume, log=log).run()
+    then stage 2 (OUT/stage2, the rest of `cfg.steps`), within `cfg.max_seconds` if set."""
+    stage = functools.partial(_stage_config, cfg)
+    stage2_steps = cfg.steps - stage1_steps
+    budget = StageBudget(cfg.max_seconds, [stage1_steps, stage2_steps])
+    s1 = budget.run(
+        Trainer(stage("1", stage1_steps, train=None), out / "stage1", init=init, resume=resume, log=log),
+        stage1_steps,
+    )
+    s2 = budget.run(
+        Trainer(stage("2", stage2_steps), out / "stage2", init=s1, resume=resume, log=log), stage2_steps
+    )
     return {"stage1": s1, "stage2": s2}

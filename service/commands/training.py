@@ -17,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "same base and data with no domain covariate. 'all' runs base, stage 1, stage 2 and naive into "
         "OUT/base, OUT/stage1, OUT/stage2, OUT/naive (and OUT/lora/... with --with-lora); '1+2' (the "
         "default with --init) runs stage 1 and stage 2 from a pre-trained model. Each run "
-        "writes OUT/checkpoint (resumable) and OUT/final (the model folder, EMA weights). See "
-        "docs/training.md.",
+        "writes OUT/checkpoint (resumable) and OUT/final (the model folder, EMA weights); with "
+        "--checkpoint-minutes also OUT/latest while it runs. See docs/training.md.",
     )
     p.add_argument(
         "--stage",
@@ -79,7 +79,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint")
-    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole command: shared among its stages by their work; each stage "
+        "fits its steps (and learning-rate schedule) to its share and stops there (default: no limit)",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=None,
+        help="also write OUT/checkpoint and OUT/latest (the EMA weights as a model folder) every that many "
+        "minutes of wall time, so a run killed from outside leaves usable weights (default: off)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=32,
+        help="image size of a fresh model (base, all) and of the toy data (the shipped model: 32)",
+    )
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--synthetic-objects", type=int, default=800, help="toy data: objects (x 4 views)")
     p.add_argument("--photos", type=int, default=3200, help="toy data: photographs")
@@ -178,6 +198,7 @@ def run_train(args: argparse.Namespace) -> int:
         synthetic=_positive("--synthetic-objects", args.synthetic_objects),
         real=_positive("--photos", args.photos),
         seed=args.seed,
+        resolution=_positive("--resolution", args.resolution),
     )
     cfg = TrainConfig(
         stage={"all": "base", "1+2": "2"}.get(args.stage, args.stage),  # 1+2: stage 1 resets --train
@@ -198,6 +219,9 @@ def run_train(args: argparse.Namespace) -> int:
         train=args.train if args.stage not in ("all", "1+2") else _later_stages(args.train),
         gradient_checkpointing=args.gradient_checkpointing,
         precision=args.precision,
+        resolution=args.resolution,
+        max_seconds=args.max_minutes * 60 if args.max_minutes is not None else None,
+        checkpoint_seconds=args.checkpoint_minutes * 60 if args.checkpoint_minutes is not None else None,
     )
     if args.stage == "1+2":
         paths = train_from_pretrained(cfg, args.out, args.init, stage1, args.resume, log=_log)
