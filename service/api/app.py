@@ -154,7 +154,7 @@ def fail_unserved(ctx: ServiceContext) -> int:
     s = ctx.settings
     if ctx.warming():
         return 0
-    workers = ctx.store.live_workers()
+    workers = ctx.workers_seen = ctx.store.live_workers()
     failed = 0
     for kind in JobKind:
         if worker_serves(workers, kind):

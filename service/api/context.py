@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -39,6 +39,9 @@ class ServiceContext:
     #: gateway: POST /v1/multiview submits on the event loop through it (`submission.submit_async`);
     #: None (embedded): every submission runs `submission.submit` in a thread
     submit_store: AsyncSubmitStore | None = None
+    #: the live workers' infos as this process last read them (a submission, the maintenance loop): what
+    #: estimated_seconds is computed from (service/eta.py), with no read of its own
+    workers_seen: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.webhooks is None:

@@ -67,10 +67,23 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+#: the one description of `estimated_seconds` (202 and GET /v1/jobs/{id}); how it is made: service/eta.py
+ESTIMATED_SECONDS = Field(
+    None,
+    description="seconds until the job ends, as the service estimates it now: the jobs queued or running "
+    "ahead of it when it was submitted plus its own denoising steps (views x steps, full and shallow as its "
+    "cache_interval implies) at the step costs its workers measure and publish, plus their recent jobs' time "
+    "outside denoising (for a texture job: unwrap, render, bake, planned views, fill, as a median). GET keeps "
+    "it current from the job's progress; 0 once the job ended; null while no live worker publishes step costs",
+    examples=[6.2],
+)
+
+
 class JobAccepted(BaseModel):
     id: str
     kind: Literal["multiview", "texture"]
     status: JobStatusName
+    estimated_seconds: float | None = ESTIMATED_SECONDS
     links: JobLinks
 
 
@@ -92,6 +105,7 @@ class JobOut(BaseModel):
     artifacts: list[ArtifactOut] = Field(default_factory=list)
     attempts: int = 0
     webhook: WebhookOut | None = Field(None, description="present when the job has a webhook_url")
+    estimated_seconds: float | None = ESTIMATED_SECONDS
     links: JobLinks
 
     @property
@@ -108,7 +122,7 @@ def _time(ts: float | None) -> datetime | None:
     return datetime.fromtimestamp(ts, tz=UTC) if ts else None
 
 
-def job_out(record) -> JobOut:  # noqa: ANN001 - service.jobs.records.JobRecord (kept out of the client's imports)
+def job_out(record, estimated_seconds: float | None = None) -> JobOut:  # noqa: ANN001 - service.jobs.records.JobRecord (kept out of the client's imports)
     base = f"/v1/jobs/{record.id}"
     return JobOut(
         id=record.id,
@@ -143,11 +157,16 @@ def job_out(record) -> JobOut:  # noqa: ANN001 - service.jobs.records.JobRecord 
         )
         if record.webhook_url
         else None,
+        estimated_seconds=0.0 if record.status.terminal else estimated_seconds,
         links=links_for(record.id),
     )
 
 
-def job_accepted(record) -> JobAccepted:  # noqa: ANN001
+def job_accepted(record, estimated_seconds: float | None = None) -> JobAccepted:  # noqa: ANN001
     return JobAccepted(
-        id=record.id, kind=record.kind.value, status=record.status.value, links=links_for(record.id)
+        id=record.id,
+        kind=record.kind.value,
+        status=record.status.value,
+        estimated_seconds=estimated_seconds,
+        links=links_for(record.id),
     )

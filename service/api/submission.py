@@ -156,7 +156,7 @@ def submit(
     try:
         if scoped_key and (replay := ctx.store.find_idempotent(scoped_key, digest)) is not None:
             return replay, False
-        workers = ctx.store.live_workers()
+        workers = ctx.workers_seen = ctx.store.live_workers()
         check_request(ctx, kind, params, workers)
         check_admission(ctx, kind, owner, workers)
         record = JobRecord(id=new_job_id(), kind=kind, params=params, owner=owner, webhook_url=webhook_url)
@@ -268,6 +268,7 @@ async def submit_async(
         except IdempotencyConflict as e:
             raise _conflict() from e
         break
+    ctx.workers_seen = workers.workers
     if created:
         JOBS_TOTAL.labels(kind.value, "queued").inc()
     return job, created

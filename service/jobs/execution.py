@@ -27,6 +27,7 @@ from typing import Any
 from engines.errors import JobCanceled, UserInputError
 from engines.requests import MultiviewRequest, TextureRequest
 from service import metrics
+from service.eta import WorkerCosts
 from service.jobs.cost import check_cost, job_cost
 from service.jobs.progress import ProgressThrottle, StageThrottle
 from service.jobs.records import JobError, JobKind, JobRecord, JobStatus
@@ -99,6 +100,12 @@ class WorkerContext:
     running: dict[str, RunningJob] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     gate: RunGate = field(default_factory=RunGate)
+    #: what its steps and jobs cost, published with its heartbeat (service/eta.py); None: the pipeline's
+    costs: WorkerCosts | None = None
+
+    def __post_init__(self) -> None:
+        if self.costs is None:
+            self.costs = WorkerCosts.of(self.pipeline)
 
     def running_jobs(self) -> list[RunningJob]:
         with self.lock:
@@ -193,6 +200,8 @@ def _run(ctx: WorkerContext, started: StartedJob, running: RunningJob) -> JobSta
         result.save(out_dir)
         artifacts = ctx.artifacts.put_run(job.id, attempt, out_dir)
         status = JobStatus.succeeded
+        if ctx.costs is not None:
+            ctx.costs.record_job(job.kind, time.monotonic() - running.started, timings.get("denoise", 0.0))
     except JobCanceled:
         if stop_reason == "time_limit":
             error = JobError("time_limit", f"the job ran past {settings.job_soft_time_limit} s")

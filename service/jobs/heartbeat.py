@@ -107,7 +107,9 @@ class WorkerHeartbeat:
             log.error("worker %s can run no job (its step batcher died); withdrawing it", self.ctx.name)
             self.ctx.store.remove_worker(self.ctx.name)
             return
-        self.ctx.store.heartbeat(self.ctx.name, self.info, s.heartbeat_ttl_seconds)
+        costs = self.ctx.costs.entry() if self.ctx.costs is not None else None
+        info = self.info if costs is None else {**self.info, "step_costs": costs}
+        self.ctx.store.heartbeat(self.ctx.name, info, s.heartbeat_ttl_seconds)
         self._last_beat = time.monotonic()
         for current in self.ctx.running_jobs():
             if current.abandoned:

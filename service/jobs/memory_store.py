@@ -123,12 +123,13 @@ class MemoryJobStore:
                     if seen_hash != body_hash:
                         raise IdempotencyConflict(idempotency_key)
                     return copy.deepcopy(self._jobs[job_id]), False
-            depth = sum(
-                1 for j in self._jobs.values() if j.kind == record.kind and j.status == JobStatus.queued
-            )
+            active = [j for j in self._jobs.values() if j.status in (JobStatus.queued, JobStatus.running)]
+            depth = sum(1 for j in active if j.kind == record.kind and j.status == JobStatus.queued)
             if depth >= max_queue_depth:
                 raise QueueFull(record.kind)
-            self._jobs[record.id] = copy.deepcopy(record)
+            record = copy.deepcopy(record)
+            record.ahead = len(active)  # the queue ahead, as the Redis store's create script counts it
+            self._jobs[record.id] = record
             self._expires[record.id] = now + ttl_seconds
             if record.webhook_url:
                 self._webhooks_pending[record.id] = record.created_at

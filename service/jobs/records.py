@@ -91,6 +91,9 @@ class JobRecord:
     run_alone: bool = False  # the next run must be solo
     worker: str | None = None
     version: int = 0  # bumped on every change; SSE compares it
+    #: jobs queued or running when this one was stored (counted by the store as it stores it): the queue
+    #: ahead its estimated_seconds counts (service/eta.py)
+    ahead: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as plain values: error and artifacts as dicts, containers copied one level deep

@@ -1,0 +1,180 @@
+"""What a job will cost (issue 28 part 3): the engine loop measures its steps, a real Celery worker
+publishes the costs with its heartbeat, the gateway answers every 202 with estimated_seconds and GET
+keeps it current. No wall-clock assertions: estimates are checked for sanity (positive, finite), for
+their direction (more work ahead or left: more seconds) and against the engine's own step kinds."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from engines.pipelines import Realiz3DPipeline
+from engines.requests import MultiviewRequest
+from engines.runtime.step_costs import SHALLOW_PRIOR, StepCosts, per_image, step_kinds
+from engines.types import DomainSchedule
+from service.client import Realiz3DClient
+from service.eta import WorkerCosts, estimate_new, estimate_record
+from service.jobs.records import JobKind, JobRecord, JobStatus
+from service.jobs.redis_store import RedisJobStore
+from tests.fixtures.redis_server import wait_until
+from tests.test_engine_step_cache import job, kinds
+
+pytestmark = pytest.mark.timeout(300)
+
+TABLE = {"full": {"8": 0.004, "64": 0.002}, "shallow": {"8": 0.0008}}
+
+
+def worker(slots: int = 1, table: dict | None = None, overhead: float = 0.5, cache: bool = True) -> dict:
+    return {
+        "name": "w1",
+        "queues": ["multiview", "texture"],
+        "slots": slots,
+        "model": {"name": "m", "resolution": 32},
+        "step_costs": {
+            "per_image": TABLE if table is None else table,
+            "job_overhead_s": {"multiview": overhead},
+            "step_cache": cache,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "schedule,steps,interval",
+    [
+        (DomainSchedule(domain="real"), 10, 1),
+        (DomainSchedule(domain="real"), 10, 3),
+        (DomainSchedule(split=0.4), 10, 3),
+        (DomainSchedule(split=0.5, blocks=2), 10, 4),
+        (DomainSchedule(split=0.3), 17, 5),
+    ],
+)
+def test_the_estimates_step_kinds_are_the_engines(schedule, steps, interval):
+    ran = kinds(job(schedule, steps, interval))
+    assert step_kinds(steps, interval, schedule.combos(steps)) == (ran.count("F"), ran.count("S"))
+
+
+def test_the_engine_loop_measures_full_and_shallow_steps_per_image(tiny_model_dir):
+    pipe = Realiz3DPipeline.load(tiny_model_dir)
+    assert pipe.step_costs.table() == {}
+    pipe.multiview(MultiviewRequest(prompt="a cube", num_views=2, steps=6, seed=0, cache_interval=3))
+    table = pipe.step_costs.table()
+    assert set(table) == {"full", "shallow"}
+    # 2 views x classifier-free guidance = 4 images per call, in the bucket of 4
+    for kind in ("full", "shallow"):
+        assert list(table[kind]) == ["4"] and 0 < table[kind]["4"] < math.inf
+
+
+def test_a_cost_table_reads_by_batch_and_a_missing_shallow_step_uses_the_prior():
+    assert per_image(TABLE, "full", 8) == 0.004 and per_image(TABLE, "full", 64) == 0.002
+    assert per_image(TABLE, "full", 1) == 0.004 and per_image(TABLE, "full", 500) == 0.002  # the nearest
+    assert 0.002 < per_image(TABLE, "full", 20) < 0.004  # between the two measured batches
+    assert per_image({"full": {"8": 0.004}}, "shallow", 8) == pytest.approx(0.004 * SHALLOW_PRIOR)
+    assert per_image({}, "full", 8) is None
+
+
+def test_the_published_costs_change_only_when_a_figure_moves_enough():
+    costs = StepCosts()
+    published = WorkerCosts(costs, step_cache=True)
+    assert published.entry() is None  # nothing measured: nothing published
+    for _ in range(5):
+        costs.record("full", 8, 0.08)
+    first = published.entry()
+    assert first["per_image"] == {"full": {"8": 0.01}}
+    for _ in range(4):
+        costs.record("full", 8, 0.085)  # the median moves 0-6%: the same entry, byte for byte
+    assert published.entry() is first
+    for _ in range(20):
+        costs.record("full", 8, 0.2)
+    assert published.entry()["per_image"]["full"]["8"] == 0.025
+    published.record_job("multiview", 3.0, 2.5)
+    assert published.entry()["job_overhead_s"] == {"multiview": 0.5}
+
+
+def test_the_estimate_grows_with_the_queue_ahead_and_shrinks_with_step_caching():
+    params = {"prompt": "x", "num_views": 4, "steps": 30}
+    solo = [estimate_new([worker()], JobKind.multiview, params, ahead) for ahead in range(4)]
+    assert all(0 < e < math.inf for e in solo) and solo == sorted(solo) and len(set(solo)) == 4
+    # alone: 30 steps x 8 images x 4 ms + the worker's 0.5 s outside denoising
+    assert solo[0] == pytest.approx(30 * 8 * 0.004 + 0.5)
+    cached = estimate_new([worker()], JobKind.multiview, {**params, "cache_interval": 3}, 0)
+    assert cached < solo[0]
+    # a worker without step caching runs every step whole
+    assert (
+        estimate_new([worker(cache=False)], JobKind.multiview, {**params, "cache_interval": 3}, 0) == solo[0]
+    )
+    # batched slots: jobs ahead share the ticks instead of waiting; two workers halve the queue
+    batched = estimate_new([worker(slots=8)], JobKind.multiview, params, 3)
+    assert solo[0] < batched < solo[3]
+    two = estimate_new([worker(), {**worker(), "name": "w2"}], JobKind.multiview, params, 3)
+    assert two < solo[3]
+    assert estimate_new([{**worker(), "step_costs": None}], JobKind.multiview, params, 0) is None
+    assert estimate_new([worker()], JobKind.texture, params, 0) > 0  # no texture job seen yet: steps only
+
+
+def test_get_counts_down_from_the_jobs_progress():
+    w = [worker()]
+    record = JobRecord(id="j", kind=JobKind.multiview, params={"num_views": 4, "steps": 30}, ahead=2)
+    queued = estimate_record(w, record, now=record.created_at)
+    assert queued == estimate_new(w, JobKind.multiview, record.params, 2)
+    later = estimate_record(w, record, now=record.created_at + 1.0)
+    assert later == pytest.approx(queued - 1.0)
+    # never below its own run while it waits
+    assert estimate_record(w, record, now=record.created_at + 1e6) == estimate_new(
+        w, JobKind.multiview, record.params, 0
+    )
+    record.status, record.worker, record.progress_total = JobStatus.running, "w1", 30
+    running = []
+    for step in (0, 1, 15, 29, 30):
+        record.progress_step = step
+        running.append(estimate_record(w, record))
+    assert running == sorted(running, reverse=True) and running[-1] == 0.0 and running[0] > running[1]
+    record.status = JobStatus.succeeded
+    assert estimate_record(w, record) == 0.0
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, service_launcher):
+    broker = redis_server.url(14)
+    worker_process = service_launcher.worker(broker)
+    service_launcher.wait_ready(worker_process)
+    gateway = service_launcher.gateway(broker)
+    service_launcher.wait_ready(gateway)
+    yield broker, gateway
+    gateway.stop()
+    worker_process.stop()
+
+
+def test_a_real_worker_publishes_step_costs_and_the_gateway_estimates_and_updates(stack):
+    broker, gateway = stack
+    store = RedisJobStore(broker)
+
+    def published() -> dict | None:
+        workers = store.live_workers()
+        return workers[0].get("step_costs") if workers else None
+
+    # the warm-up's full steps are measured before the first heartbeat
+    wait_until(lambda: published() is not None, 30, "the worker's step costs")
+    costs = published()
+    assert costs["per_image"]["full"] and all(0 < s < math.inf for s in costs["per_image"]["full"].values())
+    with Realiz3DClient(gateway.url) as client:
+        accepted = client.submit_multiview({"prompt": "a red cube", "num_views": 1, "steps": 60, "seed": 3})
+        assert accepted.estimated_seconds is not None and 0 < accepted.estimated_seconds < math.inf
+        seen: list[tuple[int, float]] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            job = client.get_job(accepted.id)
+            if job.done:
+                break
+            assert job.estimated_seconds is not None and 0 <= job.estimated_seconds < math.inf
+            if job.status == "running" and job.progress.step > 0:
+                seen.append((job.progress.step, job.estimated_seconds))
+            time.sleep(0.05)
+        assert job.status == "succeeded" and job.estimated_seconds == 0
+        # as the job progressed, what was left went down
+        assert len(seen) >= 2, seen
+        first, last = seen[0], seen[-1]
+        assert last[0] > first[0] and last[1] < first[1], seen
+    # the finished job's time outside denoising is published with a later heartbeat
+    wait_until(lambda: "multiview" in (published() or {}).get("job_overhead_s", {}), 30, "its jobs' overhead")
