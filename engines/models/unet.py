@@ -28,7 +28,8 @@ def default_unet_config(config: ModelConfig, cross_attention_dim: int) -> dict:
 
     It runs on 2x2 pixel-unshuffled images (a lossless reshuffle, so the diffusion is still exactly in
     pixel space) and has attention only at the two coarsest levels: on 2 CPU cores full-resolution convs
-    and 4-view attention over 32x32 tokens cost 4-8x more for this model size (measured; see README).
+    and 4-view attention over 32x32 tokens cost several times more at this model size (seen in development;
+    no report here keeps the timing).
     """
     return {
         "sample_size": config.resolution // config.downsample_factor,

@@ -63,7 +63,8 @@ class CompileRunner:
             mode = "reduce-overhead"
         if dynamic is None:
             # Static shapes everywhere: CUDA graphs need them, and on the CPU Dynamo's dynamic-batch
-            # recompile of this UNet took 555 s against 5-60 s per static size (measured, torch 2.13).
+            # recompile of this UNet took many times a static size's compile (seen in development with
+            # torch 2.13; no report here keeps the timing).
             dynamic = False
         self.mode = mode
         self.dynamic = dynamic

@@ -14,7 +14,7 @@ when the textured GLB is written, with every accessor the texturing left unused.
 Why the output is not re-encoded: a second Draco pass quantises already quantised values again (generation
 loss), and would quantise the atlas UVs the texturing adds; it needs an encoder for every attribute kind
 (joints, weights, feature ids), and every consumer of the result a decoder. The price is size: geometry is
-stored decoded (measured in docs/texturing.md).
+stored decoded, so the result is larger than a Draco input (docs/texturing.md).
 """
 
 from __future__ import annotations
