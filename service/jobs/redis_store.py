@@ -309,21 +309,44 @@ def _encode(fields: dict[str, Any]) -> list[str]:
     return flat
 
 
+def _json_or_none(raw: str) -> Any:
+    return json.loads(raw) if raw else None
+
+
+def _float_or_none(raw: str) -> float | None:
+    return float(raw) if raw else None
+
+
+def _int_or_zero(raw: str) -> int:
+    return int(raw) if raw else 0
+
+
+def _flag(raw: str) -> bool:
+    return raw in ("True", "1")
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _text_or_none(raw: str) -> str | None:
+    return raw or None
+
+
+#: each stored field's decoder (one dict lookup per field: `GET /v1/jobs/{id}` decodes a record per
+#: request); a field not named here is text, "" read as None
+_DECODERS: dict[str, Callable[[str], Any]] = {
+    **dict.fromkeys(_JSON_FIELDS, _json_or_none),
+    **dict.fromkeys(_FLOAT_FIELDS, _float_or_none),
+    **dict.fromkeys(_INT_FIELDS, _int_or_zero),
+    **dict.fromkeys(_BOOL_FIELDS, _flag),
+    "phase": _text,
+    "stage": _text,
+}
+
+
 def _decode(h: dict[str, str]) -> JobRecord:
-    d: dict[str, Any] = {}
-    for key, raw in h.items():
-        if key in _JSON_FIELDS:
-            d[key] = json.loads(raw) if raw else None
-        elif key in _FLOAT_FIELDS:
-            d[key] = float(raw) if raw else None
-        elif key in _INT_FIELDS:
-            d[key] = int(raw) if raw else 0
-        elif key in _BOOL_FIELDS:
-            d[key] = raw in ("True", "1")
-        elif key in ("phase", "stage"):
-            d[key] = raw
-        else:
-            d[key] = raw or None
+    d: dict[str, Any] = {key: _DECODERS.get(key, _text_or_none)(raw) for key, raw in h.items()}
     d["timings"] = d.get("timings") or {}
     d["warnings"] = d.get("warnings") or []
     d["artifacts"] = d.get("artifacts") or []
