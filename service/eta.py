@@ -21,22 +21,23 @@ a finished job's is 0. None (the field is null): no live worker serving the kind
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
 from collections import deque
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from engines.requests import MultiviewRequest, TextureRequest
-from engines.runtime.step_costs import CostTable, per_image, step_kinds
+from engines.runtime.step_costs import CostCurve, step_kinds
 from engines.types import schedule_from_value
-from service.jobs.records import JobKind, JobRecord
+from service.jobs.records import JobKind, JobRecord, JobStatus
 
 #: a published figure is replaced once it moved by more than this share
 REPUBLISH_CHANGE = 0.1
 #: jobs whose outside-denoising time is kept per kind
 JOBS_KEPT = 32
-_DEFAULTS = {JobKind.multiview: MultiviewRequest, JobKind.texture: TextureRequest}
 
 
 class WorkerCosts:
@@ -84,70 +85,110 @@ def _moved(old: Any, new: Any) -> bool:
     return abs(new - old) > REPUBLISH_CHANGE * max(abs(old), 1e-12)
 
 
-class JobShape:
-    """A job's denoising work as the estimate sees it: native-resolution images per step, its (full,
-    shallow) steps on a worker that caches steps and without."""
+class JobShape(NamedTuple):
+    """A job's denoising work as the estimate sees it: rows per step (views, x 2 with guidance), its image
+    size (None: the model's native one), steps, and its (full, shallow) steps where steps are cached."""
 
-    def __init__(self, kind: JobKind, params: dict[str, Any], native: int | None) -> None:
-        defaults = _DEFAULTS[kind].model_fields
+    rows: int
+    size: int | None
+    steps: int
+    cached: tuple[int, int]
 
-        def get(name: str) -> Any:
-            value = params.get(name)
-            return defaults[name].default if value is None else value
-
+    @classmethod
+    def of(cls, kind: JobKind, params: dict[str, Any]) -> JobShape:
+        defaults = _DEFAULTS[kind]
+        views, steps, interval = (params.get(k) or defaults[k] for k in _SHAPE_FIELDS)
         guidance = params.get("guidance_scale")  # None: the model's default, > 1 for every shipped model
-        views = int(get("num_views"))
+        rows = int(views) * (1 if guidance is not None and float(guidance) <= 1 else 2)
         size = params.get("resolution" if kind == JobKind.multiview else "view_resolution")
-        scale = (int(size) / native) ** 2 if size and native else 1.0
-        self.images = views * (1 if guidance is not None and float(guidance) <= 1 else 2) * scale
-        self.steps = int(get("steps"))
-        interval = int(get("cache_interval"))
-        combos = None
-        if interval > 1 and params.get("schedule") is not None:
-            combos = schedule_from_value(params["schedule"]).combos(self.steps)
-        self.cached = step_kinds(self.steps, interval, combos)
+        schedule = params.get("schedule") if int(interval) > 1 else None
+        key = None if schedule is None else json.dumps(schedule, sort_keys=True)
+        return cls(rows, int(size) if size else None, int(steps), _step_kinds(int(steps), int(interval), key))
 
-    def kinds(self, step_cache: bool) -> tuple[int, int]:
-        return self.cached if step_cache else (self.steps, 0)
+    def images(self, native: int | None) -> float:
+        """Native-resolution images per step (pixels count: twice the size is four)."""
+        return self.rows * ((self.size / native) ** 2 if self.size and native else 1.0)
 
 
-def _serving(workers: list[dict[str, Any]], kind: JobKind) -> list[dict[str, Any]]:
-    return [w for w in workers if str(kind) in w.get("queues", []) and isinstance(w.get("step_costs"), dict)]
+_SHAPE_FIELDS = ("num_views", "steps", "cache_interval")
+_DEFAULTS = {
+    kind: {name: model.model_fields[name].default for name in _SHAPE_FIELDS}
+    for kind, model in ((JobKind.multiview, MultiviewRequest), (JobKind.texture, TextureRequest))
+}
 
 
-def _native(worker: dict[str, Any]) -> int | None:
-    model = worker.get("model")
-    return int(model["resolution"]) if isinstance(model, dict) and model.get("resolution") else None
+@lru_cache(maxsize=512)
+def _step_kinds(steps: int, interval: int, schedule: str | None) -> tuple[int, int]:
+    combos = None if schedule is None else schedule_from_value(json.loads(schedule)).combos(steps)
+    return step_kinds(steps, interval, combos)
 
 
-def _step_seconds(worker: dict[str, Any], shape: JobShape, occupancy: int) -> float | None:
-    """Seconds of one of this job's steps, averaged over its step kinds, in ticks of `occupancy` such jobs."""
-    costs = worker["step_costs"]
-    table: CostTable = costs.get("per_image") or {}
-    full, shallow = shape.kinds(bool(costs.get("step_cache")))
-    batch = max(1, round(occupancy * shape.images))
-    c_full, c_shallow = per_image(table, "full", batch), per_image(table, "shallow", batch)
-    if c_full is None or c_shallow is None or not shape.steps:
-        return None
-    return occupancy * shape.images * (full * c_full + shallow * c_shallow) / shape.steps
+class _Worker(NamedTuple):
+    """A live worker's info as the estimate reads it (parsed once per info dict)."""
+
+    name: str | None
+    slots: int
+    native: int | None
+    costs: CostCurve
+    step_cache: bool
+    overhead: dict[str, float]
+
+    @classmethod
+    def of(cls, info: dict[str, Any]) -> _Worker:
+        parsed = info.get(_PARSED)
+        if parsed is None:
+            costs, model = info["step_costs"], info.get("model")
+            native = model.get("resolution") if isinstance(model, dict) else None
+            parsed = info[_PARSED] = cls(
+                info.get("name"),
+                max(1, int(info.get("slots") or 1)),
+                int(native) if native else None,
+                CostCurve(costs.get("per_image") or {}),
+                bool(costs.get("step_cache")),
+                costs.get("job_overhead_s") or {},
+            )
+        return parsed
+
+    def step_seconds(self, job: JobShape, occupancy: int) -> float | None:
+        """Seconds of one of the job's steps, averaged over its step kinds, in ticks of `occupancy` such
+        jobs (one call of each kind holding all of them)."""
+        full, shallow = job.cached if self.step_cache else (job.steps, 0)
+        images = occupancy * job.images(self.native)
+        batch = max(1, round(images))
+        c_full = self.costs.per_image("full", batch)
+        c_shallow = self.costs.per_image("shallow", batch) if shallow else 0.0
+        if c_full is None or c_shallow is None or not job.steps:
+            return None
+        return images * (full * c_full + shallow * c_shallow) / job.steps
+
+    def eta(self, kind: JobKind, job: JobShape, jobs: float) -> float | None:
+        """Seconds until a job ends here with `jobs` such jobs in all before and with it."""
+        occupancy = max(1, min(self.slots, round(jobs)))
+        step = self.step_seconds(job, occupancy)
+        if step is None:
+            return None
+        run = job.steps * step
+        wait = 0.0
+        if jobs > self.slots:  # slots full: a job ends every (run at full occupancy) / slots
+            wait = (jobs - self.slots) * job.steps * (self.step_seconds(job, self.slots) or step) / self.slots
+        return wait + run + self.overhead.get(str(kind), 0.0)
 
 
-def _overhead(worker: dict[str, Any], kind: JobKind) -> float:
-    return float((worker["step_costs"].get("job_overhead_s") or {}).get(str(kind), 0.0))
+#: where `_Worker.of` keeps its parse in a worker's info dict (never published)
+_PARSED = "_eta"
 
 
-def _worker_eta(worker: dict[str, Any], kind: JobKind, params: dict[str, Any], jobs: float) -> float | None:
-    """Seconds until a job ends on `worker` with `jobs` such jobs in all before and with it."""
-    shape = JobShape(kind, params, _native(worker))
-    slots = max(1, int(worker.get("slots") or 1))
-    occupancy = max(1, min(slots, round(jobs)))
-    step = _step_seconds(worker, shape, occupancy)
-    if step is None:
-        return None
-    run = shape.steps * step
-    full_run = run if occupancy == slots else shape.steps * (_step_seconds(worker, shape, slots) or step)
-    wait = max(0.0, jobs - slots) * full_run / slots
-    return wait + run + _overhead(worker, kind)
+def _serving(workers: list[dict[str, Any]], kind: JobKind) -> list[_Worker]:
+    return [
+        _Worker.of(w)
+        for w in workers
+        if str(kind) in w.get("queues", ()) and isinstance(w.get("step_costs"), dict)
+    ]
+
+
+def _mean_eta(serving: list[_Worker], kind: JobKind, job: JobShape, jobs: float) -> float | None:
+    etas = [e for w in serving if (e := w.eta(kind, job, jobs)) is not None]
+    return sum(etas) / len(etas) if etas else None
 
 
 def estimate_new(
@@ -159,9 +200,8 @@ def estimate_new(
     serving = _serving(workers, kind)
     if not serving:
         return None
-    share = (ahead + 1) / len(serving)
-    etas = [e for w in serving if (e := _worker_eta(w, kind, params, share)) is not None]
-    return round(sum(etas) / len(etas), 3) if etas else None
+    eta = _mean_eta(serving, kind, JobShape.of(kind, params), (ahead + 1) / len(serving))
+    return None if eta is None else round(eta, 3)
 
 
 def estimate_record(workers: list[dict[str, Any]], job: JobRecord, now: float | None = None) -> float | None:
@@ -172,27 +212,23 @@ def estimate_record(workers: list[dict[str, Any]], job: JobRecord, now: float | 
     serving = _serving(workers, job.kind)
     if not serving:
         return None
-    now = time.time() if now is None else now
+    shape = JobShape.of(job.kind, job.params)
     share = (job.ahead + 1) / len(serving)
-    if job.status == "queued":
-        at_submission = estimate_new(workers, job.kind, job.params, job.ahead)
-        alone = [
-            e for w in serving if (e := _worker_eta(w, job.kind, job.params, min(share, 1.0))) is not None
-        ]
-        if at_submission is None or not alone:
+    if job.status == JobStatus.queued:
+        at_submission = _mean_eta(serving, job.kind, shape, share)
+        own = _mean_eta(serving, job.kind, shape, min(share, 1.0))
+        if at_submission is None or own is None:
             return None
-        own = sum(alone) / len(alone)
+        now = time.time() if now is None else now
         return round(max(own, at_submission - (now - job.created_at)), 3)
-    worker = next((w for w in serving if w.get("name") == job.worker), serving[0])
-    shape = JobShape(job.kind, job.params, _native(worker))
-    slots = max(1, int(worker.get("slots") or 1))
-    step = _step_seconds(worker, shape, max(1, min(slots, round(share))))
+    worker = next((w for w in serving if w.name == job.worker), serving[0])
+    step = worker.step_seconds(shape, max(1, min(worker.slots, round(share))))
     if step is None:
         return None
     total = job.progress_total or shape.steps
     left = max(0, total - job.progress_step)
-    outside = _overhead(worker, job.kind) * (left / total if job.progress_step else 1.0)
+    outside = worker.overhead.get(str(job.kind), 0.0) * (left / total if job.progress_step else 1.0)
     return round(left * step + outside, 3)
 
 
-__all__ = ["REPUBLISH_CHANGE", "WorkerCosts", "estimate_new", "estimate_record"]
+__all__ = ["REPUBLISH_CHANGE", "JobShape", "WorkerCosts", "estimate_new", "estimate_record"]

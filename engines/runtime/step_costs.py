@@ -46,27 +46,37 @@ def _round(x: float) -> float:
 
 
 def per_image(table: CostTable, kind: str, images: int) -> float | None:
-    """Seconds per image of one `kind` step in a call of `images` images, from a published table:
-    interpolated between the measured batch sizes around it (in log2 of the batch), the nearest one
-    outside them; a shallow step without measurements costs `SHALLOW_PRIOR` of a full one. None: no
-    full step measured."""
-    rows = table.get(kind) or {}
-    if not rows:
-        if kind == "shallow":
-            full = per_image(table, "full", images)
-            return None if full is None else full * SHALLOW_PRIOR
-        return None
-    points = sorted((int(b), float(s)) for b, s in rows.items())
-    x = max(1, images)
-    if x <= points[0][0]:
-        return points[0][1]
-    if x >= points[-1][0]:
+    """Seconds per image of one `kind` step in a call of `images` images, from a published table (see
+    `CostCurve`)."""
+    return CostCurve(table).per_image(kind, images)
+
+
+class CostCurve:
+    """A published table, read: per step kind its measured (batch, seconds per image) points in order."""
+
+    def __init__(self, table: CostTable) -> None:
+        self.points = {
+            k: sorted((int(b), float(c)) for b, c in rows.items()) for k, rows in table.items() if rows
+        }
+
+    def per_image(self, kind: str, images: int) -> float | None:
+        """Interpolated between the measured batch sizes around `images` (linear in log2 of the batch),
+        the nearest one outside them; a shallow step without measurements costs `SHALLOW_PRIOR` of a full
+        one. None: no full step measured."""
+        points = self.points.get(kind)
+        if not points:
+            if kind == "shallow":
+                full = self.per_image("full", images)
+                return None if full is None else full * SHALLOW_PRIOR
+            return None
+        x = max(1, images)
+        if x <= points[0][0]:
+            return points[0][1]
+        for (b0, s0), (b1, s1) in zip(points, points[1:], strict=False):
+            if x <= b1:
+                t = (math.log2(x) - math.log2(b0)) / (math.log2(b1) - math.log2(b0))
+                return s0 + t * (s1 - s0)
         return points[-1][1]
-    for (b0, s0), (b1, s1) in zip(points, points[1:], strict=False):
-        if b0 <= x <= b1:
-            t = (math.log2(x) - math.log2(b0)) / (math.log2(b1) - math.log2(b0))  # linear in log2(batch)
-            return s0 + t * (s1 - s0)
-    return points[-1][1]
 
 
 def step_kinds(
@@ -138,4 +148,13 @@ class StepCosts:
         return out
 
 
-__all__ = ["STEP_KINDS", "CostTable", "StepCosts", "bucket", "full_step", "per_image", "step_kinds"]
+__all__ = [
+    "STEP_KINDS",
+    "CostCurve",
+    "CostTable",
+    "StepCosts",
+    "bucket",
+    "full_step",
+    "per_image",
+    "step_kinds",
+]
