@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +42,8 @@ class RequestMetricsMiddleware:
     def __init__(self, app: ASGIApp, access_log: bool = False) -> None:
         self.app = app
         self.access_log = access_log
+        # the histogram's child per (route, method, status): `labels()` resolves one under a lock each call
+        self._observers: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,7 +63,11 @@ class RequestMetricsMiddleware:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             seconds = time.perf_counter() - start
-            HTTP_REQUEST_DURATION.labels(label, scope["method"], str(status)).observe(seconds)
+            key = (label, scope["method"], status)
+            observer = self._observers.get(key)
+            if observer is None:
+                observer = self._observers[key] = HTTP_REQUEST_DURATION.labels(label, key[1], str(status))
+            observer.observe(seconds)
             if self.access_log:
                 log_request(scope, status, seconds)
 
