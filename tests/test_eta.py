@@ -178,3 +178,17 @@ def test_a_real_worker_publishes_step_costs_and_the_gateway_estimates_and_update
         assert last[0] > first[0] and last[1] < first[1], seen
     # the finished job's time outside denoising is published with a later heartbeat
     wait_until(lambda: "multiview" in (published() or {}).get("job_overhead_s", {}), 30, "its jobs' overhead")
+
+
+def test_embedded_mode_estimates_too(service_launcher):
+    server = service_launcher.embedded()
+    try:
+        with Realiz3DClient(server.url) as client:
+            accepted = client.submit_multiview(
+                {"prompt": "a red cube", "num_views": 2, "steps": 4, "seed": 1}
+            )
+            assert accepted.estimated_seconds is not None and 0 < accepted.estimated_seconds < math.inf
+            done = client.wait(accepted.id, timeout=120)
+            assert done.status == "succeeded" and done.estimated_seconds == 0
+    finally:
+        server.stop()
