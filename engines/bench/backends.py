@@ -131,6 +131,12 @@ def measure(
             if not tensorrt_available():
                 row.skipped = "TensorRT not installed or no CUDA GPU here: not run"
                 continue
+        if row.backend == "torch-tensorrt":
+            from engines.runtime.torch_tensorrt_runner import torch_tensorrt_available
+
+            if not torch_tensorrt_available():  # before building the model it would be given
+                row.skipped = "torch-tensorrt not installed or no CUDA GPU here: not run"
+                continue
         if row.backend == "onnx" and row.precision != "fp32":
             row.skipped = "onnx backend runs fp32 only"
             continue
@@ -209,7 +215,7 @@ def run_backend_bench(
     """Measure, write `<name>.json` + `<name>.md` into out_dir, print the table, return the result.
 
     `cpu=False` skips the CPU table (an SD-shaped UNet on the CPU takes minutes per step); the GPU table
-    measures `gpu_precisions` (default fp16 and bf16) for eager, compile and TensorRT."""
+    measures `gpu_precisions` (default fp16 and bf16) for eager, compile, TensorRT and torch-tensorrt."""
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     backends = backends or ["torch", "compile", "onnx"]

@@ -112,7 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
     )
     b.add_argument(
-        "--precision", type=_csv, default=["fp32", "bf16"], help="unet: comma-separated precisions"
+        "--precision",
+        type=_csv,
+        default=None,
+        help="unet: comma-separated precisions (default: fp32,bf16 on the CPU, fp16,bf16 on a GPU)",
     )
     b.add_argument("--steps", type=int, default=20, help="unet: timed repetitions per backend")
     add_engine_cache_arg(b)
@@ -290,7 +293,8 @@ def _bench_unet(args: argparse.Namespace) -> int:
     from engines.runtime.backend_names import BACKENDS
     from engines.runtime.torch_runner import PRECISIONS
 
-    bad = [b for b in args.backend if b not in BACKENDS] + [p for p in args.precision if p not in PRECISIONS]
+    precisions = args.precision or []
+    bad = [b for b in args.backend if b not in BACKENDS] + [p for p in precisions if p not in PRECISIONS]
     if bad:
         raise UserInputError(
             f"unknown backend/precision {', '.join(bad)} (backends {BACKENDS}, precisions {tuple(PRECISIONS)})"
@@ -312,6 +316,7 @@ def _bench_unet(args: argparse.Namespace) -> int:
     run_backend_bench(
         backends=args.backend,
         precisions=args.precision,
+        gpu_precisions=args.precision,
         repeats=args.steps,
         out_dir=args.out,
         cache_dir=engine_cache_dir(args.engine_cache),
