@@ -11,8 +11,8 @@ second Redis round trip.
 Gateway side: the estimate assumes the jobs ahead (`ahead`: queued plus running when the job was stored,
 counted by the same store script that stores it) are like this one and that the load stays as it is. On a
 worker with `slots` batched slots, n jobs in all (ahead + this one) split evenly across the workers that
-serve the kind: this job waits for max(0, n - slots) of them to finish (a full worker finishes `slots`
-jobs per run time at full occupancy), then runs its steps in ticks of min(n, slots) jobs' images, each
+serve the kind: this job waits for max(0, n - slots) of them to finish (each holds its slot for a run at
+full occupancy plus its outside time), then runs its steps in ticks of min(n, slots) jobs' images, each
 step costing what the measured table says for a call of that size and step kind, then its outside-denoising
 time. `GET` keeps it current: a queued job's estimate counts down from its submission's, never below its own
 run; a running job's is its steps left at that occupancy plus the share of its outside time still to come;
@@ -168,10 +168,12 @@ class _Worker(NamedTuple):
         if step is None:
             return None
         run = job.steps * step
+        outside = self.overhead.get(str(kind), 0.0)
         wait = 0.0
-        if jobs > self.slots:  # slots full: a job ends every (run at full occupancy) / slots
-            wait = (jobs - self.slots) * job.steps * (self.step_seconds(job, self.slots) or step) / self.slots
-        return wait + run + self.overhead.get(str(kind), 0.0)
+        if jobs > self.slots:  # slots full: a slot frees every (a run at full occupancy + outside) / slots
+            full = job.steps * (self.step_seconds(job, self.slots) or step)
+            wait = (jobs - self.slots) * (full + outside) / self.slots
+        return wait + run + outside
 
 
 #: where `_Worker.of` keeps its parse in a worker's info dict (never published)
