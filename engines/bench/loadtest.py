@@ -95,6 +95,7 @@ class LoadTestConfig:
     atlas_size: int = 256
     guidance_scale: float | None = None  # None: the model's default
     texture_steps: int | None = None  # None: `steps`
+    cache_interval: int | None = None  # None: the service's default (1, step caching off)
     ramp_up_s: float = 0.0  # clients start evenly spread over this many seconds
     api_key: str | None = None
     job_timeout_s: float = 600.0
@@ -109,6 +110,7 @@ class JobSample:
     status: str
     queue_wait_s: float | None
     error: str | None = None
+    estimated_s: float | None = None  # the 202's estimated_seconds
 
     @property
     def latency_s(self) -> float:
@@ -129,6 +131,8 @@ async def _one_job(client: AsyncRealiz3DClient, cfg: LoadTestConfig, kind: str, 
     params = {"prompt": f"a red cube {seed}", "steps": cfg.steps, "seed": seed}
     if cfg.guidance_scale is not None:
         params["guidance_scale"] = cfg.guidance_scale
+    if cfg.cache_interval is not None:
+        params["cache_interval"] = cfg.cache_interval
     if kind == "texture" and cfg.texture_steps is not None:
         params["steps"] = cfg.texture_steps
     throttled = 0
@@ -160,7 +164,9 @@ async def _one_job(client: AsyncRealiz3DClient, cfg: LoadTestConfig, kind: str, 
     finished = time.perf_counter() - t_start
     wait = (job.started_at - job.created_at).total_seconds() if job.started_at else None
     error = job.error.code if job.error else None
-    return JobSample(kind, submitted, finished, job.status, wait, error), throttled
+    return JobSample(
+        kind, submitted, finished, job.status, wait, error, accepted.estimated_seconds
+    ), throttled
 
 
 async def run_load(cfg: LoadTestConfig) -> tuple[list[JobSample], int, float]:

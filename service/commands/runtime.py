@@ -59,7 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser(
         "bench",
         help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway (HTTP ceiling vs "
-        "a bare FastAPI app), gateway-overhead (queue latency), throughput, "
+        "a bare FastAPI app), gateway-overhead (queue latency), throughput, eta (estimated_seconds against "
+        "the measured time, under the throughput load), "
         "resolution (the default model at 32 vs 64 px: training step and generation), memory (peak RSS per "
         "job kind and per hostile upload), loading (peak RAM while loading an SD-shaped UNet), coverage (surface "
         "shares, views and job time of texturing procedural meshes, view planning off and on; bake round trip), "
@@ -79,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "loading",
             "cache",
             "coverage",
+            "eta",
             "first-job",
         ),
     )
@@ -89,9 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--api-workers", type=int, default=None, help="gateway: processes per app (REALIZ3D_API_WORKERS)"
     )
-    b.add_argument("--jobs", type=int, default=24, help="throughput: jobs per configuration")
-    b.add_argument("--job-steps", type=int, default=10, help="throughput: denoising steps per job")
-    b.add_argument("--job-views", type=int, default=4, help="throughput: views per job")
+    b.add_argument("--jobs", type=int, default=24, help="throughput, eta: jobs per configuration")
+    b.add_argument("--job-steps", type=int, default=10, help="throughput, eta: denoising steps per job")
+    b.add_argument("--job-views", type=int, default=4, help="throughput, eta: views per job")
     b.add_argument(
         "--rounds", type=int, default=3, help="throughput, gateway: alternating rounds per configuration"
     )
@@ -271,6 +273,20 @@ def run_bench(args: argparse.Namespace) -> int:
         report = run_first_job(out_dir=args.out)
         print(
             f"fresh clone -> /healthz {report['healthz_s']} s; -> first job succeeded {report['first_job_s']} s"
+        )
+    elif args.target == "eta":
+        from engines.bench.eta import run as run_eta
+
+        report = run_eta(
+            concurrency=args.concurrency or 8,
+            jobs=args.jobs,
+            steps=args.job_steps,
+            views=args.job_views,
+            out_dir=args.out,
+            name=args.name or "eta",
+        )
+        print(
+            json.dumps({k: v["steady"] for k, v in report.items() if isinstance(v, dict) and "steady" in v})
         )
     else:
         from engines.bench.throughput import run
