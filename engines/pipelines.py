@@ -449,9 +449,11 @@ class Realiz3DPipeline:
             cameras: list[Camera], geometry: np.ndarray, resolution: int, known: KnownViews | None = None
         ) -> list[np.ndarray]:
             result = self.generate_views(
-                request, cameras, resolution, geometry, call_progress, should_cancel, known
+            # planned views (known pixels held) take the request's inpaint_steps
+            params = request if known is None else request.model_copy(update={"steps": request.inpaint_steps})
+                params, cameras, resolution, geometry, call_progress, should_cancel, known
             )
-            done_steps[0] += request.steps
+            done_steps[0] += params.steps
             generated.append(result)
             return result.images
 

@@ -188,6 +188,14 @@ class TextureRequest(ExplicitCameras, GenerationParams):
         "num_views turns planning off",
     )
 
+    inpaint_steps: int = Field(
+        6,
+        ge=1,
+        le=MAX_STEPS,
+        description="denoising steps of the calls that generate planned (inpainted) views: their known "
+        "pixels are held, so fewer than `steps` suffice; more adds detail to what only they see, at a cost "
+        "linear in steps",
+    )
     @model_validator(mode="after")
     def _cameras_set_views(self) -> TextureRequest:
         self._views_follow_cameras(())

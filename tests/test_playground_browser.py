@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engines.requests import TextureRequest
 from tests.service_helpers import box_glb
 
 pytestmark = pytest.mark.timeout(300)
@@ -335,9 +336,11 @@ def test_texture_upload_shows_the_textured_glb_in_the_3d_viewer(embedded, browse
     page.locator("#tx-submit").click()
     job = page.locator("#tx-results article.job")
     job.and_(page.locator("[data-ready=true]")).wait_for(timeout=JOB_TIMEOUT_MS)
-    # the job's last stage and its steps, as the API reports them (planned views' calls add 4 steps each)
+    # the job's last stage and its steps, as the API reports them (4 for the requested views, planned
+    # views' calls add the default inpaint_steps each)
     steps = re.fullmatch(r"fill 100% · step (\d+) / (\d+)", job.locator("[data-role=steps]").inner_text())
-    assert steps and steps[1] == steps[2] and int(steps[1]) % 4 == 0, steps
+    inpaint = TextureRequest.model_fields["inpaint_steps"].default
+    assert steps and steps[1] == steps[2] and (int(steps[1]) - 4) % inpaint == 0, steps
     viewer = job.locator(".viewer")
     viewer.and_(page.locator("[data-state=ready]")).wait_for()
     canvas = viewer.locator("canvas")

@@ -118,3 +118,51 @@ def test_context_views_per_call_follow_the_models_view_counts():
     assert context_size(1, 6, 4, [4]) == 3  # a model serving 4-view calls only: filled to 4
     assert context_size(2, 6, 8, [2, 4, 8]) == 2  # the smallest served count that holds the context
     assert context_size(3, 6, 8, [2, 4, 8]) == 5  # 3 + 2 is no served count: 8
+
+
+def _two_planes():
+    """A small square 0.6 in front of a large one, both facing +z (the default camera's direction)."""
+
+    def square(half: float, z: float):
+        v = np.array([[-half, -half, z], [half, -half, z], [half, half, z], [-half, half, z]])
+        return v, np.array([[0, 1, 2], [0, 2, 3]])
+
+    back_v, back_f = square(0.6, -0.3)
+    front_v, front_f = square(0.2, 0.3)
+    return np.vstack([back_v, front_v]), np.vstack([back_f, front_f + 4])
+
+
+def test_views_are_upsampled_without_mixing_the_surfaces_either_side_of_a_depth_edge():
+    import cv2
+
+    from engines.texturing.view_upsample import upsample_view
+
+    vertices, faces = _two_planes()
+    caster = RayCaster(vertices, faces)
+    camera = Camera(0.0, 0.0)
+    model, bake = caster.render(camera, 32), caster.render(camera, 256, shading=False)
+    front = model.face_id >= 2
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[front] = (255, 0, 0)  # the front square red, the back one blue
+    image[model.mask & ~front] = (0, 0, 255)
+    big, unreliable = upsample_view(image, model, bake)
+    back = (bake.face_id >= 0) & (bake.face_id < 2) & ~unreliable
+    assert back.sum() > 0.3 * (bake.face_id >= 0).sum()
+    assert (big[back, 0] == 0).all() and (big[back, 2] == 255).all()  # no red on the back square
+    assert (big[(bake.face_id >= 2) & ~unreliable, 0] == 255).all()
+    # a plain bilinear resize does mix them there
+    plain = cv2.resize(image, (256, 256), interpolation=cv2.INTER_LINEAR)
+    assert (plain[(bake.face_id >= 0) & (bake.face_id < 2), 0] > 0).any()
+
+
+def test_a_views_weight_fades_out_towards_its_silhouettes_and_depth_edges():
+    from engines.texturing.bake import BakeSettings, feather_weights, unreliable_pixels
+
+    vertices, faces = _two_planes()
+    maps = RayCaster(vertices, faces).render(Camera(0.0, 0.0), 256, shading=False)
+    bad = unreliable_pixels(maps, BakeSettings().edge_slope_px)
+    ramp = feather_weights(bad, BakeSettings().feather)
+    assert ramp is not None and (ramp[~bad] > 0).all() and ramp.max() == 1.0
+    ring = ~bad & (np.abs(np.diff(bad.astype(np.int8), axis=1, prepend=0)) > 0)
+    assert ramp[~bad].min() < 0.2 and ramp[ring].max() < 0.2  # next to an edge: a small weight
+    assert feather_weights(bad[:32, :32], BakeSettings().feather) is None  # under a pixel: no ramp

@@ -73,6 +73,9 @@ def test_a_texture_job_inpaints_planned_views_with_the_real_model(pipeline, tmp_
     assert [s for s, _ in steps] == sorted(s for s, _ in steps) and steps[-1][0] == steps[-1][
         1
     ] > request.steps
+    # each planned views' call takes the request's inpaint_steps, not its steps
+    assert request.inpaint_steps != request.steps
+    assert (steps[-1][1] - request.steps) % request.inpaint_steps == 0
 
 
 def test_a_latent_model_holds_the_known_cells_of_its_latents_exactly(tiny_sd_model_dir):

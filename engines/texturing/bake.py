@@ -9,8 +9,10 @@ For every texel centre inside a UV chart we know its face and barycentrics (`ras
 - it is not at a grazing angle (beyond `max_angle_deg`, generated pixels are smeared over many texels);
 - the pixel is not on a depth discontinuity or next to the background: generated images blur across
   silhouettes, so colours there belong partly to another surface.
-Contributions are blended with weight `view_weight * cos(theta)^k` (theta between the face normal and the
-direction to the camera; two-sided, so open meshes and flipped normals still bake). Texels no view
+Contributions are blended with weight `view_weight * cos(theta)^k * feather` (theta between the face
+normal and the direction to the camera; two-sided, so open meshes and flipped normals still bake;
+`feather` ramps from 0 at a view's unreliable pixels to 1 at `BakeSettings.feather` of its side away,
+so a view's colour fades out where it stops seeing a surface instead of leaving a step). Texels no view
 sees stay uncovered; `fill.py` fills them.
 
 A texel that several faces cover (overlapping or mirrored UV islands, instances sharing UVs) is baked
@@ -40,6 +42,10 @@ class BakeSettings:
     max_angle_deg: float = 75.0  # Hunyuan3D-2 drops surfaces beyond 75 deg
     depth_tolerance: float = 2e-3  # world units (object radius 0.7), on top of the slope term
     edge_slope_px: float = 8.0  # neighbour depth step, in pixel footprints, that counts as a discontinuity
+    # a view's weight ramps up from 0 over this share of its side away from its unreliable pixels
+    # (silhouettes, depth edges), so where one view stops seeing a surface its colour fades out instead of
+    # stepping (0: off; below one bake pixel it changes nothing)
+    feather: float = 0.03
 
 
 @dataclass
@@ -115,14 +121,10 @@ def texel_surface(
     return flat, points, normals
 
 
-def unreliable_pixels(maps: ViewMaps, edge_slope_px: float) -> np.ndarray:
-    """(H, W) bool: background, silhouette borders and depth discontinuities of one view."""
-    import cv2
-
-    mask = maps.mask
+def depth_edges(maps: ViewMaps, edge_slope_px: float) -> np.ndarray:
+    """(H, W) bool: pixels with a depth step to a 4-neighbour above `edge_slope_px` pixel footprints."""
     depth = maps.depth
     f = maps.camera.focal_px(maps.resolution)
-    # Largest depth step to a 4-neighbour, compared with the footprint of one pixel at that depth.
     step = np.zeros_like(depth)
     dy = np.abs(np.diff(depth, axis=0))
     dx = np.abs(np.diff(depth, axis=1))
@@ -130,10 +132,28 @@ def unreliable_pixels(maps: ViewMaps, edge_slope_px: float) -> np.ndarray:
     step[1:] = np.maximum(step[1:], dy)
     step[:, :-1] = np.maximum(step[:, :-1], dx)
     step[:, 1:] = np.maximum(step[:, 1:], dx)
-    edge = step > edge_slope_px * np.maximum(depth, 1e-6) / f
-    bad = (~mask | edge).astype(np.uint8)
+    return step > edge_slope_px * np.maximum(depth, 1e-6) / f
+
+
+def unreliable_pixels(maps: ViewMaps, edge_slope_px: float) -> np.ndarray:
+    """(H, W) bool: background, silhouette borders and depth discontinuities of one view."""
+    import cv2
+
+    bad = (~maps.mask | depth_edges(maps, edge_slope_px)).astype(np.uint8)
     # One more pixel: bilinear colour lookups read the 2x2 neighbourhood.
     return cv2.dilate(bad, np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def feather_weights(bad: np.ndarray, feather: float) -> np.ndarray | None:
+    """(H, W) float32 in (0, 1] on reliable pixels: distance to the nearest unreliable pixel over
+    `feather` x the view's side, clipped to 1; None when that ramp is under one pixel (no effect)."""
+    import cv2
+
+    ramp = feather * bad.shape[0]
+    if ramp <= 1.0:
+        return None
+    dist = cv2.distanceTransform((~bad).astype(np.uint8), cv2.DIST_L2, 3)
+    return np.minimum(dist / np.float32(ramp), 1.0).astype(np.float32)
 
 
 def project(camera: Camera, resolution: int, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,6 +221,10 @@ def _view_weights(
         if not len(idx):
             continue
         w = view_weight * cos.astype(np.float64) ** s.cos_power
+        ramp = feather_weights(bad, s.feather)
+        if ramp is not None:
+            res = maps.resolution
+            w *= ramp.reshape(-1)[np.floor(y).astype(np.int64) * res + np.floor(x).astype(np.int64)]
         color_sum[idx] += w[:, None] * sample_bilinear(image[..., :3], x, y)
         weight_sum[idx] += w
     return color_sum, weight_sum
@@ -215,12 +239,15 @@ def bake_views(
     view_weights: list[float] | None = None,
     settings: BakeSettings | None = None,
     copies: InstanceCopies | None = None,
+    unreliable: list[np.ndarray] | None = None,
 ) -> BakeResult:
     """Blend view images (uint8 HxWx3, one per `view_maps`) into the atlas `uv_maps` describes.
 
     `vertices` are the normalised vertices the views were rendered from; `view_maps` carry the cameras and
     the depth maps used for visibility. `copies`: the instances of the rasterised faces (see
     `InstanceCopies`); each texel sample is baked from every copy, one copy at a time, and keeps the best.
+    `unreliable`: per view, (H, W) bool pixels not to sample besides the view's own silhouettes and depth
+    edges (`view_upsample.upsample_view` says which).
     """
     s = settings or BakeSettings()
     if len(images) != len(view_maps):
@@ -229,7 +256,8 @@ def bake_views(
     for image, maps in zip(images, view_maps, strict=True):
         if image.shape[:2] != (maps.resolution, maps.resolution):
             raise ValueError(f"view image is {image.shape[:2]}, its depth map {maps.resolution}^2")
-    unreliable = [unreliable_pixels(maps, s.edge_slope_px) for maps in view_maps]
+    own = [unreliable_pixels(maps, s.edge_slope_px) for maps in view_maps]
+    unreliable = own if unreliable is None else [a | b for a, b in zip(own, unreliable, strict=True)]
     size = uv_maps.face_id.shape[0]
     flat, fid, bary = texel_samples(uv_maps)
     tri = vertices.astype(np.float32)[faces]

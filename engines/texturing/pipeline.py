@@ -45,6 +45,7 @@ from engines.texturing.rasterize import (
     render_views,
 )
 from engines.texturing.uv_layout import ensure_layout
+from engines.texturing.view_upsample import upsample_view
 
 # generate_views(cameras, geometry (V, 7, H, W) float32, resolution[, known]) -> V uint8 (H, W, 3) images.
 # `known` (KnownViews) is passed, as a fourth argument, only for planned views: pixels to hold (inpainting).
@@ -253,24 +254,6 @@ def bake_images(
     return with_alpha(atlas, mesh, baked.face_id, baked.bary), baked
 
 
-def upsample_view(image: np.ndarray, resolution: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """A generated view resized (bilinear, pixel centres aligned) to the bake resolution. With the view's
-    object `mask` (model resolution), only object pixels are interpolated (colour x mask / mask), so the
-    background never bleeds into the silhouette band the bake now keeps."""
-    if image.shape[0] == resolution and image.shape[1] == resolution:
-        return image
-    import cv2
-
-    size = (resolution, resolution)
-    if mask is None:
-        return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-    m = mask.astype(np.float32)
-    num = cv2.resize(image[..., :3].astype(np.float32) * m[..., None], size, interpolation=cv2.INTER_LINEAR)
-    den = cv2.resize(m, size, interpolation=cv2.INTER_LINEAR)[..., None]
-    out = np.where(den > 1e-3, num / np.maximum(den, 1e-3), 0.0)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def _as_view_image(image: np.ndarray, resolution: int, index: int) -> np.ndarray:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[0] != resolution or img.shape[1] != resolution or img.shape[2] < 3:
@@ -344,7 +327,7 @@ def texture_mesh(
         rasterizer = RayCaster(vertices, loaded.faces)
         view_maps = render_views(rasterizer, cams, res)
         geometry = geometry_channels(view_maps)
-        bake_maps = view_maps if bake_res == res else render_views(rasterizer, cams, bake_res)
+        bake_maps = view_maps if bake_res == res else render_views(rasterizer, cams, bake_res, shading=False)
     with stages.stage("generate"):
         raw = generate_views(cams, geometry, res)
         if len(raw) != len(cams):
@@ -352,15 +335,19 @@ def texture_mesh(
         views = [_as_view_image(v, res, i) for i, v in enumerate(raw)]
     with stages.stage("bake"):
         uv_maps, copies = uv_maps_of(loaded, request.atlas_size)
+        big = [
+            upsample_view(v, m, b, bake_settings) for v, m, b in zip(views, view_maps, bake_maps, strict=True)
+        ]
         baked = bake_views(
             uv_maps,
             vertices,
             loaded.faces,
-            [upsample_view(v, bake_res, g[6] > 0.5) for v, g in zip(views, geometry, strict=True)],
+            [b[0] for b in big],
             bake_maps,
             view_weights,
             bake_settings,
             copies,
+            [b[1] for b in big],
         )
     first = baked
     with stages.stage("plan"):
@@ -391,7 +378,9 @@ def texture_mesh(
             stages.check_cancel("inpaint")
             new_cams = todo[b0 : b0 + batch]
             model_maps = render_views(rasterizer, new_cams, res)
-            maps = model_maps if bake_res == res else render_views(rasterizer, new_cams, bake_res)
+            maps = (
+                model_maps if bake_res == res else render_views(rasterizer, new_cams, bake_res, shading=False)
+            )
             held = [known_view(m, loaded.uv, loaded.faces, baked.atlas, baked.coverage, res) for m in maps]
             size = context_size(len(new_cams), len(all_cams), views_per_call, view_counts)
             context = context_order(all_cams, new_cams)[:size]
@@ -407,18 +396,20 @@ def texture_mesh(
             if len(raw) != len(call_cams):
                 raise ValueError(f"generate_views returned {len(raw)} views for {len(call_cams)} cameras")
             new_views = [_as_view_image(v, res, i) for i, v in enumerate(raw)][len(context) :]
+            big = [
+                upsample_view(v, m, b, bake_settings)
+                for v, m, b in zip(new_views, model_maps, maps, strict=True)
+            ]
             more = bake_views(
                 uncovered_maps(uv_maps, baked.coverage),
                 vertices,
                 loaded.faces,
-                [
-                    upsample_view(v, bake_res, g[6] > 0.5)
-                    for v, g in zip(new_views, call_geom[len(context) :], strict=True)
-                ],
+                [b[0] for b in big],
                 maps,
                 None,
                 bake_settings,
                 copies,
+                [b[1] for b in big],
             )
             baked, _ = merge_bakes(baked, more)
             all_cams += new_cams

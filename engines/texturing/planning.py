@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.sampling.cameras import Camera
-from engines.texturing.bake import BakeResult, BakeSettings, unreliable_pixels, visible_samples
+from engines.texturing.bake import BakeResult, BakeSettings, depth_edges, visible_samples
 from engines.texturing.rasterize import Rasterizer, UVMaps, ViewMaps
 
 #: spheres of candidate cameras (distance from the object's centre; the object fits the unit sphere)
@@ -31,8 +31,8 @@ CLOSEUPS = 8
 CLOSEUP_DISTANCE = 1.0
 #: candidates are scored on views this size and on at most this many texel samples (speed; the bake
 #: decides at the full bake resolution)
-SCORE_RESOLUTION = 256
-SCORE_SAMPLES = 50_000
+SCORE_RESOLUTION = 128
+SCORE_SAMPLES = 20_000
 #: a view must add at least this share of the surface to be worth generating
 MIN_GAIN = 0.002
 #: earlier views held as context in each call that generates planned views (multi-view models)
@@ -115,6 +115,17 @@ def closeup_cameras(points: np.ndarray, normals: np.ndarray, fov_deg: float = 40
     return cams
 
 
+def scoring_unreliable(maps: ViewMaps, edge_slope_px: float) -> np.ndarray:
+    """What a candidate view at the coarse scoring resolution will not colour: the background and a
+    pixel each side of its depth edges (at 128 px one pixel is 4 bake pixels, the band a depth edge costs
+    at the bake, about half a 32 px model pixel: `view_upsample`), but no silhouette band (that costs a
+    bake pixel or two)."""
+    import cv2
+
+    edges = cv2.dilate(depth_edges(maps, edge_slope_px).astype(np.uint8), np.ones((3, 3), np.uint8))
+    return ~maps.mask | edges.astype(bool)
+
+
 def plan_views(
     rasterizer: Rasterizer,
     points: np.ndarray,
@@ -145,8 +156,9 @@ def plan_views(
         cams += closeup_cameras(points[uncovered], normals[uncovered])
     seen: list[tuple[np.ndarray, np.ndarray]] = []
     for cam in cams:
-        maps = rasterizer.render(cam, SCORE_RESOLUTION)
-        idx, cos, _, _ = visible_samples(points, normals, maps, unreliable_pixels(maps, s.edge_slope_px), s)
+        maps = rasterizer.render(cam, SCORE_RESOLUTION, shading=False)
+        bad = scoring_unreliable(maps, s.edge_slope_px)
+        idx, cos, _, _ = visible_samples(points, normals, maps, bad, s)
         seen.append((idx, cos.astype(np.float64) ** s.cos_power))
     chosen: list[PlannedView] = []
     used: set[int] = set()

@@ -66,6 +66,7 @@ TEXTURE_FLAGS = (
     Flag("bake_resolution", "--bake-resolution", "PX"),
     Flag("coverage_target", "--coverage-target", "SHARE"),
     Flag("max_views", "--max-views", "N"),
+    Flag("inpaint_steps", "--inpaint-steps", "N"),
 )
 
 
