@@ -108,7 +108,7 @@ def run(
             "pip_find_links": env.get("PIP_FIND_LINKS") or None,
             "log": [line[:160] for line in log_lines[:20]],
             "machine": before,
-            "load_average_1min_after": round(os.getloadavg()[0], 2),
+            "load_average_1min_after": machine().get("load_average_1min"),
         }
     finally:
         if proc is not None and proc.poll() is None:
