@@ -22,12 +22,12 @@ import tomllib
 from pathlib import Path
 
 BROUGHT_BY_THE_MACHINE = {"torch", "onnx", "onnxruntime", "accelerate", "transformers"}
-#: required by those five (torch: filelock, fsspec, typing-extensions; onnx, onnxruntime, accelerate and
-#: transformers: numpy, packaging, pyyaml; transformers: tqdm). Not pruned, although the machine has
-#: some version of them: huggingface-hub, hf-xet, safetensors and regex (diffusers asks for newer ones
-#: than a machine's transformers may have come with), requests and its dependencies (no longer required
-#: by transformers 5).
-REQUIRED_BY_THEM = {"numpy", "packaging", "pyyaml", "tqdm", "filelock", "fsspec", "typing-extensions"}
+#: required by those five in every version of theirs (onnx, onnxruntime, accelerate, transformers: numpy;
+#: accelerate, transformers: pyyaml; transformers: tqdm; torch: filelock, fsspec), and asked for loosely by
+#: our packages. Not pruned, although the machine has some version of them: packaging (kombu[redis] pins
+#: it exactly), typing-extensions (pydantic asks for a newer one than torch does), huggingface-hub, hf-xet,
+#: safetensors and regex (diffusers asks for newer ones than a machine's transformers may have come with).
+REQUIRED_BY_THEM = {"numpy", "pyyaml", "tqdm", "filelock", "fsspec"}
 #: `--lean`: what only texturing and the S3 store import (the GPU tests, the UNet benchmark and the
 #: multiview worker do not). trimesh stays (0.7 MB): the toy training data's shapes are trimesh primitives.
 TEXTURING_AND_S3 = {*("scipy", "opencv-python-headless", "embreex", "xatlas", "plyfile", "dracopy", "boto3")}

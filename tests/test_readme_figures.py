@@ -175,6 +175,7 @@ TRACED = [
     ("docs/texturing.md", "took 7.9 GB before, 190 MB traced now", ["docs/benchmarks/texturing_asset.md"]),
     ("docs/texturing.md", "is 0.97 coloured from them", ["docs/benchmarks/coverage.md"]),
     ("docs/training.md", "the evaluation, 554.6 s at 32 px", ["docs/eval/results.json"]),
+    ("docs/training.md", "generate 4 views x 30 steps in 3.48 s", ["docs/benchmarks/resolution.md"]),
 ]
 SETTINGS = [
     ("README.md", "2.0M parameters, 8.1 MB safetensors"),  # the shipped files: test_the_shipped_model_sizes
