@@ -126,6 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--sizes", type=_csv, default=None, help="unwrap: face counts (10000,50000,100000,300000)")
     b.add_argument("--modes", type=_csv, default=None, help="unwrap: fast,quality (both, alternating)")
     b.add_argument("--job-faces", type=int, default=0, help="unwrap: also time a whole texture job (0: no)")
+    b.add_argument(
+        "--assets",
+        type=Path,
+        default=None,
+        help="coverage: texture every mesh file in this folder instead of the procedural meshes "
+        "(coverage_assets.md; its SOURCES.md is quoted)",
+    )
     b.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     b.set_defaults(handler=run_bench)
 
@@ -239,7 +246,7 @@ def run_bench(args: argparse.Namespace) -> int:
     elif args.target == "coverage":
         from engines.bench.coverage import run_coverage_bench
 
-        run_coverage_bench(out_dir=args.out)
+        run_coverage_bench(out_dir=args.out, assets=args.assets)
     elif args.target == "cache":
         from engines.bench.step_cache import run_step_cache_bench
 
