@@ -145,11 +145,14 @@ def test_views_are_upsampled_without_mixing_the_surfaces_either_side_of_a_depth_
     image = np.zeros((32, 32, 3), np.uint8)
     image[front] = (255, 0, 0)  # the front square red, the back one blue
     image[model.mask & ~front] = (0, 0, 255)
-    big, unreliable = upsample_view(image, model, bake)
+    big, confidence = upsample_view(image, model, bake)
+    unreliable = confidence <= 0
     back = (bake.face_id >= 0) & (bake.face_id < 2) & ~unreliable
     assert back.sum() > 0.3 * (bake.face_id >= 0).sum()
     assert (big[back, 0] == 0).all() and (big[back, 2] == 255).all()  # no red on the back square
     assert (big[(bake.face_id >= 2) & ~unreliable, 0] == 255).all()
+    # only bake pixels that borrow part of their neighbours count less: the inside of each square is sure
+    assert confidence.max() == 1.0 and 0 < confidence[back].min() < 1
     # a plain bilinear resize does mix them there
     plain = cv2.resize(image, (256, 256), interpolation=cv2.INTER_LINEAR)
     assert (plain[(bake.face_id >= 0) & (bake.face_id < 2), 0] > 0).any()

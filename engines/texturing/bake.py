@@ -211,17 +211,20 @@ def _view_weights(
     view_maps: list[ViewMaps],
     weights: list[float],
     unreliable: list[np.ndarray],
+    ramps: list[np.ndarray | None],
     s: BakeSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(summed weighted colour (n, 3), summed weight (n,)) of surface samples over every view."""
+    """(summed weighted colour (n, 3), summed weight (n,)) of surface samples over every view; `ramps`: per
+    view, a per-pixel factor of its weight (None: 1)."""
     color_sum = np.zeros((len(points), 3), np.float64)
     weight_sum = np.zeros(len(points), np.float64)
-    for image, maps, view_weight, bad in zip(images, view_maps, weights, unreliable, strict=True):
+    for image, maps, view_weight, bad, ramp in zip(
+        images, view_maps, weights, unreliable, ramps, strict=True
+    ):
         idx, cos, x, y = visible_samples(points, normals, maps, bad, s)
         if not len(idx):
             continue
         w = view_weight * cos.astype(np.float64) ** s.cos_power
-        ramp = feather_weights(bad, s.feather)
         if ramp is not None:
             res = maps.resolution
             w *= ramp.reshape(-1)[np.floor(y).astype(np.int64) * res + np.floor(x).astype(np.int64)]
@@ -239,15 +242,15 @@ def bake_views(
     view_weights: list[float] | None = None,
     settings: BakeSettings | None = None,
     copies: InstanceCopies | None = None,
-    unreliable: list[np.ndarray] | None = None,
+    confidence: list[np.ndarray] | None = None,
 ) -> BakeResult:
     """Blend view images (uint8 HxWx3, one per `view_maps`) into the atlas `uv_maps` describes.
 
     `vertices` are the normalised vertices the views were rendered from; `view_maps` carry the cameras and
     the depth maps used for visibility. `copies`: the instances of the rasterised faces (see
     `InstanceCopies`); each texel sample is baked from every copy, one copy at a time, and keeps the best.
-    `unreliable`: per view, (H, W) bool pixels not to sample besides the view's own silhouettes and depth
-    edges (`view_upsample.upsample_view` says which).
+    `confidence`: per view, (H, W) float32 in [0, 1], how much of each pixel's colour is known to be of the
+    surface it shows (`view_upsample.upsample_view`): a factor of the view's weight there, 0 not sampled.
     """
     s = settings or BakeSettings()
     if len(images) != len(view_maps):
@@ -256,8 +259,12 @@ def bake_views(
     for image, maps in zip(images, view_maps, strict=True):
         if image.shape[:2] != (maps.resolution, maps.resolution):
             raise ValueError(f"view image is {image.shape[:2]}, its depth map {maps.resolution}^2")
-    own = [unreliable_pixels(maps, s.edge_slope_px) for maps in view_maps]
-    unreliable = own if unreliable is None else [a | b for a, b in zip(own, unreliable, strict=True)]
+    unreliable = [unreliable_pixels(maps, s.edge_slope_px) for maps in view_maps]
+    if confidence is not None:
+        unreliable = [bad | (c <= 0) for bad, c in zip(unreliable, confidence, strict=True)]
+    ramps = [feather_weights(bad, s.feather) for bad in unreliable]
+    if confidence is not None:
+        ramps = [c if r is None else r * c for r, c in zip(ramps, confidence, strict=True)]
     size = uv_maps.face_id.shape[0]
     flat, fid, bary = texel_samples(uv_maps)
     tri = vertices.astype(np.float32)[faces]
@@ -271,7 +278,7 @@ def bake_views(
         if not len(sel):
             continue
         points, normals = surface_points(tri, normals_all, faces_k, bary[sel])
-        c, w = _view_weights(points, normals, images, view_maps, weights, unreliable, s)
+        c, w = _view_weights(points, normals, images, view_maps, weights, unreliable, ramps, s)
         better = w > weight_sum[sel]  # strictly: ties keep the earlier copy
         upd = sel[better]
         color_sum[upd], weight_sum[upd], chosen[upd] = c[better], w[better], faces_k[better]

@@ -6,8 +6,10 @@ colour of the surface in front with the one behind (a leg over a body: 16 bake p
 pixel), and the bake's own depth-edge band (a bake pixel or two) does not reach that far. Here each bake
 pixel interpolates only those of its four model-pixel neighbours that show the same surface: on the
 object and at a depth within `DEPTH_SLOPE` model-pixel footprints (plus the bake's depth tolerance) of the
-bake pixel's own depth (joint bilateral upsampling with a step range kernel). A bake pixel none of whose
-neighbours qualifies is unreliable: the bake does not sample it.
+bake pixel's own depth (joint bilateral upsampling with a step range kernel). The bilinear weight of the
+neighbours that qualify is the pixel's confidence, a factor of the view's weight in the bake: a pixel that
+borrows its colour from one neighbour near a silhouette counts less than one inside the surface, and one
+with no such neighbour (confidence 0) is not sampled.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ def _axis(big: int, small: int) -> tuple[np.ndarray, np.ndarray]:
 def upsample_view(
     image: np.ndarray, model: ViewMaps, bake: ViewMaps, settings: BakeSettings | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(the view at the bake maps' resolution, uint8 (R, R, 3); bake pixels left unreliable, (R, R) bool).
+    """(the view at the bake maps' resolution, uint8 (R, R, 3); its confidence, float32 (R, R) in [0, 1]).
 
     `model`: the geometry maps at the view's own resolution, `bake`: the same camera at the bake's."""
     s = settings or BakeSettings()
     small, big = model.resolution, bake.resolution
     if small == big:
-        return np.ascontiguousarray(image[..., :3]), np.zeros((big, big), bool)
+        return np.ascontiguousarray(image[..., :3]), bake.mask.astype(np.float32)
     rows, ay = _axis(big, small)
     cols, ax = _axis(big, small)
     on = bake.mask
@@ -62,6 +64,6 @@ def upsample_view(
     ok = total > 1e-6
     out = np.zeros((big, big, 3), np.uint8)
     out[r_idx[ok], c_idx[ok]] = np.clip(acc[ok] / total[ok, None] + 0.5, 0, 255).astype(np.uint8)
-    unreliable = ~on
-    unreliable[r_idx[~ok], c_idx[~ok]] = True
-    return out, unreliable
+    confidence = np.zeros((big, big), np.float32)
+    confidence[r_idx[ok], c_idx[ok]] = np.minimum(total[ok], 1.0)
+    return out, confidence
