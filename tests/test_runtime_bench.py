@@ -104,6 +104,39 @@ def test_shifter_cost_compares_fused_with_a_bare_copy_of_the_same_weights():
     from engines.bench.unet import shifter_cost
     from tests.fixtures.models import tiny_model
 
-    r = shifter_cost(lambda: tiny_model(seed=3), views=1, repeats=2)
+    r = shifter_cost(lambda: tiny_model(seed=3), views=1, width=0.5, max_minutes=0.5, min_pairs=2)
     assert r["unet_batch"] == 2 and r["block_sites"] > 0 and r["fused_over_bare"] > 0
+    low, high = r["fused_over_bare_interval"]
+    assert low <= r["fused_over_bare"] <= high and r["pairs"] >= 2
     assert r["extra_bytes_all_domains"] > 0 and r["bare_step_ms"] > 0
+
+
+def test_paired_ratio_pairs_until_the_interval_is_narrow_or_the_budget_is_spent():
+    from engines.bench.paired import paired_ratio, ratio_interval
+
+    # A fake clock: the variant takes 1.10x the baseline, plus a drift both sides share. Exact ratios
+    # give a zero-width interval at once; noisy ones need more pairs or hit the budget.
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def work(seconds):
+        def run():
+            now[0] += seconds * (1.0 + now[0] * 1e-3)
+
+        return run
+
+    r = paired_ratio(work(1.0), work(1.1), width=0.01, min_pairs=4, clock=clock, warmup=0)
+    assert r.converged and r.pairs == 4 and abs(r.ratio - 1.1) < 0.01 and r.low <= r.ratio <= r.high
+
+    import itertools
+
+    jitter = itertools.cycle([0.8, 1.25, 1.0, 1.1, 0.9])
+    noisy = paired_ratio(
+        work(1.0), lambda: now.__setitem__(0, now[0] + next(jitter)), width=1e-6, max_seconds=60, clock=clock
+    )
+    assert not noisy.converged and noisy.width > 1e-6 and noisy.pairs > 4
+
+    ratio, low, high = ratio_interval([1.0, 1.02, 0.98, 1.01, 0.99] * 4)
+    assert low < ratio < high and high - low < 0.03

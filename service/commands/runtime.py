@@ -108,6 +108,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--gpu-only", action="store_true", help="unet: skip the CPU table")
     b.add_argument(
+        "--interval-width",
+        type=float,
+        default=0.01,
+        help="unet --shape sd: time the shifter's cost in pairs until its 95%% interval is this narrow",
+    )
+    b.add_argument(
+        "--max-minutes",
+        type=float,
+        default=15.0,
+        help="unet --shape sd: stop pairing after this long, the interval as wide as it is then",
+    )
+    b.add_argument(
         "--width", type=int, default=160, help="loading: the UNet's first block channels (SD 1.5: 320)"
     )
     b.add_argument(
@@ -331,7 +343,7 @@ def _bench_unet(args: argparse.Namespace) -> int:
             if args.shape == "sd":
                 from engines.bench.unet import run_sd_shifter_cost
 
-                run_sd_shifter_cost(out_dir=args.out)
+                run_sd_shifter_cost(out_dir=args.out, width=args.interval_width, max_minutes=args.max_minutes)
             else:
                 run_unet_bench(out_dir=args.out)
     from engines.bench.backends import run_backend_bench

@@ -1,0 +1,93 @@
+"""A variant's cost against its baseline, timed in pairs until the ratio is known to a given width.
+
+Each pair times the baseline and the variant back to back, in alternating order (AB, BA, ...), so that
+drift and other load on the machine hit both alike; the pair's ratio is variant / baseline. The figure is
+the geometric mean of the pairs' ratios with a bootstrap interval (percentile, fixed seed); pairs are added
+until the interval is narrower than `width` or the time budget is spent, and the report says which.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    ratio: float  # geometric mean of variant / baseline over the pairs
+    low: float  # the interval at `confidence`
+    high: float
+    confidence: float
+    pairs: int
+    baseline_ms: float  # medians of each side's times
+    variant_ms: float
+    converged: bool  # the interval narrowed below the width asked for (else the budget ran out)
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+def ratio_interval(
+    ratios: list[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """(geometric mean, low, high): a percentile bootstrap of the mean log ratio."""
+    logs = [math.log(r) for r in ratios]
+    rng = random.Random(seed)
+    n = len(logs)
+    means = sorted(statistics.fmean(rng.choices(logs, k=n)) for _ in range(resamples))
+    tail = (1.0 - confidence) / 2
+    low = means[int(tail * (resamples - 1))]
+    high = means[int((1.0 - tail) * (resamples - 1))]
+    return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
+
+
+def paired_ratio(
+    baseline: Callable[[], object],
+    variant: Callable[[], object],
+    *,
+    width: float = 0.01,
+    min_pairs: int = 4,
+    max_seconds: float = 900.0,
+    confidence: float = 0.95,
+    warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> PairedRatio:
+    """Time `variant` against `baseline` in alternating pairs until the ratio's interval is narrower than
+    `width` (after at least `min_pairs`) or `max_seconds` have passed."""
+    for fn in (baseline, variant):
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {"baseline": [], "variant": []}
+    ratios: list[float] = []
+    start = clock()
+    while True:
+        order = (("baseline", baseline), ("variant", variant))
+        if len(ratios) % 2:
+            order = order[::-1]
+        took = {}
+        for name, fn in order:
+            t0 = clock()
+            fn()
+            took[name] = clock() - t0
+            times[name].append(took[name])
+        ratios.append(took["variant"] / took["baseline"])
+        if len(ratios) < min_pairs:
+            continue
+        ratio, low, high = ratio_interval(ratios, confidence)
+        converged = high - low < width
+        if converged or clock() - start >= max_seconds:
+            return PairedRatio(
+                ratio=ratio,
+                low=low,
+                high=high,
+                confidence=confidence,
+                pairs=len(ratios),
+                baseline_ms=statistics.median(times["baseline"]) * 1e3,
+                variant_ms=statistics.median(times["variant"]) * 1e3,
+                converged=converged,
+            )
