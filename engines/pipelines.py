@@ -299,7 +299,8 @@ class Realiz3DPipeline:
             schedule=schedule,
             num_steps=params.steps,
             known=None if known is None else self.known_region(known, noise.shape, seed),
-            # step caching where the runner serves it (the eager torch backend); others run every step whole
+            # step caching where the runner serves it (`step_cache`: torch, compile, onnx, tensorrt and
+            # torch-tensorrt on block-shift models); others run every step whole
             cache_interval=params.cache_interval if getattr(self.runner, "step_cache", False) else 1,
         )
         return JobPlan(job, cameras, resolution, seed, schedule)

@@ -59,7 +59,8 @@ class GenerationParams(BaseModel):
         le=MAX_STEPS,
         description="step caching: run the whole UNet every N-th step and only its shallow branch on the "
         "cached deep features between (DeepCache); 1 = off. A step where the domain schedule switches runs "
-        "whole. Faster, at some quality cost; the torch backend only (others run every step whole)",
+        "whole. Faster, at some quality cost; where the backend serves it for the model (block-shift: every "
+        "backend), else every step runs whole",
     )
 
     @field_validator("prompt")

@@ -288,22 +288,29 @@ def test_a_slow_progress_sink_does_not_hold_up_other_jobs(pipes):
     assert seen == [1, 2, 3, 4, 5, 6]
 
 
+def slowed_builds(runner, slow) -> threading.Event:  # noqa: ANN001 - an OnnxRunner, a predicate
+    """Make the ONNX runner's builds of the graphs `slow(shape, step_kind)` picks take 1.5 s longer, as a
+    TensorRT build is slow; the event is set when one starts."""
+    building = threading.Event()
+    plain_session = runner.session
+
+    def slow_session(combo, shape, step_kind="full"):  # noqa: ANN001, ANN202
+        if slow(shape, step_kind) and (combo, shape, step_kind) not in runner._sessions:
+            building.set()
+            time.sleep(1.5)
+        return plain_session(combo, shape, step_kind)
+
+    runner.session = slow_session
+    return building
+
+
 def test_a_new_shapes_graph_builds_in_the_background_while_other_jobs_step(tiny_model_dir, tmp_path):
     from engines.runtime.onnx_runner import OnnxRunner
 
     pipe = Realiz3DPipeline.load(tiny_model_dir, backend="onnx", engine_cache_dir=tmp_path)
     runner: OnnxRunner = pipe.runner
     runner.session(None, runner.default_shape(2))  # the 2-view graph is there; the 1-view one is not
-    building = threading.Event()
-    plain_session = runner.session
-
-    def slow_session(combo, shape):  # a slow build, as a TensorRT one is: exported only after a pause
-        if shape.num_views == 1 and (combo, shape) not in runner._sessions:
-            building.set()
-            time.sleep(1.5)
-        return plain_session(combo, shape)
-
-    runner.session = slow_session
+    building = slowed_builds(runner, lambda shape, step_kind: shape.num_views == 1)
     pipe.enable_batching(max_jobs=4, max_wait_ms=0)
     long_steps: list[float] = []
     first_new_step: list[float] = []

@@ -232,6 +232,7 @@ def test_engines_list_shows_model_shape_precision_versions_size_last_use_and_sta
         "ENTRY",
         "MODEL",
         "SHAPE",
+        "KIND",
         "PRECISION",
         "VERSIONS",
         "SIZE",

@@ -68,6 +68,28 @@ def test_one_compiled_graph_serves_every_schedule_and_a_mixed_batch(pipes):
     assert (mixed[2:] - eager(eager_pipe.model, x, BLOCKS)[2:]).abs().max().item() <= 1e-4
 
 
+def test_inductor_compiles_one_graph_per_shape_and_step_kind_and_never_per_step(pipes):
+    from torch._dynamo.utils import counters
+
+    eager_pipe, compiled = pipes
+    runner = compiled.runner
+    x = unet_inputs(4, 2, seed=2)
+    runner(x, REAL)  # a plain call: the full step's graph of this shape (compiled here or before)
+    counters.clear()
+    _, deep = runner.run_step(x, REAL)
+    assert counters["stats"]["unique_graphs"] == 0  # a full step is the graph plain calls run
+    runner.run_step(x, REAL, deep)
+    assert counters["stats"]["unique_graphs"] == 1  # the shallow step: a second graph of the shape
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for seed, domains in enumerate((SYN, SPLIT, BLOCKS, [REAL, REAL, BLOCKS, BLOCKS])):
+            y = unet_inputs(4, 2, seed=10 + seed)
+            _, deep = runner.run_step(y, domains)
+            got, _ = runner.run_step(y, domains, deep)
+            want, _ = eager_pipe.runner.run_step(y, domains, deep)
+            assert (got - want).abs().max().item() <= 1e-4
+    assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["ok"] == 1
+
+
 def test_lora_weight_swaps_do_not_recompile(tmp_path):
     from engines.models.model_folder import save_model
     from tests.fixtures.models import tiny_model

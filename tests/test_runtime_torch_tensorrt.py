@@ -3,6 +3,8 @@ and the runner need torch_tensorrt and a CUDA GPU (marked `tensorrt`, skipped he
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -32,9 +34,30 @@ def test_one_exported_program_serves_every_schedule_and_a_mixed_batch(tiny_model
     geometry = torch.zeros(4, model.unet.geometry_channels, 32, 32)
     for combos in ([REAL] * 4, [SYN] * 4, [SPLIT] * 4, [BLOCKS] * 4, [REAL, REAL, BLOCKS, BLOCKS]):
         ids = model.shifter.domain_ids(combos)
-        got = run(x.sample, x.timestep, x.text, x.cameras, geometry, ids)
+        got, _ = run(x.sample, x.timestep, x.text, x.cameras, geometry, ids)  # (noise, deep feature)
         want = torch.cat([eager_unet(model, x, c)[i : i + 1] for i, c in enumerate(combos)])
         assert (got - want).abs().max().item() <= 1e-4, combos
+
+
+def test_the_full_and_shallow_programs_match_eager_steps(tiny_model_dir):
+    from engines.runtime.torch_runner import TorchRunner
+
+    model = load_model(tiny_model_dir)
+    eager = TorchRunner(model)
+    x = unet_inputs(4, 2, seed=3)
+    geometry = torch.zeros(4, model.unet.geometry_channels, 32, 32)
+    later = x.timestep // 2
+    combos = [REAL, REAL, BLOCKS, BLOCKS]
+    want, want_deep = eager.run_step(x, combos)
+    full, _ = export_program(model, GraphShape(2, 32, 32), batch=4, step_kind="full")
+    shallow, args = export_program(model, GraphShape(2, 32, 32), batch=4, step_kind="shallow")
+    assert args[-1].shape == want_deep.shape  # the shallow program's last input: the deep feature
+    ids = model.shifter.domain_ids(combos)
+    got, got_deep = full.module()(x.sample, x.timestep, x.text, x.cameras, geometry, ids)
+    assert (got - want).abs().max().item() <= 1e-4 and (got_deep - want_deep).abs().max().item() <= 1e-4
+    got = shallow.module()(x.sample, later, x.text, x.cameras, geometry, ids, want_deep)
+    want, _ = eager.run_step(dataclasses.replace(x, timestep=later), combos, want_deep)
+    assert (got - want).abs().max().item() <= 1e-4
 
 
 def test_a_lora_model_is_refused_with_the_backends_that_serve_it(tmp_path):

@@ -33,8 +33,9 @@ class UNetRunner(Protocol):
 
     # Optional: `batch_shape(batch, num_views) -> int` (see `call_batch`) for runners built for a set
     # of batch sizes, `max_batch(num_views) -> int | None` for runners with a largest batch, and
-    # `ready_for(num_views, height, width, combos) -> bool` for runners that build a graph per shape:
-    # the step batcher then skips a group until its graphs are built (`background_builds.py`).
+    # `ready_for(num_views, height, width, combos, step_kind="full") -> bool` for runners that build a
+    # graph per shape and step kind: the step batcher then skips a group until its graphs are built
+    # (`background_builds.py`). Step caching: `step_cache` (bool) and `run_step(inputs, domains, deep)`.
 
 
 def graph_inputs(
@@ -209,6 +210,21 @@ def run_step_padded(
         inputs = pad_inputs(inputs, batch)
     pred, feature = runner.run_step(inputs, domains, deep)  # type: ignore[attr-defined]
     return pred[:real], feature[:real]
+
+
+def step_domain_ids(
+    runner: object,
+    inputs: UNetInputs,
+    domains: DomainCombo | Sequence[DomainCombo],
+    device: torch.device,
+) -> torch.Tensor:
+    """The per-sample domain ids of a step-caching call (`run_step`) of a graph runner: its graphs take
+    them as an input. A runner whose model has no step caching refuses the call."""
+    if not getattr(runner, "step_cache", False):
+        from engines.errors import UserInputError
+
+        raise UserInputError(f"model {runner.model.config.name} does not serve step caching")  # type: ignore[attr-defined]
+    return runner.model.shifter.domain_ids(per_sample(domains, inputs.batch), device=device)  # type: ignore[attr-defined]
 
 
 def synchronize(device: torch.device) -> None:

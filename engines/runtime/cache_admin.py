@@ -2,7 +2,8 @@
 (`realiz3d engines prune`).
 
 - An **entry** is a `<backend>/<label>-<key[:32]>/` folder with its manifest (`engine_cache.py`): its
-  model, shape, precision and the library versions it was built with come from the manifest; its size
+  model, shape, step kind (`full`, or `shallow`: step caching's second graph; `-` for entries written
+  before step kinds), precision and the library versions it was built with come from the manifest; its size
   is the bytes of its files; its last use is the folder's mtime (every hit touches it).
 - **Stale**: an entry this install can never load (its key holds other versions of torch, onnx,
   onnxruntime or tensorrt, or another `CACHE_FORMAT`), or a folder with no readable manifest; a TensorRT
@@ -54,6 +55,7 @@ class CacheItem:
     shape: dict[str, int] | None = None
     precision: str | None = None
     weight_set: str | None = None
+    step_kind: str | None = None  # full | shallow (step caching's two graphs per shape)
     versions: dict[str, str] = field(default_factory=dict)
     stale: str | None = None  # why this install can never load it; None: loadable
 
@@ -140,6 +142,7 @@ def scan(root: str | Path | None = None, versions: dict[str, str] | None = None)
                     shape=parts.get("shape"),
                     precision=parts.get("precision"),
                     weight_set=parts.get("weight_set"),
+                    step_kind=parts.get("step_kind"),
                     versions=dict(parts.get("versions") or {}),
                     stale=stale_reason(manifest, ours),
                 )
@@ -246,6 +249,7 @@ def describe(item: CacheItem, now: float | None = None) -> dict[str, str]:
         "entry": item.path.name,
         "model": item.model or "-",
         "shape": f"{shape['num_views']}v {shape['height']}x{shape['width']}" if shape else "-",
+        "kind": item.step_kind or "-",
         "precision": _PRECISION_NAMES.get(item.precision or "", item.precision or "-"),
         "versions": " ".join(f"{short.get(k, k)}={v}" for k, v in sorted(item.versions.items())) or "-",
         "size": human_size(item.size),

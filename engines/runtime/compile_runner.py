@@ -10,6 +10,11 @@ parameters to graph *inputs* (guarded on shape/dtype/device, not on identity or 
 not a recompile: the same compiled graph reads the other tensors. `tests/test_runtime_compile.py` pins
 this with `torch.compiler.set_stance("fail_on_recompile")` across combo switches.
 
+Step caching (block-shift): `compiled_step` is one graph per shape and step kind, the full step's (which
+also returns the deep feature) and the shallow step's (which takes it); plain calls run the full one, so a
+shape costs at most two compiles whatever mix of cache intervals a worker serves
+(`tests/test_runtime_compile.py` counts Inductor's graphs with Dynamo's counters).
+
 - Static shapes (`dynamic=False`) on every device: one compile per batch size, and `batch_shape` rounds
   a batch up to a power-of-two number of objects (the step batcher pads), so jobs joining and leaving
   hit a handful of sizes. On the CPU a dynamic-batch recompile of the test UNet took 555 s against
@@ -70,7 +75,8 @@ class CompileRunner:
         self.dynamic = dynamic
         self.compiled = torch.compile(model.unet, mode=mode, dynamic=dynamic, backend=compile_backend)
 
-        #: step caching's graphs (one per step kind and shape), compiled on first use
+        #: step caching's graphs (one per step kind and shape), compiled on first use; where the model
+        #: caches steps, plain calls run the full one and `compiled` stays uncompiled
         self.compiled_step = torch.compile(
             model.unet.step_forward, mode=mode, dynamic=dynamic, backend=compile_backend
         )
@@ -93,6 +99,11 @@ class CompileRunner:
         shifter = self.model.shifter
         shifter.activate(None)
         ids = shifter.domain_ids(per_sample(domains, inputs.batch), device=self.device)
+        return self._step(inputs, ids, deep)
+
+    def _step(
+        self, inputs: UNetInputs, ids: torch.Tensor, deep: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = cast_inputs(inputs, self.device, self.dtype)
         args = {k: t.contiguous() for k, t in graph_inputs(x, self.model.unet.geometry_channels, ids).items()}
         if self.cuda_graphs:
@@ -138,6 +149,10 @@ class CompileRunner:
         return run_domains(self.model.shifter, inputs, domains, run_one, self.device)
 
     def _run(self, inputs: UNetInputs, ids: torch.Tensor | None) -> torch.Tensor:
+        if ids is not None and self.step_cache:
+            # one graph per shape and step kind: a plain call runs the full step's graph (its deep
+            # feature unused), so a worker mixing cache intervals compiles two graphs per shape, not three
+            return self._step(inputs, ids, None)[0]
         x = cast_inputs(inputs, self.device, self.dtype)
         feeds = graph_inputs(x, self.model.unet.geometry_channels, ids)
         if self.cuda_graphs:

@@ -106,8 +106,8 @@ def batch_inputs(calls: list[UNetInputs]) -> UNetInputs:
 
 class Scheduler:
     """Plans each tick: every active job steps once, grouped into as few calls as the runner and the
-    budget allow. `background_builds`: skip a group whose graphs a graph backend is still building
-    (`ready_for`); off, the runner builds on the call (a lone job waits either way)."""
+    budget allow. `background_builds`: skip a group whose graphs (of its step kind) a graph backend is
+    still building (`ready_for`); off, the runner builds on the call (a lone job waits either way)."""
 
     def __init__(self, runner: UNetRunner, max_cells: int | None = None, background_builds: bool = True):
         self.runner = runner
@@ -122,21 +122,26 @@ class Scheduler:
             if slot.error is None and not slot.job.done:
                 groups.setdefault((slot.job.step_kind, *group_key(slot.job, mixes)), []).append(slot)
         for key, members in groups.items():
-            if not self._built(members):
+            if not self._built(members, key[0]):
                 plan.waiting_for_builds += 1
                 continue
             members = [m for m in members if m.error is None]  # a failed build failed them
             plan.calls.extend(PlannedCall(tuple(chunk), key[0], mixes) for chunk in self._chunks(members))
         return plan
 
-    def _built(self, members: list[Slot]) -> bool:
+    def _built(self, members: list[Slot], step_kind: str) -> bool:
         ready_for = getattr(self.runner, "ready_for", None) if self.background_builds else None
         if ready_for is None:
             return True
         job = members[0].job
         try:
             return bool(
-                ready_for(job.num_views, *job.latents.shape[-2:], sorted({m.job.combo for m in members}))
+                ready_for(
+                    job.num_views,
+                    *job.latents.shape[-2:],
+                    sorted({m.job.combo for m in members}),
+                    step_kind=step_kind,
+                )
             )
         except BaseException as e:  # noqa: BLE001 - the build failed: the jobs that needed it fail
             log.exception(

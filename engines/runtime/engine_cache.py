@@ -1,4 +1,5 @@
-"""The compiled-engine cache: ONNX graphs and TensorRT engines, one entry per fused weight set and shape.
+"""The compiled-engine cache: ONNX graphs and TensorRT engines, one entry per fused weight set, shape and
+step kind.
 
 Layout under the cache root (`cache_root()`: `--engine-cache`, else `$REALIZ3D_ENGINE_CACHE_DIR`, else
 `$REALIZ3D_HOME/engines`, else `~/.cache/realiz3d/engines`; the same rule for every entry point):
@@ -8,7 +9,8 @@ Layout under the cache root (`cache_root()`: `--engine-cache`, else `$REALIZ3D_E
     <backend>/.tmp-*                       an entry being built (never read)
 
 - **Key**: sha256 over everything that changes the artifact: base UNet weights, adapter weights, the UNet
-  and Domain Shifter configs, the domain combo, backend, precision, shapes (views, batch profile, size),
+  and Domain Shifter configs, the domain combo, the step kind (`full` or `shallow`: step caching's two
+  graphs, onnx_export.py), backend, precision, shapes (views, batch profile, size),
   library versions (torch, onnx, onnxruntime, tensorrt), the device name and `CACHE_FORMAT` (bumped when
   the export code changes what it writes).
 - **Atomic**: an entry is built in a temp directory under the same root, its manifest (sha256 and size
@@ -53,8 +55,9 @@ import torch
 log = logging.getLogger(__name__)
 
 #: Bump when an exporter or builder changes what it writes for the same inputs, or how keys are made
-#: (2: canonical configs; format-1 keys hashed diffusers' per-process-ordered `_use_default_values`).
-CACHE_FORMAT = 2
+#: (2: canonical configs; format-1 keys hashed diffusers' per-process-ordered `_use_default_values`;
+#: 3: a step kind per graph and engine, the full graph also outputs the deep feature of step caching).
+CACHE_FORMAT = 3
 MANIFEST = "manifest.json"
 _STALE_TMP_SECONDS = 24 * 3600
 #: the cache root's env var (service.settings.Settings.engine_cache_dir reads the same name)

@@ -10,6 +10,12 @@ that an exported graph is what TensorRT's ONNX parser can build an engine from.
   input and of the output is the dynamic axis `batch` = objects x views x CFG; every other dim is static.
   `num_views` is a Python int of the forward (it sets the multi-view attention grouping) and is baked
   into the graph.
+- **Step kinds** (step caching, engines/models/deep_cache.py): two graphs per weight set and shape. The
+  **full** graph runs the whole UNet; where the model serves step caching (`step_cache_graphs`) it also
+  outputs the deep feature `deep_feature` (batch x C x h x w, static but for the batch), and plain calls
+  run it too, dropping that output. The **shallow** graph takes `deep_feature` as an input and runs only
+  the shallow branch; the exporter drops the inputs it does not read (`text` where the last up block has
+  no attention), so runners feed a graph the inputs it declares (`declared_inputs`).
 - The legacy TorchScript exporter (`dynamo=False`) takes seconds here; opset 17 (in TensorRT's 9-20).
 """
 
@@ -31,6 +37,9 @@ from engines.types import DomainCombo
 OPSET = 17
 INPUTS = ("sample", "timestep", "text", "cameras", "geometry", "domain_ids")
 OUTPUT = "noise_pred"
+#: the cached deep feature: an output of the full graph, an input of the shallow one
+DEEP = "deep_feature"
+STEP_KINDS = ("full", "shallow")
 BATCH_AXIS = "batch"
 TENSORRT_OPS_FILE = Path(__file__).with_name("tensorrt_onnx_ops.txt")
 
@@ -56,25 +65,66 @@ def envelope_shapes(model: Realiz3DModel) -> list[GraphShape]:
 
 
 class ExportWrapper(nn.Module):
-    """Tensors-only forward with num_views fixed and the graph's inputs in `names` order."""
+    """Tensors-only forward with num_views fixed and the graph's inputs in `names` order. `step_kind`
+    None: the plain forward (noise prediction); "full": (noise prediction, deep feature); "shallow": the
+    noise prediction of the shallow branch on the `deep_feature` input."""
 
-    def __init__(self, unet: nn.Module, num_views: int, names: list[str]) -> None:
+    def __init__(
+        self, unet: nn.Module, num_views: int, names: list[str], step_kind: str | None = None
+    ) -> None:
         super().__init__()
         self.unet = unet
         self.num_views = num_views
         self.names = names
+        self.step_kind = step_kind
 
     def forward(self, *tensors):  # noqa: ANN002
         t = dict(zip(self.names, tensors, strict=True))
-        return self.unet(
-            t["sample"],
-            t["timestep"],
-            t["text"],
-            t["cameras"],
-            t.get("geometry"),
-            t.get("domain_ids"),
-            self.num_views,
-        )
+        args = (t["sample"], t["timestep"], t["text"], t["cameras"], t.get("geometry"), t.get("domain_ids"))
+        if self.step_kind is None:
+            return self.unet(*args, self.num_views)
+        pred, deep = self.unet.step_forward(*args, self.num_views, t.get(DEEP))
+        return (pred, deep) if self.step_kind == "full" else pred
+
+
+def step_cache_graphs(model: Realiz3DModel) -> bool:
+    """Whether the model's graphs serve step caching: domains are a graph input (block-shift: one call
+    mixes the jobs' domains) and its UNet has the layout `deep_cache.split_forward` follows."""
+    from engines.models.deep_cache import supports_step_cache
+
+    return takes_domain_ids(model) and supports_step_cache(model.unet.unet)
+
+
+def check_step_kind(model: Realiz3DModel, step_kind: str) -> None:
+    if step_kind not in STEP_KINDS:
+        raise ValueError(f"step kind must be one of {STEP_KINDS}, got {step_kind!r}")
+    if step_kind == "shallow" and not step_cache_graphs(model):
+        raise ValueError(f"model {model.config.name} has no shallow graph: it does not serve step caching")
+
+
+def graph_names(model: Realiz3DModel, step_kind: str = "full") -> tuple[list[str], list[str]]:
+    """(input names, output names) of the `step_kind` graph, as exported (the shallow graph's file may
+    drop inputs it does not read: see `declared_inputs`)."""
+    check_step_kind(model, step_kind)
+    if step_kind == "shallow":
+        return [*input_names(model), DEEP], [OUTPUT]
+    return input_names(model), [OUTPUT, DEEP] if step_cache_graphs(model) else [OUTPUT]
+
+
+def export_wrapper(model: Realiz3DModel, shape: GraphShape, step_kind: str = "full") -> ExportWrapper:
+    """The module that is exported (or `torch.export`ed) as the `step_kind` graph of `shape`."""
+    names, _ = graph_names(model, step_kind)
+    kind = step_kind if step_cache_graphs(model) else None
+    return ExportWrapper(model.unet, shape.num_views, names, kind).eval()
+
+
+def declared_inputs(path: str | Path) -> list[str]:
+    """The input names an exported graph file declares (its initializers excluded), in order."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights]
 
 
 def text_tokens(model: Realiz3DModel) -> int:
@@ -98,9 +148,14 @@ def input_names(model: Realiz3DModel) -> list[str]:
 
 
 def example_inputs(
-    model: Realiz3DModel, shape: GraphShape, batch: int, device: torch.device | str = "cpu"
+    model: Realiz3DModel,
+    shape: GraphShape,
+    batch: int,
+    device: torch.device | str = "cpu",
+    step_kind: str = "full",
 ) -> dict[str, torch.Tensor]:
-    """Deterministic example inputs of the graph's signature (batch rows)."""
+    """Deterministic example inputs of the `step_kind` graph's signature (batch rows); the shallow
+    graph's `deep_feature` is what the full step makes of the other inputs (in the model's dtype)."""
     cfg = model.config
     gen = torch.Generator("cpu").manual_seed(0)
     channels = cfg.image_channels if cfg.latent_space == "pixel" else model.vae.config.latent_channels  # type: ignore[union-attr]
@@ -116,7 +171,15 @@ def example_inputs(
         out["geometry"] = torch.zeros(batch, model.unet.geometry_channels, shape.height, shape.width)
     if takes_domain_ids(model):
         out["domain_ids"] = torch.randint(0, 2, (batch, model.shifter.num_slots), generator=gen)
-    return {k: v.to(device) for k, v in out.items()}
+    out = {k: v.to(device) for k, v in out.items()}
+    if step_kind == "shallow":
+        check_step_kind(model, step_kind)
+        full = export_wrapper(model, shape, "full")
+        names = full.names
+        with torch.no_grad():
+            args = [out[n].to(model.dtype) if out[n].is_floating_point() else out[n] for n in names]
+            out[DEEP] = full(*args)[1]
+    return out
 
 
 #: Modules that run in fp32 inside a half-precision graph: normalisations reduce over many values (a
@@ -160,50 +223,55 @@ def export_unet(
     path: str | Path,
     opset: int = OPSET,
     dtype: torch.dtype | None = None,
+    step_kind: str = "full",
 ) -> Path:
-    """Export the fused UNet to `path`: block-shift with `combo=None` (domains are an input), lora with
-    `combo`'s weight set. `dtype` (default: the model's): the graph's dtype, inputs and output included;
+    """Export the fused UNet's `step_kind` graph to `path`: block-shift with `combo=None` (domains are an
+    input), lora with `combo`'s weight set. `dtype` (default: the model's): the graph's dtype, inputs and output included;
     fp16/bf16 graphs keep normalisations in fp32 (`typed_for_export`), what TensorRT 11's strongly typed
     networks need. Weights inside the file; a graph over protobuf's 2 GB limit gets its weights in
     external data files next to it."""
     path = Path(path)
     dtype = dtype or model.dtype
     model.shifter.activate(combo)
-    names = input_names(model)
-    wrapper = ExportWrapper(model.unet, shape.num_views, names).eval()
+    wrapper = export_wrapper(model, shape, step_kind)
+    names, outputs = graph_names(model, step_kind)
     # Trace with one object under CFG; the batch axis is dynamic anyway.
-    example = example_inputs(model, shape, 2 * shape.num_views, model.device)
+    example = example_inputs(model, shape, 2 * shape.num_views, model.device, step_kind)
     args = tuple(example[n].to(dtype) if example[n].is_floating_point() else example[n] for n in names)
     with warnings.catch_warnings(), typed_for_export(model.unet, dtype):
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints taken from shapes
+        with torch.no_grad():
+            traced = wrapper(*args)
         torch.onnx.export(
             wrapper,
             args,
             str(path),
             input_names=names,
-            output_names=[OUTPUT],
-            dynamic_axes={n: {0: BATCH_AXIS} for n in [*names, OUTPUT]},
+            output_names=outputs,
+            dynamic_axes={n: {0: BATCH_AXIS} for n in [*names, *outputs]},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
-    _pin_output_shape(path, (BATCH_AXIS, *example["sample"].shape[1:]))
+    traced = traced if isinstance(traced, tuple) else (traced,)
+    _pin_output_shapes(path, {n: (BATCH_AXIS, *t.shape[1:]) for n, t in zip(outputs, traced, strict=True)})
     return path
 
 
-def _pin_output_shape(path: Path, dims: tuple) -> None:
-    """Write the output's static dims into the graph (the exporter leaves the spatial dims of the
+def _pin_output_shapes(path: Path, dims: dict[str, tuple]) -> None:
+    """Write the outputs' static dims into the graph (the exporter leaves the spatial dims of the
     pixel-shuffled output symbolic): every dim is then static or the profiled batch axis."""
     import onnx
 
     model = onnx.load(str(path))
-    shape = model.graph.output[0].type.tensor_type.shape
-    for d, value in zip(shape.dim, dims, strict=True):
-        d.Clear()
-        if isinstance(value, str):
-            d.dim_param = value
-        else:
-            d.dim_value = int(value)
+    for output in model.graph.output:
+        shape = output.type.tensor_type.shape
+        for d, value in zip(shape.dim, dims[output.name], strict=True):
+            d.Clear()
+            if isinstance(value, str):
+                d.dim_param = value
+            else:
+                d.dim_value = int(value)
     large = model.ByteSize() > 1_900_000_000  # protobuf's 2 GB limit: weights go to a side file
     onnx.save(model, str(path), save_as_external_data=large, location=path.name + ".data" if large else None)
 

@@ -1,10 +1,12 @@
-"""ONNX Runtime runner: one exported graph + one InferenceSession per weight set and shape.
+"""ONNX Runtime runner: one exported graph + one InferenceSession per weight set, shape and step kind.
 
 Block-shift (the default form) has one weight set: the per-sample domain ids are a graph input, so one
 graph per (num_views, image size) serves every schedule and mixed batches. The lora form has one weight
 set per domain combo; its step-split schedule switches sessions mid-run (a dict lookup). Graphs live in
 the engine cache (see `engine_cache.py`) and are loaded from it by every later process; nothing is
-re-exported or rebuilt. CPU execution provider here; the CUDA EP
+re-exported or rebuilt. Step caching (`run_step`, block-shift models): a full step runs the full graph,
+which also outputs the deep feature, a shallow step the shallow graph on it (`onnx_export.py`); plain calls
+run the full graph too, so a shape has at most two graphs. CPU execution provider here; the CUDA EP
 where onnxruntime-gpu and a GPU are present (inputs/outputs bound to torch's CUDA tensors, on torch's
 current stream, no host copies). fp32 only: ONNX Runtime's CPU EP has no fast bf16/fp16 kernels; fp16 on
 a GPU is what the `tensorrt` backend is for.
@@ -23,7 +25,7 @@ import torch
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.runtime.background_builds import BackgroundBuilds
-from engines.runtime.base import graph_inputs, run_domains
+from engines.runtime.base import graph_inputs, run_domains, step_domain_ids
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -31,7 +33,15 @@ from engines.runtime.engine_cache import (
     library_versions,
     model_fingerprint,
 )
-from engines.runtime.onnx_export import OPSET, GraphShape, export_unet, input_names
+from engines.runtime.graph_runner import GraphRunner
+from engines.runtime.onnx_export import (
+    DEEP,
+    OPSET,
+    OUTPUT,
+    GraphShape,
+    check_step_kind,
+    export_unet,
+)
 from engines.types import DomainCombo, UNetInputs
 
 log = logging.getLogger(__name__)
@@ -43,7 +53,7 @@ def weight_set_label(combo: DomainCombo | None) -> str:
     return "domains" if combo is None else combo.label()
 
 
-class OnnxRunner:
+class OnnxRunner(GraphRunner):
     backend = "onnx"
 
     def __init__(
@@ -77,31 +87,30 @@ class OnnxRunner:
         if self.device.type == "cuda" and not self.use_cuda:
             raise BackendUnavailable("backend onnx on a GPU needs onnxruntime-gpu (CUDAExecutionProvider)")
         self.fingerprint = model_fingerprint(model)
-        self.names = input_names(model)
-        self._sessions: dict[tuple[DomainCombo | None, GraphShape], Any] = {}
-        #: cache entries this runner used, with hit/built: what `realiz3d build-engines` reports
-        self.entries: list[tuple[DomainCombo, GraphShape, CacheEntry]] = []
+        self._sessions: dict[tuple[DomainCombo | None, GraphShape, str], Any] = {}
+        #: cache entries this runner used (weight set, shape, step kind, entry with hit/built): what
+        #: `realiz3d build-engines` reports
+        self.entries: list[tuple[DomainCombo | None, GraphShape, str, CacheEntry]] = []
         self.builds = BackgroundBuilds()
 
     # ---- graphs ------------------------------------------------------------------------------------
-    def default_shape(self, num_views: int | None = None) -> GraphShape:
-        cfg = self.model.config
-        size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
-        return GraphShape(num_views or self.default_views, size, size)
+    def key_parts(
+        self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full"
+    ) -> dict[str, Any]:
+        return graph_key_parts(self.fingerprint, combo, shape, self.device, step_kind=step_kind)
 
-    def key_parts(self, combo: DomainCombo | None, shape: GraphShape) -> dict[str, Any]:
-        return graph_key_parts(self.fingerprint, combo, shape, self.device)
-
-    def graph(self, combo: DomainCombo | None, shape: GraphShape) -> CacheEntry:
-        """The cached ONNX graph for (combo, shape), exported now if missing, stale or corrupt."""
-        entry = cached_graph(self.cache, self.model, self.key_parts(combo, shape), combo, shape)
-        self.entries.append((combo, shape, entry))
+    def graph(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full") -> CacheEntry:
+        """The cached ONNX graph for (combo, shape, step kind), exported now if missing, stale or corrupt."""
+        parts = self.key_parts(combo, shape, step_kind)
+        entry = cached_graph(self.cache, self.model, parts, combo, shape, step_kind=step_kind)
+        self.entries.append((combo, shape, step_kind, entry))
         return entry
 
-    def session(self, combo: DomainCombo | None, shape: GraphShape):
-        key = (combo, shape)
+    def session(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full"):
+        key = (combo, shape, step_kind)
         if key not in self._sessions:
-            entry = self.graph(combo, shape)
+            check_step_kind(self.model, step_kind)
+            entry = self.graph(combo, shape, step_kind)
             opts = self.ort.SessionOptions()
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
@@ -125,26 +134,30 @@ class OnnxRunner:
         return self._sessions[key]
 
     # ---- runner interface --------------------------------------------------------------------------
-    def weight_sets(self, combos: Sequence[DomainCombo]) -> list[DomainCombo | None]:
-        """The weight sets `combos` need: block-shift's one (None), or one per distinct lora combo."""
-        return [None] if self.mixes_domains else list(dict.fromkeys(combos))
-
-    def ready_for(self, num_views: int, height: int, width: int, combos: Sequence[DomainCombo]) -> bool:
-        """For the step batcher: whether the sessions of this shape are loaded; if not, they are built in
-        the background (`background_builds.py`) and the batcher serves other groups meanwhile."""
+    def ready_for(
+        self,
+        num_views: int,
+        height: int,
+        width: int,
+        combos: Sequence[DomainCombo],
+        step_kind: str = "full",
+    ) -> bool:
+        """For the step batcher: whether the sessions of this shape and step kind are loaded; if not, they
+        are built in the background (`background_builds.py`) and the batcher serves other groups meanwhile."""
         shape = GraphShape(num_views, height, width)
         return all(
-            self.builds.ready((combo, shape), lambda combo=combo: self.session(combo, shape))
+            self.builds.ready(
+                (combo, shape, step_kind), lambda combo=combo: self.session(combo, shape, step_kind)
+            )
             for combo in self.weight_sets(combos)
         )
 
-    def build_shape(self, combo: DomainCombo | None, shape: GraphShape) -> None:
-        """Export (or find in the cache) and load the graph of one weight set at one shape."""
-        self.session(combo, shape)
+    def build_shape(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full") -> None:
+        """Export (or find in the cache) and load the graph of one weight set at one shape and step kind."""
+        self.session(combo, shape, step_kind)
 
-    def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
-        for combo in self.weight_sets(combos):
-            self.session(combo, self.default_shape(num_views))
+    def load(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
+        return self.session(combo, shape, step_kind)
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
@@ -160,24 +173,62 @@ class OnnxRunner:
         }
 
     def _run(self, inputs: UNetInputs, combo: DomainCombo | None, ids: torch.Tensor | None) -> torch.Tensor:
+        return self._execute(inputs, combo, ids)[OUTPUT]
+
+    @torch.no_grad()
+    def run_step(
+        self,
+        inputs: UNetInputs,
+        domains: DomainCombo | Sequence[DomainCombo],
+        deep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step-caching call: the full graph (`deep=None`), returning (noise prediction, deep feature),
+        or the shallow graph on `deep` (returned as it is)."""
+        ids = step_domain_ids(self, inputs, domains, inputs.sample.device)
+        if deep is None:
+            outs = self._execute(inputs, None, ids)
+            return outs[OUTPUT], outs[DEEP]
+        return self._execute(inputs, None, ids, deep)[OUTPUT], deep
+
+    def _execute(
+        self,
+        inputs: UNetInputs,
+        combo: DomainCombo | None,
+        ids: torch.Tensor | None,
+        deep: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Every output of the full graph, or with `deep` of the shallow graph, by name."""
         shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])
-        session = self.session(combo, shape)
+        kind = "full" if deep is None else "shallow"
+        session = self.session(combo, shape, kind)
         feeds = self._feeds(inputs, ids)
+        if deep is not None:
+            feeds[DEEP] = deep.to(self.device, torch.float32).contiguous()
+        # a graph declares only the inputs it reads (the shallow one may not read `text`)
+        feeds = {i.name: feeds[i.name] for i in session.get_inputs()}
+        names = [o.name for o in session.get_outputs()]
         if not self.use_cuda:
-            out = session.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
-            return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+            outs = session.run(names, {k: v.numpy() for k, v in feeds.items()})
+            return {
+                n: torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32))
+                for n, o in zip(names, outs, strict=True)
+            }
         # CUDA EP: bind torch's device buffers directly (no host round trip)
-        out_t = torch.empty(feeds["sample"].shape, dtype=torch.float32, device=self.device)
+        batch = inputs.batch
         binding = session.io_binding()
         for name, t in feeds.items():
             binding.bind_input(
                 name, "cuda", self.device.index or 0, _np_dtype(t.dtype), tuple(t.shape), t.data_ptr()
             )
-        binding.bind_output(
-            "noise_pred", "cuda", self.device.index or 0, np.float32, tuple(out_t.shape), out_t.data_ptr()
-        )
+        outs = {}
+        for o in session.get_outputs():
+            dims = [batch if isinstance(d, str) or d is None else int(d) for d in o.shape]
+            out_t = outs[o.name] = torch.empty(dims, dtype=torch.float32, device=self.device)
+            binding.bind_output(
+                o.name, "cuda", self.device.index or 0, np.float32, tuple(dims), out_t.data_ptr()
+            )
         session.run_with_iobinding(binding)
-        return out_t
+        return outs
 
 
 def graph_key_parts(
@@ -186,11 +237,13 @@ def graph_key_parts(
     shape: GraphShape,
     device: torch.device,
     dtype: torch.dtype = torch.float32,
+    step_kind: str = "full",
 ) -> dict[str, Any]:
     """Cache key parts of an ONNX graph in `dtype` (shared by the onnx and tensorrt backends)."""
     return {
         **fingerprint,
         "weight_set": weight_set_label(combo),
+        "step_kind": step_kind,
         "backend": "onnx",
         "precision": str(dtype).removeprefix("torch."),
         "shape": shape.as_dict(),
@@ -200,8 +253,9 @@ def graph_key_parts(
     }
 
 
-def graph_label(combo: DomainCombo | None, shape: GraphShape) -> str:
-    return f"{weight_set_label(combo)}-v{shape.num_views}-{shape.height}x{shape.width}"
+def graph_label(combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full") -> str:
+    """`domains-v4-64x64-full`: weight set, shape and step kind (the cache entry's name before its key)."""
+    return f"{weight_set_label(combo)}-v{shape.num_views}-{shape.height}x{shape.width}-{step_kind}"
 
 
 def cached_graph(
@@ -211,14 +265,15 @@ def cached_graph(
     combo: DomainCombo | None,
     shape: GraphShape,
     dtype: torch.dtype = torch.float32,
+    step_kind: str = "full",
 ) -> CacheEntry:
-    """The ONNX graph of a weight set (see `export_unet`) at `shape` in `dtype`, from `cache` or exported
-    into it."""
+    """The `step_kind` ONNX graph of a weight set (see `export_unet`) at `shape` in `dtype`, from `cache`
+    or exported into it."""
 
     def build(tmp: Path) -> None:
-        export_unet(model, combo, shape, tmp / GRAPH_FILE, dtype=dtype)
+        export_unet(model, combo, shape, tmp / GRAPH_FILE, dtype=dtype, step_kind=step_kind)
 
-    label = graph_label(combo, shape) + ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}")
+    label = graph_label(combo, shape, step_kind) + ("" if dtype == torch.float32 else f"-{str(dtype)[6:]}")
     entry = cache.get_or_build("onnx", label, parts, build, info={"model": model.config.name})
     log.info(
         "onnx graph %s: %s", label, "cache hit" if entry.hit else f"built in {entry.build_seconds:.1f} s"

@@ -1,5 +1,5 @@
-"""TensorRT runner: one engine per graph shape (block-shift: per (views, H, W); lora: also per weight
-set), all sharing one activation buffer.
+"""TensorRT runner: one engine per graph shape and step kind (block-shift: per (views, H, W); lora: also
+per weight set), all sharing one activation buffer.
 
 Written against NVIDIA's TensorRT 10 and 11 Python APIs (`import tensorrt` happens lazily, only here).
 It has NOT run in this repository's CI: TensorRT's libraries cannot be installed there and there is no
@@ -35,6 +35,12 @@ may pin, and every version-dependent name is guarded (tests/test_tensorrt_api.py
   batch) on the first call of that shape and replays it (static input/output buffers; inputs are copied
   in). The graphs bake in the shared buffer's address, so they are dropped whenever that buffer grows.
 - `precision` None: `backend_names.DEFAULT_PRECISION["tensorrt"]` (fp16).
+- **Step caching** (`run_step`, block-shift models): each shape has a full engine, built from the full
+  ONNX graph, whose outputs are `noise_pred` and `deep_feature` (plain calls run it too and drop the
+  second), and a shallow engine from the shallow graph, whose inputs add `deep_feature` (and may lack
+  `text`: a graph declares only what it reads). Every IO tensor is bound by the engine's own names; the
+  profile covers `deep_feature` like every input (its dims but the batch are static). NOT run here:
+  tests/test_runtime_tensorrt.py checks on the CPU the ONNX graphs these engines are built from.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.runtime.backend_names import default_precision
 from engines.runtime.background_builds import BackgroundBuilds
-from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
+from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains, step_domain_ids
 from engines.runtime.engine_cache import (
     CacheEntry,
     EngineCache,
@@ -61,7 +67,8 @@ from engines.runtime.engine_cache import (
     write_atomic,
 )
 from engines.runtime.engine_lru import EngineLRU
-from engines.runtime.onnx_export import GraphShape, input_names
+from engines.runtime.graph_runner import GraphRunner
+from engines.runtime.onnx_export import DEEP, OUTPUT, GraphShape, check_step_kind
 from engines.runtime.onnx_runner import (
     GRAPH_FILE,
     cached_graph,
@@ -73,7 +80,6 @@ from engines.types import DomainCombo, UNetInputs
 
 log = logging.getLogger(__name__)
 ENGINE_FILE = "unet.plan"
-OUTPUT = "noise_pred"
 
 
 def tensorrt_available() -> bool:
@@ -138,8 +144,11 @@ class _Engine:
             raise RuntimeError(f"TensorRT could not create an execution context for {label}")
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in self.names if n not in self.inputs]
         self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in self.names}
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
+        self.graphs: dict[
+            int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], dict[str, torch.Tensor]]
+        ] = {}
 
     @property
     def device_memory_bytes(self) -> int:
@@ -160,7 +169,7 @@ def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
     return table[dt]
 
 
-class TensorRTRunner:
+class TensorRTRunner(GraphRunner):
     backend = "tensorrt"
 
     def __init__(
@@ -201,23 +210,18 @@ class TensorRTRunner:
         self.cuda_graphs = cuda_graphs
         self.workspace_bytes = workspace_bytes
         self.fingerprint = model_fingerprint(model)
-        self.names = input_names(model)
         self.logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.runtime = self.trt.Runtime(self.logger)
         #: loaded engines, least recently used dropped first over `memory_budget_bytes` (plan bytes)
         self._engines: EngineLRU[_Engine] = EngineLRU(memory_budget_bytes)
         self._scratch: torch.Tensor | None = None
-        self.entries: list[tuple[DomainCombo | None, GraphShape, CacheEntry]] = []
+        #: (weight set, shape, step kind, entry): what `realiz3d build-engines` reports
+        self.entries: list[tuple[DomainCombo | None, GraphShape, str, CacheEntry]] = []
         self.builds = BackgroundBuilds()
         #: once an engine is loaded the torch UNet leaves the GPU (later exports run on the CPU)
         self.release_unet = release_unet
 
     # ---- building ----------------------------------------------------------------------------------
-    def default_shape(self, num_views: int | None = None) -> GraphShape:
-        cfg = self.model.config
-        size = cfg.resolution // cfg.downsample_factor * cfg.patch_size
-        return GraphShape(num_views or self.default_views, size, size)
-
     def profile(self, shape: GraphShape) -> tuple[int, int, int]:
         """(min, opt, max) batch: one object without CFG, one object (x2 with CFG), max_objects with CFG."""
         v = shape.num_views
@@ -233,10 +237,13 @@ class TensorRTRunner:
             return batch
         return power_of_two_objects(batch, num_views, self.max_batch(num_views))
 
-    def key_parts(self, combo: DomainCombo | None, shape: GraphShape) -> dict[str, Any]:
+    def key_parts(
+        self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full"
+    ) -> dict[str, Any]:
         return {
             **self.fingerprint,
             "weight_set": weight_set_label(combo),
+            "step_kind": step_kind,
             "backend": "tensorrt",
             "precision": self.precision,
             "shape": shape.as_dict(),
@@ -288,35 +295,41 @@ class TensorRTRunner:
         out.write_bytes(bytes(plan))
         write_atomic(timing_path, bytes(config.get_timing_cache().serialize()))
 
-    def engine_entry(self, combo: DomainCombo | None, shape: GraphShape) -> CacheEntry:
+    def engine_entry(
+        self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full"
+    ) -> CacheEntry:
+        check_step_kind(self.model, step_kind)
+
         def build(tmp: Path) -> None:
             graph = cached_graph(
                 self.cache,
                 self.model,
-                graph_key_parts(self.fingerprint, combo, shape, self.device, self.graph_dtype),
+                graph_key_parts(self.fingerprint, combo, shape, self.device, self.graph_dtype, step_kind),
                 combo,
                 shape,
                 self.graph_dtype,
+                step_kind,
             )
             self.build_plan(graph.file(GRAPH_FILE), shape, tmp / ENGINE_FILE)
 
-        label = f"{graph_label(combo, shape)}-{self.precision}-{self.typing}"
+        label = f"{graph_label(combo, shape, step_kind)}-{self.precision}-{self.typing}"
+        parts = self.key_parts(combo, shape, step_kind)
         entry = self.cache.get_or_build(
-            "tensorrt", label, self.key_parts(combo, shape), build, info={"model": self.model.config.name}
+            "tensorrt", label, parts, build, info={"model": self.model.config.name}
         )
-        self.entries.append((combo, shape, entry))
+        self.entries.append((combo, shape, step_kind, entry))
         return entry
 
-    def engine(self, combo: DomainCombo | None, shape: GraphShape) -> _Engine:
+    def engine(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full") -> _Engine:
         loaded = []
 
         def load() -> tuple[_Engine, int]:
-            entry = self.engine_entry(combo, shape)
+            entry = self.engine_entry(combo, shape, step_kind)
             plan = entry.file(ENGINE_FILE).read_bytes()
             loaded.append(entry)
             return _Engine(self.trt, self.runtime, plan, entry.path.name), len(plan)
 
-        eng = self._engines.get((combo, shape), load)
+        eng = self._engines.get((combo, shape, step_kind), load)
         if loaded:
             self._share_activation_memory()
             if self.release_unet and self.model.device.type == "cuda":
@@ -342,68 +355,100 @@ class TensorRTRunner:
         return 0 if self._scratch is None else self._scratch.numel()
 
     # ---- runner interface --------------------------------------------------------------------------
-    def ready_for(self, num_views: int, height: int, width: int, combos: Sequence[DomainCombo]) -> bool:
-        """For the step batcher: whether this shape's engines are loaded. A missing one is built into the
-        engine cache in the background while the batcher serves other groups; once built it is loaded
-        here, on the batcher's thread, which alone touches the engines and their shared buffer."""
+    def ready_for(
+        self,
+        num_views: int,
+        height: int,
+        width: int,
+        combos: Sequence[DomainCombo],
+        step_kind: str = "full",
+    ) -> bool:
+        """For the step batcher: whether this shape's engines of `step_kind` are loaded. A missing one is
+        built into the engine cache in the background while the batcher serves other groups; once built
+        it is loaded here, on the batcher's thread, which alone touches the engines and their shared
+        buffer."""
         shape = GraphShape(num_views, height, width)
         for combo in self.weight_sets(combos):
-            if (combo, shape) in self._engines:
+            key = (combo, shape, step_kind)
+            if key in self._engines:
                 continue
-            if not self.builds.ready((combo, shape), lambda combo=combo: self.engine_entry(combo, shape)):
+            if not self.builds.ready(key, lambda combo=combo: self.engine_entry(combo, shape, step_kind)):
                 return False
-            self.engine(combo, shape)  # a cache hit now
+            self.engine(*key)  # a cache hit now
         return True
 
-    def build_shape(self, combo: DomainCombo | None, shape: GraphShape) -> None:
-        """Build (or find in the cache) the engine of one weight set at one shape, without loading it:
-        ahead-of-time builds for a whole envelope must not hold every engine on the GPU."""
-        self.engine_entry(combo, shape)
+    def build_shape(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str = "full") -> None:
+        """Build (or find in the cache) the engine of one weight set at one shape and step kind, without
+        loading it: ahead-of-time builds for a whole envelope must not hold every engine on the GPU."""
+        self.engine_entry(combo, shape, step_kind)
 
-    def weight_sets(self, combos: Sequence[DomainCombo]) -> list[DomainCombo | None]:
-        """The weight sets `combos` need: block-shift's one (None), or one per distinct lora combo."""
-        return [None] if self.mixes_domains else list(dict.fromkeys(combos))
-
-    def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
-        for combo in self.weight_sets(combos):
-            self.engine(combo, self.default_shape(num_views))
+    def load(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
+        return self.engine(combo, shape, step_kind)
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
         return run_domains(self.model.shifter, inputs, domains, self._run, self.device)
 
-    def _feeds(self, inputs: UNetInputs, eng: _Engine, ids: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        feeds = graph_inputs(inputs, self.model.unet.geometry_channels, ids)
-        return {n: t.to(self.device, eng.dtypes[n]).contiguous() for n, t in feeds.items()}
-
     def _run(self, inputs: UNetInputs, combo: DomainCombo | None, ids: torch.Tensor | None) -> torch.Tensor:
+        return self._outputs(inputs, combo, ids)[OUTPUT].float()
+
+    @torch.no_grad()
+    def run_step(
+        self,
+        inputs: UNetInputs,
+        domains: DomainCombo | Sequence[DomainCombo],
+        deep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step-caching call: the full engine (`deep=None`), returning (noise prediction, deep
+        feature), or the shallow engine on `deep` (returned as it is)."""
+        ids = step_domain_ids(self, inputs, domains, self.device)
+        outs = self._outputs(inputs, None, ids, deep)
+        if deep is None:
+            return outs[OUTPUT].float(), outs[DEEP]
+        return outs[OUTPUT].float(), deep
+
+    def _outputs(
+        self,
+        inputs: UNetInputs,
+        combo: DomainCombo | None,
+        ids: torch.Tensor | None,
+        deep: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Every output of the full engine, or with `deep` of the shallow one, by name."""
         shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])
         lo, _, hi = self.profile(shape)
         if not lo <= inputs.batch <= hi:
             raise UserInputError(f"batch {inputs.batch} is outside the engine profile [{lo}, {hi}]")
-        eng = self.engine(combo, shape)
-        feeds = self._feeds(inputs, eng, ids)
+        eng = self.engine(combo, shape, "full" if deep is None else "shallow")
+        feeds = graph_inputs(inputs, self.model.unet.geometry_channels, ids)
+        if deep is not None:
+            feeds[DEEP] = deep
+        # an engine has the inputs its graph declares (the shallow one may not read `text`)
+        feeds = {n: feeds[n].to(self.device, eng.dtypes[n]).contiguous() for n in eng.inputs}
         if self.cuda_graphs:
-            return self._run_graph(eng, feeds).float()
-        out = self._execute(eng, feeds)
-        return out.float()
+            return self._run_graph(eng, feeds)
+        return self._execute(eng, feeds)
 
-    def _bind(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _bind(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ctx = eng.context
         for name, t in feeds.items():
             ctx.set_input_shape(name, tuple(t.shape))
             ctx.set_tensor_address(name, t.data_ptr())
-        out = torch.empty(tuple(ctx.get_tensor_shape(OUTPUT)), dtype=eng.dtypes[OUTPUT], device=self.device)
-        ctx.set_tensor_address(OUTPUT, out.data_ptr())
-        return out
+        outs = {}
+        for name in eng.outputs:  # every output bound (the full engine's deep feature too)
+            out = outs[name] = torch.empty(
+                tuple(ctx.get_tensor_shape(name)), dtype=eng.dtypes[name], device=self.device
+            )
+            ctx.set_tensor_address(name, out.data_ptr())
+        return outs
 
-    def _execute(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self._bind(eng, feeds)
+    def _execute(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        outs = self._bind(eng, feeds)
         if not eng.context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise RuntimeError(f"TensorRT execution failed for {eng.label}")
-        return out
+        return outs
 
-    def _run_graph(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _run_graph(self, eng: _Engine, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         batch = feeds["sample"].shape[0]
         if batch not in eng.graphs:
             static = {n: t.clone() for n, t in feeds.items()}
@@ -412,12 +457,12 @@ class TensorRTRunner:
             stream.wait_stream(torch.cuda.current_stream(self.device))
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-                out = self._bind(eng, static)
+                outs = self._bind(eng, static)
                 eng.context.execute_async_v3(stream.cuda_stream)
             torch.cuda.current_stream(self.device).wait_stream(stream)
-            eng.graphs[batch] = (graph, static, out)
-        graph, static, out = eng.graphs[batch]
+            eng.graphs[batch] = (graph, static, outs)
+        graph, static, outs = eng.graphs[batch]
         for n, t in feeds.items():
             static[n].copy_(t)
         graph.replay()
-        return out.clone()
+        return {n: o.clone() for n, o in outs.items()}

@@ -19,6 +19,10 @@ runner only run where `torch_tensorrt` imports and a CUDA GPU exists.
   works), else with `enabled_precisions={dtype}`.
 - Compiled modules are kept under the same memory budget policy as TensorRT engines (`engine_lru.py`,
   sized by the program's parameter bytes).
+- **Step caching** (`run_step`): one program per shape, batch and step kind, the same two graphs as the
+  ONNX export (`onnx_export.export_wrapper`): the full program returns (noise prediction, deep feature)
+  and serves plain calls too, the shallow program takes the deep feature as its last input. On the CPU
+  both programs are checked against the eager step (tests/test_runtime_torch_tensorrt.py); compiled, not.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ import torch
 from engines.errors import BackendUnavailable, UserInputError
 from engines.models.realiz3d_model import Realiz3DModel
 from engines.runtime.backend_names import default_precision
-from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains
+from engines.runtime.base import graph_inputs, power_of_two_objects, run_domains, step_domain_ids
 from engines.runtime.engine_lru import EngineLRU
 from engines.runtime.onnx_export import (
-    ExportWrapper,
+    DEEP,
     GraphShape,
     example_inputs,
-    input_names,
+    export_wrapper,
+    graph_names,
+    step_cache_graphs,
     takes_domain_ids,
     typed_for_export,
 )
@@ -58,9 +64,14 @@ def torch_tensorrt_available() -> bool:
 
 
 def export_program(
-    model: Realiz3DModel, shape: GraphShape, batch: int, dtype: torch.dtype = torch.float32
+    model: Realiz3DModel,
+    shape: GraphShape,
+    batch: int,
+    dtype: torch.dtype = torch.float32,
+    step_kind: str = "full",
 ) -> tuple[torch.export.ExportedProgram, tuple[torch.Tensor, ...]]:
-    """The fused UNet exported at one (views, H, W, batch) in `dtype`, and example args in input order.
+    """The fused UNet's `step_kind` graph exported at one (views, H, W, batch) in `dtype`, and example
+    args in input order (`onnx_export.graph_names`: the shallow graph's last input is the deep feature).
 
     Runs on any device the model is on (the CPU in tests). The model is left as it was found."""
     if not takes_domain_ids(model):
@@ -69,10 +80,10 @@ def export_program(
             "Domain Shifter is the lora form: use --backend tensorrt or compile"
         )
     model.shifter.activate(None)  # fused tables, per-sample ids (a loaded model starts with it off)
-    names = input_names(model)
-    feeds = example_inputs(model, shape, batch, model.device)
+    names, _ = graph_names(model, step_kind)
+    feeds = example_inputs(model, shape, batch, model.device, step_kind)
     args = tuple(feeds[n].to(dtype) if feeds[n].is_floating_point() else feeds[n] for n in names)
-    wrapper = ExportWrapper(model.unet, shape.num_views, names).eval()
+    wrapper = export_wrapper(model, shape, step_kind)
     with torch.no_grad(), typed_for_export(model.unet, dtype):
         program = torch.export.export(wrapper, args, strict=False)
     return program, args
@@ -126,15 +137,19 @@ class TorchTensorRTRunner:
     def batch_shape(self, batch: int, num_views: int) -> int:
         return power_of_two_objects(batch, num_views, self.max_batch(num_views))
 
-    def module(self, shape: GraphShape, batch: int) -> Any:
+    @property
+    def step_cache(self) -> bool:
+        return step_cache_graphs(self.model)
+
+    def module(self, shape: GraphShape, batch: int, step_kind: str = "full") -> Any:
         def build() -> tuple[Any, int]:
-            program, args = export_program(self.model, shape, batch, self.dtype)
+            program, args = export_program(self.model, shape, batch, self.dtype, step_kind)
             compile_fn = self.torch_tensorrt.dynamo.compile
             compiled = compile_fn(program, arg_inputs=list(args), **compile_options(compile_fn, self.dtype))
             size = sum(p.numel() * p.element_size() for p in program.parameters())
             return compiled, size
 
-        return self._modules.get((shape, batch), build)
+        return self._modules.get((shape, batch, step_kind), build)
 
     def prepare(self, combos: Sequence[DomainCombo], num_views: int | None = None) -> None:
         self.model.shifter.activate(None)
@@ -144,15 +159,36 @@ class TorchTensorRTRunner:
         return run_domains(self.model.shifter, inputs, domains, self._run, self.device)
 
     def _run(self, inputs: UNetInputs, combo: DomainCombo | None, ids: torch.Tensor | None) -> torch.Tensor:
+        out = self._call(inputs, ids)
+        return (out[0] if isinstance(out, tuple | list) else out).float()
+
+    @torch.no_grad()
+    def run_step(
+        self,
+        inputs: UNetInputs,
+        domains: DomainCombo | Sequence[DomainCombo],
+        deep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A step-caching call: the full program (`deep=None`), returning (noise prediction, deep
+        feature), or the shallow program on `deep` (returned as it is)."""
+        ids = step_domain_ids(self, inputs, domains, self.device)
+        if deep is None:
+            pred, feature = self._call(inputs, ids)
+            return pred.float(), feature
+        return self._call(inputs, ids, deep).float(), deep
+
+    def _call(self, inputs: UNetInputs, ids: torch.Tensor | None, deep: torch.Tensor | None = None) -> Any:
+        """The full program's outputs, or with `deep` the shallow program's."""
         shape = GraphShape(inputs.num_views, inputs.sample.shape[2], inputs.sample.shape[3])
         if inputs.batch > self.max_batch(inputs.num_views):
             raise UserInputError(f"batch {inputs.batch} is over {self.max_batch(inputs.num_views)} images")
-        feeds = graph_inputs(inputs, self.model.unet.geometry_channels, ids)
-        names = input_names(self.model)
+        kind = "full" if deep is None else "shallow"
+        feeds = {**graph_inputs(inputs, self.model.unet.geometry_channels, ids), DEEP: deep}
+        names, _ = graph_names(self.model, kind)
         args = [
             feeds[n]
             .to(self.device, self.dtype if feeds[n].is_floating_point() else feeds[n].dtype)
             .contiguous()
             for n in names
         ]
-        return self.module(shape, inputs.batch)(*args).float()
+        return self.module(shape, inputs.batch, kind)(*args)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     ls = verbs.add_parser(
         "list",
-        help="entries: model, shape, backend, precision, versions, size, last use, state",
+        help="entries: model, shape, step kind (full/shallow), backend, precision, versions, size, last use, state",
         description="Every entry of the engine cache, most recently used first.",
     )
     add_engine_cache_arg(ls)

@@ -40,6 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int, default=30, help="denoising steps the schedule is split over")
     p.add_argument(
+        "--cache-interval",
+        type=int,
+        default=1,
+        metavar="N",
+        help="build what jobs with this --cache-interval need: 1 (default) the full graph of each shape, "
+        "N > 1 the shallow graph of step caching too (see docs/runtimes.md)",
+    )
+    p.add_argument(
         "--precision",
         choices=("fp32", "fp16", "bf16"),
         default=None,
@@ -170,6 +178,8 @@ def run_build_engines(args: argparse.Namespace) -> int:
     schedule = parse_schedule(args.schedule)
     if args.steps < 1:
         raise UserInputError("--steps must be at least 1")
+    if args.cache_interval < 1:
+        raise UserInputError("--cache-interval must be at least 1 (1: step caching off)")
     precision = args.precision or worker_precision(args.backend)
     cache_dir = engine_cache_dir(args.engine_cache)
 
@@ -208,24 +218,35 @@ def run_build_engines(args: argparse.Namespace) -> int:
         )
     from engines.runtime.onnx_runner import weight_set_label
 
+    kinds = ("full",)
+    if args.cache_interval > 1:
+        if not runner.step_cache:
+            raise UserInputError(
+                f"--cache-interval {args.cache_interval}: model {model.config.name} does not serve step "
+                "caching (its jobs run every step whole); build without it"
+            )
+        kinds = ("full", "shallow")
     if args.envelope:
         from engines.runtime.onnx_export import envelope_shapes
 
         shapes = envelope_shapes(model)
         print(
             f"{len(shapes)} shapes in the serving envelope x {len(runner.weight_sets(combos))} weight set(s)"
+            f" x {len(kinds)} step kind(s)"
         )
         for shape in shapes:
-            for combo in runner.weight_sets(combos):
-                runner.build_shape(combo, shape)
+            for kind in kinds:
+                for combo in runner.weight_sets(combos):
+                    runner.build_shape(combo, shape, kind)
     else:
-        runner.prepare(combos)
-    for combo, shape, entry in runner.entries:
+        runner.prepare(combos, step_kinds=kinds)
+    for combo, shape, kind, entry in runner.entries:
         state = "hit  " if entry.hit else f"built in {entry.build_seconds:.1f} s:"
         print(
-            f"{args.backend} {weight_set_label(combo)} views={shape.num_views} {shape.height}x{shape.width}: {state} {entry.path}"
+            f"{args.backend} {weight_set_label(combo)} views={shape.num_views} {shape.height}x{shape.width} {kind}: "
+            f"{state} {entry.path}"
         )
-    built = sum(not e.hit for _, _, e in runner.entries)
+    built = sum(not e.hit for *_, e in runner.entries)
     print(
         f"{len(runner.entries)} entries ({built} built, {len(runner.entries) - built} cache hits) in {runner.cache.root}"
     )
