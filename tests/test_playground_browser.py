@@ -278,6 +278,25 @@ def test_field_errors_from_the_api_show_next_to_their_field(embedded, browser_fa
     b.check_clean()
 
 
+def test_step_caching_from_the_page(embedded, browser_factory):
+    b = browser_factory(embedded.url)
+    page = b.page
+    assert page.locator("#mv-cache_interval").input_value() == "1"  # off unless asked
+    fill_job(page, "mv-form", prompt="a green cone", num_views="1", steps="4", cache_interval="0")
+    page.locator("#mv-submit").click()
+    page.locator("#mv-form [data-error-for=cache_interval]").filter(has_text="greater than").wait_for()
+    assert page.locator("#mv-cache_interval").get_attribute("aria-invalid") == "true"
+    fill_job(page, "mv-form", cache_interval="3")
+    with page.expect_request(lambda r: r.url.endswith("/v1/multiview")) as sent:
+        page.locator("#mv-submit").click()
+    assert sent.value.post_data_json["cache_interval"] == 3
+    job = page.locator("#mv-results article.job")
+    job.and_(page.locator("[data-ready=true]")).wait_for(timeout=JOB_TIMEOUT_MS)
+    assert job.locator("[data-role=status]").inner_text() == "succeeded"
+    assert "cache interval 3" in job.locator(".result-meta").inner_text()  # as the job ran it
+    b.check_clean()
+
+
 def test_every_control_is_labelled_and_the_forms_work_from_the_keyboard(embedded, browser_factory):
     b = browser_factory(embedded.url)
     page = b.page

@@ -229,8 +229,10 @@ function camerasTable(cameras) {
 async function showMultiview(area, job) {
   const [cameras, meta] = await Promise.all([artifactJson(job, "cameras.json"), artifactJson(job, "meta.json")]);
   const seed = meta?.seed != null ? `seed ${meta.seed}` : "";
+  // step caching as the job ran it (a backend without it runs every step whole: 1)
+  const cache = meta?.cache_interval > 1 ? `cache interval ${meta.cache_interval}` : "";
   area.append(
-    el("p", { class: "result-meta" }, [seed, cameras ? `${cameras.resolution} px` : ""].filter(Boolean).join(" · ")),
+    el("p", { class: "result-meta" }, [seed, cameras ? `${cameras.resolution} px` : "", cache].filter(Boolean).join(" · ")),
     await viewGrid(area, job, "", cameras),
     await downloadLinks(area, job, ["grid.png", "cameras.json", "meta.json"]),
     camerasTable(cameras),
