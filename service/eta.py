@@ -12,7 +12,8 @@ Gateway side: the estimate assumes the jobs ahead (`ahead`: queued plus running 
 counted by the same store script that stores it) are like this one and that the load stays as it is. On a
 worker with `slots` batched slots, n jobs in all (ahead + this one) split evenly across the workers that
 serve the kind: this job waits for max(0, n - slots) of them to finish (each holds its slot for a run at
-full occupancy plus its outside time), then runs its steps in ticks of min(n, slots) jobs' images, each
+full occupancy plus its outside time), then runs its steps in ticks of min(slots, max(n, the jobs per tick
+the worker published: its recent load)) jobs' images, each
 step costing what the measured table says for a call of that size and step kind, then its outside-denoising
 time. `GET` keeps it current: a queued job's estimate counts down from its submission's, never below its own
 run; a running job's is its steps left at that occupancy plus the share of its outside time still to come;
@@ -70,7 +71,12 @@ class WorkerCosts:
             return None
         with self._lock:
             overhead = {k: float(f"{statistics.median(v):.2g}") for k, v in self._overheads.items() if v}
-        now = {"per_image": table, "job_overhead_s": overhead, "step_cache": self.step_cache}
+        now = {
+            "per_image": table,
+            "occupancy": self.step_costs.occupancy() or 1,
+            "job_overhead_s": overhead,
+            "step_cache": self.step_cache,
+        }
         if self._published is None or _moved(self._published, now):
             self._published = now
         return self._published
@@ -132,6 +138,7 @@ class _Worker(NamedTuple):
     costs: CostCurve
     step_cache: bool
     overhead: dict[str, float]
+    occupancy: int
 
     @classmethod
     def of(cls, info: dict[str, Any]) -> _Worker:
@@ -146,8 +153,14 @@ class _Worker(NamedTuple):
                 CostCurve(costs.get("per_image") or {}),
                 bool(costs.get("step_cache")),
                 costs.get("job_overhead_s") or {},
+                max(1, int(costs.get("occupancy") or 1)),
             )
         return parsed
+
+    def occupied(self, jobs: float) -> int:
+        """Jobs sharing the ticks with `jobs` in all here: as many as there are, or as the worker has been
+        stepping lately (the load stays as it is), at most its slots."""
+        return max(1, min(self.slots, max(round(jobs), self.occupancy)))
 
     def step_seconds(self, job: JobShape, occupancy: int) -> float | None:
         """Seconds of one of the job's steps, averaged over its step kinds, in ticks of `occupancy` such
@@ -163,7 +176,7 @@ class _Worker(NamedTuple):
 
     def eta(self, kind: JobKind, job: JobShape, jobs: float) -> float | None:
         """Seconds until a job ends here with `jobs` such jobs in all before and with it."""
-        occupancy = max(1, min(self.slots, round(jobs)))
+        occupancy = self.occupied(jobs)
         step = self.step_seconds(job, occupancy)
         if step is None:
             return None
@@ -224,7 +237,7 @@ def estimate_record(workers: list[dict[str, Any]], job: JobRecord, now: float | 
         now = time.time() if now is None else now
         return round(max(own, at_submission - (now - job.created_at)), 3)
     worker = next((w for w in serving if w.name == job.worker), serving[0])
-    step = worker.step_seconds(shape, max(1, min(worker.slots, round(share))))
+    step = worker.step_seconds(shape, worker.occupied(share))
     if step is None:
         return None
     total = job.progress_total or shape.steps

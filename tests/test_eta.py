@@ -109,6 +109,11 @@ def test_the_estimate_grows_with_the_queue_ahead_and_shrinks_with_step_caching()
     assert solo[0] < batched < solo[3]
     two = estimate_new([worker(), {**worker(), "name": "w2"}], JobKind.multiview, params, 3)
     assert two < solo[3]
+    # a worker that has been stepping 8 jobs per tick lately: the load stays, whoever submits first
+    busy = worker(slots=8)
+    busy["step_costs"]["occupancy"] = 8
+    at_8 = [estimate_new([busy], JobKind.multiview, params, ahead) for ahead in (0, 3, 7)]
+    assert at_8[0] == at_8[1] == at_8[2] > batched
     assert estimate_new([{**worker(), "step_costs": None}], JobKind.multiview, params, 0) is None
     assert estimate_new([worker()], JobKind.texture, params, 0) > 0  # no texture job seen yet: steps only
 

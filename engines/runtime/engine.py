@@ -309,7 +309,7 @@ class EngineCore:
                     s.error = e
                 s.stepped_once()
         self.executor.report_timings()
-        self.costs.record_tick(timed, time.perf_counter() - tick_start)
+        self.costs.record_tick(timed, time.perf_counter() - tick_start, sum(len(c.slots) for c in plan.calls))
         return plan
 
     def run_alone(

@@ -2,11 +2,13 @@
 
 `StepCosts` keeps, per step kind ("full": the whole UNet, "shallow": its shallow branch on the cached deep
 feature) and per batch size (images in one UNet call, in power-of-two buckets), the median of the last
-`WINDOW` seconds per image. An image is one UNet-input row at the model's native resolution: a row at twice
-the size counts four (pixels, as the image budget counts them). A sample is one planned call of one tick of `EngineCore.step`: the call's own
-time plus its share (by images) of the tick's time outside the calls (the sampler's advance, the plan), so
-the figures are what a step costs the loop, not only the UNet. A median of recent samples follows a change
-of load or machine within a window and ignores one slow tick (a page fault, another tenant).
+`WINDOW` seconds per image; the first call of each is left out (it pays the batch's allocations, a graph
+backend's build). An image is one UNet-input row at the model's native resolution: a row at twice the size
+counts four (pixels, as the image budget counts them). A sample is one planned call of one tick of
+`EngineCore.step`: the call's own time plus its share (by images) of the tick's time outside the calls (the
+sampler's advance, the plan), so the figures are what a step costs the loop, not only the UNet. A median of
+recent samples follows a change of load or machine within a window and ignores one slow tick (a page
+fault, another tenant).
 
 Before any shallow step is measured, a shallow image costs `SHALLOW_PRIOR` of a full one at the same batch
 (docs/benchmarks/step_cache.md measures 0.1-0.15 on the shipped model; the prior errs high). A worker's
@@ -25,7 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 
 #: samples kept per (step kind, batch bucket)
-WINDOW = 32
+WINDOW = 16
 #: a shallow image's cost as a share of a full one's, until a shallow step has been measured
 SHALLOW_PRIOR = 0.3
 #: significant digits of a published cost
@@ -111,6 +113,7 @@ class StepCosts:
         self.native_cells = native_cells
         self.window = window
         self._samples: dict[tuple[str, int], deque[float]] = {}
+        self._jobs: deque[int] = deque(maxlen=window)
         self._lock = threading.Lock()
 
     def images(self, rows: int, height: int, width: int) -> float:
@@ -124,19 +127,27 @@ class StepCosts:
         key = (kind, bucket(round(images)))
         with self._lock:
             samples = self._samples.get(key)
-            if samples is None:
-                samples = self._samples[key] = deque(maxlen=self.window)
+            if samples is None:  # the first call of a batch size pays its allocations (a graph backend
+                self._samples[key] = deque(maxlen=self.window)  # its build): not a step's cost
+                return
             samples.append(seconds / images)
 
-    def record_tick(self, calls: Sequence[tuple[str, float, float]], tick_seconds: float) -> None:
+    def record_tick(self, calls: Sequence[tuple[str, float, float]], tick_seconds: float, jobs: int) -> None:
         """One tick's calls as (step kind, images, the call's own seconds): each gets its own time plus its
-        share by images of the tick's time outside the calls."""
+        share by images of the tick's time outside the calls; `jobs`: the jobs that stepped in it."""
         images = sum(n for _, n, _ in calls)
         if not images:
             return
+        with self._lock:
+            self._jobs.append(jobs)
         outside = max(0.0, tick_seconds - sum(s for _, _, s in calls))
         for kind, n, seconds in calls:
             self.record(kind, n, seconds + outside * n / images)
+
+    def occupancy(self) -> int | None:
+        """Jobs per tick, the median of the last `WINDOW` ticks (None: no tick yet): the load as it is."""
+        with self._lock:
+            return round(statistics.median(self._jobs)) if self._jobs else None
 
     def table(self) -> CostTable:
         """{step kind: {batch bucket: median seconds per image}}, rounded to `DIGITS` significant digits."""
