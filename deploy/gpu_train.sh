@@ -2,8 +2,8 @@
 # `make gpu-train`: the shipped training recipe (base, stage 1, stage 2, naive baseline; docs/training.md) on a
 # CUDA GPU at 64 px, with bf16 autocast and a larger batch, within TRAIN_MINUTES (default 5) of wall time,
 # in one command (issue 26, item 3b). Like deploy/gpu_check.sh it installs our dependencies from $WHEELS
-# (`make gpu-wheels LEAN=1`: also the toy data's sample photographs, wheels/photos), needs no network,
-# and writes a few files into $OUT (default ./gpu-check-out):
+# (default wheels/train, `make gpu-wheels LEAN=1`: with the toy data's sample photographs in
+# wheels/train/photos), needs no network, and writes a few files into $OUT (default ./gpu-check-out):
 #   gpu_train.log, gpu_train_summary.tsv, gpu_train.tar.gz (logs, each stage's log.jsonl / latest.json);
 #   gpu_train_stage2.tar.gz, gpu_train_naive.tar.gz: the Realiz3D model and the naive baseline, each a model
 #     folder (`final`, or `latest` where the run was cut off: the EMA weights of the last periodic checkpoint).
@@ -13,7 +13,7 @@
 # TRAIN_ARGS is appended to the train command (later flags win): e.g. "--channels 48,96,96" or smaller data.
 # Without a CUDA GPU it stops after the install (nothing to train) unless ALLOW_CPU=1 (the script's test
 # trains a tiny model that way).
-RUN=gpu_train
+RUN=gpu_train WHEEL_RUN=train
 # shellcheck source=deploy/gpu_steps.sh
 source "$(dirname "$0")/gpu_steps.sh"
 MINUTES=${TRAIN_MINUTES:-5}

@@ -44,19 +44,17 @@ def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
-def test_the_wheel_list_never_asks_for_the_machines_torch_and_lean_drops_texturing():
-    full, lean = (
-        names(requirements(ROOT / "pyproject.toml")),
-        names(requirements(ROOT / "pyproject.toml", True)),
-    )
-    assert (
-        not {"torch", "onnxruntime", "transformers", "accelerate"} & full
-    )  # pip would replace the CUDA torch
-    assert {"diffusers", "celery", "fastapi", "pytest", "trimesh"} <= lean  # trimesh: the toy training data
-    assert {"scipy", "opencv-python-headless", "boto3"} <= full - lean
-    assert "uvicorn" in lean and not any(
-        "[standard]" in r for r in requirements(ROOT / "pyproject.toml", True)
-    )
+def test_the_wheel_lists_never_ask_for_the_machines_torch_and_lean_drops_texturing():
+    pyproject = ROOT / "pyproject.toml"
+    full, lean = names(requirements(pyproject)), names(requirements(pyproject, True))
+    train = names(requirements(pyproject, True, run="train"))
+    machines = {"torch", "onnxruntime", "transformers", "accelerate"}
+    assert not machines & (full | train)  # pip would replace the CUDA torch
+    assert {"diffusers", "celery", "fastapi", "pytest"} <= lean
+    assert {"scipy", "opencv-python-headless", "boto3", "trimesh", "embreex"} <= full - lean
+    assert "uvicorn" in lean and not any("[standard]" in r for r in requirements(pyproject, True))
+    assert {"diffusers", "trimesh", "embreex", "pillow"} <= train  # the toy data is rendered there
+    assert not {"scipy", "celery", "fastapi", "pytest"} & train
 
 
 def test_lean_prunes_only_what_the_machines_packages_require(tmp_path: Path):
