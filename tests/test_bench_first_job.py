@@ -45,7 +45,14 @@ class H(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         assert self.path == "/v1/multiview" and body["steps"] == 30, body
-        self.reply({"id": "j1"})
+        if os.environ.get("FAKE_REFUSE"):
+            self.send_response(503)
+            self.end_headers()
+            return self.wfile.write(b'{"error": {"code": "no_worker"}}')
+        self.send_response(202)
+        self.send_header("content-type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"id": "j1"}')
 
     def log_message(self, *args):
         pass
@@ -117,3 +124,12 @@ def test_first_job_refuses_a_busy_port(fake_repo):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_first_job_says_why_it_failed_with_make_runs_output(fake_repo, tmp_path, monkeypatch):
+    repo, port, tmp = fake_repo
+    monkeypatch.setenv("FAKE_REFUSE", "1")
+    with pytest.raises(RuntimeError, match="answered 503") as failed:
+        run(repo=repo, out_dir=tmp_path / "out", port=port, timeout_s=60)
+    assert "no_worker" in str(failed.value) and "==> [1/1] installing" in str(failed.value)
+    assert not (tmp_path / "out").exists() and list(tmp.iterdir()) == []

@@ -35,8 +35,7 @@ def _tree_bytes(path: Path) -> int:
 def _wait_for(url: str, proc: subprocess.Popen, log: Path, deadline: float) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"`make run` exited with {proc.returncode} before {url} answered:\n{tail}")
+            raise RuntimeError(f"`make run` exited with {proc.returncode} before {url} answered")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -80,7 +79,10 @@ def run(
         deadline = time.monotonic() + timeout_s
         _wait_for(f"{base}/healthz", proc, log, deadline)
         healthz_s = time.monotonic() - t0
-        job = httpx.post(f"{base}/v1/multiview", json=JOB, timeout=30).raise_for_status().json()
+        answer = httpx.post(f"{base}/v1/multiview", json=JOB, timeout=30)
+        if answer.status_code != 202:
+            raise RuntimeError(f"POST /v1/multiview answered {answer.status_code}: {answer.text[:300]}")
+        job = answer.json()
         while True:
             status = httpx.get(f"{base}/v1/jobs/{job['id']}", timeout=30).json()["status"]
             if status == "succeeded":
@@ -110,6 +112,11 @@ def run(
             "machine": before,
             "load_average_1min_after": machine().get("load_average_1min"),
         }
+    except Exception as e:
+        tail = (
+            log.read_text(errors="replace")[-3000:] if log.is_file() else "(no log: `make run` did not start)"
+        )
+        raise RuntimeError(f"first-job: {e}\n--- the end of `make run`'s output:\n{tail}") from e
     finally:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
