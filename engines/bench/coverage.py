@@ -235,7 +235,7 @@ def _sha256(path: Path) -> str:
 def run_coverage_bench(
     out_dir: str | Path = "docs/benchmarks",
     meshes: list[str] | None = None,
-    repeats: int = 2,
+    repeats: int = 3,
     assets: str | Path | None = None,
 ) -> dict:
     """The procedural meshes (coverage.md), or with `assets` every mesh file in that folder

@@ -125,6 +125,22 @@ class RayCaster:
         self._corner_normals = corner_normals(self.vertices, self.faces).astype(np.float32)
         self._scene = _embree_scene(self.vertices, self.faces)
 
+    def _window(self, c2w: np.ndarray, f: float, res: int) -> tuple[int, int, int, int]:
+        """(row0, row1, col0, col1): the pixels the mesh's vertices project into, a pixel of margin; the
+        whole image when a vertex is at or behind the camera (the projection then bounds nothing)."""
+        rel = (self.vertices - c2w[:3, 3]) @ c2w[:3, :3]  # camera frame: x right, y up, z back
+        depth = -rel[:, 2]
+        if len(rel) == 0 or depth.min() <= 1e-6:
+            return 0, res, 0, res
+        c = res / 2.0
+        x = c + rel[:, 0] * f / depth
+        y = c - rel[:, 1] * f / depth
+        c0 = min(max(int(np.floor(x.min())) - 1, 0), res)
+        c1 = min(max(int(np.ceil(x.max())) + 1, c0), res)
+        r0 = min(max(int(np.floor(y.min())) - 1, 0), res)
+        r1 = min(max(int(np.ceil(y.max())) + 1, r0), res)
+        return r0, r1, c0, c1
+
     def render(self, camera: Camera, resolution: int, shading: bool = True) -> ViewMaps:
         """Geometry maps of one view. `shading=False`: visibility maps only (face id, barycentrics, depth;
         position and normal left zero), what the bake and the planner read, in about half the time."""
@@ -132,22 +148,29 @@ class RayCaster:
         c2w = camera.camera_to_world()
         f = camera.focal_px(res)
         c = res / 2.0
+        r0, r1, c0, c1 = self._window(c2w, f, res)
         # Camera-frame directions (x, -y, -1) per pixel centre, so Embree's ray parameter t is the depth
         # itself; in world space x * right + (-y) * up - back, summed by broadcasting (no (N, 3) matmul).
+        # Only the pixels of the window the mesh projects into: the others are background.
         right, up, back = (c2w[:3, k].astype(np.float32) for k in range(3))
-        x = ((np.arange(res, dtype=np.float32) + 0.5 - c) / f)[None, :, None]
-        y = ((np.arange(res, dtype=np.float32) + 0.5 - c) / f)[:, None, None]
+        x = ((np.arange(c0, c1, dtype=np.float32) + 0.5 - c) / f)[None, :, None]
+        y = ((np.arange(r0, r1, dtype=np.float32) + 0.5 - c) / f)[:, None, None]
         dirs = (x * right - y * up - back).reshape(-1, 3)
-        origins = np.broadcast_to(c2w[:3, 3].astype(np.float32), dirs.shape).copy()
-        hit = self._scene.run(origins, dirs, output=1)
-        face_id = hit["primID"].astype(np.int32)
+        face_id = np.full((res, res), -1, np.int32)
+        bary = np.zeros((res * res, 3), np.float32)
+        depth = np.zeros(res * res, np.float32)
+        if len(dirs):
+            origins = np.broadcast_to(c2w[:3, 3].astype(np.float32), dirs.shape).copy()
+            hit = self._scene.run(origins, dirs, output=1)
+            face_id[r0:r1, c0:c1] = hit["primID"].reshape(r1 - r0, c1 - c0)
+            inside = hit["primID"] >= 0
+            u, v = hit["u"][inside], hit["v"][inside]
+        face_id = face_id.reshape(-1)
         mask = face_id >= 0
         fid = face_id[mask]
-        u, v = hit["u"][mask], hit["v"][mask]
-        bary = np.zeros((res * res, 3), np.float32)
-        bary[mask] = np.stack([1.0 - u - v, u, v], axis=-1)
-        depth = np.zeros(res * res, np.float32)
-        depth[mask] = hit["tfar"][mask]
+        if len(fid):
+            bary[mask] = np.stack([1.0 - u - v, u, v], axis=-1)
+            depth[mask] = hit["tfar"][inside]
         position = np.zeros((res * res, 3), np.float32)
         normal = np.zeros((res * res, 3), np.float32)
         if shading:
