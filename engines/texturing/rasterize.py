@@ -1,7 +1,8 @@
 """Geometry maps per view (normal, position, depth, mask, face id, barycentrics) and UV-space rasterisation.
 
 One small interface, `Rasterizer.render(camera, resolution) -> ViewMaps`, implemented by `RayCaster`:
-Embree ray casting through `embreex` (one primary ray per pixel centre, first hit only).
+Embree ray casting through `embreex` (one primary ray per pixel centre of the window the mesh's vertices
+project into, first hit only; the pixels outside it are background).
 
 Why Embree and not the alternatives (2 CPU cores, 100k faces, 512x512 view; see docs/benchmarks):
 - embreex: ~0.1 s per view measured here (BVH build ~0.05 s, amortised over all views), pip wheels only,
