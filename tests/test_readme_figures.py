@@ -167,6 +167,11 @@ TRACED = [
     ),
     ("docs/runtimes.md", "reads 5.0 s fp32 and 2.8 s bf16", ["docs/benchmarks/backends.md"]),
     (
+        "docs/runtimes.md",
+        "denoise 1.044 s at N = 1, 0.453 s at N = 3, 2.29x (95% interval 2.25-2.31)",
+        ["docs/benchmarks/step_cache.md"],
+    ),
+    (
         "docs/service.md",
         "POST 0.528x the bare app (0.5 ms of server CPU a request against its 0.28), p99 35.92 ms. "
         "GET costs 0.57 ms against the bare app's 0.41, 0.719x by CPU",

@@ -175,3 +175,17 @@ def test_the_fp16_graphs_a_strongly_typed_tensorrt_network_parses_pass_the_featu
     assert types["full"][DEEP] == types["shallow"][DEEP] == f16
     assert types["full"][OUTPUT] == types["shallow"][OUTPUT] == f16
     assert next(model.unet.parameters()).dtype == torch.float32  # the torch model is left as it was
+
+
+def test_the_committed_step_cache_report_is_its_json_onnx_runtime_section_included(tmp_path):
+    import json
+    from pathlib import Path
+
+    from engines.bench.step_cache import write_report
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    result = json.loads((docs / "step_cache.json").read_text())
+    assert [r["cache_interval"] for r in result["onnx"]["rows"]] == [1, 3]
+    assert result["onnx"]["backend"] == "onnx"
+    write_report(result, tmp_path)
+    assert (tmp_path / "step_cache.md").read_text() == (docs / "step_cache.md").read_text()

@@ -5,6 +5,9 @@
   are compared per round (N=1 / N), until the 95% bootstrap interval of every median ratio is narrower
   than 1% of it or the time budget runs out. The images' mean absolute difference from N=1 (levels of
   255) is reported beside: a sanity figure, not the quality evaluation.
+- **Shipped model on ONNX Runtime**: the same loops through the `onnx` backend (the full graph, which also
+  outputs the deep feature, and the shallow graph: engines/runtime/onnx_export.py) at N = 1 and 3.
+  `realiz3d bench cache --section onnx` measures only this and merges it into the existing report.
 - **SD-1.x-shaped UNet** (engines/bench/sd_like.py, 64x64 latents, one view x CFG): a full step and a
   shallow step timed interleaved; the denoise time at each N is the count of full and shallow steps that
   `DenoiseJob.step_kind` plans for 20 steps under the same schedule, times those step times (a loop of
@@ -25,6 +28,8 @@ import torch
 from engines.bench.machine import describe, torch_machine
 
 INTERVALS = (1, 2, 3, 5)
+#: the ONNX Runtime loops: full compute against the interval the issue's goal names
+ONNX_INTERVALS = (1, 3)
 STEPS = 20
 
 
@@ -61,32 +66,40 @@ def step_kinds(schedule, steps: int, interval: int) -> str:  # noqa: ANN001 - a 
     return out
 
 
-def shipped_model(max_seconds: float, min_rounds: int = 5, max_rounds: int = 200) -> dict:
+def shipped_model(
+    max_seconds: float,
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+    backend: str = "torch",
+    intervals: tuple[int, ...] = INTERVALS,
+    engine_cache_dir: str | Path | None = None,
+) -> dict:
+    """Denoise loops at each of `intervals` (the first is 1) through a `backend` pipeline."""
     from engines.pipelines import Realiz3DPipeline
     from engines.requests import MultiviewRequest
 
-    pipe = Realiz3DPipeline.load(device="cpu")
+    pipe = Realiz3DPipeline.load(device="cpu", backend=backend, engine_cache_dir=engine_cache_dir)
     schedule = pipe.config.default_schedule
 
     def request(n: int) -> MultiviewRequest:
         return MultiviewRequest(prompt="a red chair", num_views=4, steps=STEPS, seed=7, cache_interval=n)
 
-    images = {n: np.stack(pipe.multiview(request(n)).images).astype(float) for n in INTERVALS}  # warm-up
-    seconds: dict[int, list[float]] = {n: [] for n in INTERVALS}
+    images = {n: np.stack(pipe.multiview(request(n)).images).astype(float) for n in intervals}  # warm-up
+    seconds: dict[int, list[float]] = {n: [] for n in intervals}
     start = time.monotonic()
     rounds = 0
     while rounds < max_rounds:
-        for n in INTERVALS:  # interleaved: drift and other load hit every interval alike
+        for n in intervals:  # interleaved: drift and other load hit every interval alike
             seconds[n].append(pipe.multiview(request(n)).timings["denoise"])
         rounds += 1
         if rounds < min_rounds:
             continue
-        ratios = {n: [a / b for a, b in zip(seconds[1], seconds[n], strict=True)] for n in INTERVALS[1:]}
+        ratios = {n: [a / b for a, b in zip(seconds[1], seconds[n], strict=True)] for n in intervals[1:]}
         narrow = all((hi - lo) < 0.01 * statistics.median(r) for r in ratios.values() for lo, hi in [_ci(r)])
         if narrow or time.monotonic() - start > max_seconds:
             break
     rows = []
-    for n in INTERVALS:
+    for n in intervals:
         r = [a / b for a, b in zip(seconds[1], seconds[n], strict=True)]
         lo, hi = _ci(r)
         rows.append(
@@ -102,6 +115,7 @@ def shipped_model(max_seconds: float, min_rounds: int = 5, max_rounds: int = 200
         )
     return {
         "model": pipe.config.name,
+        "backend": backend,
         "job": f"4 views, CFG, {STEPS} steps, schedule {schedule.model_dump(exclude_defaults=True)}, seed 7",
         "rounds": rounds,
         "rows": rows,
@@ -209,18 +223,43 @@ def sd_shaped(repeats: int) -> dict:
     }
 
 
+def onnx_runtime(max_seconds: float, engine_cache_dir: str | Path | None = None) -> dict:
+    """The shipped model's loops on ONNX Runtime at `ONNX_INTERVALS`, with the machine they ran on."""
+    return {
+        "machine": torch_machine(),
+        **shipped_model(
+            max_seconds, backend="onnx", intervals=ONNX_INTERVALS, engine_cache_dir=engine_cache_dir
+        ),
+    }
+
+
 def run_step_cache_bench(
-    out_dir: str | Path = "docs/benchmarks", max_seconds: float = 300.0, sd_repeats: int = 4, sd: bool = True
+    out_dir: str | Path = "docs/benchmarks",
+    max_seconds: float = 300.0,
+    sd_repeats: int = 4,
+    sd: bool = True,
+    section: str | None = None,
+    engine_cache_dir: str | Path | None = None,
 ) -> dict:
-    """Writes step_cache.json and step_cache.md."""
+    """Writes step_cache.json and step_cache.md. `section="onnx"`: measure only the ONNX Runtime loops and
+    merge them into the step_cache.json already in `out_dir` (the other sections keep their figures)."""
+    out = Path(out_dir)
+    if section == "onnx":
+        result = json.loads((out / "step_cache.json").read_text())
+        result["onnx"] = onnx_runtime(max_seconds, engine_cache_dir)
+        (out / "step_cache.json").write_text(json.dumps(result, indent=2))
+        write_report(result, out)
+        return result
+    if section is not None:
+        raise ValueError(f"bench cache: unknown section {section!r} (onnx)")
     result = {
         "machine": torch_machine(),
         "shipped": shipped_model(max_seconds),
+        "onnx": onnx_runtime(max_seconds, engine_cache_dir),
         "batched": batched_throughput(),
     }
     if sd:
         result["sd"] = sd_shaped(sd_repeats)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_cache.json").write_text(json.dumps(result, indent=2))
     write_report(result, out)
@@ -243,15 +282,20 @@ def write_report(result: dict, out: Path) -> None:
         "median and 95% bootstrap interval. Image difference: mean |difference| from N=1 in levels of 255 "
         "(a sanity figure; the quality evaluation is not run).",
         "",
-        "| N | steps | denoise s (median) | speedup | 95% interval | interval width | mean abs diff |",
-        "|---|---|---|---|---|---|---|",
+        *_loop_table(s["rows"]),
     ]
-    for r in s["rows"]:
-        lo, hi = r["speedup_ci95"]
-        lines.append(
-            f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s_median']} | {r['speedup_median']} | "
-            f"{lo} - {hi} | {r['ci_width_over_median']:.2%} | {r['mean_abs_diff_vs_n1']} |"
-        )
+    if "onnx" in result:
+        o = result["onnx"]
+        lines += [
+            "",
+            "## Shipped model on ONNX Runtime (backend `onnx`): measured denoise loops",
+            "",
+            f"Machine: {describe(o['machine'])}. The same job and method as above through the onnx backend: "
+            "full steps run the full graph (which also outputs the deep feature), shallow steps the shallow "
+            f"graph (engines/runtime/onnx_export.py); {o['rounds']} interleaved rounds.",
+            "",
+            *_loop_table(o["rows"]),
+        ]
     b = result["batched"]
     lines += [
         "",
@@ -285,3 +329,18 @@ def write_report(result: dict, out: Path) -> None:
             )
     (out / "step_cache.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _loop_table(rows: list[dict]) -> list[str]:
+    """The markdown table of measured denoise loops (`shipped_model`'s rows)."""
+    lines = [
+        "| N | steps | denoise s (median) | speedup | 95% interval | interval width | mean abs diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lo, hi = r["speedup_ci95"]
+        lines.append(
+            f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s_median']} | {r['speedup_median']} | "
+            f"{lo} - {hi} | {r['ci_width_over_median']:.2%} | {r['mean_abs_diff_vs_n1']} |"
+        )
+    return lines

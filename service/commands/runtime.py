@@ -153,6 +153,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="coverage: texture every mesh file in this folder instead of the procedural meshes "
         "(coverage_assets.md; its SOURCES.md is quoted)",
     )
+    b.add_argument(
+        "--section",
+        choices=("onnx",),
+        default=None,
+        help="cache: measure only this section (onnx: the shipped model on ONNX Runtime at N=1 and 3) and "
+        "merge it into the step_cache.json already in --out",
+    )
     b.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     b.set_defaults(handler=run_bench)
 
@@ -283,7 +290,9 @@ def run_bench(args: argparse.Namespace) -> int:
     elif args.target == "cache":
         from engines.bench.step_cache import run_step_cache_bench
 
-        run_step_cache_bench(out_dir=args.out)
+        run_step_cache_bench(
+            out_dir=args.out, section=args.section, engine_cache_dir=engine_cache_dir(args.engine_cache)
+        )
     elif args.target == "loading":
         from engines.bench.loading import run as run_loading
 
