@@ -140,3 +140,16 @@ def test_paired_ratio_pairs_until_the_interval_is_narrow_or_the_budget_is_spent(
 
     ratio, low, high = ratio_interval([1.0, 1.02, 0.98, 1.01, 0.99] * 4)
     assert low < ratio < high and high - low < 0.03
+
+
+def test_flops_are_counted_on_a_half_precision_eager_model_as_on_fp32():
+    """A GPU run's eager model is fp16 or bf16 while the benchmark's inputs are fp32 (the runners cast
+    them): counting its FLOPs must cast too, or the report is lost after every row was measured."""
+    from engines.bench.backends import bench_inputs, count_flops
+    from engines.pipelines import Realiz3DPipeline
+
+    model = Realiz3DPipeline.load(None).model.eval()
+    inputs = bench_inputs(model, "cpu")
+    fp32 = count_flops(model, inputs)
+    model.to(torch.device("cpu"), torch.bfloat16)
+    assert count_flops(model, inputs) == fp32 > 0

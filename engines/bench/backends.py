@@ -169,6 +169,11 @@ def measure(
 
 @torch.no_grad()
 def count_flops(model, inputs: UNetInputs) -> float:
+    """FLOPs of one UNet call on `model` (in its own dtype: the eager model of a GPU run is fp16 or bf16,
+    and `inputs` are fp32, as the runners take them)."""
+    from engines.runtime.torch_runner import cast_inputs
+
+    inputs = cast_inputs(inputs, model.device, model.dtype)
     counter = FlopCounterMode(display=False)
     model.shifter.activate(REAL)
     ids = model.shifter.domain_ids([REAL] * inputs.batch, inputs.sample.device)
