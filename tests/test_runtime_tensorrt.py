@@ -126,3 +126,32 @@ def test_tensorrt_step_split_pipeline_images_match_eager_fp16(tiny_model_dir, tm
     ).multiview(req)
     diff = max(np.abs(x.astype(int) - y.astype(int)).max() for x, y in zip(a.images, b.images, strict=True))
     assert diff <= 3
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@needs_trt
+def test_tensorrt_full_and_shallow_engines_match_eager_steps(tiny_model_dir, tmp_path):
+    import dataclasses
+
+    from engines.models.model_folder import load_model
+    from engines.runtime.tensorrt_runner import TensorRTRunner
+    from engines.runtime.torch_runner import TorchRunner
+
+    model = load_model(tiny_model_dir).to("cuda").eval()
+    x = unet_inputs(8, 4)
+    later = dataclasses.replace(x, timestep=x.timestep // 2)
+    combos = [REAL] * 4 + [SYN] * 4
+    eager = TorchRunner(model)
+    want, want_deep = eager.run_step(x, combos)
+    want_shallow, _ = eager.run_step(later, combos, want_deep)
+    runner = TensorRTRunner(model, cache_dir=tmp_path, precision="fp32", num_views=4, release_unet=False)
+    runner.prepare([REAL, SYN], step_kinds=("full", "shallow"))
+    shape = runner.default_shape()
+    assert len(runner._engines) == 2 and (None, shape, "shallow") in runner._engines  # two a shape
+    got, got_deep = runner.run_step(x, combos)
+    assert (got - want).abs().max().item() <= 2e-2
+    assert (got_deep.float() - want_deep).abs().max().item() <= 2e-2
+    got_shallow, _ = runner.run_step(later, combos, want_deep)
+    assert (got_shallow - want_shallow).abs().max().item() <= 2e-2
+    assert (runner(x, combos) - got).abs().max().item() <= 1e-3  # a plain call: the full engine
