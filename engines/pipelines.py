@@ -449,9 +449,9 @@ class Realiz3DPipeline:
         def generate_views(
             cameras: list[Camera], geometry: np.ndarray, resolution: int, known: KnownViews | None = None
         ) -> list[np.ndarray]:
-            result = self.generate_views(
             # planned views (known pixels held) take the request's inpaint_steps
             params = request if known is None else request.model_copy(update={"steps": request.inpaint_steps})
+            result = self.generate_views(
                 params, cameras, resolution, geometry, call_progress, should_cancel, known
             )
             done_steps[0] += params.steps
