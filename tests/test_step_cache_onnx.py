@@ -189,3 +189,14 @@ def test_the_committed_step_cache_report_is_its_json_onnx_runtime_section_includ
     assert result["onnx"]["backend"] == "onnx"
     write_report(result, tmp_path)
     assert (tmp_path / "step_cache.md").read_text() == (docs / "step_cache.md").read_text()
+
+
+def test_build_engines_refuses_a_cache_interval_for_a_model_without_step_caching(tmp_path, capsys):
+    from engines.models.model_folder import save_model
+    from tests.fixtures.models import tiny_model
+
+    folder = save_model(tiny_model(seed=4, form="lora"), tmp_path / "lora")
+    args = ["build-engines", "--model", str(folder), "--cache-interval", "3", "--device", "cpu"]
+    assert main([*args, "--engine-cache", str(tmp_path / "cache")]) == 2
+    assert "does not serve step caching" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").glob("onnx/*-shallow-*"))
