@@ -245,6 +245,13 @@ def run_step_cache_bench(
     merge them into the step_cache.json already in `out_dir` (the other sections keep their figures)."""
     out = Path(out_dir)
     if section == "onnx":
+        if not (out / "step_cache.json").is_file():
+            from engines.errors import UserInputError
+
+            raise UserInputError(
+                f"--section onnx merges into {out / 'step_cache.json'}, which is not there: "
+                "run `realiz3d bench cache` first"
+            )
         result = json.loads((out / "step_cache.json").read_text())
         result["onnx"] = onnx_runtime(max_seconds, engine_cache_dir)
         (out / "step_cache.json").write_text(json.dumps(result, indent=2))
