@@ -182,21 +182,21 @@ TRACED = [
     (
         "docs/texturing.md",
         "left 0.020 of the humanoid, 0.018 of the quadruped, 0.008 of the torus knot and 0.021 of the cup, the "
-        "cube is 0.971 coloured from its 6 views, and the job with planning takes 1.57x, 1.67x, 1.30x, 1.07x and "
-        "1.50x the wall time of the job before issue 25 on the same mesh (1.86x, 1.87x, 1.79x, 1.16x and 1.61x "
-        "its CPU time)",
+        "cube is 0.971 coloured from its 6 views, and the job with planning takes 1.92x, 1.37x, 1.63x, 1.10x "
+        "and 1.50x the wall time of the job before issue 25 on the same mesh (1.92x, 1.81x, 1.81x, 1.12x and "
+        "1.61x its CPU time)",
         ["docs/benchmarks/coverage.md"],
     ),
     (
         "docs/texturing.md",
-        "the fill is 0.006 to 0.029 and the job 1.85x the wall time at most (Fox), 1.92x the CPU time",
+        "the fill is 0.006 to 0.029 and the job 1.86x the wall time at most (CesiumMan), 1.90x the CPU time",
         ["docs/benchmarks/coverage_assets.md"],
     ),
     (
         "docs/texturing.md",
-        "11.8% the view-resolution bake coloured) PSNR is 47.77 dB against the old bake's 47.87 dB and the seam "
-        "step 0.58 against 1.00 (the true colour's own: 0.44); over every on-mesh texel PSNR is 36.98 dB against "
-        "13.93 dB and the seam step 1.22 against 0.14, the old bake being 0.882 smooth fill",
+        "11.8% the view-resolution bake coloured) PSNR is 47.78 dB against the old bake's 47.87 dB and the seam "
+        "step 0.58 against 1.00 (the true colour's own: 0.44); over every on-mesh texel PSNR is 37.05 dB against "
+        "13.93 dB and the seam step 1.21 against 0.14, the old bake being 0.882 smooth fill",
         ["docs/benchmarks/coverage.md"],
     ),
     ("docs/training.md", "the evaluation, 554.6 s at 32 px", ["docs/eval/results.json"]),
