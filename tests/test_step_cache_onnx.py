@@ -62,6 +62,21 @@ def test_full_and_shallow_onnx_steps_match_eager_torch_under_every_schedule(runn
     assert sorted(kind for *_, kind in onnx_runner._sessions) == ["full", "shallow"]  # two graphs
 
 
+def test_a_full_step_starts_the_shallow_graphs_build_in_the_background(tiny_model_dir, tmp_path):
+    runner = OnnxRunner(load_model(tiny_model_dir).eval(), cache_dir=tmp_path, num_views=2)
+    x = unet_inputs(4, 2)
+    shape = runner.default_shape()
+    runner(x, REAL)  # a plain call: the full graph only
+    assert runner.builds.building() == 0 and [k for *_, k in runner._sessions] == ["full"]
+    runner.run_step(x, REAL)  # a caching job's full step: its shallow steps come next
+    deadline = time.monotonic() + 60
+    while (None, shape, "shallow") not in runner._sessions:  # built with nobody asking for it yet
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert runner.ready_for(2, 32, 32, [REAL], step_kind="shallow")  # so ready at once when asked
+    assert [e.hit for *_, k, e in runner.entries if k == "shallow"] == [False]  # built once
+
+
 def test_the_two_graphs_are_what_tensorrt_builds_its_engines_from(runners):
     onnx_runner, _ = runners
     shape = onnx_runner.default_shape()

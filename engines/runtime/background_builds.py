@@ -6,7 +6,8 @@ every job on the worker would stop for it. Instead the runner answers `ready_for
 shape's graphs are loaded; otherwise it queues their build here and answers False, and the batcher skips
 that group this round while every other group keeps stepping (the waiting jobs can still be canceled).
 
-Builds run one at a time on one thread (two builds at once only compete for the same GPU or cores; the
+A build wanted soon can be started ahead (`start`): a full step of step caching starts its shape's shallow
+graph, which the steps after it want. Builds run one at a time on one thread (two builds at once only compete for the same GPU or cores; the
 engine cache's file lock also keeps other processes from building the same entry). A build that fails
 is reported once, to the jobs that asked for it, and forgotten, so a later job tries again.
 """
@@ -43,6 +44,14 @@ class BackgroundBuilds:
                 del self._futures[key]  # the next job asking tries again
                 raise error
             return True
+
+    def start(self, key: Hashable, build: Callable[[], object]) -> None:
+        """Start `build()` in the background unless `key` is built or being built (a build wanted soon:
+        its outcome is reported by `ready` when that is asked)."""
+        with self._lock:
+            if key not in self._futures:
+                log.info("building %s in the background, ahead of its first use", key)
+                self._futures[key] = self._executor.submit(build)
 
     def building(self) -> int:
         """How many builds are queued or running."""

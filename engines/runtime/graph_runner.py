@@ -22,6 +22,16 @@ class GraphRunner:
     def load(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
         raise NotImplementedError
 
+    def background_build(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
+        """What `ready_for` runs in the background (`self.builds`) for a missing graph."""
+        raise NotImplementedError
+
+    def full_step_ran(self, shape: GraphShape) -> None:
+        """A full step of step caching ran at `shape`: the shallow steps after it want the shallow graph,
+        so its build starts now in the background (if it is not loaded, built or building), not when the
+        next step asks `ready_for`."""
+        self.builds.start((None, shape, "shallow"), lambda: self.background_build(None, shape, "shallow"))  # type: ignore[attr-defined]
+
     @property
     def step_cache(self) -> bool:
         """Whether `run_step` serves step caching (block-shift, a UNet `deep_cache` splits): two graphs a

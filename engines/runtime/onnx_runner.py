@@ -147,7 +147,7 @@ class OnnxRunner(GraphRunner):
         shape = GraphShape(num_views, height, width)
         return all(
             self.builds.ready(
-                (combo, shape, step_kind), lambda combo=combo: self.session(combo, shape, step_kind)
+                (combo, shape, step_kind), lambda combo=combo: self.background_build(combo, shape, step_kind)
             )
             for combo in self.weight_sets(combos)
         )
@@ -158,6 +158,9 @@ class OnnxRunner(GraphRunner):
 
     def load(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
         return self.session(combo, shape, step_kind)
+
+    def background_build(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
+        return self.session(combo, shape, step_kind)  # sessions are thread-safe to create and to run
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
@@ -187,6 +190,7 @@ class OnnxRunner(GraphRunner):
         ids = step_domain_ids(self, inputs, domains, inputs.sample.device)
         if deep is None:
             outs = self._execute(inputs, None, ids)
+            self.full_step_ran(GraphShape(inputs.num_views, *inputs.sample.shape[2:]))
             return outs[OUTPUT], outs[DEEP]
         return self._execute(inputs, None, ids, deep)[OUTPUT], deep
 

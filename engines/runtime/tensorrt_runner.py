@@ -372,7 +372,7 @@ class TensorRTRunner(GraphRunner):
             key = (combo, shape, step_kind)
             if key in self._engines:
                 continue
-            if not self.builds.ready(key, lambda combo=combo: self.engine_entry(combo, shape, step_kind)):
+            if not self.builds.ready(key, lambda combo=combo: self.background_build(combo, shape, step_kind)):
                 return False
             self.engine(*key)  # a cache hit now
         return True
@@ -384,6 +384,9 @@ class TensorRTRunner(GraphRunner):
 
     def load(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
         return self.engine(combo, shape, step_kind)
+
+    def background_build(self, combo: DomainCombo | None, shape: GraphShape, step_kind: str) -> object:
+        return self.engine_entry(combo, shape, step_kind)  # loaded by `ready_for`, on the batcher's thread
 
     @torch.no_grad()
     def __call__(self, inputs: UNetInputs, domains: DomainCombo | Sequence[DomainCombo]) -> torch.Tensor:
@@ -404,6 +407,7 @@ class TensorRTRunner(GraphRunner):
         ids = step_domain_ids(self, inputs, domains, self.device)
         outs = self._outputs(inputs, None, ids, deep)
         if deep is None:
+            self.full_step_ran(GraphShape(inputs.num_views, *inputs.sample.shape[2:]))
             return outs[OUTPUT].float(), outs[DEEP]
         return outs[OUTPUT].float(), deep
 
