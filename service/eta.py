@@ -2,7 +2,7 @@
 
 Worker side: `WorkerCosts` is the `step_costs` entry of a worker's heartbeat info. It carries the engine
 loop's measured seconds per image by step kind and batch size (engines/runtime/step_costs.py) and the
-median of the worker's recent jobs' time outside the first denoising call (text encoding, decoding,
+mean of the worker's recent jobs' time outside the first denoising call (text encoding, decoding,
 saving; for a texture job its unwrap, render, bake, planned views and fill), per job kind. It changes only
 when a figure moved by more than `REPUBLISH_CHANGE`: the gateway's POST path checks its snapshot of the live
 workers against their infos byte for byte (service/api/submission.py), and a snapshot that changed costs a
@@ -70,7 +70,7 @@ class WorkerCosts:
         if not table:
             return None
         with self._lock:
-            overhead = {k: float(f"{statistics.median(v):.2g}") for k, v in self._overheads.items() if v}
+            overhead = {k: float(f"{statistics.fmean(v):.2g}") for k, v in self._overheads.items() if v}
         now = {
             "per_image": table,
             "occupancy": self.step_costs.occupancy() or 1,

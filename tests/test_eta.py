@@ -85,7 +85,7 @@ def test_the_published_costs_change_only_when_a_figure_moves_enough():
     for _ in range(4):
         costs.record("full", 8, 0.085)  # the median moves 0-6%: the same entry, byte for byte
     assert published.entry() is first
-    for _ in range(20):
+    for _ in range(40):  # a window's worth
         costs.record("full", 8, 0.2)
     assert published.entry()["per_image"]["full"]["8"] == 0.025
     published.record_job("multiview", 3.0, 2.5)

@@ -1,14 +1,15 @@
 """What a denoising step costs on this worker, measured by the engine loop itself (issue 28, part 3).
 
 `StepCosts` keeps, per step kind ("full": the whole UNet, "shallow": its shallow branch on the cached deep
-feature) and per batch size (images in one UNet call, in power-of-two buckets), the median of the last
+feature) and per batch size (images in one UNet call, in power-of-two buckets), the mean of the last
 `WINDOW` seconds per image; the first call of each is left out (it pays the batch's allocations, a graph
 backend's build). An image is one UNet-input row at the model's native resolution: a row at twice the size
 counts four (pixels, as the image budget counts them). A sample is one planned call of one tick of
 `EngineCore.step`: the call's own time plus its share (by images) of the tick's time outside the calls (the
-sampler's advance, the plan), so the figures are what a step costs the loop, not only the UNet. A median of
-recent samples follows a change of load or machine within a window and ignores one slow tick (a page
-fault, another tenant).
+sampler's advance, the plan), so the figures are what a step costs the loop, not only the UNet. The mean,
+not the median: an estimate sums many steps, and on a shared machine slow ticks come in a tail (another
+tenant's burst) that every job pays, which a median leaves out. A window follows a change of load or
+machine within `WINDOW` ticks.
 
 Before any shallow step is measured, a shallow image costs `SHALLOW_PRIOR` of a full one at the same batch
 (docs/benchmarks/step_cache.md measures 0.1-0.15 on the shipped model; the prior errs high). A worker's
@@ -27,7 +28,7 @@ from collections import deque
 from collections.abc import Sequence
 
 #: samples kept per (step kind, batch bucket)
-WINDOW = 16
+WINDOW = 32
 #: a shallow image's cost as a share of a full one's, until a shallow step has been measured
 SHALLOW_PRIOR = 0.3
 #: significant digits of a published cost
@@ -150,12 +151,12 @@ class StepCosts:
             return round(statistics.median(self._jobs)) if self._jobs else None
 
     def table(self) -> CostTable:
-        """{step kind: {batch bucket: median seconds per image}}, rounded to `DIGITS` significant digits."""
+        """{step kind: {batch bucket: mean seconds per image}}, rounded to `DIGITS` significant digits."""
         with self._lock:
-            items = [(k, b, statistics.median(s)) for (k, b), s in self._samples.items() if s]
+            items = [(k, b, statistics.fmean(s)) for (k, b), s in self._samples.items() if s]
         out: CostTable = {}
-        for kind, b, median in sorted(items):
-            out.setdefault(kind, {})[str(b)] = _round(median)
+        for kind, b, mean in sorted(items):
+            out.setdefault(kind, {})[str(b)] = _round(mean)
         return out
 
 
