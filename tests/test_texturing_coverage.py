@@ -169,3 +169,17 @@ def test_a_views_weight_fades_out_towards_its_silhouettes_and_depth_edges():
     ring = ~bad & (np.abs(np.diff(bad.astype(np.int8), axis=1, prepend=0)) > 0)
     assert ramp[~bad].min() < 0.2 and ramp[ring].max() < 0.2  # next to an edge: a small weight
     assert feather_weights(bad[:32, :32], BakeSettings().feather) is None  # under a pixel: no ramp
+
+
+def test_a_texture_jobs_cost_bound_counts_the_views_it_may_plan():
+    from service.jobs.cost import OverBudget, check_cost, job_cost
+    from service.settings import Settings
+
+    settings = Settings()
+    default = TextureRequest(prompt="x", view_resolution=256).model_dump(mode="json")
+    check_cost(job_cost("texture", default, 32), settings)  # the defaults are admitted
+    no_planning = {**default, "max_views": 6, "inpaint_steps": 150}
+    check_cost(job_cost("texture", no_planning, 32), settings)  # nothing to plan: its steps cost nothing
+    greedy = {**default, "max_views": 64, "inpaint_steps": 150}
+    with pytest.raises(OverBudget, match="58 planned views x 256x256 px x 150 inpaint_steps"):
+        check_cost(job_cost("texture", greedy, 32), settings)

@@ -1,7 +1,8 @@
 """The cost bound of a request: what one job may ask of a worker, checked before it is accepted.
 
 A job's compute grows with views x pixels per denoising step, times the steps; a texture job also bakes
-an atlas of `atlas_size`^2 texels. Unbounded, one schema-valid request (`"resolution": 848`) holds a
+an atlas of `atlas_size`^2 texels, and may plan up to `max_views - num_views` more views, each generated in
+`inpaint_steps` steps (counted at most: planning may stop sooner). Unbounded, one schema-valid request (`"resolution": 848`) holds a
 CPU worker for half an hour, and every job batched with it waits on its steps. The limits are settings
 (`REALIZ3D_MAX_STEP_PIXELS`, `REALIZ3D_MAX_PIXEL_STEPS`, `REALIZ3D_MAX_ATLAS_SIZE`, and
 `REALIZ3D_MAX_MESH_FACES` for uploads); the gateway answers 422 `over_budget` naming the one exceeded,
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engines.errors import UserInputError
+from engines.requests import TextureRequest
 from service.jobs.records import JobKind
 from service.settings import Settings
 
@@ -33,6 +35,8 @@ class JobCost:
     resolution: int  # pixels per side of one view
     steps: int
     atlas_size: int = 0
+    planned_views: int = 0  # a texture job's views planned at most beyond the requested ones
+    planned_steps: int = 0  # the denoising steps of each planned view
 
     @property
     def step_pixels(self) -> int:
@@ -40,7 +44,8 @@ class JobCost:
 
     @property
     def pixel_steps(self) -> int:
-        return self.step_pixels * self.steps
+        planned = self.planned_views * self.resolution * self.resolution * self.planned_steps
+        return self.step_pixels * self.steps + planned
 
 
 def job_cost(kind: JobKind | str, params: dict[str, Any], native_resolution: int) -> JobCost:
@@ -50,9 +55,13 @@ def job_cost(kind: JobKind | str, params: dict[str, Any], native_resolution: int
         resolution = int(params.get("resolution") or native_resolution)
         atlas = 0
     else:
-        views = int(params.get("num_views") or 6)
+        fields = TextureRequest.model_fields
+        views = int(params.get("num_views") or fields["num_views"].default)
         resolution = int(params.get("view_resolution") or native_resolution)
-        atlas = int(params.get("atlas_size") or 1024)
+        atlas = int(params.get("atlas_size") or fields["atlas_size"].default)
+        planned = max(int(params.get("max_views") or fields["max_views"].default) - views, 0)
+        inpaint = int(params.get("inpaint_steps") or fields["inpaint_steps"].default)
+        return JobCost(views, resolution, int(params.get("steps") or 30), atlas, planned, inpaint)
     return JobCost(views, resolution, int(params.get("steps") or 30), atlas)
 
 
@@ -66,10 +75,16 @@ def check_cost(cost: JobCost, settings: Settings) -> None:
             "(REALIZ3D_MAX_STEP_PIXELS): use fewer views or a lower resolution"
         )
     if cost.pixel_steps > s.max_pixel_steps:
+        planned = (
+            f" + {cost.planned_views} planned views x {cost.resolution}x{cost.resolution} px x "
+            f"{cost.planned_steps} inpaint_steps"
+            if cost.planned_views
+            else ""
+        )
         raise OverBudget(
-            f"this job is {cost.step_pixels} pixels x {cost.steps} steps = {cost.pixel_steps} pixel-steps, "
+            f"this job is {cost.step_pixels} pixels x {cost.steps} steps{planned} = {cost.pixel_steps} pixel-steps, "
             f"over max_pixel_steps={s.max_pixel_steps} (REALIZ3D_MAX_PIXEL_STEPS): use fewer steps, "
-            "views or pixels"
+            "views or pixels" + (" (or a lower max_views or inpaint_steps)" if planned else "")
         )
     if cost.atlas_size > s.max_atlas_size:
         raise OverBudget(
