@@ -147,14 +147,18 @@ class WebhookSender:
             secret = await asyncio.to_thread(self.store.shared_secret, SECRET_KEY_NAME, candidate)
             if self._secret is None:
                 self._secret = secret
-                if hasattr(self.store, "redis"):
+                # A deployment (gateways on Redis) is warned; a local embedded server only told (its
+                # user meets webhooks, if ever, after the first start)
+                deployment = hasattr(self.store, "redis")
+                if deployment:
                     where = (
                         "kept in Redis (key realiz3d:webhook-secret) so that every gateway on it signs "
                         "alike; give it to receivers with `redis-cli GET realiz3d:webhook-secret`"
                     )
                 else:
                     where = "for this process only: it changes when the process restarts"
-                log.warning(
+                log.log(
+                    logging.WARNING if deployment else logging.INFO,
                     "REALIZ3D_WEBHOOK_SECRET is not set: webhooks are signed with a generated secret (%s). "
                     "Set REALIZ3D_WEBHOOK_SECRET to choose one (REALIZ3D_WEBHOOK_KEY_SECRETS: per API key)",
                     where,
