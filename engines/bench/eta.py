@@ -133,7 +133,7 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "eta") -> No
             "end) / that time. *steady*: the jobs submitted after the first job ended; *all*: every job, "
             "including the first wave, whose estimates cannot know of the jobs submitted just after them.",
             "",
-            "| config | jobs | n | abs error p50 | abs error p90 | signed error p50 | estimate p50 s | "
+            "| config | which jobs | n | abs error p50 | abs error p90 | signed error p50 | estimate p50 s | "
             "measured p50 s |",
             "|---|---|---|---|---|---|---|---|",
             *rows,
