@@ -193,7 +193,12 @@ def test_embedded_mode_estimates_too(service_launcher):
                 {"prompt": "a red cube", "num_views": 2, "steps": 4, "seed": 1}
             )
             assert accepted.estimated_seconds is not None and 0 < accepted.estimated_seconds < math.inf
-            done = client.wait(accepted.id, timeout=120)
+            events = list(client.events(accepted.id, timeout=120))
+            progress = [e.data["estimated_seconds"] for e in events if e.event == "progress"]
+            # the event stream carries it too: each progress event, and 0 in the final status
+            assert progress and all(e is not None and 0 <= e < math.inf for e in progress), events
+            assert events[-1].event == "status" and events[-1].data["estimated_seconds"] == 0
+            done = client.get_job(accepted.id)
             assert done.status == "succeeded" and done.estimated_seconds == 0
     finally:
         server.stop()

@@ -97,6 +97,7 @@ async def job_event_stream(
     hub: ChangeHub,
     poll_seconds: float,
     last_event_id: str | None = None,
+    estimate: Callable[[JobRecord], float | None] = lambda record: None,
 ) -> AsyncIterator[bytes]:
     """`status` events (the whole job) when the status changes, `progress` events per step; ends when done.
 
@@ -104,7 +105,8 @@ async def job_event_stream(
     net), never on a timer per stream. Each event's id is the job's version: a client that reconnects
     with `Last-Event-ID` gets nothing it already saw, and then the current status if it changed. At
     shutdown the stream ends with a `shutdown` event (reconnect elsewhere, with Last-Event-ID).
-    `load(job_id)` is an async callable returning the JobRecord or None.
+    `load(job_id)` is an async callable returning the JobRecord or None; `estimate(record)` its
+    estimated_seconds (service/eta.py), in both kinds of event.
     """
     event = hub.watch(job_id)
     try:
@@ -126,10 +128,12 @@ async def job_event_stream(
                 resume = None
             if record.version != last_version:
                 if record.status != last_status:
-                    yield _frame("status", job_out(record).model_dump(mode="json"), record.version)
+                    view = job_out(record, estimate(record)).model_dump(mode="json")
+                    yield _frame("status", view, record.version)
                 else:
                     progress = job_out(record).progress.model_dump(mode="json", exclude_none=True)
-                    yield _frame("progress", {"status": record.status.value, **progress}, record.version)
+                    data = {"status": record.status.value, **progress, "estimated_seconds": estimate(record)}
+                    yield _frame("progress", data, record.version)
                 last_version, last_status = record.version, record.status
             if record.status.terminal:
                 return

@@ -309,7 +309,14 @@ async def job_events(
     async def load(jid: str) -> JobRecord | None:
         return await run_in_threadpool(ctx.store.get, jid)
 
-    stream = job_event_stream(job_id, load, ctx.hub, ctx.settings.sse_poll_seconds, last_event_id)
+    stream = job_event_stream(
+        job_id,
+        load,
+        ctx.hub,
+        ctx.settings.sse_poll_seconds,
+        last_event_id,
+        lambda record: estimate_record(ctx.workers_seen, record),
+    )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
