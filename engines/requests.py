@@ -188,7 +188,6 @@ class TextureRequest(ExplicitCameras, GenerationParams):
         description="view planning: the most views in all, requested plus planned (inpainted); at most "
         "num_views turns planning off",
     )
-
     inpaint_steps: int = Field(
         6,
         ge=1,
@@ -197,6 +196,7 @@ class TextureRequest(ExplicitCameras, GenerationParams):
         "pixels are held, so fewer than `steps` suffice; more adds detail to what only they see, at a cost "
         "linear in steps",
     )
+
     @model_validator(mode="after")
     def _cameras_set_views(self) -> TextureRequest:
         self._views_follow_cameras(())
