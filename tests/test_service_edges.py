@@ -249,7 +249,8 @@ def test_jobs_wait_for_a_worker_started_after_the_submit(queue_gw, redis_server,
     with Realiz3DClient(queue_gw.url) as client:
         job = client.submit_multiview(SMALL)
         assert client.get_job(job.id).status == "queued"
-        params = {"prompt": "a crate", "num_views": 1, "steps": 2, "atlas_size": 64}
+        # max_views 1: no planned views, so its cost is under the worker's bound and the face limit decides
+        params = {"prompt": "a crate", "num_views": 1, "steps": 2, "atlas_size": 64, "max_views": 1}
         texture = client.submit_texture(box_glb(), params, filename="box.glb")
         pricey = client.submit_multiview({"prompt": "x", "num_views": 1, "steps": 40})
         worker = service_launcher.worker(
