@@ -109,8 +109,10 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[4]) - tonumber(ARG
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {'full', ''} end
 local ahead = redis.call('SCARD', KEYS[9])
 for i = 10, #KEYS do ahead = ahead + redis.call('ZCARD', KEYS[i]) end
-redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[14])))
-redis.call('HSET', KEYS[1], 'ahead', ahead)
+local fields = cjson.decode(ARGV[14])
+fields[#fields + 1] = 'ahead'
+fields[#fields + 1] = ahead
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if ARGV[8] == '1' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end  -- a webhook is due when it ends
