@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
 from engines.sampling.cameras import camera_embeddings, orbit_cameras
 from engines.types import UNetInputs, uniform_combo
@@ -209,7 +210,7 @@ def run_backend_bench(
     backends: list[str] | None = None,
     precisions: list[str] | None = None,
     repeats: int = 20,
-    out_dir: str | Path = "docs/benchmarks",
+    out_dir: str | Path = OUT_DIR,
     cache_dir: str | Path | None = None,
     gpu: bool | None = None,
     shape: str = "default",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.bench import OUT_DIR
 from engines.bench.coverage_meshes import MESHES
 from engines.bench.machine import describe, torch_machine
 
@@ -233,7 +234,7 @@ def _sha256(path: Path) -> str:
 
 
 def run_coverage_bench(
-    out_dir: str | Path = "docs/benchmarks",
+    out_dir: str | Path = OUT_DIR,
     meshes: list[str] | None = None,
     repeats: int = 3,
     assets: str | Path | None = None,

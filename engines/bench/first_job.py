@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, machine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,7 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path, deadline: float) -> N
 
 def run(
     repo: str | Path = ROOT,
-    out_dir: str | Path | None = "docs/benchmarks",
+    out_dir: str | Path | None = OUT_DIR,
     port: int = 8000,
     timeout_s: float = 1800.0,
 ) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, machine
 from engines.sampling.cameras import texturing_cameras
 from engines.texturing.bake import bake_views
@@ -30,7 +31,7 @@ from engines.texturing.mesh_io import FIT_RADIUS, LoadedMesh
 from engines.texturing.rasterize import RayCaster, geometry_channels, rasterize_uv, render_views
 from engines.texturing.unwrap import unwrap_uv
 
-DEFAULT_OUT = Path("docs/benchmarks")
+DEFAULT_OUT = OUT_DIR
 
 
 def bumpy_torus(faces: int = 100_000, seed: int = 0) -> LoadedMesh:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, machine
 
 _MB = 1024.0  # ru_maxrss is in KiB on Linux
@@ -124,7 +125,7 @@ def run_case(name: str) -> dict:
     return result
 
 
-def run_job_memory_bench(out_dir: Path = Path("docs/benchmarks"), cases: list[str] | None = None) -> dict:
+def run_job_memory_bench(out_dir: Path = OUT_DIR, cases: list[str] | None = None) -> dict:
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     rows = []

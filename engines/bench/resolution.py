@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
 from engines.models.model_folder import save_model
 from engines.pipelines import Realiz3DPipeline
@@ -41,7 +42,7 @@ def _trainer(resolution: int, folder: Path) -> Trainer:
 
 
 def run_resolution_bench(
-    out_dir: str | Path = "docs/benchmarks",
+    out_dir: str | Path = OUT_DIR,
     resolutions: tuple[int, ...] = (32, 64),
     train_rounds: int = 6,
     steps_per_round: int = 5,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
 
 INTERVALS = (1, 2, 3, 5)
@@ -234,7 +235,7 @@ def onnx_runtime(max_seconds: float, engine_cache_dir: str | Path | None = None)
 
 
 def run_step_cache_bench(
-    out_dir: str | Path = "docs/benchmarks",
+    out_dir: str | Path = OUT_DIR,
     max_seconds: float = 300.0,
     sd_repeats: int = 4,
     sd: bool = True,

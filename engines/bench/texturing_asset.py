@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.bench import OUT_DIR
 from engines.bench.geometry import bumpy_torus
 from engines.bench.machine import describe, machine
 from engines.sampling.cameras import Camera, orbit_cameras, texturing_cameras
@@ -319,9 +320,7 @@ def fill_figure(path: str | Path, atlas_size: int = 512, resolution: int = 256) 
     return path
 
 
-def run_asset_benchmark(
-    out_dir: str | Path = "docs/benchmarks", samples_dir: str | Path = "docs/samples"
-) -> dict:
+def run_asset_benchmark(out_dir: str | Path = OUT_DIR, samples_dir: str | Path = "docs/samples") -> dict:
     """All figures above; writes texturing_asset.json / .md into `out_dir` and the figure into `samples_dir`."""
     import json
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
 from engines.bench.paired import paired_ratio
 from engines.pipelines import Realiz3DPipeline
@@ -153,7 +154,7 @@ def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
 
 @torch.no_grad()
 def run_unet_bench(
-    out_dir: str | Path = "docs/benchmarks",
+    out_dir: str | Path = OUT_DIR,
     repeats: int = 40,
     gen_steps: int = 30,
     model_dir: str | Path | None = None,
@@ -362,7 +363,7 @@ def shifter_cost(
 
 
 def run_sd_shifter_cost(
-    out_dir: str | Path = "docs/benchmarks", views: int = 1, width: float = 0.01, max_minutes: float = 15.0
+    out_dir: str | Path = OUT_DIR, views: int = 1, width: float = 0.01, max_minutes: float = 15.0
 ) -> dict:
     """`realiz3d bench unet --shape sd` on the CPU: the block-shift cost at SD 1.x shapes (seeded weights,
     64x64 latents, 38 sites), its interval `width` wide or `max_minutes` spent; writes unet_sd_cpu.json and

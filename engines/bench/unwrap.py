@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.bench import OUT_DIR
 from engines.bench.machine import describe, machine
 from engines.errors import UserInputError
 from engines.texturing.unwrap import UNWRAP_MODES
 
-DEFAULT_OUT = Path("docs/benchmarks")
+DEFAULT_OUT = OUT_DIR
 SIZES = (10_000, 50_000, 100_000, 300_000)
 # Everything below this line of unwrap.md is kept when the benchmark rewrites the file.
 NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites this file -->"

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from engines.bench import OUT_DIR
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("loadtest", help="load-test a running service and write a report")
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--atlas", type=int, default=None, help="texture jobs' atlas size (default 256)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--name", default="loadtest", help="report file name stem")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    p.add_argument("--out", type=Path, default=OUT_DIR)
     p.set_defaults(handler=run)
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from engines.bench import OUT_DIR
 from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
 
@@ -160,7 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="cache: measure only this section (onnx: the shipped model on ONNX Runtime at N=1 and 3) and "
         "merge it into the step_cache.json already in --out",
     )
-    b.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    b.add_argument("--out", type=Path, default=OUT_DIR)
     b.set_defaults(handler=run_bench)
 
 
