@@ -32,9 +32,11 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def runners(tiny_model_dir, tmp_path_factory):
-    model = load_model(tiny_model_dir).eval()
-    eager = TorchRunner(model)
+    # Two models: a full step starts the shallow graph's export in the background, and an export sets the
+    # shifter and the UNet's dtypes of the model it traces, which the eager reference must not share.
+    eager = TorchRunner(load_model(tiny_model_dir).eval())
     eager.prepare([])
+    model = load_model(tiny_model_dir).eval()
     return OnnxRunner(model, cache_dir=tmp_path_factory.mktemp("engine-cache"), num_views=2), eager
 
 
