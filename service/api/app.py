@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.access_log import access_log_enabled, log_request
-from service.api.auth import ApiKeys
+from service.api.auth import ApiKeyMiddleware, ApiKeys
 from service.api.context import ServiceContext
 from service.api.docs_pages import install_docs
 from service.api.errors import install_error_handlers
@@ -121,6 +121,8 @@ def create_app(
     install_playground(app)
     if not hide_docs:
         install_docs(app, "/docs", "/redoc")
+    if context.keys.enabled:  # innermost of ours: the metrics and the body limit see its 401s
+        app.add_middleware(ApiKeyMiddleware, keys=context.keys)
     app.add_middleware(BodyLimitMiddleware, limit=s.max_upload_bytes, timeout_s=s.body_timeout_seconds)
     app.add_middleware(RequestMetricsMiddleware, access_log=access_log_enabled(s.access_log, context.mode))
     if context.keys.enabled:

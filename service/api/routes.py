@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from engines.errors import MeshError
-from service.api.auth import authenticate, presented_key
+from service.api.auth import presented_key, request_owner
 from service.api.context import ServiceContext, get_context
 from service.api.errors import ApiError, validation_message
 from service.api.events import job_event_stream
@@ -72,14 +72,7 @@ _MULTIVIEW_EXAMPLES = {
 }
 
 
-async def owner_of(request: Request) -> str | None:
-    # async: a few microseconds of hashing, cheaper on the event loop than a thread-pool hop; the context
-    # read here, not as a sub-dependency (FastAPI solves each Depends per request: ~0.1M instructions)
-    return authenticate(request.app.state.context.keys, request)
-
-
 Ctx = Annotated[ServiceContext, Depends(get_context)]
-Owner = Annotated[str | None, Depends(owner_of)]
 
 
 #: threads one gateway process submits on at once. submit() is a few Redis round trips and a Celery publish;
@@ -137,7 +130,7 @@ async def get_job(request: Request, job_id: str = JOB_ID) -> Response:
     # hop), elsewhere one explicit hop for the store read; the body serialized once by JobOut's own
     # serializer (no second validation of the response_model).
     ctx: ServiceContext = request.app.state.context
-    owner = authenticate(ctx.keys, request)
+    owner = request_owner(request)
     if ctx.submit_store is not None:
         job = _owned(ctx, await ctx.submit_store.get(job_id), job_id, owner)
     else:
@@ -158,12 +151,12 @@ async def get_job(request: Request, job_id: str = JOB_ID) -> Response:
 async def create_multiview(
     request_body: Annotated[MultiviewJob, Body(openapi_examples=_MULTIVIEW_EXAMPLES)],
     request: Request,
-    owner: Owner,
     idempotency_key: str | None = IDEMPOTENCY_KEY,
 ) -> Response:
-    # the hot path: the context read here, not as a dependency (FastAPI solves each Depends per request),
-    # and the full body dumped only for an Idempotency-Key to compare it by
+    # the hot path: the context and the caller read here, not as dependencies (FastAPI solves each Depends
+    # per request), and the full body dumped only for an Idempotency-Key to compare it by
     ctx: ServiceContext = request.app.state.context
+    owner = request_owner(request)
     params = engine_params(request_body)
     full = request_body.model_dump(mode="json") if idempotency_key else None
     webhook_url = webhook_of(request_body)
@@ -195,9 +188,9 @@ async def create_texture(
     request: Request,
     response: Response,
     ctx: Ctx,
-    owner: Owner,
     idempotency_key: str | None = IDEMPOTENCY_KEY,
 ) -> JobAccepted:
+    owner = request_owner(request)
     upload = await read_mesh_upload(request)
     try:
         params = TextureJob.model_validate_json(upload.params_json)
@@ -245,9 +238,9 @@ def validate_mesh(data: bytes, filename: str, settings: Settings) -> None:
 
 
 @router.delete("/v1/jobs/{job_id}", status_code=202, response_model=JobOut, responses=_ERRORS, tags=["jobs"])
-def cancel_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
+def cancel_job(ctx: Ctx, request: Request, job_id: str = JOB_ID) -> JobOut:
     """Cancel: a queued job at once, a running one at its next denoising step. Finished jobs stay as they are."""
-    _owned_job(ctx, job_id, owner)
+    _owned_job(ctx, job_id, request_owner(request))
     outcome = ctx.store.request_cancel(job_id, ctx.settings.job_ttl_seconds)
     if outcome is None:
         raise ApiError(404, "not_found", f"no job {job_id}")
@@ -265,8 +258,8 @@ def cancel_job(ctx: Ctx, owner: Owner, job_id: str = JOB_ID) -> JobOut:
     description="Streamed by the gateway, or (REALIZ3D_ARTIFACT_DOWNLOAD=presigned with object storage) "
     "a 307 redirect to a presigned URL of the object store.",
 )
-def get_artifact(ctx: Ctx, owner: Owner, job_id: str = JOB_ID, name: str = Path(..., max_length=300)):  # noqa: ANN201
-    job = _owned_job(ctx, job_id, owner)
+def get_artifact(ctx: Ctx, request: Request, job_id: str = JOB_ID, name: str = Path(..., max_length=300)):  # noqa: ANN201
+    job = _owned_job(ctx, job_id, request_owner(request))
     artifact = next((a for a in job.artifacts if a.name == name), None)
     s = ctx.settings
     if artifact is not None and s.artifact_download == "presigned":
@@ -300,10 +293,11 @@ def _chunks(body, size: int = 1 << 16):  # noqa: ANN001, ANN202 - a binary file 
 )
 async def job_events(
     ctx: Ctx,
-    owner: Owner,
+    request: Request,
     job_id: str = JOB_ID,
     last_event_id: str | None = Header(None, alias="Last-Event-ID", max_length=32),
 ) -> StreamingResponse:
+    owner = request_owner(request)
     await run_in_threadpool(_owned_job, ctx, job_id, owner)
 
     async def load(jid: str) -> JobRecord | None:
