@@ -179,12 +179,12 @@ TRACED = [
     ),
     (
         "docs/service.md",
-        "GET 0.837x the bare app (0.39 ms of server CPU a request against its 0.33; rounds 0.835, 0.837, 0.863)",
+        "GET 0.843x the bare app (0.38 ms of server CPU a request against its 0.32; rounds 0.844, 0.842, 0.843)",
         ["docs/benchmarks/gateway.md"],
     ),
     (
         "docs/service.md",
-        "POST 0.481x (0.45 ms against 0.23; rounds 0.479, 0.481, 0.5), p99 23.86 ms",
+        "POST 0.517x (0.41 ms against 0.22; rounds 0.512, 0.517, 0.518), p99 24.16 ms",
         ["docs/benchmarks/gateway.md"],
     ),
     ("docs/texturing.md", "took 7.9 GB before, 190 MB traced now", ["docs/benchmarks/texturing_asset.md"]),
