@@ -259,6 +259,12 @@ def test_api_keys_guard_jobs(stack, service_launcher, redis_server):
         assert httpx.post(gateway.url + "/v1/multiview", json=SMALL).status_code == 401
         bad = httpx.post(gateway.url + "/v1/multiview", json=SMALL, headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
+        assert bad.headers["www-authenticate"] == "Bearer"
+        # checked before the body is validated or the path routed: an unknown caller learns neither
+        invalid = httpx.post(gateway.url + "/v1/multiview", json={"num_views": 99})
+        assert invalid.status_code == 401, invalid.text
+        assert httpx.get(gateway.url + "/v1/no-such-route").status_code == 401
+        assert httpx.get(gateway.url + "/healthz").status_code == 200  # outside /v1: open
         with (
             Realiz3DClient(gateway.url, api_key="key-alice") as alice,
             Realiz3DClient(gateway.url, api_key="key-bob") as bob,
