@@ -153,6 +153,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(handler=run_eval)
 
 
+def _csv_values(flag: str, text: str, cast, kind: str, ok, rule: str, required: bool = False) -> tuple:  # noqa: ANN001
+    """A comma-separated flag's values; one line (exit 2) for a value that does not parse, one out of range
+    (`rule`), or none when `required`."""
+    from engines.errors import UserInputError
+
+    try:
+        values = tuple(cast(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserInputError(f"{flag} {text!r}: expected comma-separated {kind}") from None
+    if (required and not values) or not all(ok(v) for v in values):
+        raise UserInputError(f"{flag} {text!r}: {rule}")
+    return values
+
+
 def _positive(name: str, value: int) -> int:
     from engines.errors import UserInputError
 
@@ -301,30 +315,21 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserInputError(f"--lora {lora}: its Domain Shifter is not the lora form")
         models["lora"] = lora
     baseline = _model_folder(args.baseline, "--baseline") if args.baseline is not None else None
-    try:
-        splits = tuple(float(s) for s in args.splits.split(","))
-    except ValueError:
-        raise UserInputError(
-            f"--splits {args.splits!r}: expected comma-separated numbers in [0, 1]"
-        ) from None
-    if not splits or any(not 0 <= s <= 1 for s in splits):
-        raise UserInputError(f"--splits {args.splits!r}: every split must be in [0, 1]")
-    try:
-        block_splits = tuple(int(k) for k in args.block_splits.split(",") if k.strip())
-    except ValueError:
-        raise UserInputError(
-            f"--block-splits {args.block_splits!r}: expected comma-separated integers"
-        ) from None
-    if any(k < 0 for k in block_splits):
-        raise UserInputError(f"--block-splits {args.block_splits!r}: every K must be >= 0")
-    try:
-        cache_intervals = tuple(int(n) for n in args.cache_intervals.split(",") if n.strip())
-    except ValueError:
-        raise UserInputError(
-            f"--cache-intervals {args.cache_intervals!r}: expected comma-separated integers"
-        ) from None
-    if any(n < 1 for n in cache_intervals):
-        raise UserInputError(f"--cache-intervals {args.cache_intervals!r}: every N must be >= 1")
+    splits = _csv_values(
+        "--splits",
+        args.splits,
+        float,
+        "numbers in [0, 1]",
+        lambda v: 0 <= v <= 1,
+        "every split must be in [0, 1]",
+        True,
+    )
+    block_splits = _csv_values(
+        "--block-splits", args.block_splits, int, "integers", lambda v: v >= 0, "every K must be >= 0"
+    )
+    cache_intervals = _csv_values(
+        "--cache-intervals", args.cache_intervals, int, "integers", lambda v: v >= 1, "every N must be >= 1"
+    )
     cfg = EvalConfig(
         objects=_positive("--objects", args.objects),
         steps=_positive("--steps", args.steps),
