@@ -158,6 +158,26 @@ def test_views_are_upsampled_without_mixing_the_surfaces_either_side_of_a_depth_
     assert (plain[(bake.face_id >= 0) & (bake.face_id < 2), 0] > 0).any()
 
 
+def test_an_upsampled_view_is_not_quantised_again():
+    # A colour ramp on a plane that fills the frame upsamples to the ramp's bilinear values, fractions of a
+    # level: rounding the upsampled view to uint8 again would put up to half a level of error on each.
+    from engines.texturing.view_upsample import upsample_view
+
+    v = np.array([[-3.0, -3.0, 0.0], [3.0, -3.0, 0.0], [3.0, 3.0, 0.0], [-3.0, 3.0, 0.0]])
+    caster = RayCaster(v, np.array([[0, 1, 2], [0, 2, 3]]))
+    model, bake = caster.render(Camera(0.0, 0.0), 32), caster.render(Camera(0.0, 0.0), 256, shading=False)
+    assert model.mask.all() and bake.mask.all()
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[..., 0] = 7 * np.arange(32) + 10  # 7 levels a model pixel, along x
+    big, confidence = upsample_view(image, model, bake)
+    s = (np.arange(256) + 0.5) * 32 / 256 - 0.5  # each bake column in model-pixel coordinates
+    inside = (s >= 0) & (s <= 31)
+    assert (confidence == 1).all()
+    error = np.abs(big[:, inside, 0] - (7 * s[inside] + 10))
+    assert error.max() < 1e-3
+    assert np.abs(big[:, inside, 0] - np.round(big[:, inside, 0])).max() > 0.4  # not whole levels
+
+
 def test_a_views_weight_fades_out_towards_its_silhouettes_and_depth_edges():
     from engines.texturing.bake import BakeSettings, feather_weights, unreliable_pixels
 
@@ -169,6 +189,65 @@ def test_a_views_weight_fades_out_towards_its_silhouettes_and_depth_edges():
     ring = ~bad & (np.abs(np.diff(bad.astype(np.int8), axis=1, prepend=0)) > 0)
     assert ramp[~bad].min() < 0.2 and ramp[ring].max() < 0.2  # next to an edge: a small weight
     assert feather_weights(bad[:32, :32], BakeSettings().feather) is None  # under a pixel: no ramp
+
+
+def _tube(around: int = 96, rows: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An open tube (radius 0.5, along y) unwrapped into one UV chart, its seam at the back (-z)."""
+    theta = np.linspace(0.0, 2 * np.pi, around + 1) + np.pi  # the seam behind, away from the default camera
+    height = np.linspace(-0.6, 0.6, rows + 1)
+    t, h = np.meshgrid(theta, height)
+    vertices = np.stack([0.5 * np.sin(t), h, 0.5 * np.cos(t)], axis=-1).reshape(-1, 3)
+    u, v = np.meshgrid(np.linspace(0.02, 0.98, around + 1), np.linspace(0.02, 0.98, rows + 1))
+    uv = np.stack([u, v], axis=-1).reshape(-1, 2)
+    k = np.arange(rows)[:, None] * (around + 1) + np.arange(around)[None, :]
+    quads = np.stack([k, k + 1, k + around + 2, k + around + 1], axis=-1).reshape(-1, 4)
+    return vertices, np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]]), uv
+
+
+def test_planned_views_blend_into_the_edge_of_the_requested_coverage():
+    # A tube: a requested view from the front coloured red, a planned view from the side coloured blue.
+    # Without the blend band the colour steps from red to blue where the requested coverage ends; with it
+    # the requested texels near that edge (their weight fallen towards 0 with cos^k) go over to blue.
+    from engines.bench.coverage import boundary_step
+    from engines.texturing.bake import BakeSettings, bake_views
+    from engines.texturing.planning import blend_band, merge_bakes, uncovered_maps
+    from engines.texturing.rasterize import rasterize_uv
+
+    vertices, faces, uv = _tube()
+    caster = RayCaster(vertices, faces)
+    uv_maps = rasterize_uv(uv, faces, 256)
+
+    def bake(camera, colour, maps_uv):
+        maps = caster.render(camera, 256, shading=False)
+        image = np.zeros((256, 256, 3), np.float32)
+        image[maps.mask] = colour
+        return bake_views(maps_uv, vertices, faces, [image], [maps])
+
+    requested = bake(Camera(0.0, 0.0), (200, 60, 60), uv_maps)
+    band = blend_band(requested, BakeSettings().blend_band)
+    assert (band > 0).any() and (band[~requested.coverage] == 0).all()
+    merged = {}
+    for name, b in {"hard switch": None, "blend band": band}.items():
+        covered = requested.coverage if b is None else requested.coverage & ~(b > 0)
+        planned = bake(Camera(90.0, 0.0), (60, 60, 200), uncovered_maps(uv_maps, covered))
+        merged[name] = merge_bakes(requested, planned, b)
+    (hard, new), (blended, new_too) = merged["hard switch"], merged["blend band"]
+    assert new.sum() > 100 and np.array_equal(new, new_too)
+    # the planned view's own texels and the requested view's texels outside the band: bit for bit the same
+    assert np.array_equal(hard.atlas[new], blended.atlas[new])
+    outside = requested.coverage & (band == 0)
+    assert outside.sum() > 1000
+    assert np.array_equal(blended.atlas[outside], requested.atlas[outside])
+    assert np.array_equal(blended.weight[outside], requested.weight[outside])
+    assert np.array_equal(hard.atlas[requested.coverage], requested.atlas[requested.coverage])
+    step_hard = boundary_step(hard.atlas, requested.coverage, new)
+    step_band = boundary_step(blended.atlas, requested.coverage, new)
+    assert step_hard == pytest.approx(280 / 3, abs=1.0)  # red to blue: (140 + 0 + 140) / 3
+    assert step_band < 0.1 * step_hard
+    # the band's inner edge is smooth too: the largest step between neighbouring requested texels is small
+    inner = boundary_step(blended.atlas, requested.coverage & (band > 0), outside)
+    assert inner < 0.1 * step_hard
+    assert (blend_band(requested, 0.0) == 0).all()  # 0: off, the hard switch
 
 
 def test_a_texture_jobs_cost_bound_counts_the_views_it_may_plan():

@@ -46,6 +46,14 @@ class BakeSettings:
     # (silhouettes, depth edges), so where one view stops seeing a surface its colour fades out instead of
     # stepping (0: off; below one bake pixel it changes nothing)
     feather: float = 0.03
+    # planned views blend into the requested views' texels whose summed requested-view weight (a view
+    # seen head-on, away from its edges, weighs its view weight: 1 by default) is below this: the band at
+    # the edge of the requested coverage, where the feather and cos^k take that weight to 0. There a
+    # planned view's weight is scaled by 1 - w_req / blend_band (all of it where w_req is 0, none at the
+    # band's inner edge), so the colour goes over from the planned views' to the requested views' with no
+    # step on either side; texels outside the band keep the requested views' colour bit for bit (0: off,
+    # planned views colour only what the requested views left)
+    blend_band: float = 0.5
 
 
 @dataclass
@@ -244,7 +252,8 @@ def bake_views(
     copies: InstanceCopies | None = None,
     confidence: list[np.ndarray] | None = None,
 ) -> BakeResult:
-    """Blend view images (uint8 HxWx3, one per `view_maps`) into the atlas `uv_maps` describes.
+    """Blend view images (HxWx3, uint8 or float32 in [0, 255], one per `view_maps`) into the atlas `uv_maps`
+    describes.
 
     `vertices` are the normalised vertices the views were rendered from; `view_maps` carry the cameras and
     the depth maps used for visibility. `copies`: the instances of the rasterised faces (see

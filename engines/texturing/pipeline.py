@@ -29,6 +29,7 @@ from engines.texturing.mesh_io import LoadedMesh, MeshLimits, load_mesh
 from engines.texturing.planning import (
     CONTEXT_VIEWS,
     PlannedView,
+    blend_band,
     context_order,
     context_size,
     known_view,
@@ -350,6 +351,8 @@ def texture_mesh(
             [b[1] for b in big],
         )
     first = baked
+    # where the requested views' weight falls to 0 at the edge of their coverage, planned views blend in
+    band = blend_band(first, (bake_settings or BakeSettings()).blend_band)
     with stages.stage("plan"):
         planned: list[PlannedView] = []
         expected = baked.coverage_fraction
@@ -401,7 +404,7 @@ def texture_mesh(
                 for v, m, b in zip(new_views, model_maps, maps, strict=True)
             ]
             more = bake_views(
-                uncovered_maps(uv_maps, baked.coverage),
+                uncovered_maps(uv_maps, baked.coverage & ~(band > 0)),
                 vertices,
                 loaded.faces,
                 [b[0] for b in big],
@@ -411,7 +414,7 @@ def texture_mesh(
                 copies,
                 [b[1] for b in big],
             )
-            baked, _ = merge_bakes(baked, more)
+            baked, _ = merge_bakes(baked, more, band)
             all_cams += new_cams
             all_views += new_views
             geoms += list(call_geom[len(context) :])

@@ -8,8 +8,10 @@ greedily, each time the one that adds most, until the covered share reaches the 
 is spent, or no candidate adds a useful amount.
 
 Each planned view is then generated with what is already known held (`known_view` renders the partial
-texture into it) and baked into the texels still uncovered (`merge_bakes`), so the requested views'
-texels are never touched.
+texture into it) and baked into the texels still uncovered and into the band at the edge of the
+requested views' coverage, where their weight falls to 0 (`blend_band`, `BakeSettings.blend_band`): there
+`merge_bakes` blends the two by weight, so no colour step is left where the requested views stop. The
+requested views' other texels are never touched.
 """
 
 from __future__ import annotations
@@ -210,8 +212,19 @@ def known_view(
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), held
 
 
+def blend_band(requested: BakeResult, band: float) -> np.ndarray:
+    """(S, S) float32 in [0, 1]: the factor of a planned view's weight on each texel the requested views
+    coloured, 1 - w_req / `band` clipped at 0 (`BakeSettings.blend_band`); 0 outside the band, where the
+    planned views leave the requested views' colour alone, and everywhere when `band` is 0."""
+    if band <= 0:
+        return np.zeros(requested.weight.shape, np.float32)
+    factor = np.clip(1.0 - requested.weight / np.float32(band), 0.0, 1.0)
+    return np.where(requested.coverage, factor, 0.0).astype(np.float32)
+
+
 def uncovered_maps(uv_maps: UVMaps, covered: np.ndarray) -> UVMaps:
-    """`uv_maps` without the covered texels: planned views are baked only where nothing is yet."""
+    """`uv_maps` without the `covered` texels: planned views are baked only where nothing is yet (and in
+    the blend band, which the caller leaves out of `covered`)."""
     face_id = np.where(covered, -1, uv_maps.face_id).astype(np.int32)
     keep = ~covered.reshape(-1)[uv_maps.extra_texel]
     return UVMaps(
@@ -219,14 +232,30 @@ def uncovered_maps(uv_maps: UVMaps, covered: np.ndarray) -> UVMaps:
     )
 
 
-def merge_bakes(first: BakeResult, planned: BakeResult) -> tuple[BakeResult, np.ndarray]:
-    """`first` with the texels only `planned` coloured added; returns it and those new texels (S, S)."""
+def merge_bakes(
+    first: BakeResult, planned: BakeResult, band: np.ndarray | None = None
+) -> tuple[BakeResult, np.ndarray]:
+    """`first` with the texels only `planned` coloured added; returns it and those new texels (S, S).
+
+    `band` (`blend_band`): where it is above 0, texels both coloured are blended by weight, `planned`'s
+    weight scaled by it: (w_first c_first + band w_planned c_planned) / (w_first + band w_planned). Merging
+    planned bakes one after another into the result sums all their weights. Elsewhere `first` is kept as is."""
     new = planned.coverage & ~first.coverage & first.chart
+    atlas = np.where(new[..., None], planned.atlas, first.atlas)
+    weight = np.where(new, planned.weight, first.weight)
+    if band is not None:
+        extra = planned.weight * band
+        both = planned.coverage & first.coverage & (extra > 0)
+        total = first.weight[both] + extra[both]
+        atlas[both] = (
+            first.weight[both, None] * first.atlas[both] + extra[both, None] * planned.atlas[both]
+        ) / total[:, None]
+        weight[both] = total
     merged = BakeResult(
-        atlas=np.where(new[..., None], planned.atlas, first.atlas),
+        atlas=atlas,
         coverage=first.coverage | new,
         chart=first.chart,
-        weight=np.where(new, planned.weight, first.weight),
+        weight=weight,
         face_id=None if first.face_id is None else np.where(new, planned.face_id, first.face_id),
         bary=None if first.bary is None else np.where(new[..., None], planned.bary, first.bary),
         overlapping_texels=first.overlapping_texels,

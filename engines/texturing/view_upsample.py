@@ -34,13 +34,16 @@ def _axis(big: int, small: int) -> tuple[np.ndarray, np.ndarray]:
 def upsample_view(
     image: np.ndarray, model: ViewMaps, bake: ViewMaps, settings: BakeSettings | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(the view at the bake maps' resolution, uint8 (R, R, 3); its confidence, float32 (R, R) in [0, 1]).
+    """(the view at the bake maps' resolution, float32 (R, R, 3) in [0, 255]; its confidence, float32 (R, R)
+    in [0, 1]).
 
+    The upsampled colour is not rounded: the view is already quantised to uint8 by the model, and a second
+    rounding at the bake resolution would add its own error (1/12 level^2 of variance) to every texel.
     `model`: the geometry maps at the view's own resolution, `bake`: the same camera at the bake's."""
     s = settings or BakeSettings()
     small, big = model.resolution, bake.resolution
     if small == big:
-        return np.ascontiguousarray(image[..., :3]), bake.mask.astype(np.float32)
+        return image[..., :3].astype(np.float32), bake.mask.astype(np.float32)
     rows, ay = _axis(big, small)
     cols, ax = _axis(big, small)
     on = bake.mask
@@ -62,8 +65,8 @@ def upsample_view(
             acc += w[:, None] * colour[y, x]
             total += w
     ok = total > 1e-6
-    out = np.zeros((big, big, 3), np.uint8)
-    out[r_idx[ok], c_idx[ok]] = np.clip(acc[ok] / total[ok, None] + 0.5, 0, 255).astype(np.uint8)
+    out = np.zeros((big, big, 3), np.float32)
+    out[r_idx[ok], c_idx[ok]] = np.clip(acc[ok] / total[ok, None], 0.0, 255.0)
     confidence = np.zeros((big, big), np.float32)
     confidence[r_idx[ok], c_idx[ok]] = np.minimum(total[ok], 1.0)
     return out, confidence
