@@ -61,7 +61,8 @@ class ShiftedForward:
                 args, kwargs = changed
             return type(m).forward(m, *args, **kwargs)
 
-        # Bound to the module, so a deep copy of the UNet rebinds it to the copy.
+        # Bound to the module; a deep copy of the UNet binds it to the copied module, but `shift` still
+        # belongs to the original shifter: `DomainShifterBase.reattach` replaces it on a copy.
         module.forward = types.MethodType(forward, module)  # type: ignore[method-assign]
 
     def remove(self) -> None:
@@ -89,9 +90,13 @@ class BlockShift(DomainShifterBase):
         )
         self._site_modules = [self.adapters[self.key(s)] for s in self.sites]
         self._tables: list[torch.Tensor] | None = None
-        for k, s in enumerate(self.sites):
+        for s in self.sites:
             self._add_slot(s)
-            self._hooks.append(ShiftedForward(modules[s], self._make_shift(k)))
+        self._attach(unet)
+
+    def _attach(self, unet: nn.Module) -> None:
+        modules = dict(unet.named_modules())
+        self._hooks = [ShiftedForward(modules[s], self._make_shift(k)) for k, s in enumerate(self.sites)]
 
     @property
     def tau_blocks(self) -> int:
@@ -146,3 +151,6 @@ class BlockShift(DomainShifterBase):
     def fused_bytes(self) -> int:
         self.fuse()
         return sum(t.numel() * t.element_size() for t in self._tables)  # type: ignore[union-attr]
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        return list(self._tables or [])

@@ -39,7 +39,9 @@ Mode = Literal["off", "fused", "unfused"]
 class DomainContext:
     """The per-sample domain ids of the UNet call in progress (set by `MultiViewUNet.forward`)."""
 
-    ids: torch.Tensor | None = None
+    def __init__(self) -> None:
+        # set here, not first in a call, so a copy taken while a call runs never sees the key appear
+        self.ids: torch.Tensor | None = None
 
 
 class DomainShifterBase(nn.Module):
@@ -137,6 +139,26 @@ class DomainShifterBase(nn.Module):
     def fused_bytes(self) -> int:
         """Memory the fused form holds beyond the base UNet and the adapters."""
         raise NotImplementedError
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """Tensors the shifter holds outside its own and the UNet's parameters and buffers (fused
+        tables, base weights): what a structure copy (`Realiz3DModel.denoiser_copy`) shares too."""
+        raise NotImplementedError
+
+    def _attach(self, unet: nn.Module) -> None:
+        """Install this shifter's hooks or shifted forwards on `unet`, in `_hooks`."""
+        raise NotImplementedError
+
+    def reattach(self, unet: nn.Module) -> None:
+        """After a deep copy of (UNet, shifter): the copied hooks still call the original shifter (their
+        closures are shared, not copied), so drop them from the copied `unet` and attach this shifter's
+        own; the copy starts off, with no call in progress."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self.context.ids = None
+        self._attach(unet)
+        self.deactivate()
 
     # ---- common ------------------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

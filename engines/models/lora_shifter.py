@@ -95,8 +95,14 @@ class LoraShifter(DomainShifterBase):
         self._base_weights = {name: m.weight for name, m in self._layers.items()}
         self._fused: dict[str, dict[str, nn.Parameter]] = {}
         self._active: DomainCombo | None = None
-        for j, (name, module) in enumerate(self._layers.items()):
-            self._hooks.append(module.register_forward_hook(self._make_hook(name, j)))
+        self._attach(unet)
+
+    def _attach(self, unet: nn.Module) -> None:
+        # `_layers` names the modules of `unet` (a deep copy maps them to the copy's)
+        self._hooks = [
+            module.register_forward_hook(self._make_hook(name, j))
+            for j, (name, module) in enumerate(self._layers.items())
+        ]
 
     def adapter(self, module_name: str) -> LowRankDomainAdapter:
         return self.adapters[self.key(module_name)]  # type: ignore[return-value]
@@ -120,16 +126,20 @@ class LoraShifter(DomainShifterBase):
     # ---- fused -------------------------------------------------------------------------------------
     @torch.no_grad()
     def fuse(self, domains: list[str] | None = None) -> None:
-        """Compute W_d = W + B diag(e_d) A once per adapted layer and domain (idempotent)."""
+        """Compute W_d = W + B diag(e_d) A once per adapted layer and domain (idempotent). The tables are
+        replaced, never changed in place, so a copy taken meanwhile (`Realiz3DModel.denoiser_copy`) reads
+        a consistent one."""
+        fused = {name: dict(per) for name, per in self._fused.items()}
         for d in domains or self.config.domains:
             i = self.domain_index[d]
             for name in self.layer_names:
-                per_layer = self._fused.setdefault(name, {})
+                per_layer = fused.setdefault(name, {})
                 if d in per_layer:
                     continue
                 base = self._base_weights[name]
                 delta = self.adapter(name).delta_weight(i).to(base.dtype)
                 per_layer[d] = nn.Parameter((base + delta).detach(), requires_grad=False)
+        self._fused = fused
 
     def activate(self, combo: DomainCombo | None = None) -> None:
         """Point every adapted layer at the weight of its domain under `combo` (a reference swap)."""
@@ -144,9 +154,8 @@ class LoraShifter(DomainShifterBase):
         self._active = combo
 
     def _restore_base(self) -> None:
-        if self.mode == "fused":
-            for name, module in self._layers.items():
-                module._parameters["weight"] = self._base_weights[name]
+        for name, module in self._layers.items():
+            module._parameters["weight"] = self._base_weights[name]
         self._active = None
 
     def deactivate(self) -> None:
@@ -156,7 +165,7 @@ class LoraShifter(DomainShifterBase):
     def invalidate_fused(self) -> None:
         self._restore_base()
         self.mode = "off"
-        self._fused.clear()
+        self._fused = {}
 
     def adapted_weight_bytes(self) -> int:
         """Bytes of the base weights of all adapted layers: the cost of one more fused weight set."""
@@ -164,3 +173,6 @@ class LoraShifter(DomainShifterBase):
 
     def fused_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for per in self._fused.values() for p in per.values())
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        return [*self._base_weights.values(), *(p for per in self._fused.values() for p in per.values())]

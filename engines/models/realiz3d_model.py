@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +62,20 @@ class Realiz3DModel:
         self.shifter.to(device)
         return self
 
+    def denoiser_copy(self) -> Realiz3DModel:
+        """This model with a private copy of its UNet and Domain Shifter: new modules, hooks, mode, domain
+        context and tensor objects, over the same storage as this model's parameters, buffers and fused
+        tables (no weight memory). What an export traces: activating, retyping (`Module.to` replaces a
+        Parameter's `.data`, which now is the copy's own) or calling the copy leaves this model as it is,
+        and this model moving or retyping meanwhile leaves the copy as it was. The text encoder and VAE
+        are shared (an export only reads them)."""
+        held = [*self.unet.parameters(), *self.unet.buffers(), *self.shifter.parameters()]
+        held += [*self.shifter.buffers(), *self.shifter.held_tensors()]
+        aliases = {id(t): _alias(t) for t in {id(t): t for t in held}.values()}
+        unet, shifter = copy.deepcopy((self.unet, self.shifter), aliases)
+        shifter.reattach(unet.unet)
+        return dataclasses.replace(self, unet=unet, shifter=shifter)
+
     def eval(self) -> Realiz3DModel:
         for m in self.modules():
             m.eval()
@@ -87,3 +103,10 @@ class Realiz3DModel:
 
     def parameter_count(self) -> int:
         return sum(p.numel() for m in self.modules() for p in m.parameters())
+
+
+def _alias(t: torch.Tensor) -> torch.Tensor:
+    """A new tensor object (a Parameter for a Parameter) over `t`'s storage."""
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(t.detach(), requires_grad=t.requires_grad)
+    return t.detach()

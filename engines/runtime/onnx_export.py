@@ -21,10 +21,8 @@ that an exported graph is what TensorRT's ONNX parser can build an engine from.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,28 +185,35 @@ def example_inputs(
 FP32_MODULES = (nn.GroupNorm, nn.LayerNorm)
 
 
-@contextlib.contextmanager
-def typed_for_export(module: nn.Module, dtype: torch.dtype) -> Iterator[None]:
-    """`module` in `dtype` with every `FP32_MODULES` layer computing in fp32 (cast in, cast back out),
-    restored to its own dtype afterwards. A no-op for fp32."""
+def export_copy(model: Realiz3DModel, combo: DomainCombo | None, dtype: torch.dtype) -> Realiz3DModel:
+    """What an export traces: a private copy of the model's UNet and Domain Shifter
+    (`Realiz3DModel.denoiser_copy`), activated for `combo` (lora's weight set; block-shift's fused
+    tables) and typed for `dtype` (`typed_for_export`). `model` is never changed, so the thread that
+    runs it (eager steps, another weight set's activation) is not disturbed while a graph exports in the
+    background. Tensors already in the right dtype are shared; only converted ones are new."""
+    private = model.denoiser_copy()
+    private.shifter.activate(combo)
+    typed_for_export(private.unet, dtype)
+    return private
+
+
+def typed_for_export(module: nn.Module, dtype: torch.dtype) -> None:
+    """`module` (a private copy: see `export_copy`) in `dtype` with every `FP32_MODULES` layer computing in
+    fp32 (cast in, cast back out), changed in place. A parameter or buffer in another dtype is replaced by
+    a converted tensor; one already in its dtype stays shared with the model copied, and the fp32 layers'
+    weights are never rounded through `dtype`. A no-op for fp32."""
     if dtype == torch.float32:
-        yield
         return
-    before = next(module.parameters()).dtype
-    module.to(dtype)
-    patched = []
     for m in module.modules():
+        keep = torch.float32 if isinstance(m, FP32_MODULES) else dtype
+        for name, p in m._parameters.items():
+            if p is not None and p.is_floating_point() and p.dtype != keep:
+                m._parameters[name] = nn.Parameter(p.detach().to(keep), requires_grad=False)
+        for name, b in m._buffers.items():
+            if b is not None and b.is_floating_point() and b.dtype != keep:
+                m._buffers[name] = b.to(keep)
         if isinstance(m, FP32_MODULES):
-            m.float()
-            forward = m.forward
-            m.forward = functools.partial(_fp32_forward, forward, dtype)  # type: ignore[method-assign]
-            patched.append(m)
-    try:
-        yield
-    finally:
-        for m in patched:
-            del m.forward
-        module.to(before)
+            m.forward = functools.partial(_fp32_forward, m.forward, dtype)  # type: ignore[method-assign]
 
 
 def _fp32_forward(forward, dtype: torch.dtype, x: torch.Tensor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
@@ -228,20 +233,20 @@ def export_unet(
     """Export the fused UNet's `step_kind` graph to `path`: block-shift with `combo=None` (domains are an
     input), lora with `combo`'s weight set. `dtype` (default: the model's): the graph's dtype, inputs and output included;
     fp16/bf16 graphs keep normalisations in fp32 (`typed_for_export`), what TensorRT 11's strongly typed
-    networks need. Weights inside the file; a graph over protobuf's 2 GB limit gets its weights in
-    external data files next to it."""
+    networks need. Traced from a private copy (`export_copy`): `model` is left as it is, even while
+    another thread runs it. Weights inside the file; a graph over protobuf's 2 GB limit gets its weights
+    in external data files next to it."""
     path = Path(path)
     dtype = dtype or model.dtype
-    model.shifter.activate(combo)
+    model = export_copy(model, combo, dtype)
     wrapper = export_wrapper(model, shape, step_kind)
     names, outputs = graph_names(model, step_kind)
     # Trace with one object under CFG; the batch axis is dynamic anyway.
     example = example_inputs(model, shape, 2 * shape.num_views, model.device, step_kind)
     args = tuple(example[n].to(dtype) if example[n].is_floating_point() else example[n] for n in names)
-    with warnings.catch_warnings(), typed_for_export(model.unet, dtype):
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python ints taken from shapes
-        with torch.no_grad():
-            traced = wrapper(*args)
+        traced = wrapper(*args)
         torch.onnx.export(
             wrapper,
             args,

@@ -14,7 +14,7 @@ runner only run where `torch_tensorrt` imports and a CUDA GPU exists.
   power-of-two number of objects (the step batcher pads), so a worker builds a handful per shape.
   Dynamic-batch tracing of this UNet was the slow path under torch.compile (docs/runtimes.md).
 - **Typing**: the program is exported in the serving precision with normalisations in fp32
-  (`typed_for_export`, as for TensorRT's strongly typed networks) and compiled with
+  (`typed_for_export` on a private copy, as for TensorRT's strongly typed networks) and compiled with
   `use_explicit_typing=True` where the installed torch-tensorrt has it (2.6+; it is how TensorRT 11
   works), else with `enabled_precisions={dtype}`.
 - Compiled modules are kept under the same memory budget policy as TensorRT engines (`engine_lru.py`,
@@ -42,11 +42,11 @@ from engines.runtime.onnx_export import (
     DEEP,
     GraphShape,
     example_inputs,
+    export_copy,
     export_wrapper,
     graph_names,
     step_cache_graphs,
     takes_domain_ids,
-    typed_for_export,
 )
 from engines.types import DomainCombo, UNetInputs
 
@@ -73,18 +73,19 @@ def export_program(
     """The fused UNet's `step_kind` graph exported at one (views, H, W, batch) in `dtype`, and example
     args in input order (`onnx_export.graph_names`: the shallow graph's last input is the deep feature).
 
-    Runs on any device the model is on (the CPU in tests). The model is left as it was found."""
+    Runs on any device the model is on (the CPU in tests). Exported from a private copy
+    (`onnx_export.export_copy`, fused tables, per-sample ids): `model` is left as it is."""
     if not takes_domain_ids(model):
         raise UserInputError(
             "backend torch-tensorrt serves block-shift models (domain ids as an input); this model's "
             "Domain Shifter is the lora form: use --backend tensorrt or compile"
         )
-    model.shifter.activate(None)  # fused tables, per-sample ids (a loaded model starts with it off)
+    model = export_copy(model, None, dtype)
     names, _ = graph_names(model, step_kind)
     feeds = example_inputs(model, shape, batch, model.device, step_kind)
     args = tuple(feeds[n].to(dtype) if feeds[n].is_floating_point() else feeds[n] for n in names)
     wrapper = export_wrapper(model, shape, step_kind)
-    with torch.no_grad(), typed_for_export(model.unet, dtype):
+    with torch.no_grad():
         program = torch.export.export(wrapper, args, strict=False)
     return program, args
 
