@@ -350,16 +350,25 @@ def test_texture_upload_shows_the_textured_glb_in_the_3d_viewer(embedded, browse
     b = browser_factory(embedded.url)
     page = b.page
     page.locator("#tx-mesh").set_input_files(str(mesh))
-    fill_job(page, "tx-form", prompt="a red box", num_views="2", steps="4", seed="3")
+    # the view planning controls: empty, the request's defaults shown; a value the API refuses is said there
+    for name in ("max_views", "coverage_target", "inpaint_steps"):
+        control = page.locator(f"#tx-{name}")
+        assert control.input_value() == "" and control.get_attribute("placeholder") == str(
+            TextureRequest.model_fields[name].default
+        )
+    fill_job(page, "tx-form", prompt="a red box", num_views="2", steps="4", seed="3", inpaint_steps="0")
     page.locator("#tx-atlas").select_option("256")
+    page.locator("#tx-submit").click()
+    page.locator("#tx-form [data-error-for=inpaint_steps]").filter(has_text="greater than").wait_for()
+    assert page.locator("#tx-inpaint_steps").get_attribute("aria-invalid") == "true"
+    fill_job(page, "tx-form", inpaint_steps="3", max_views="4", coverage_target="0.99")
     page.locator("#tx-submit").click()
     job = page.locator("#tx-results article.job")
     job.and_(page.locator("[data-ready=true]")).wait_for(timeout=JOB_TIMEOUT_MS)
     # the job's last stage and its steps, as the API reports them (4 for the requested views, planned
-    # views' calls add the default inpaint_steps each)
+    # views' calls add the 3 inpaint_steps asked each)
     steps = re.fullmatch(r"fill 100% · step (\d+) / (\d+)", job.locator("[data-role=steps]").inner_text())
-    inpaint = TextureRequest.model_fields["inpaint_steps"].default
-    assert steps and steps[1] == steps[2] and (int(steps[1]) - 4) % inpaint == 0, steps
+    assert steps and steps[1] == steps[2] and int(steps[1]) > 4 and (int(steps[1]) - 4) % 3 == 0, steps
     viewer = job.locator(".viewer")
     viewer.and_(page.locator("[data-state=ready]")).wait_for()
     canvas = viewer.locator("canvas")
@@ -388,6 +397,7 @@ def test_texture_upload_shows_the_textured_glb_in_the_3d_viewer(embedded, browse
     )
     assert found, shares
     assert abs(float(found[1]) + float(found[2]) + float(found[4]) - 100) < 0.3
+    assert 1 <= int(found[3]) <= 4 - 2  # max_views 4: two planned views at most
     assert len(loaded_images(job.locator(".view-grid"))) == 2 + int(found[3])
     downloads = job.locator(".downloads a").evaluate_all("as => as.map(a => a.getAttribute('download'))")
     assert {"textured.glb", "texture.png"} <= set(downloads)
@@ -395,6 +405,12 @@ def test_texture_upload_shows_the_textured_glb_in_the_3d_viewer(embedded, browse
         "async a => new TextDecoder().decode((await (await fetch(a.href)).arrayBuffer()).slice(0, 4))"
     )
     assert magic == "glTF"
+    # the planning controls' values are the job's request, as the worker ran it
+    meta = json.loads(
+        job.locator(".downloads a[download='meta.json']").evaluate("async a => (await fetch(a.href)).text()")
+    )
+    request = meta["request"]
+    assert (request["inpaint_steps"], request["max_views"], request["coverage_target"]) == (3, 4, 0.99)
     shot(page.locator("#tx-results"), tmp_path, "texture", for_docs=True)
     b.check_clean()
 
