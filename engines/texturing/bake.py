@@ -53,7 +53,7 @@ class BakeSettings:
     # band's inner edge), so the colour goes over from the planned views' to the requested views' with no
     # step on either side; texels outside the band keep the requested views' colour bit for bit (0: off,
     # planned views colour only what the requested views left)
-    blend_band: float = 0.5
+    blend_band: float = 0.2
 
 
 @dataclass
