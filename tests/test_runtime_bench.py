@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -112,7 +113,7 @@ def test_shifter_cost_compares_fused_with_a_bare_copy_of_the_same_weights():
 
 
 def test_paired_ratio_pairs_until_the_interval_is_narrow_or_the_budget_is_spent():
-    from engines.bench.paired import paired_ratio, ratio_interval
+    from engines.bench.paired import narrower_than, paired_ratio, ratio_interval
 
     # A fake clock: the variant takes 1.10x the baseline, plus a drift both sides share. Exact ratios
     # give a zero-width interval at once; noisy ones need more pairs or hit the budget.
@@ -127,19 +128,124 @@ def test_paired_ratio_pairs_until_the_interval_is_narrow_or_the_budget_is_spent(
 
         return run
 
-    r = paired_ratio(work(1.0), work(1.1), width=0.01, min_pairs=4, clock=clock, warmup=0)
+    r = paired_ratio(work(1.0), work(1.1), known=narrower_than(0.01), min_pairs=4, clock=clock, warmup=0)
     assert r.converged and r.pairs == 4 and abs(r.ratio - 1.1) < 0.01 and r.low <= r.ratio <= r.high
 
     import itertools
 
     jitter = itertools.cycle([0.8, 1.25, 1.0, 1.1, 0.9])
     noisy = paired_ratio(
-        work(1.0), lambda: now.__setitem__(0, now[0] + next(jitter)), width=1e-6, max_seconds=60, clock=clock
+        work(1.0),
+        lambda: now.__setitem__(0, now[0] + next(jitter)),
+        known=narrower_than(1e-6),
+        max_seconds=60,
+        clock=clock,
     )
     assert not noisy.converged and noisy.width > 1e-6 and noisy.pairs > 4
 
     ratio, low, high = ratio_interval([1.0, 1.02, 0.98, 1.01, 0.99] * 4)
     assert low < ratio < high and high - low < 0.03
+
+
+def fake_clock_steps(full: float, shallow):  # noqa: ANN001 - seconds, or an iterator of them
+    """A fake clock and a full and a shallow step that advance it (`shallow` may vary per call)."""
+    now = [0.0]
+
+    def step(seconds):  # noqa: ANN001
+        return lambda: now.__setitem__(0, now[0] + (seconds if isinstance(seconds, float) else next(seconds)))
+
+    return (lambda: now[0]), step(full), step(shallow)
+
+
+KINDS = {1: "FFFFFF", 2: "FSFSFS", 3: "FSSFSS"}
+
+
+def test_step_cache_speedups_come_from_the_paired_shallow_over_full_ratio():
+    from engines.bench.step_cache import cache_speedup, step_cache_ratio
+
+    assert cache_speedup("FSS", 0.5) == 1.5 and cache_speedup("FFF", 0.3) == 1.0
+    clock, full, shallow = fake_clock_steps(1.0, 0.1)
+    r, rows = step_cache_ratio(full, shallow, KINDS, 60, clock=clock, warmup=0, min_pairs=4)
+    # exact steps: the interval has no width, so the first check after min_pairs stops it
+    assert r.converged and r.pairs == 4 and abs(r.ratio - 0.1) < 1e-9
+    by_n = {row["cache_interval"]: row for row in rows}
+    assert by_n[1]["speedup"] == 1.0 and by_n[1]["denoise_s"] == 6.0
+    assert by_n[2]["speedup"] == round(6 / 3.3, 4) and by_n[2]["denoise_s"] == 3.3
+    assert by_n[3]["speedup"] == round(6 / 2.4, 4) and by_n[3]["step_kinds"] == "FSSFSS"
+    assert all(row["converged"] and row["ci_width_over_speedup"] == 0.0 for row in rows)
+
+
+def test_step_cache_pairs_stop_on_the_speedups_widths_not_the_ratios():
+    import itertools
+
+    from engines.bench.step_cache import INTERVAL_GOAL, step_cache_ratio
+
+    # The shallow step varies by +-5%: the ratio's own interval stays ~2% of it for many pairs, but a
+    # speedup only carries the shallow steps' share of it, so the speedups converge first.
+    clock, full, shallow = fake_clock_steps(1.0, itertools.cycle([0.095, 0.105, 0.1, 0.102, 0.098]))
+    r, rows = step_cache_ratio(full, shallow, KINDS, 3600, clock=clock, warmup=0, min_pairs=4)
+    assert r.converged and (r.high - r.low) / r.ratio > INTERVAL_GOAL
+    for row in rows:
+        low, high = row["speedup_ci95"]
+        assert low <= row["speedup"] <= high and row["converged"]
+        assert abs(row["ci_width_over_speedup"] - (high - low) / row["speedup"]) < 1e-3
+
+    # much noisier shallow steps: the budget runs out first, and the report says which rows missed the goal
+    clock, full, shallow = fake_clock_steps(1.0, itertools.cycle([0.02, 0.3, 0.1, 0.2, 0.05]))
+    r, rows = step_cache_ratio(full, shallow, KINDS, 60, clock=clock, warmup=0, min_pairs=4)
+    assert not r.converged and r.pairs > 4
+    assert [row["converged"] for row in rows] == [True, False, False]  # N=1 is all full steps: exact
+
+
+def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(tmp_path, monkeypatch):
+    from engines.bench import step_cache
+    from engines.bench.step_cache import SECTIONS, Section
+    from engines.errors import UserInputError
+
+    asked = []
+
+    def fake_sd(seconds, cache):  # noqa: ANN001
+        asked.append(seconds)
+        return {
+            "model": "fake",
+            "unet_batch": 2,
+            "method": "Faked.",
+            "pairs": 7,
+            "converged": True,
+            "full_step_ms": 10.0,
+            "shallow_step_ms": 1.0,
+            "rows": [
+                {
+                    "cache_interval": 1,
+                    "step_kinds": "FF",
+                    "denoise_s": 0.02,
+                    "speedup": 1.0,
+                    "speedup_ci95": [1.0, 1.0],
+                    "ci_width_over_speedup": 0.0,
+                    "converged": True,
+                }
+            ],
+        }
+
+    monkeypatch.setitem(SECTIONS, "sd", Section(fake_sd, SECTIONS["sd"].lines))
+    assert main(["bench", "cache", "--section", "sd", "--out", str(tmp_path)]) == 2  # nothing to merge into
+    docs = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+    committed = json.loads((docs / "step_cache.json").read_text())
+    (tmp_path / "step_cache.json").write_text(json.dumps(committed))
+    assert main(["bench", "cache", "--section", "sd", "--max-minutes", "0.5", "--out", str(tmp_path)]) == 0
+    assert asked == [30.0]
+    merged = json.loads((tmp_path / "step_cache.json").read_text())
+    assert {k: v for k, v in merged.items() if k != "sd"} == {k: v for k, v in committed.items() if k != "sd"}
+    assert merged["sd"]["pairs"] == 7 and "machine" in merged["sd"]
+    md = (tmp_path / "step_cache.md").read_text()
+    assert "| 1 | `FF` | 0.02 | 1.0 | 1.0 - 1.0 | 0.00% | 7 | yes |" in md
+    assert "## Shipped model on ONNX Runtime" in md and "| torch | all N=1 |" in md
+    try:
+        step_cache.run_step_cache_bench(tmp_path, section="nope")
+    except UserInputError as e:
+        assert "shipped, onnx, batched, sd" in str(e)
+    else:
+        raise AssertionError("an unknown section was accepted")
 
 
 def test_flops_are_counted_on_a_half_precision_eager_model_as_on_fp32():

@@ -3,7 +3,10 @@
 Each pair times the baseline and the variant back to back, in alternating order (AB, BA, ...), so that
 drift and other load on the machine hit both alike; the pair's ratio is variant / baseline. The figure is
 the geometric mean of the pairs' ratios with a bootstrap interval (percentile, fixed seed); pairs are added
-until the interval is narrower than `width` or the time budget is spent, and the report says which.
+until a stop rule holds for (ratio, low, high) or the time budget is spent, and the report says which. The
+rule is the interval narrower than a width (`narrower_than`), or one on figures derived from the ratio: a
+monotonic function of the ratio has its interval at the images of `low` and `high` (the bootstrap is
+percentile), so e.g. step caching's speedups stop on their own widths (engines/bench/step_cache.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: a stop rule: whether (ratio, low, high) is known well enough
+KnownEnough = Callable[[float, float, float], bool]
+
+
+def narrower_than(width: float) -> KnownEnough:
+    """The rule "the ratio's interval is narrower than `width`"."""
+    return lambda ratio, low, high: high - low < width
+
 
 @dataclass(frozen=True)
 class PairedRatio:
@@ -25,7 +36,7 @@ class PairedRatio:
     pairs: int
     baseline_ms: float  # medians of each side's times
     variant_ms: float
-    converged: bool  # the interval narrowed below the width asked for (else the budget ran out)
+    converged: bool  # the stop rule held (else the budget ran out)
 
     @property
     def width(self) -> float:
@@ -50,15 +61,15 @@ def paired_ratio(
     baseline: Callable[[], object],
     variant: Callable[[], object],
     *,
-    width: float = 0.01,
+    known: KnownEnough = narrower_than(0.01),
     min_pairs: int = 4,
     max_seconds: float = 900.0,
     confidence: float = 0.95,
     warmup: int = 2,
     clock: Callable[[], float] = time.perf_counter,
 ) -> PairedRatio:
-    """Time `variant` against `baseline` in alternating pairs until the ratio's interval is narrower than
-    `width` (after at least `min_pairs`) or `max_seconds` have passed."""
+    """Time `variant` against `baseline` in alternating pairs until `known(ratio, low, high)` holds (after
+    at least `min_pairs`; default: the interval narrower than 0.01) or `max_seconds` have passed."""
     for fn in (baseline, variant):
         for _ in range(warmup):
             fn()
@@ -79,7 +90,7 @@ def paired_ratio(
         if len(ratios) < min_pairs:
             continue
         ratio, low, high = ratio_interval(ratios, confidence)
-        converged = high - low < width
+        converged = known(ratio, low, high)
         if converged or clock() - start >= max_seconds:
             return PairedRatio(
                 ratio=ratio,
@@ -91,3 +102,16 @@ def paired_ratio(
                 variant_ms=statistics.median(times["variant"]) * 1e3,
                 converged=converged,
             )
+
+
+def pairs_sentence(pairs: int, converged: bool, baseline: str, variant: str) -> str:
+    """A report's sentence on how a `PairedRatio` of `variant` / `baseline` was timed."""
+    how = (
+        "until the interval was narrower than the goal"
+        if converged
+        else "until the time budget ran out, the interval still wider than the goal"
+    )
+    return (
+        f"Timed in {pairs} alternating pairs ({baseline} then {variant}, {variant} then {baseline}, ...), {how}; "
+        "the ratio is the pairs' geometric mean with a 95% bootstrap interval (engines/bench/paired.py)."
+    )

@@ -1,17 +1,22 @@
 """`realiz3d bench cache`: what step caching (`cache_interval`, engines/models/deep_cache.py) saves.
 
-- **Shipped model**: whole denoising loops through the pipeline (4 views, CFG, the model's default
-  schedule, 20 steps, one seed), at each cache interval, in interleaved rounds; the denoise stage's seconds
-  are compared per round (N=1 / N), until the 95% bootstrap interval of every median ratio is narrower
-  than 1% of it or the time budget runs out. The images' mean absolute difference from N=1 (levels of
-  255) is reported beside: a sanity figure, not the quality evaluation.
-- **Shipped model on ONNX Runtime**: the same loops through the `onnx` backend (the full graph, which also
-  outputs the deep feature, and the shallow graph: engines/runtime/onnx_export.py) at N = 1 and 3.
-  `realiz3d bench cache --section onnx` measures only this and merges it into the existing report.
-- **SD-1.x-shaped UNet** (engines/bench/sd_like.py, 64x64 latents, one view x CFG): a full step and a
-  shallow step timed interleaved; the denoise time at each N is the count of full and shallow steps that
-  `DenoiseJob.step_kind` plans for 20 steps under the same schedule, times those step times (a loop of
-  that model takes minutes per interval on a 2-core CPU). Its interval comes from resampling the steps.
+The report's sections (`SECTIONS`; `--section NAME` measures one and merges it into the step_cache.json
+already there, the others keep their figures). Each timed loop stops when its intervals are narrower than
+`INTERVAL_GOAL` of the figure or its time budget (`--max-minutes`) is spent, and says which.
+
+- **shipped**: whole denoising loops through the pipeline (4 views, CFG, the model's default schedule,
+  20 steps, one seed), at each cache interval, in interleaved rounds; the denoise stage's seconds are
+  compared per round (N=1 / N). The images' mean absolute difference from N=1 (levels of 255) is
+  reported beside: a sanity figure, not the quality evaluation.
+- **onnx**: the same loops through the `onnx` backend (the full graph, which also outputs the deep
+  feature, and the shallow graph: engines/runtime/onnx_export.py) at N = 1 and 3.
+- **batched**: jobs/s of 8 jobs at once through the step batcher, all at N=1, mixed N=1,2,3,5 and all
+  at N=3, eager and on ONNX Runtime; a warm-up round builds every graph before the timed rounds.
+- **sd**: the SD-1.x-shaped UNet (engines/bench/sd_like.py, 64x64 latents, one view x CFG): a full and a
+  shallow step timed in alternating pairs (engines/bench/paired.py) for the ratio r = shallow / full;
+  the denoise time at N counts the full (nf) and shallow (ns) steps `DenoiseJob.step_kind` plans for 20
+  steps, so speedup(N) = 20 / (nf + ns r) (a loop of that model takes minutes per interval on a 2-core
+  CPU). Pairs are added until every speedup's interval is narrower than `INTERVAL_GOAL` of it.
 """
 
 from __future__ import annotations
@@ -20,18 +25,22 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
+from engines.bench.paired import PairedRatio, paired_ratio, pairs_sentence
 
 INTERVALS = (1, 2, 3, 5)
 #: the ONNX Runtime loops: full compute against the interval the issue's goal names
 ONNX_INTERVALS = (1, 3)
+#: the backends of the batched section
+BATCHED_BACKENDS = ("torch", "onnx")
 STEPS = 20
+#: a timed figure is known when its 95% interval is narrower than this fraction of it
+INTERVAL_GOAL = 0.01
 
 
 def _ci(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -43,6 +52,8 @@ def _ci(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, 
 
 def step_kinds(schedule, steps: int, interval: int) -> str:  # noqa: ANN001 - a DomainSchedule
     """The kinds the engine plans for one job: "F"ull and "S"hallow, in order."""
+    import torch
+
     from engines.models.realiz3d_model import DEFAULT_SCHEDULER_CONFIG
     from engines.sampling.denoise import DenoiseJob, make_scheduler
 
@@ -76,6 +87,8 @@ def shipped_model(
     engine_cache_dir: str | Path | None = None,
 ) -> dict:
     """Denoise loops at each of `intervals` (the first is 1) through a `backend` pipeline."""
+    import numpy as np
+
     from engines.pipelines import Realiz3DPipeline
     from engines.requests import MultiviewRequest
 
@@ -96,7 +109,9 @@ def shipped_model(
         if rounds < min_rounds:
             continue
         ratios = {n: [a / b for a, b in zip(seconds[1], seconds[n], strict=True)] for n in intervals[1:]}
-        narrow = all((hi - lo) < 0.01 * statistics.median(r) for r in ratios.values() for lo, hi in [_ci(r)])
+        narrow = all(
+            (hi - lo) < INTERVAL_GOAL * statistics.median(r) for r in ratios.values() for lo, hi in [_ci(r)]
+        )
         if narrow or time.monotonic() - start > max_seconds:
             break
     rows = []
@@ -123,220 +138,278 @@ def shipped_model(
     }
 
 
-def batched_throughput(rounds: int = 3, jobs: int = 8) -> dict:
-    """Jobs/s of a batching pipeline (max_jobs = `jobs`, all submitted at once, 4 views, CFG, 20 steps):
-    every job at N=1, a mix of N=1,2,3,5, every job at N=3; interleaved rounds, median wall time."""
+def batched_throughput(
+    backend: str = "torch",
+    max_seconds: float = 900.0,
+    rounds: int = 3,
+    jobs: int = 8,
+    engine_cache_dir: str | Path | None = None,
+) -> list[dict]:
+    """Jobs/s of a batching `backend` pipeline (max_jobs = `jobs`, all submitted at once, 4 views, CFG, 20
+    steps): every job at N=1, a mix of N=1,2,3,5, every job at N=3; interleaved rounds, median wall time.
+    A warm-up round runs every mix first and the background builds it started (a caching job's shallow
+    graph) finish before the timed rounds, which stop after `rounds` or once `max_seconds` are spent (at
+    least one); a timed round that loads a graph raises."""
     from concurrent.futures import ThreadPoolExecutor
+
+    import torch
 
     from engines.pipelines import Realiz3DPipeline
     from engines.requests import MultiviewRequest
 
-    pipe = Realiz3DPipeline.load(device="cpu")
+    pipe = Realiz3DPipeline.load(device="cpu", backend=backend, engine_cache_dir=engine_cache_dir)
     pipe.enable_batching(max_jobs=jobs, max_wait_ms=2000, threads=torch.get_num_threads())
     mixes = {
         "all N=1": [1] * jobs,
         "mixed N=1,2,3,5": [INTERVALS[i % 4] for i in range(jobs)],
         "all N=3": [3] * jobs,
     }
+    graphs = getattr(pipe.runner, "entries", [])  # graph runners: every graph loaded so far
+    builds = getattr(pipe.runner, "builds", None)
+
+    def run_round(pool: ThreadPoolExecutor) -> dict[str, float]:
+        took = {}
+        for name, intervals in mixes.items():
+            reqs = [
+                MultiviewRequest(prompt=f"object {i}", num_views=4, steps=STEPS, seed=i, cache_interval=n)
+                for i, n in enumerate(intervals)
+            ]
+            t0 = time.perf_counter()
+            list(pool.map(pipe.multiview, reqs))
+            took[name] = time.perf_counter() - t0
+        return took
+
     seconds: dict[str, list[float]] = {k: [] for k in mixes}
     try:
         with ThreadPoolExecutor(jobs) as pool:
-            for r in range(rounds + 1):  # the first round warms up
-                for name, intervals in mixes.items():
-                    reqs = [
-                        MultiviewRequest(
-                            prompt=f"object {i}", num_views=4, steps=STEPS, seed=i, cache_interval=n
-                        )
-                        for i, n in enumerate(intervals)
-                    ]
-                    t0 = time.perf_counter()
-                    list(pool.map(pipe.multiview, reqs))
-                    if r:
-                        seconds[name].append(time.perf_counter() - t0)
+            run_round(pool)  # warm-up: every graph the mixes use is built (or loaded) here
+            while builds is not None and builds.building():
+                time.sleep(0.1)
+            loaded = len(graphs)
+            start = time.monotonic()
+            while len(seconds["all N=1"]) < rounds and (
+                not seconds["all N=1"] or time.monotonic() - start < max_seconds
+            ):
+                for name, took in run_round(pool).items():
+                    seconds[name].append(took)
+                if len(graphs) != loaded:
+                    raise RuntimeError(
+                        f"bench cache: a timed {backend} round loaded a graph: {graphs[loaded:]}"
+                    )
     finally:
         pipe.batcher.close()
-    return {
-        "jobs": jobs,
-        "rounds": rounds,
-        "rows": [
+    return [
+        {
+            "backend": backend,
+            "mix": k,
+            "wall_s": [round(t, 3) for t in v],
+            "jobs_per_s": round(jobs / statistics.median(v), 3),
+        }
+        for k, v in seconds.items()
+    ]
+
+
+def batched(max_seconds: float, engine_cache_dir: str | Path | None = None, jobs: int = 8) -> dict:
+    """The batched section: `batched_throughput` on each of `BATCHED_BACKENDS`, `max_seconds` each."""
+    rows = [
+        row
+        for backend in BATCHED_BACKENDS
+        for row in batched_throughput(backend, max_seconds, jobs=jobs, engine_cache_dir=engine_cache_dir)
+    ]
+    return {"jobs": jobs, "rows": rows}
+
+
+def cache_speedup(kinds: str, ratio: float) -> float:
+    """Denoise speedup of a job whose steps are `kinds` ("F"/"S") over all-full steps, when a shallow step
+    takes `ratio` of a full one: len / (nf + ns * ratio)."""
+    return len(kinds) / (kinds.count("F") + kinds.count("S") * ratio)
+
+
+def _speedup_width(kinds: str, ratio: float, low: float, high: float) -> float:
+    """The width of a speedup's interval, as a fraction of it: the speedup falls as the ratio rises, so
+    its interval runs from the ratio's `high` to its `low`."""
+    return (cache_speedup(kinds, low) - cache_speedup(kinds, high)) / cache_speedup(kinds, ratio)
+
+
+def step_cache_ratio(
+    full: Callable[[], object],
+    shallow: Callable[[], object],
+    kinds: dict[int, str],
+    max_seconds: float,
+    **paired: object,
+) -> tuple[PairedRatio, list[dict]]:
+    """Time `shallow` against `full` in alternating pairs until the speedup of every plan in `kinds`
+    (cache interval -> step kinds) has an interval narrower than `INTERVAL_GOAL` of it, or `max_seconds`
+    are spent; the paired ratio and one row per interval. `paired`: more `paired_ratio` arguments."""
+
+    def known(ratio: float, low: float, high: float) -> bool:
+        return all(_speedup_width(k, ratio, low, high) < INTERVAL_GOAL for k in kinds.values())
+
+    r = paired_ratio(full, shallow, known=known, max_seconds=max_seconds, **paired)  # type: ignore[arg-type]
+    rows = []
+    for n, k in kinds.items():
+        width = _speedup_width(k, r.ratio, r.low, r.high)
+        rows.append(
             {
-                "mix": k,
-                "wall_s": [round(t, 3) for t in v],
-                "jobs_per_s": round(jobs / statistics.median(v), 3),
+                "cache_interval": n,
+                "step_kinds": k,
+                "denoise_s": round(r.baseline_ms / 1e3 * len(k) / cache_speedup(k, r.ratio), 2),
+                "speedup": round(cache_speedup(k, r.ratio), 4),
+                "speedup_ci95": [round(cache_speedup(k, r.high), 4), round(cache_speedup(k, r.low), 4)],
+                "ci_width_over_speedup": round(width, 4),
+                "converged": width < INTERVAL_GOAL,
             }
-            for k, v in seconds.items()
-        ],
-    }
+        )
+    return r, rows
 
 
-@torch.no_grad()
-def sd_shaped(repeats: int) -> dict:
+def sd_shaped(max_seconds: float, min_pairs: int = 4) -> dict:
+    """The sd section: `step_cache_ratio` on the SD-1.x-shaped UNet's full and shallow steps."""
+    import torch
+
     from engines.bench.sd_like import sd_like_model
     from engines.bench.unet import unet_inputs
     from engines.runtime.torch_runner import TorchRunner
     from engines.types import uniform_combo
 
-    model = sd_like_model()
-    model.eval()
-    runner = TorchRunner(model)
-    runner.prepare([])
-    x = unet_inputs(model, views=1, objects=1)
-    combos = [uniform_combo("real")] * x.batch
-    _, deep = runner.run_step(x, combos)
-    fns = {"full": lambda: runner(x, combos), "shallow": lambda: runner.run_step(x, combos, deep)}
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    schedule = model.config.default_schedule
-    rng = random.Random(0)
-    rows = []
-    for n in INTERVALS:
-        kinds = step_kinds(schedule, STEPS, n)
-        nf, ns = kinds.count("F"), kinds.count("S")
-        ratios = []
-        for _ in range(2000):  # resample the measured steps
-            f = statistics.median(rng.choices(times["full"], k=len(times["full"])))
-            s = statistics.median(rng.choices(times["shallow"], k=len(times["shallow"])))
-            ratios.append(STEPS * f / (nf * f + ns * s))
-        ratios.sort()
-        f, s = statistics.median(times["full"]), statistics.median(times["shallow"])
-        rows.append(
-            {
-                "cache_interval": n,
-                "step_kinds": kinds,
-                "denoise_s": round(nf * f + ns * s, 2),
-                "speedup": round(STEPS * f / (nf * f + ns * s), 4),
-                "speedup_ci95": [round(ratios[50], 4), round(ratios[1949], 4)],
-            }
+    with torch.no_grad():
+        model = sd_like_model()
+        model.eval()
+        runner = TorchRunner(model)
+        runner.prepare([])
+        x = unet_inputs(model, views=1, objects=1)
+        combos = [uniform_combo("real")] * x.batch
+        _, deep = runner.run_step(x, combos)
+        kinds = {n: step_kinds(model.config.default_schedule, STEPS, n) for n in INTERVALS}
+        r, rows = step_cache_ratio(
+            lambda: runner(x, combos),
+            lambda: runner.run_step(x, combos, deep),
+            kinds,
+            max_seconds,
+            warmup=1,
+            min_pairs=min_pairs,
         )
     return {
         "model": f"seeded SD-1.x-shaped UNet (engines/bench/sd_like.py), 64x64 latents, "
         f"{model.parameter_count():,} parameters",
         "unet_batch": x.batch,
-        "full_step_ms": [round(t * 1e3, 1) for t in times["full"]],
-        "shallow_step_ms": [round(t * 1e3, 1) for t in times["shallow"]],
+        "method": f"{pairs_sentence(r.pairs, r.converged, 'full', 'shallow')} Shallow / full = {r.ratio:.4f} "
+        f"(95% {r.low:.4f}-{r.high:.4f}); speedup at N = {STEPS} / (full steps + shallow steps x that ratio), "
+        f"its interval the ratio's mapped through it; the goal: every speedup's interval narrower than "
+        f"{INTERVAL_GOAL:.0%} of it, in {max_seconds / 60:g} minutes at most.",
+        "pairs": r.pairs,
+        "converged": r.converged,
+        "full_step_ms": round(r.baseline_ms, 1),
+        "shallow_step_ms": round(r.variant_ms, 1),
         "rows": rows,
-    }
-
-
-def onnx_runtime(max_seconds: float, engine_cache_dir: str | Path | None = None) -> dict:
-    """The shipped model's loops on ONNX Runtime at `ONNX_INTERVALS`, with the machine they ran on."""
-    return {
-        "machine": torch_machine(),
-        **shipped_model(
-            max_seconds, backend="onnx", intervals=ONNX_INTERVALS, engine_cache_dir=engine_cache_dir
-        ),
     }
 
 
 def run_step_cache_bench(
     out_dir: str | Path = OUT_DIR,
-    max_seconds: float = 300.0,
-    sd_repeats: int = 4,
-    sd: bool = True,
+    max_seconds: float = 900.0,
     section: str | None = None,
     engine_cache_dir: str | Path | None = None,
 ) -> dict:
-    """Writes step_cache.json and step_cache.md. `section="onnx"`: measure only the ONNX Runtime loops and
-    merge them into the step_cache.json already in `out_dir` (the other sections keep their figures)."""
-    out = Path(out_dir)
-    if section == "onnx":
-        if not (out / "step_cache.json").is_file():
-            from engines.errors import UserInputError
+    """Writes step_cache.json and step_cache.md: every section, each timed loop stopping after
+    `max_seconds` at most. `section`: measure only that one and merge it into the step_cache.json already
+    in `out_dir` (the other sections keep their figures)."""
+    from engines.errors import UserInputError
 
-            raise UserInputError(
-                f"--section onnx merges into {out / 'step_cache.json'}, which is not there: "
-                "run `realiz3d bench cache` first"
-            )
-        result = json.loads((out / "step_cache.json").read_text())
-        result["onnx"] = onnx_runtime(max_seconds, engine_cache_dir)
-        (out / "step_cache.json").write_text(json.dumps(result, indent=2))
-        write_report(result, out)
-        return result
-    if section is not None:
-        raise ValueError(f"bench cache: unknown section {section!r} (onnx)")
-    result = {
-        "machine": torch_machine(),
-        "shipped": shipped_model(max_seconds),
-        "onnx": onnx_runtime(max_seconds, engine_cache_dir),
-        "batched": batched_throughput(),
-    }
-    if sd:
-        result["sd"] = sd_shaped(sd_repeats)
+    out = Path(out_dir)
+    report = out / "step_cache.json"
+    if section is not None and section not in SECTIONS:
+        raise UserInputError(f"bench cache: unknown section {section!r} (one of {', '.join(SECTIONS)})")
+    if section is not None and not report.is_file():
+        raise UserInputError(
+            f"--section {section} merges into {report}, which is not there: run `realiz3d bench cache` first"
+        )
+    cache = Path(engine_cache_dir) if engine_cache_dir is not None else None
+    if section is None:
+        result = {"machine": torch_machine()}
+        names = list(SECTIONS)
+    else:
+        result = json.loads(report.read_text())
+        names = [section]
+    for name in names:
+        result[name] = {"machine": torch_machine(), **SECTIONS[name].measure(max_seconds, cache)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "step_cache.json").write_text(json.dumps(result, indent=2))
+    report.write_text(json.dumps(result, indent=2))
     write_report(result, out)
     return result
 
 
 def write_report(result: dict, out: Path) -> None:
-    """step_cache.md from the result (step_cache.json)."""
-    sd = "sd" in result
-    s = result["shipped"]
+    """step_cache.md from the result (step_cache.json): its `SECTIONS` that are there, in order."""
     lines = [
         "# Step caching (`cache_interval`), CPU (`realiz3d bench cache`)",
         "",
         f"Machine: {describe(result['machine'])}. Code: engines/bench/step_cache.py. F = full step, S = shallow step "
-        "(engines/models/deep_cache.py); a step where the schedule switches domains runs full.",
-        "",
+        "(engines/models/deep_cache.py); a step where the schedule switches domains runs full. A section "
+        "measured alone (`--section`) names its own machine.",
+    ]
+    for name, section in SECTIONS.items():
+        if name in result:
+            figures = result[name]
+            machine = [f"Machine: {describe(figures['machine'])}.", ""] if "machine" in figures else []
+            title, *body = section.lines(figures)
+            lines += ["", title, "", *machine, *body]
+    (out / "step_cache.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _shipped_lines(s: dict) -> list[str]:
+    return [
         f"## Shipped model ({s['model']}): measured denoise loops",
-        "",
         f"{s['job']}; {s['rounds']} interleaved rounds; speedup = denoise seconds at N=1 / at N, per round; "
         "median and 95% bootstrap interval. Image difference: mean |difference| from N=1 in levels of 255 "
         "(a sanity figure; the quality evaluation is not run).",
         "",
         *_loop_table(s["rows"]),
     ]
-    if "onnx" in result:
-        o = result["onnx"]
-        lines += [
-            "",
-            "## Shipped model on ONNX Runtime (backend `onnx`): measured denoise loops",
-            "",
-            f"Machine: {describe(o['machine'])}. The same job and method as above through the onnx backend: "
-            "full steps run the full graph (which also outputs the deep feature), shallow steps the shallow "
-            f"graph (engines/runtime/onnx_export.py); {o['rounds']} interleaved rounds.",
-            "",
-            *_loop_table(o["rows"]),
-        ]
-    b = result["batched"]
-    lines += [
+
+
+def _onnx_lines(o: dict) -> list[str]:
+    return [
+        "## Shipped model on ONNX Runtime (backend `onnx`): measured denoise loops",
+        "The same job and method as above through the onnx backend: full steps run the full graph (which "
+        "also outputs the deep feature), shallow steps the shallow graph (engines/runtime/onnx_export.py); "
+        f"{o['rounds']} interleaved rounds.",
         "",
-        f"## Shipped model, batched: {b['jobs']} jobs at once through the step batcher",
-        "",
-        f"4 views, CFG, {STEPS} steps each, max_jobs {b['jobs']}; {b['rounds']} interleaved rounds after a "
-        "warm-up round; jobs/s from the median wall time. Shallow and full steps batch separately.",
-        "",
-        "| mix | wall s per round | jobs/s |",
-        "|---|---|---|",
+        *_loop_table(o["rows"]),
     ]
-    lines += [f"| {r['mix']} | {r['wall_s']} | {r['jobs_per_s']} |" for r in b["rows"]]
-    if sd:
-        d = result["sd"]
-        lines += [
-            "",
-            f"## {d['model']}: measured steps, counted loop",
-            "",
-            f"UNet batch {d['unet_batch']} (1 view x CFG). Full steps (ms): {d['full_step_ms']}; shallow steps "
-            f"(ms): {d['shallow_step_ms']} (interleaved). Denoise time at N = full steps x median full step + "
-            f"shallow steps x median shallow step, for {STEPS} steps under the model's default schedule; the "
-            "interval resamples the measured steps.",
-            "",
-            "| N | steps | denoise s | speedup | 95% interval |",
-            "|---|---|---|---|---|",
-        ]
-        for r in d["rows"]:
-            lo, hi = r["speedup_ci95"]
-            lines.append(
-                f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s']} | {r['speedup']} | {lo} - {hi} |"
-            )
-    (out / "step_cache.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+
+def _batched_lines(b: dict) -> list[str]:
+    return [
+        f"## Shipped model, batched: {b['jobs']} jobs at once through the step batcher",
+        f"4 views, CFG, {STEPS} steps each, max_jobs {b['jobs']}; interleaved rounds after a warm-up round "
+        "(which builds every graph: no timed round builds or loads one); jobs/s from the median wall time. "
+        "Shallow and full steps batch separately.",
+        "",
+        "| backend | mix | wall s per round | jobs/s |",
+        "|---|---|---|---|",
+        *(f"| {r['backend']} | {r['mix']} | {r['wall_s']} | {r['jobs_per_s']} |" for r in b["rows"]),
+    ]
+
+
+def _sd_lines(d: dict) -> list[str]:
+    lines = [
+        f"## {d['model']}: measured steps, counted loop",
+        f"UNet batch {d['unet_batch']} (1 view x CFG); full step {d['full_step_ms']} ms, shallow step "
+        f"{d['shallow_step_ms']} ms (medians). {d['method']} Denoise time at N: {STEPS} steps under the "
+        "model's default schedule, counted.",
+        "",
+        "| N | steps | denoise s | speedup | 95% interval | interval width | pairs | converged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        lo, hi = r["speedup_ci95"]
+        lines.append(
+            f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s']} | {r['speedup']} | {lo} - {hi} | "
+            f"{r['ci_width_over_speedup']:.2%} | {d['pairs']} | {'yes' if r['converged'] else 'no'} |"
+        )
+    return lines
 
 
 def _loop_table(rows: list[dict]) -> list[str]:
@@ -352,3 +425,23 @@ def _loop_table(rows: list[dict]) -> list[str]:
             f"{lo} - {hi} | {r['ci_width_over_median']:.2%} | {r['mean_abs_diff_vs_n1']} |"
         )
     return lines
+
+
+@dataclass(frozen=True)
+class Section:
+    measure: Callable[[float, Path | None], dict]  # (max_seconds, engine cache dir) -> its figures
+    lines: Callable[[dict], list[str]]  # its report from its figures: the title, then the body
+
+
+#: the report's sections, in its order (`--section NAME` measures one)
+SECTIONS: dict[str, Section] = {
+    "shipped": Section(lambda seconds, cache: shipped_model(seconds), _shipped_lines),
+    "onnx": Section(
+        lambda seconds, cache: shipped_model(
+            seconds, backend="onnx", intervals=ONNX_INTERVALS, engine_cache_dir=cache
+        ),
+        _onnx_lines,
+    ),
+    "batched": Section(batched, _batched_lines),
+    "sd": Section(lambda seconds, cache: sd_shaped(seconds), _sd_lines),
+}

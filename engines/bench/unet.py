@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
-from engines.bench.paired import paired_ratio
+from engines.bench.paired import narrower_than, paired_ratio, pairs_sentence
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.runtime.torch_runner import cast_inputs
@@ -343,7 +343,7 @@ def shifter_cost(
     r = paired_ratio(
         lambda: bare.unet.run(inputs),
         lambda: model.unet.run(inputs, ids),
-        width=width,
+        known=narrower_than(width),
         min_pairs=min_pairs,
         max_seconds=max_minutes * 60,
     )
@@ -379,18 +379,6 @@ def run_sd_shifter_cost(
     return result
 
 
-def _pairs_sentence(r: dict) -> str:
-    how = (
-        "until the interval was narrower than the goal"
-        if r["interval_converged"]
-        else "until the time budget ran out, the interval still wider than the goal"
-    )
-    return (
-        f"Timed in {r['pairs']} alternating pairs (bare then fused, fused then bare, ...), {how}; the ratio is "
-        "the pairs' geometric mean with a 95% bootstrap interval (engines/bench/paired.py)."
-    )
-
-
 def write_sd_report(result: dict, out_dir: Path) -> list[str]:
     """unet_sd_cpu.json and .md from `run_sd_shifter_cost`'s result; the markdown's lines."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,7 +391,7 @@ def write_sd_report(result: dict, out_dir: Path) -> list[str]:
         "",
         f"Machine: {describe(r['machine'])}. Model: {r['model']}, {r['parameters']:,} parameters, {r['block_sites']} "
         f"block-shift sites, UNet batch {r['unet_batch']} ({views} view(s) x CFG). Baseline: the same weights "
-        f"built again with the shifter removed. {_pairs_sentence(r)}",
+        f"built again with the shifter removed. {pairs_sentence(r['pairs'], r['interval_converged'], 'bare', 'fused')}",
         "",
         "| measure | value | goal |",
         "|---|---|---|",

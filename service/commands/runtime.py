@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from engines.bench import OUT_DIR
+from engines.bench.step_cache import SECTIONS as CACHE_SECTIONS
 from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
 
@@ -126,7 +127,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-minutes",
         type=float,
         default=15.0,
-        help="unet --shape sd: stop pairing after this long, the interval as wide as it is then",
+        help="unet --shape sd, cache: stop a timed loop after this long (cache: each section's loops, each "
+        "backend's), its interval as wide as it is then",
     )
     b.add_argument(
         "--width", type=int, default=160, help="loading: the UNet's first block channels (SD 1.5: 320)"
@@ -156,10 +158,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--section",
-        choices=("onnx",),
+        choices=tuple(CACHE_SECTIONS),
         default=None,
-        help="cache: measure only this section (onnx: the shipped model on ONNX Runtime at N=1 and 3) and "
-        "merge it into the step_cache.json already in --out",
+        help="cache: measure only this section (shipped: eager loops at N=1,2,3,5; onnx: ONNX Runtime loops "
+        "at N=1,3; batched: jobs/s of mixed intervals, eager and onnx; sd: the SD-1.x-shaped UNet's "
+        "speedups) and merge it into the step_cache.json already in --out",
     )
     b.add_argument("--out", type=Path, default=OUT_DIR)
     b.set_defaults(handler=run_bench)
@@ -292,7 +295,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.step_cache import run_step_cache_bench
 
         run_step_cache_bench(
-            out_dir=args.out, section=args.section, engine_cache_dir=engine_cache_dir(args.engine_cache)
+            out_dir=args.out,
+            max_seconds=args.max_minutes * 60,
+            section=args.section,
+            engine_cache_dir=engine_cache_dir(args.engine_cache),
         )
     elif args.target == "loading":
         from engines.bench.loading import run as run_loading
