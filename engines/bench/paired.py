@@ -18,6 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+#: the fewest pairs a figure is reported from: a percentile bootstrap of fewer values has few distinct
+#: resamples (35 for 4 values) and understates the interval, so a stop rule is not trusted before this
+MIN_PAIRS = 10
+
 #: a stop rule: whether (ratio, low, high) is known well enough
 KnownEnough = Callable[[float, float, float], bool]
 
@@ -62,7 +66,7 @@ def paired_ratio(
     variant: Callable[[], object],
     *,
     known: KnownEnough = narrower_than(0.01),
-    min_pairs: int = 4,
+    min_pairs: int = MIN_PAIRS,
     max_seconds: float = 900.0,
     confidence: float = 0.95,
     warmup: int = 2,

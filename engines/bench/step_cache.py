@@ -31,7 +31,7 @@ from pathlib import Path
 
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
-from engines.bench.paired import PairedRatio, paired_ratio, pairs_sentence
+from engines.bench.paired import MIN_PAIRS, PairedRatio, paired_ratio, pairs_sentence
 
 INTERVALS = (1, 2, 3, 5)
 #: the ONNX Runtime loops: full compute against the interval the issue's goal names
@@ -263,7 +263,7 @@ def step_cache_ratio(
     return r, rows
 
 
-def sd_shaped(max_seconds: float, min_pairs: int = 4) -> dict:
+def sd_shaped(max_seconds: float, min_pairs: int = MIN_PAIRS) -> dict:
     """The sd section: `step_cache_ratio` on the SD-1.x-shaped UNet's full and shallow steps."""
     import torch
 

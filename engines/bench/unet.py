@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
-from engines.bench.paired import narrower_than, paired_ratio, pairs_sentence
+from engines.bench.paired import MIN_PAIRS, narrower_than, paired_ratio, pairs_sentence
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.runtime.torch_runner import cast_inputs
@@ -327,7 +327,7 @@ def write_report(result: dict, out_dir: Path, name: str = "unet") -> None:
 
 @torch.no_grad()
 def shifter_cost(
-    build, views: int = 1, width: float = 0.01, max_minutes: float = 15.0, min_pairs: int = 4
+    build, views: int = 1, width: float = 0.01, max_minutes: float = 15.0, min_pairs: int = MIN_PAIRS
 ) -> dict:
     """Fused block-shift step / bare UNet step on a model `build()` makes (called twice: the same seed
     gives the same weights; the second copy has its shifter removed), timed in alternating pairs until the
