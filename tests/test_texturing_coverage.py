@@ -132,50 +132,67 @@ def _two_planes():
     return np.vstack([back_v, front_v]), np.vstack([back_f, front_f + 4])
 
 
-def test_views_are_upsampled_without_mixing_the_surfaces_either_side_of_a_depth_edge():
-    import cv2
-
-    from engines.texturing.view_upsample import upsample_view
-
+def _red_front_blue_back(resolution: int = 32):
+    """The two planes seen head-on at the model's resolution, the front square red, the back one blue."""
     vertices, faces = _two_planes()
     caster = RayCaster(vertices, faces)
-    camera = Camera(0.0, 0.0)
-    model, bake = caster.render(camera, 32), caster.render(camera, 256, shading=False)
+    model = caster.render(Camera(0.0, 0.0), resolution)
     front = model.face_id >= 2
-    image = np.zeros((32, 32, 3), np.uint8)
-    image[front] = (255, 0, 0)  # the front square red, the back one blue
+    image = np.zeros((resolution, resolution, 3), np.uint8)
+    image[front] = (255, 0, 0)
     image[model.mask & ~front] = (0, 0, 255)
-    big, confidence = upsample_view(image, model, bake)
-    unreliable = confidence <= 0
-    back = (bake.face_id >= 0) & (bake.face_id < 2) & ~unreliable
-    assert back.sum() > 0.3 * (bake.face_id >= 0).sum()
-    assert (big[back, 0] == 0).all() and (big[back, 2] == 255).all()  # no red on the back square
-    assert (big[(bake.face_id >= 2) & ~unreliable, 0] == 255).all()
-    # only bake pixels that borrow part of their neighbours count less: the inside of each square is sure
-    assert confidence.max() == 1.0 and 0 < confidence[back].min() < 1
-    # a plain bilinear resize does mix them there
-    plain = cv2.resize(image, (256, 256), interpolation=cv2.INTER_LINEAR)
-    assert (plain[(bake.face_id >= 0) & (bake.face_id < 2), 0] > 0).any()
+    return caster, model, image
 
 
-def test_an_upsampled_view_is_not_quantised_again():
-    # A colour ramp on a plane that fills the frame upsamples to the ramp's bilinear values, fractions of a
-    # level: rounding the upsampled view to uint8 again would put up to half a level of error on each.
-    from engines.texturing.view_upsample import upsample_view
+def test_interior_texels_take_the_plain_bilinear_colour_of_the_model_view_bit_for_bit():
+    from engines.texturing.rasterize import sample_bilinear
+    from engines.texturing.view_sampling import sample_joint_bilinear
 
     v = np.array([[-3.0, -3.0, 0.0], [3.0, -3.0, 0.0], [3.0, 3.0, 0.0], [-3.0, 3.0, 0.0]])
-    caster = RayCaster(v, np.array([[0, 1, 2], [0, 2, 3]]))
-    model, bake = caster.render(Camera(0.0, 0.0), 32), caster.render(Camera(0.0, 0.0), 256, shading=False)
-    assert model.mask.all() and bake.mask.all()
-    image = np.zeros((32, 32, 3), np.uint8)
-    image[..., 0] = 7 * np.arange(32) + 10  # 7 levels a model pixel, along x
-    big, confidence = upsample_view(image, model, bake)
-    s = (np.arange(256) + 0.5) * 32 / 256 - 0.5  # each bake column in model-pixel coordinates
-    inside = (s >= 0) & (s <= 31)
+    model = RayCaster(v, np.array([[0, 1, 2], [0, 2, 3]])).render(Camera(0.0, 0.0), 32)
+    assert model.mask.all()
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    x, y = np.random.default_rng(1).uniform(0.0, 32.0, (2, 5000)).astype(np.float32)
+    depth = np.full(len(x), float(model.depth.mean()), np.float32)  # the plane faces the camera
+    colour, confidence = sample_joint_bilinear(image, model, x, y, depth, 2e-3)
     assert (confidence == 1).all()
-    error = np.abs(big[:, inside, 0] - (7 * s[inside] + 10))
-    assert error.max() < 1e-3
-    assert np.abs(big[:, inside, 0] - np.round(big[:, inside, 0])).max() > 0.4  # not whole levels
+    assert np.array_equal(colour, sample_bilinear(image, x, y))  # one interpolation, not re-quantised
+    assert np.abs(colour - np.round(colour)).max() > 0.4
+
+
+def test_no_colour_crosses_a_depth_edge_when_texels_sample_the_model_view():
+    from engines.texturing.rasterize import sample_bilinear
+    from engines.texturing.view_sampling import sample_joint_bilinear
+
+    caster, model, image = _red_front_blue_back()
+    bake = caster.render(Camera(0.0, 0.0), 256, shading=False)
+    rows, cols = np.nonzero(bake.mask)
+    x, y = (cols + 0.5) * (32 / 256), (rows + 0.5) * (32 / 256)  # bake pixel centres in model pixels
+    colour, confidence = sample_joint_bilinear(image, model, x, y, bake.depth[rows, cols], 2e-3)
+    back = bake.face_id[rows, cols] < 2
+    sampled = confidence > 0
+    assert (back & sampled).sum() > 0.3 * len(rows)
+    assert (colour[back & sampled, 0] == 0).all() and (colour[back & sampled, 2] == 255).all()
+    assert (colour[~back & sampled, 0] == 255).all() and (colour[~back & sampled, 2] == 0).all()
+    # near the edge a texel borrows its colour from fewer neighbours and counts less
+    assert 0 < confidence[back & sampled].min() < 1 and confidence.max() == 1
+    # a plain bilinear lookup does mix them there
+    assert (sample_bilinear(image, x, y)[back, 0] > 0).any()
+
+
+def test_a_texel_with_no_neighbour_showing_its_surface_is_not_sampled():
+    from engines.texturing.view_sampling import sample_joint_bilinear
+
+    _, model, image = _red_front_blue_back()
+    front = np.argwhere(model.face_id >= 2)
+    r, c = front[len(front) // 2]  # inside the front square: all four neighbours show it
+    behind = float(model.depth[model.mask & (model.face_id < 2)].max())  # the back plane's depth
+    x, y = np.array([c + 0.7, c + 0.7, 0.6]), np.array([r + 0.8, r + 0.8, 0.6])
+    depth = np.array([behind, model.depth[r, c], behind], np.float32)  # hidden, visible, off the object
+    colour, confidence = sample_joint_bilinear(image, model, x, y, depth, 2e-3)
+    assert confidence[0] == 0 and (colour[0] == 0).all()
+    assert confidence[1] == 1 and colour[1, 0] == 255
+    assert not model.mask[0, 0] and confidence[2] == 0 and (colour[2] == 0).all()
 
 
 def test_a_views_weight_fades_out_towards_its_silhouettes_and_depth_edges():
@@ -262,3 +279,33 @@ def test_a_texture_jobs_cost_bound_counts_the_views_it_may_plan():
     greedy = {**default, "max_views": 64, "inpaint_steps": 150}
     with pytest.raises(OverBudget, match="58 planned views x 256x256 px x 150 inpaint_steps"):
         check_cost(job_cost("texture", greedy, 32), settings)
+
+
+def test_the_round_trip_compares_bakes_paired_on_the_same_texels_and_seam_pairs():
+    from engines.bench.coverage import paired_difference
+
+    rng = np.random.default_rng(0)
+    err_old, seam_old = rng.uniform(1.0, 3.0, 4000), rng.uniform(0.5, 1.5, 300)
+    same = paired_difference((err_old, seam_old), (err_old, seam_old))
+    assert same["psnr_difference_db"] == 0 and same["psnr_difference_interval"] == [0.0, 0.0]
+    assert same["seam_step_difference"] == 0 and same["seam_step_difference_interval"] == [0.0, 0.0]
+    # half the squared error is +3.01 dB; a seam step 0.2 lower on every pair is -0.2, whatever the spread
+    better = paired_difference((err_old / 2, seam_old - 0.2), (err_old, seam_old))
+    assert better["psnr_difference_db"] == pytest.approx(3.0103, abs=1e-3)
+    lo, hi = better["psnr_difference_interval"]
+    assert lo == pytest.approx(3.0103, abs=1e-3) and hi == pytest.approx(3.0103, abs=1e-3)
+    assert better["seam_step_difference_interval"] == pytest.approx([-0.2, -0.2], abs=1e-4)
+    assert better["texels"] == 4000 and better["seam_pairs"] == 300
+    noisy = paired_difference((err_old * rng.uniform(0.3, 1.1, 4000), seam_old), (err_old, seam_old))
+    lo, hi = noisy["psnr_difference_interval"]
+    assert lo < noisy["psnr_difference_db"] < hi and hi - lo > 0.05
+
+
+def test_the_round_trip_section_merges_into_an_existing_report_only(tmp_path):
+    from engines.bench.coverage import run_coverage_bench
+    from engines.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="no coverage.json"):
+        run_coverage_bench(out_dir=tmp_path, section="round-trip")
+    with pytest.raises(UserInputError, match="--section"):
+        run_coverage_bench(out_dir=tmp_path, section="sd")

@@ -76,9 +76,16 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def seam_step(atlas: np.ndarray, mesh, chart: np.ndarray) -> float:
-    """Mean colour step (0-255, mean over channels) across UV seams: for each mesh edge shared by two faces
-    whose UVs differ along it, the atlas's texel one texel inside each face, at 3 points along the edge
-    (pairs where either side's texel is outside `chart`, the texels measured, are skipped)."""
+    """Mean colour step (0-255, mean over channels) across UV seams (`seam_steps`; 0 with no seam pair)."""
+    steps = seam_steps(atlas, mesh, chart)
+    return float(steps.mean()) if len(steps) else 0.0
+
+
+def seam_steps(atlas: np.ndarray, mesh, chart: np.ndarray) -> np.ndarray:
+    """Colour step (0-255, mean over channels) of each seam pair: for each mesh edge shared by two faces whose
+    UVs differ along it, the atlas's texel one texel inside each face, at 3 points along the edge (pairs where
+    either side's texel is outside `chart`, the texels measured, are skipped). The same mesh and `chart` give
+    the same pairs in the same order, whatever the atlas: steps of two bakes pair up."""
     v = np.asarray(mesh.normalized_vertices, np.float64)
     f = np.asarray(mesh.faces, np.int64)
     uv = np.asarray(mesh.uv, np.float64)
@@ -104,7 +111,7 @@ def seam_step(atlas: np.ndarray, mesh, chart: np.ndarray) -> float:
     b2 = np.where(same, b[e2], a[e2])
     seam = (np.abs(uv[a1] - uv[a2]).max(axis=1) > 1e-6) | (np.abs(uv[b1] - uv[b2]).max(axis=1) > 1e-6)
     if not seam.any():
-        return 0.0
+        return np.zeros(0)
     steps = []
     for t in (0.25, 0.5, 0.75):
         sides = []
@@ -121,8 +128,7 @@ def seam_step(atlas: np.ndarray, mesh, chart: np.ndarray) -> float:
         ok = chart[r1, c1] & chart[r2, c2]
         diff = atlas[r1, c1, :3].astype(np.float64) - atlas[r2, c2, :3].astype(np.float64)
         steps.append(np.abs(diff[ok]).mean(axis=1))
-    both = np.concatenate(steps)
-    return float(np.mean(both)) if len(both) else 0.0
+    return np.concatenate(steps)
 
 
 def boundary_step(atlas: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
@@ -140,19 +146,27 @@ def boundary_step(atlas: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float(both.mean()) if len(both) else 0.0
 
 
-def _round_trip(path: Path, name: str) -> dict:
+#: the round trip's three bakes at the same 6 requested views; the first is the baseline
+ROUND_TRIP_BAKES = {
+    "bake at the view resolution (before), 6 views": dict(bake_resolution=64, max_views=6, res_bake=32),
+    "bake at 512 px, 6 views": dict(bake_resolution=512, max_views=6),
+    "bake at 512 px, 6 views + planned": dict(bake_resolution=512, max_views=16),
+}
+BEFORE = next(iter(ROUND_TRIP_BAKES))
+#: bootstrap resamples of the paired differences (percentile intervals, fixed seed)
+RESAMPLES = 1000
+
+
+def _round_trip(path: Path, name: str) -> tuple[dict, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Three bakes of the same 6 requested views of a known colour; PSNR and seam step over every on-mesh
-    texel and, the fair comparison, over the texels every one of the three bakes coloured from views."""
+    texel and, the fair comparison, over the texels every one of the three bakes coloured from views.
+    Returns the figures and, per bake, its samples on those common texels: (squared error per texel, mean
+    over channels; colour step per seam pair), in the same texel and pair order for every bake."""
     from engines.requests import TextureRequest
     from engines.texturing.pipeline import texture_mesh
 
-    configs = {
-        "bake at the view resolution (before), 6 views": dict(bake_resolution=64, max_views=6, res_bake=32),
-        "bake at 512 px, 6 views": dict(bake_resolution=512, max_views=6),
-        "bake at 512 px, 6 views + planned": dict(bake_resolution=512, max_views=16),
-    }
     results = {}
-    for label, cfg in configs.items():
+    for label, cfg in ROUND_TRIP_BAKES.items():
         request = TextureRequest(
             prompt=PROMPT, seed=0, bake_resolution=cfg["bake_resolution"], max_views=cfg["max_views"]
         )
@@ -168,12 +182,16 @@ def _round_trip(path: Path, name: str) -> dict:
         common &= result.coverage
     # the requested views' texels: what the bake at 512 px without planning coloured (the same first bake)
     requested = results["bake at 512 px, 6 views"].coverage & chart
-    rows = []
+    rows, samples = [], {}
     for label, result in results.items():
         got = result.atlas[..., :3].astype(np.float64)
         seen = result.coverage & chart
         planned = result.meta["views_used"] > result.meta["num_views"]
         inpainted = seen & ~requested if planned else np.zeros_like(seen)
+        samples[label] = (
+            ((got[common] - truth[common]) ** 2).mean(axis=1),
+            seam_steps(result.atlas, result.mesh, common),
+        )
         rows.append(
             {
                 "mesh": name,
@@ -182,9 +200,11 @@ def _round_trip(path: Path, name: str) -> dict:
                 "surface": result.meta["surface"],
                 "psnr_on_mesh_db": round(psnr(got[chart], truth[chart]), 2),
                 "psnr_from_views_db": round(psnr(got[seen], truth[seen]), 2),
-                "psnr_common_db": round(psnr(got[common], truth[common]), 2),
+                "psnr_common_db": round(psnr(got[common], truth[common]), 3),
                 "seam_step": round(seam_step(result.atlas, result.mesh, chart), 2),
-                "seam_step_common": round(seam_step(result.atlas, result.mesh, common), 2),
+                "seam_step_common": round(float(samples[label][1].mean()), 3)
+                if len(samples[label][1])
+                else None,  # no seam pair on the common texels
                 # across the boundary between the requested views' texels and the planned views' (and the
                 # true colour's own step there)
                 "boundary_step": round(boundary_step(result.atlas, requested, inpainted), 2)
@@ -195,11 +215,77 @@ def _round_trip(path: Path, name: str) -> dict:
                 else None,
             }
         )
-    return {
+    figures = {
+        "mesh": name,
         "common_share": round(float(common.sum() / max(int(chart.sum()), 1)), 4),
         "seam_step_truth": round(seam_step(truth, first.mesh, chart), 2),
         "seam_step_truth_common": round(seam_step(truth, first.mesh, common), 2),
         "rows": rows,
+    }
+    return figures, samples
+
+
+def _interval(statistic, n: int, seed: int = 0) -> list[float]:
+    """95% percentile bootstrap interval of `statistic(indices)` over `n` items resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    boot = [statistic(rng.integers(0, n, n)) for _ in range(RESAMPLES)]
+    return [round(float(v), 4) for v in np.percentile(boot, [2.5, 97.5])]
+
+
+def paired_difference(new: tuple[np.ndarray, np.ndarray], old: tuple[np.ndarray, np.ndarray]) -> dict:
+    """A bake against the baseline on the same common texels and seam pairs (`_round_trip`'s samples): the
+    PSNR difference (new - old, dB) with a bootstrap interval over texels, and the seam step difference
+    (new - old, 0-255) with one over seam pairs; both paired (each resample draws the same texels, the same
+    pairs, for both bakes)."""
+    (err_new, seam_new), (err_old, seam_old) = new, old
+
+    def db(idx: np.ndarray) -> float:
+        return 10 * np.log10(err_old[idx].mean() / err_new[idx].mean())
+
+    step = seam_new - seam_old
+    every = np.arange(len(err_new))
+    return {
+        "texels": len(err_new),
+        "psnr_common_db": round(10 * np.log10(255.0**2 / err_new.mean()), 3),
+        "psnr_common_before_db": round(10 * np.log10(255.0**2 / err_old.mean()), 3),
+        "psnr_difference_db": round(float(db(every)), 4),
+        "psnr_difference_interval": _interval(db, len(err_new)),
+        "seam_pairs": len(step),
+        "seam_step_common": round(float(seam_new.mean()), 3) if len(step) else None,
+        "seam_step_common_before": round(float(seam_old.mean()), 3) if len(step) else None,
+        "seam_step_difference": round(float(step.mean()), 4) if len(step) else None,
+        "seam_step_difference_interval": _interval(lambda i: step[i].mean(), len(step))
+        if len(step)
+        else None,
+    }
+
+
+def round_trips(paths: dict[str, Path]) -> dict:
+    """The round trip on each mesh, and each bake against the baseline per mesh and pooled (every mesh's
+    common texels and seam pairs together)."""
+    meshes, pooled = [], {label: ([], []) for label in ROUND_TRIP_BAKES}
+    for name, path in paths.items():
+        figures, samples = _round_trip(path, name)
+        figures["paired"] = {
+            label: paired_difference(samples[label], samples[BEFORE])
+            for label in ROUND_TRIP_BAKES
+            if label != BEFORE
+        }
+        meshes.append(figures)
+        print(json.dumps({"mesh": name, "paired": figures["paired"]}), flush=True)
+        for label, (err, seam) in samples.items():
+            pooled[label][0].append(err)
+            pooled[label][1].append(seam)
+    together = {label: (np.concatenate(e), np.concatenate(s)) for label, (e, s) in pooled.items()}
+    return {
+        "command": COMMAND,
+        "resamples": RESAMPLES,
+        "meshes": meshes,
+        "pooled": {
+            label: paired_difference(together[label], together[BEFORE])
+            for label in ROUND_TRIP_BAKES
+            if label != BEFORE
+        },
     }
 
 
@@ -260,20 +346,51 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _procedural_meshes(folder: Path, meshes: list[str] | None) -> dict[str, Path]:
+    paths = {}
+    for name in meshes or list(MESHES):
+        paths[name] = folder / f"{name}.ply"
+        MESHES[name]().export(paths[name])
+    return paths
+
+
+#: `--section` of `realiz3d bench coverage`: measure only this part and merge it into coverage.json
+SECTIONS = ("round-trip",)
+
+
 def run_coverage_bench(
     out_dir: str | Path = OUT_DIR,
     meshes: list[str] | None = None,
     repeats: int = 3,
     assets: str | Path | None = None,
+    section: str | None = None,
 ) -> dict:
     """The procedural meshes (coverage.md), or with `assets` every mesh file in that folder
     (coverage_assets.md; each mode's textured result saved to DIR/textured/<file>/<mode>/, and DIR's
-    SOURCES.md, where the files came from, quoted in the report)."""
+    SOURCES.md, where the files came from, quoted in the report). `section="round-trip"`: only the round
+    trip (no model, no job timing), merged into the coverage.json already in `out_dir`."""
+    from engines.errors import UserInputError
     from engines.pipelines import Realiz3DPipeline
     from engines.requests import TextureRequest
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if section is not None:
+        if section not in SECTIONS or assets is not None:
+            raise UserInputError(
+                f"bench coverage: --section is one of {', '.join(SECTIONS)}, for the procedural meshes"
+            )
+        if not (out / "coverage.json").is_file():
+            raise UserInputError(
+                f"bench coverage --section {section}: no coverage.json in {out} to merge into"
+            )
+        report = json.loads((out / "coverage.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            report["round_trip"] = round_trips(_procedural_meshes(Path(tmp), meshes))
+        report["round_trip"]["command"] = f"{COMMAND} --section {section}"
+        (out / "coverage.json").write_text(json.dumps(report, indent=2))
+        (out / "coverage.md").write_text(markdown(report))
+        return report
     pipe = Realiz3DPipeline.load(device="cpu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,10 +400,7 @@ def run_coverage_bench(
             if not paths:
                 raise SystemExit(f"no mesh file ({', '.join(ASSET_SUFFIXES)}) in {folder}")
         else:
-            paths = {}
-            for name in meshes or list(MESHES):
-                paths[name] = Path(tmp) / f"{name}.ply"
-                MESHES[name]().export(paths[name])
+            paths = _procedural_meshes(Path(tmp), meshes)
         names = list(paths)
         # warm-up: the first job pays lazy initialisation, which neither mode should carry
         pipe.texture(
@@ -295,10 +409,7 @@ def run_coverage_bench(
         for name in names:
             keep = Path(assets) / "textured" / name if assets is not None else None
             rows += _time_modes(pipe, name, paths[name], repeats, keep)
-        trip = None
-        if assets is None:
-            trip_mesh = "quadruped" if "quadruped" in names else names[0]
-            trip = _round_trip(paths[trip_mesh], trip_mesh)
+        trip = round_trips(paths) if assets is None else None
     report = {
         "command": COMMAND + (" --assets DIR" if assets is not None else ""),
         "machine": torch_machine(),
@@ -325,6 +436,11 @@ def run_coverage_bench(
         (out / "coverage_assets.json").write_text(json.dumps(report, indent=2))
         (out / "coverage_assets.md").write_text(markdown(report))
     return report
+
+
+def _shares(surface: dict) -> str:
+    """The three surface shares as table cells: from views | inpainted | filled."""
+    return f"{surface['from_views']:.3f} | {surface['inpainted']:.3f} | {surface['filled']:.3f}"
 
 
 def markdown(report: dict) -> str:
@@ -355,11 +471,9 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["jobs"]:
-        sf = r["surface"]
         lines.append(
-            f"| {r['mesh']} | {r['faces']} | {r['planning']} | {sf['from_views']:.3f} | {sf['inpainted']:.3f} | "
-            f"{sf['filled']:.3f} | {r['views_used']} | {r['job_seconds']:.1f} | {r['job_cpu_seconds']:.1f} | "
-            f"{r['stages'].get('plan', 0):.1f} | "
+            f"| {r['mesh']} | {r['faces']} | {r['planning']} | {_shares(r['surface'])} | {r['views_used']} | "
+            f"{r['job_seconds']:.1f} | {r['job_cpu_seconds']:.1f} | {r['stages'].get('plan', 0):.1f} | "
             f"{r['stages'].get('inpaint', 0):.1f} |"
         )
     by = {(r["mesh"], r["planning"]): r for r in report["jobs"]}
@@ -374,36 +488,70 @@ def markdown(report: dict) -> str:
         return "\n".join(lines) + "\n"
     trip = report["round_trip"]
     lines += [
-        f"## Round trip ({trip['rows'][0]['mesh']}, a known procedural colour)",
+        "## Round trip (every procedural mesh, a known procedural colour)",
         "",
-        "A perfect model renders the colour at 32 px; the bake is compared with the true colour. PSNR over "
-        "every on-mesh texel (the fill included), over the texels views coloured, and over the texels all "
-        f"three bakes coloured from views (`common`: {trip['common_share']:.1%} of the surface, what the bake "
-        "before issue 25 coloured; the fair comparison at equal views). Seam step: mean colour step (0-255) "
-        "across UV chart edges that are adjacent on the surface, over every on-mesh texel and over the common "
-        f"texels (the true colour's own step, from texel sampling: {trip['seam_step_truth']:.2f} and "
-        f"{trip['seam_step_truth_common']:.2f}). Over every texel the bake before issue 25 is mostly the "
-        "smooth surface fill, whose seams are small because it has no detail.",
+        f"Made by `{trip['command']}`. A perfect model renders the colour at 32 px; the bake is compared with "
+        "the true colour. PSNR over every on-mesh texel (the fill included), over the texels views coloured, "
+        "and over the texels all three bakes coloured from views (`common`, what the bake before issue 25 "
+        "coloured; the fair comparison at equal views). Seam step: mean colour step (0-255) across UV chart "
+        "edges that are adjacent on the surface, over every on-mesh texel and over the common texels. Over "
+        "every texel the bake before issue 25 is mostly the smooth surface fill, whose seams are small "
+        "because it has no detail. Since issue 25 each texel is sampled directly in the 32 px view at its "
+        "projected position, from the model pixels that show its surface (`view_sampling.py`).",
         "",
-        "| bake | views used | from views | inpainted | filled | PSNR on mesh dB | PSNR from views dB | "
-        "PSNR common dB | seam step | seam step common |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| mesh | common | true seam step (all / common) | bake | views used | from views | inpainted | filled | "
+        "PSNR on mesh dB | PSNR from views dB | PSNR common dB | seam step | seam step common |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in trip["rows"]:
-        sf = r["surface"]
-        lines.append(
-            f"| {r['bake']} | {r['views_used']} | {sf['from_views']:.3f} | {sf['inpainted']:.3f} | "
-            f"{sf['filled']:.3f} | {r['psnr_on_mesh_db']:.2f} | {r['psnr_from_views_db']:.2f} | "
-            f"{r['psnr_common_db']:.2f} | {r['seam_step']:.2f} | {r['seam_step_common']:.2f} |"
+    for m in trip["meshes"]:
+        for r in m["rows"]:
+            lines.append(
+                f"| {m['mesh']} | {m['common_share']:.1%} | {m['seam_step_truth']:.2f} / "
+                f"{m['seam_step_truth_common']:.2f} | {r['bake']} | {r['views_used']} | {_shares(r['surface'])} | "
+                f"{r['psnr_on_mesh_db']:.2f} | "
+                f"{r['psnr_from_views_db']:.2f} | {r['psnr_common_db']:.3f} | {r['seam_step']:.2f} | "
+                + ("-" if r["seam_step_common"] is None else f"{r['seam_step_common']:.3f}")
+                + " |"
+            )
+    lines += [
+        "",
+        "### Against the bake before issue 25, on the common texels",
+        "",
+        "Paired: the same texels and the same seam pairs for both bakes. Brackets: 95% bootstrap intervals "
+        f"({trip['resamples']} resamples, percentile), over texels for the PSNR difference and over seam "
+        "pairs for the seam step difference. Pooled: every mesh's common texels and seam pairs together.",
+        "",
+        "| mesh | bake | texels | PSNR common dB (before) | PSNR new - before dB | seam pairs | "
+        "seam step common (before) | seam step new - before |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def paired_row(mesh: str, label: str, p: dict) -> str:
+        lo, hi = p["psnr_difference_interval"]
+        seam = "-"
+        if p["seam_pairs"]:
+            slo, shi = p["seam_step_difference_interval"]
+            seam = f"{p['seam_step_difference']:+.3f} [{slo:+.3f}, {shi:+.3f}]"
+        before = (
+            f"{p['seam_step_common']:.3f} ({p['seam_step_common_before']:.3f})" if p["seam_pairs"] else "-"
         )
-    for r in trip["rows"]:
-        if r.get("boundary_step") is None:
-            continue
-        lines += [
-            "",
-            f"Step across the boundary between the requested views' texels and the planned views' ({r['bake']}: "
-            "mean colour step between 4-neighbour texels either side; planned views blend into the edge of the "
-            f"requested coverage, `BakeSettings.blend_band`): {r['boundary_step']:.2f} (the true colour's own "
-            f"step there: {r['boundary_step_truth']:.2f}).",
-        ]
+        return (
+            f"| {mesh} | {label} | {p['texels']} | {p['psnr_common_db']:.3f} ({p['psnr_common_before_db']:.3f}) | "
+            f"{p['psnr_difference_db']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {p['seam_pairs']} | {before} | {seam} |"
+        )
+
+    for m in trip["meshes"]:
+        lines += [paired_row(m["mesh"], label, p) for label, p in m["paired"].items()]
+    lines += [paired_row("**pooled**", label, p) for label, p in trip["pooled"].items()]
+    for m in trip["meshes"]:
+        for r in m["rows"]:
+            if r.get("boundary_step") is None:
+                continue
+            lines += [
+                "",
+                f"Step across the boundary between the requested views' texels and the planned views' "
+                f"({m['mesh']}, {r['bake']}: mean colour step between 4-neighbour texels either side; planned "
+                "views blend into the edge of the requested coverage, `BakeSettings.blend_band`): "
+                f"{r['boundary_step']:.2f} (the true colour's own step there: {r['boundary_step_truth']:.2f}).",
+            ]
     return "\n".join(lines) + "\n"

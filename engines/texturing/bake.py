@@ -34,6 +34,7 @@ import numpy as np
 
 from engines.sampling.cameras import Camera
 from engines.texturing.rasterize import UVMaps, ViewMaps, face_normals, sample_bilinear
+from engines.texturing.view_sampling import sample_joint_bilinear
 
 
 @dataclass(frozen=True)
@@ -220,14 +221,15 @@ def _view_weights(
     weights: list[float],
     unreliable: list[np.ndarray],
     ramps: list[np.ndarray | None],
+    image_maps: list[ViewMaps] | None,
     s: BakeSettings,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(summed weighted colour (n, 3), summed weight (n,)) of surface samples over every view; `ramps`: per
-    view, a per-pixel factor of its weight (None: 1)."""
+    view, a per-pixel factor of its weight (None: 1); `image_maps`: see `bake_views`."""
     color_sum = np.zeros((len(points), 3), np.float64)
     weight_sum = np.zeros(len(points), np.float64)
-    for image, maps, view_weight, bad, ramp in zip(
-        images, view_maps, weights, unreliable, ramps, strict=True
+    for v, (image, maps, view_weight, bad, ramp) in enumerate(
+        zip(images, view_maps, weights, unreliable, ramps, strict=True)
     ):
         idx, cos, x, y = visible_samples(points, normals, maps, bad, s)
         if not len(idx):
@@ -236,7 +238,17 @@ def _view_weights(
         if ramp is not None:
             res = maps.resolution
             w *= ramp.reshape(-1)[np.floor(y).astype(np.int64) * res + np.floor(x).astype(np.int64)]
-        color_sum[idx] += w[:, None] * sample_bilinear(image[..., :3], x, y)
+        if image_maps is None:
+            colour = sample_bilinear(image[..., :3], x, y)
+        else:
+            small = image_maps[v]
+            scale = small.resolution / maps.resolution
+            depth = project(maps.camera, maps.resolution, points[idx])[2]
+            colour, confidence = sample_joint_bilinear(
+                image, small, x * scale, y * scale, depth, s.depth_tolerance
+            )
+            w *= confidence
+        color_sum[idx] += w[:, None] * colour
         weight_sum[idx] += w
     return color_sum, weight_sum
 
@@ -250,30 +262,28 @@ def bake_views(
     view_weights: list[float] | None = None,
     settings: BakeSettings | None = None,
     copies: InstanceCopies | None = None,
-    confidence: list[np.ndarray] | None = None,
+    image_maps: list[ViewMaps] | None = None,
 ) -> BakeResult:
-    """Blend view images (HxWx3, uint8 or float32 in [0, 255], one per `view_maps`) into the atlas `uv_maps`
-    describes.
+    """Blend view images (HxWx3, uint8 in [0, 255], one per `view_maps`) into the atlas `uv_maps` describes.
 
     `vertices` are the normalised vertices the views were rendered from; `view_maps` carry the cameras and
     the depth maps used for visibility. `copies`: the instances of the rasterised faces (see
     `InstanceCopies`); each texel sample is baked from every copy, one copy at a time, and keeps the best.
-    `confidence`: per view, (H, W) float32 in [0, 1], how much of each pixel's colour is known to be of the
-    surface it shows (`view_upsample.upsample_view`): a factor of the view's weight there, 0 not sampled.
+    `image_maps`: per view, the geometry maps at the images' own resolution (the model's), when the
+    visibility maps `view_maps` are at another (the bake resolution): each texel is then sampled in the
+    image at its projected position, from the neighbours that show its surface
+    (`view_sampling.sample_joint_bilinear`), their share of the bilinear weight a factor of the view's
+    weight there. None: the images are at the `view_maps` resolution, sampled bilinearly.
     """
     s = settings or BakeSettings()
     if len(images) != len(view_maps):
         raise ValueError(f"{len(images)} images for {len(view_maps)} views")
     weights = view_weights or [1.0] * len(images)
-    for image, maps in zip(images, view_maps, strict=True):
+    for image, maps in zip(images, image_maps or view_maps, strict=True):
         if image.shape[:2] != (maps.resolution, maps.resolution):
             raise ValueError(f"view image is {image.shape[:2]}, its depth map {maps.resolution}^2")
     unreliable = [unreliable_pixels(maps, s.edge_slope_px) for maps in view_maps]
-    if confidence is not None:
-        unreliable = [bad | (c <= 0) for bad, c in zip(unreliable, confidence, strict=True)]
     ramps = [feather_weights(bad, s.feather) for bad in unreliable]
-    if confidence is not None:
-        ramps = [c if r is None else r * c for r, c in zip(ramps, confidence, strict=True)]
     size = uv_maps.face_id.shape[0]
     flat, fid, bary = texel_samples(uv_maps)
     tri = vertices.astype(np.float32)[faces]
@@ -287,7 +297,7 @@ def bake_views(
         if not len(sel):
             continue
         points, normals = surface_points(tri, normals_all, faces_k, bary[sel])
-        c, w = _view_weights(points, normals, images, view_maps, weights, unreliable, ramps, s)
+        c, w = _view_weights(points, normals, images, view_maps, weights, unreliable, ramps, image_maps, s)
         better = w > weight_sum[sel]  # strictly: ties keep the earlier copy
         upd = sel[better]
         color_sum[upd], weight_sum[upd], chosen[upd] = c[better], w[better], faces_k[better]

@@ -46,7 +46,6 @@ from engines.texturing.rasterize import (
     render_views,
 )
 from engines.texturing.uv_layout import ensure_layout
-from engines.texturing.view_upsample import upsample_view
 
 # generate_views(cameras, geometry (V, 7, H, W) float32, resolution[, known]) -> V uint8 (H, W, 3) images.
 # `known` (KnownViews) is passed, as a fourth argument, only for planned views: pixels to hold (inpainting).
@@ -336,19 +335,16 @@ def texture_mesh(
         views = [_as_view_image(v, res, i) for i, v in enumerate(raw)]
     with stages.stage("bake"):
         uv_maps, copies = uv_maps_of(loaded, request.atlas_size)
-        big = [
-            upsample_view(v, m, b, bake_settings) for v, m, b in zip(views, view_maps, bake_maps, strict=True)
-        ]
         baked = bake_views(
             uv_maps,
             vertices,
             loaded.faces,
-            [b[0] for b in big],
+            views,
             bake_maps,
             view_weights,
             bake_settings,
             copies,
-            [b[1] for b in big],
+            None if bake_maps is view_maps else view_maps,
         )
     first = baked
     # where the requested views' weight falls to 0 at the edge of their coverage, planned views blend in
@@ -399,20 +395,16 @@ def texture_mesh(
             if len(raw) != len(call_cams):
                 raise ValueError(f"generate_views returned {len(raw)} views for {len(call_cams)} cameras")
             new_views = [_as_view_image(v, res, i) for i, v in enumerate(raw)][len(context) :]
-            big = [
-                upsample_view(v, m, b, bake_settings)
-                for v, m, b in zip(new_views, model_maps, maps, strict=True)
-            ]
             more = bake_views(
                 uncovered_maps(uv_maps, baked.coverage & ~(band > 0)),
                 vertices,
                 loaded.faces,
-                [b[0] for b in big],
+                new_views,
                 maps,
                 None,
                 bake_settings,
                 copies,
-                [b[1] for b in big],
+                None if maps is model_maps else model_maps,
             )
             baked, _ = merge_bakes(baked, more, band)
             all_cams += new_cams

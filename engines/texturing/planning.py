@@ -120,7 +120,7 @@ def closeup_cameras(points: np.ndarray, normals: np.ndarray, fov_deg: float = 40
 def scoring_unreliable(maps: ViewMaps, edge_slope_px: float) -> np.ndarray:
     """What a candidate view at the coarse scoring resolution will not colour: the background and a
     pixel each side of its depth edges (at 128 px one pixel is 4 bake pixels, the band a depth edge costs
-    at the bake, about half a 32 px model pixel: `view_upsample`), but no silhouette band (that costs a
+    at the bake, about half a 32 px model pixel: `view_sampling`), but no silhouette band (that costs a
     bake pixel or two)."""
     import cv2
 

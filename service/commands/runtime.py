@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from engines.bench import OUT_DIR
+from engines.bench.coverage import SECTIONS as COVERAGE_SECTIONS
 from engines.bench.step_cache import SECTIONS as CACHE_SECTIONS
 from service.commands.engines import add_engine_cache_arg, engine_cache_dir
 from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
@@ -158,11 +159,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--section",
-        choices=tuple(CACHE_SECTIONS),
+        choices=tuple(CACHE_SECTIONS) + COVERAGE_SECTIONS,
         default=None,
         help="cache: measure only this section (shipped: eager loops at N=1,2,3,5; onnx: ONNX Runtime loops "
         "at N=1,3; batched: jobs/s of mixed intervals, eager and onnx; sd: the SD-1.x-shaped UNet's "
-        "speedups) and merge it into the step_cache.json already in --out",
+        "speedups) and merge it into the step_cache.json already in --out; coverage: round-trip (the bake "
+        "round trip on every procedural mesh, no model, no job timing) merged into coverage.json in --out",
     )
     b.add_argument("--out", type=Path, default=OUT_DIR)
     b.set_defaults(handler=run_bench)
@@ -290,7 +292,7 @@ def run_bench(args: argparse.Namespace) -> int:
     elif args.target == "coverage":
         from engines.bench.coverage import run_coverage_bench
 
-        run_coverage_bench(out_dir=args.out, assets=args.assets)
+        run_coverage_bench(out_dir=args.out, assets=args.assets, section=args.section)
     elif args.target == "cache":
         from engines.bench.step_cache import run_step_cache_bench
 
