@@ -173,7 +173,7 @@ class TextureRequest(ExplicitCameras, GenerationParams):
         ge=64,
         le=2048,
         description="pixels per view side at which visibility is decided and views are sampled for the "
-        "bake (generated views are upsampled to it; at least the view resolution)",
+        "bake (each texel samples the generated view at its own size; at least the view resolution)",
     )
     coverage_target: float = Field(
         0.97,
