@@ -276,9 +276,7 @@ class Realiz3DPipeline:
         timer.add("text_encode", time.perf_counter() - t0)
         views = len(cameras)
         size = resolution // cfg.downsample_factor * cfg.patch_size
-        channels = (
-            cfg.image_channels if cfg.latent_space == "pixel" else self.model.vae.config.latent_channels
-        )  # type: ignore[union-attr]
+        channels = self.model.sample_channels
         # Noise drawn on the CPU from the job's own generator: same seed -> same images on any device.
         gen = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn((views, channels, size, size), generator=gen, dtype=torch.float32)

@@ -228,3 +228,32 @@ def test_build_engines_envelope_builds_every_declared_shape(tiny_model_dir, tmp_
     assert "4 entries (4 built, 0 cache hits)" in out
     for views, size in ((1, 32), (2, 32), (1, 48), (2, 48)):
         assert f"views={views} {size}x{size} full:" in out, (views, size)
+
+
+def test_a_latent_unet_loaded_without_its_vae_exports(tmp_path):
+    """A latent-space UNet with no VAE (what `realiz3d bench unet --shape sd` times: a seeded SD-shaped
+    UNet) exports with its declared latent channels; it once failed reading the missing VAE's config after
+    the benchmark's 15-minute shifter measurement."""
+    from engines.models.config import ModelConfig, TextEncoderConfig
+    from engines.models.default_model import build_model
+    from engines.models.unet import default_unet_config
+
+    config = ModelConfig(
+        name="tiny-latent",
+        resolution=128,
+        latent_space="vae",
+        vae_scale_factor=8,
+        image_channels=4,
+        patch_size=1,
+        geometry_channels=0,
+        text_encoder=TextEncoderConfig(vocab_buckets=256, dim=32, max_tokens=8, heads=2),
+    )
+    unet_config = default_unet_config(config, cross_attention_dim=32)
+    unet_config.update(block_out_channels=(16, 32, 32), attention_head_dim=8)
+    model = build_model(config, seed=0, unet_config=unet_config).eval()
+    assert model.vae is None and model.sample_channels == 4
+    runner = OnnxRunner(model, cache_dir=tmp_path, num_views=1)
+    runner.prepare([REAL])
+    (graph,) = tmp_path.rglob(GRAPH_FILE)
+    sample = next(i for i in onnx.load(str(graph)).graph.input if i.name == "sample")
+    assert sample.type.tensor_type.shape.dim[1].dim_value == 4

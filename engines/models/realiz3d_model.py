@@ -89,6 +89,15 @@ class Realiz3DModel:
         halvings = len(self.unet.unet.config.block_out_channels) - 1
         return self.config.downsample_factor * 2**halvings
 
+    @property
+    def sample_channels(self) -> int:
+        """Channels of what the UNet denoises: the image's in pixel space, the VAE's latents otherwise. A
+        latent-space UNet loaded without its VAE (the benchmarks' seeded SD-shaped UNet) declares them as
+        `image_channels`."""
+        if self.config.latent_space == "pixel" or self.vae is None:
+            return self.config.image_channels
+        return int(self.vae.config.latent_channels)
+
     def served_resolutions(self) -> list[int]:
         """The image sizes the model's serving envelope (`realiz3d.json` `serving`) declares."""
         return self.config.served_resolutions(self.resolution_step)

@@ -154,9 +154,8 @@ def example_inputs(
 ) -> dict[str, torch.Tensor]:
     """Deterministic example inputs of the `step_kind` graph's signature (batch rows); the shallow
     graph's `deep_feature` is what the full step makes of the other inputs (in the model's dtype)."""
-    cfg = model.config
     gen = torch.Generator("cpu").manual_seed(0)
-    channels = cfg.image_channels if cfg.latent_space == "pixel" else model.vae.config.latent_channels  # type: ignore[union-attr]
+    channels = model.sample_channels
     text_dim = model.unet.unet.config.cross_attention_dim
     tokens = text_tokens(model)
     out = {
