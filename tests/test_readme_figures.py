@@ -174,7 +174,15 @@ TRACED = [
     ("docs/runtimes.md", "reads 5.0 s fp32 and 2.8 s bf16", ["docs/benchmarks/backends.md"]),
     (
         "docs/runtimes.md",
-        "denoise 1.044 s at N = 1, 0.453 s at N = 3, 2.29x (95% interval 2.25-2.31)",
+        "denoise 0.5845 s at N = 1, 0.263 s at N = 3, 2.2241x (95% interval 2.2135-2.2354, 0.99% wide)",
+        ["docs/benchmarks/step_cache.md"],
+    ),
+    (
+        "docs/runtimes.md",
+        "at N = 3 the SD-shaped UNet denoises 2.4702x faster (95% interval 2.4625-2.4779, 11 pairs) and the "
+        "shipped model 2.3891x eager (2.3778-2.4012, 355 rounds; N = 2 and 5 stopped at 1.03% and 1.17% wide "
+        "after 13 minutes); 8 batched jobs with mixed intervals run 2.487 jobs/s eager and 2.484 on ONNX "
+        "Runtime against 1.462 and 1.507 at N = 1",
         ["docs/benchmarks/step_cache.md"],
     ),
     (

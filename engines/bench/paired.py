@@ -41,6 +41,7 @@ class PairedRatio:
     baseline_ms: float  # medians of each side's times
     variant_ms: float
     converged: bool  # the stop rule held (else the budget ran out)
+    ratios: tuple[float, ...] = ()  # each pair's variant / baseline, in the order timed
 
     @property
     def width(self) -> float:
@@ -105,6 +106,7 @@ def paired_ratio(
                 baseline_ms=statistics.median(times["baseline"]) * 1e3,
                 variant_ms=statistics.median(times["variant"]) * 1e3,
                 converged=converged,
+                ratios=tuple(ratios),
             )
 
 

@@ -22,7 +22,6 @@ already there, the others keep their figures). Each timed loop stops when its in
 from __future__ import annotations
 
 import json
-import random
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
-from engines.bench.paired import MIN_PAIRS, PairedRatio, paired_ratio, pairs_sentence
+from engines.bench.paired import MIN_PAIRS, PairedRatio, paired_ratio, pairs_sentence, ratio_interval
 
 INTERVALS = (1, 2, 3, 5)
 #: the ONNX Runtime loops: full compute against the interval the issue's goal names
@@ -41,13 +40,6 @@ BATCHED_BACKENDS = ("torch", "onnx")
 STEPS = 20
 #: a timed figure is known when its 95% interval is narrower than this fraction of it
 INTERVAL_GOAL = 0.01
-
-
-def _ci(values: list[float], rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval of the median."""
-    rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(rounds))
-    return meds[int(0.025 * rounds)], meds[int(0.975 * rounds) - 1]
 
 
 def step_kinds(schedule, steps: int, interval: int) -> str:  # noqa: ANN001 - a DomainSchedule
@@ -80,8 +72,7 @@ def step_kinds(schedule, steps: int, interval: int) -> str:  # noqa: ANN001 - a 
 
 def shipped_model(
     max_seconds: float,
-    min_rounds: int = 5,
-    max_rounds: int = 200,
+    min_rounds: int = MIN_PAIRS,
     backend: str = "torch",
     intervals: tuple[int, ...] = INTERVALS,
     engine_cache_dir: str | Path | None = None,
@@ -102,30 +93,31 @@ def shipped_model(
     seconds: dict[int, list[float]] = {n: [] for n in intervals}
     start = time.monotonic()
     rounds = 0
-    while rounds < max_rounds:
+    while True:
         for n in intervals:  # interleaved: drift and other load hit every interval alike
             seconds[n].append(pipe.multiview(request(n)).timings["denoise"])
         rounds += 1
         if rounds < min_rounds:
             continue
-        ratios = {n: [a / b for a, b in zip(seconds[1], seconds[n], strict=True)] for n in intervals[1:]}
-        narrow = all(
-            (hi - lo) < INTERVAL_GOAL * statistics.median(r) for r in ratios.values() for lo, hi in [_ci(r)]
-        )
-        if narrow or time.monotonic() - start > max_seconds:
+        # per round, N=1's time over N's: a paired ratio, summarised as paired.py does (geometric mean)
+        speedups = {
+            n: ratio_interval([a / b for a, b in zip(seconds[1], seconds[n], strict=True)]) for n in intervals
+        }
+        converged = all((hi - lo) < INTERVAL_GOAL * g for g, lo, hi in speedups.values())
+        if converged or time.monotonic() - start > max_seconds:
             break
     rows = []
     for n in intervals:
-        r = [a / b for a, b in zip(seconds[1], seconds[n], strict=True)]
-        lo, hi = _ci(r)
+        g, lo, hi = speedups[n]
         rows.append(
             {
                 "cache_interval": n,
                 "step_kinds": step_kinds(schedule, STEPS, n),
                 "denoise_s_median": round(statistics.median(seconds[n]), 4),
-                "speedup_median": round(statistics.median(r), 4),
+                "speedup": round(g, 4),
                 "speedup_ci95": [round(lo, 4), round(hi, 4)],
-                "ci_width_over_median": round((hi - lo) / statistics.median(r), 4),
+                "ci_width_over_speedup": round((hi - lo) / g, 4),
+                "converged": (hi - lo) < INTERVAL_GOAL * g,
                 "mean_abs_diff_vs_n1": round(float(np.abs(images[n] - images[1]).mean()), 3),
             }
         )
@@ -298,6 +290,7 @@ def sd_shaped(max_seconds: float, min_pairs: int = MIN_PAIRS) -> dict:
         f"its interval the ratio's mapped through it; the goal: every speedup's interval narrower than "
         f"{INTERVAL_GOAL:.0%} of it, in {max_seconds / 60:g} minutes at most.",
         "pairs": r.pairs,
+        "pair_ratios": [round(x, 5) for x in r.ratios],
         "converged": r.converged,
         "full_step_ms": round(r.baseline_ms, 1),
         "shallow_step_ms": round(r.variant_ms, 1),
@@ -361,8 +354,10 @@ def write_report(result: dict, out: Path) -> None:
 def _shipped_lines(s: dict) -> list[str]:
     return [
         f"## Shipped model ({s['model']}): measured denoise loops",
-        f"{s['job']}; {s['rounds']} interleaved rounds; speedup = denoise seconds at N=1 / at N, per round; "
-        "median and 95% bootstrap interval. Image difference: mean |difference| from N=1 in levels of 255 "
+        f"{s['job']}; {s['rounds']} interleaved rounds; speedup = denoise seconds at N=1 / at N, per round "
+        "(a paired ratio); their geometric mean and its 95% bootstrap interval (engines/bench/paired.py), rounds "
+        f"added until every interval is narrower than {INTERVAL_GOAL:.0%} of its speedup or the time budget is "
+        "spent (`converged`). Image difference: mean |difference| from N=1 in levels of 255 "
         "(a sanity figure; the quality evaluation is not run).",
         "",
         *_loop_table(s["rows"]),
@@ -415,14 +410,15 @@ def _sd_lines(d: dict) -> list[str]:
 def _loop_table(rows: list[dict]) -> list[str]:
     """The markdown table of measured denoise loops (`shipped_model`'s rows)."""
     lines = [
-        "| N | steps | denoise s (median) | speedup | 95% interval | interval width | mean abs diff |",
-        "|---|---|---|---|---|---|---|",
+        "| N | steps | denoise s (median) | speedup | 95% interval | interval width | converged | mean abs diff |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lo, hi = r["speedup_ci95"]
         lines.append(
-            f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s_median']} | {r['speedup_median']} | "
-            f"{lo} - {hi} | {r['ci_width_over_median']:.2%} | {r['mean_abs_diff_vs_n1']} |"
+            f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s_median']} | {r['speedup']} | "
+            f"{lo} - {hi} | {r['ci_width_over_speedup']:.2%} | {'yes' if r['converged'] else 'no'} | "
+            f"{r['mean_abs_diff_vs_n1']} |"
         )
     return lines
 

@@ -359,6 +359,7 @@ def shifter_cost(
         "interval_converged": r.converged,
         "extra_bytes_all_domains": shifter.fused_bytes(),
         "pairs": r.pairs,
+        "pair_ratios": [round(x, 5) for x in r.ratios],
     }
 
 
