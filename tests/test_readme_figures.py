@@ -200,9 +200,9 @@ TRACED = [
     (
         "docs/texturing.md",
         "left 0.020 of the humanoid, 0.018 of the quadruped, 0.008 of the torus knot and 0.021 of the cup, the "
-        "cube is 0.971 coloured from its 6 views, and the job with planning takes 1.86x, 1.78x, 1.46x, 1.19x "
-        "and 1.66x the wall time of the job before issue 25 on the same mesh (1.92x, 1.90x, 1.65x, 1.21x and "
-        "1.77x its CPU time)",
+        "cube is 0.971 coloured from its 6 views, and the job with planning takes 1.84x, 1.82x, 1.55x, 1.16x "
+        "and 1.52x the wall time of the job before issue 25 on the same mesh (2.00x, 1.97x, 1.75x, 1.19x and "
+        "1.59x its CPU time)",
         ["docs/benchmarks/coverage.md"],
     ),
     (
