@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from engines.bench import OUT_DIR
-from engines.bench.coverage_meshes import MESHES
 from engines.bench.machine import describe, torch_machine
 
 COMMAND = "realiz3d bench coverage"
@@ -347,6 +346,9 @@ def _sha256(path: Path) -> str:
 
 
 def _procedural_meshes(folder: Path, meshes: list[str] | None) -> dict[str, Path]:
+    # trimesh: not in a gateway-only install, whose CLI imports this module's SECTIONS
+    from engines.bench.coverage_meshes import MESHES
+
     paths = {}
     for name in meshes or list(MESHES):
         paths[name] = folder / f"{name}.ply"
