@@ -180,9 +180,10 @@ TRACED = [
     (
         "docs/runtimes.md",
         "at N = 3 the SD-shaped UNet denoises 2.4702x faster (95% interval 2.4625-2.4779, 11 pairs) and the "
-        "shipped model 2.3891x eager (2.3778-2.4012, 355 rounds; N = 2 and 5 stopped at 1.03% and 1.17% wide "
-        "after 13 minutes); 8 batched jobs with mixed intervals run 2.487 jobs/s eager and 2.484 on ONNX "
-        "Runtime against 1.462 and 1.507 at N = 1",
+        "shipped model 2.4797x eager (2.4629-2.497, 539 rounds in 22 minutes, 1.37% wide; N = 2 and 5 1.23% "
+        "and 1.57%: not converged, and an earlier 13-minute run's interval did not overlap this one, so on this "
+        "VM runs differ by more than one run's interval); 8 batched jobs with mixed intervals run 2.487 jobs/s "
+        "eager and 2.484 on ONNX Runtime against 1.462 and 1.507 at N = 1",
         ["docs/benchmarks/step_cache.md"],
     ),
     (

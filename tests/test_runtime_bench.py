@@ -147,6 +147,68 @@ def test_paired_ratio_pairs_until_the_interval_is_narrow_or_the_budget_is_spent(
     assert low < ratio < high and high - low < 0.03
 
 
+def test_paired_ratio_counts_earlier_runs_pairs_with_its_own():
+    from engines.bench.paired import narrower_than, paired_ratio
+
+    now = [0.0]
+    jitter = iter([0.9, 1.1] * 100)
+
+    def baseline():
+        now[0] += 1.0
+
+    def variant():
+        now[0] += next(jitter)
+
+    # 30 earlier pairs at exactly 1.0 narrow the interval: this run stops after 1 pair (min_pairs is
+    # met by the pooled count); without them, 10 pairs alternating 0.9/1.1 stay wider than 0.1.
+    pooled = paired_ratio(
+        baseline, variant, known=narrower_than(0.1), prior=[1.0] * 30, clock=lambda: now[0], warmup=0
+    )
+    assert pooled.converged and pooled.pairs == 31 and pooled.ratios[:30] == (1.0,) * 30
+    assert pooled.baseline_ms == 1000.0  # the medians are this run's own
+    alone = paired_ratio(
+        baseline, variant, known=narrower_than(0.1), max_seconds=15, clock=lambda: now[0], warmup=0
+    )
+    assert not alone.converged and alone.pairs >= 10
+
+
+def test_bench_unet_sd_resume_pools_runs_and_refuses_a_report_measured_otherwise(tmp_path):
+    import pytest
+
+    from engines.bench.unet import run_sd_shifter_cost
+    from engines.errors import UserInputError
+    from tests.fixtures.models import tiny_model
+
+    built = []
+
+    def build():
+        built.append(1)
+        return tiny_model(seed=3)
+
+    first = run_sd_shifter_cost(tmp_path, width=1e-9, max_minutes=0.001, build=build)
+    assert len(first["runs"]) == 1 and first["pairs"] == first["runs"][0]["pairs"] >= 10
+    second = run_sd_shifter_cost(tmp_path, width=1e-9, max_minutes=0.001, build=build, resume=True)
+    assert second["pairs"] == first["pairs"] + second["runs"][1]["pairs"] and len(second["runs"]) == 2
+    assert second["pair_ratios"][: first["pairs"]] == first["pair_ratios"]
+    md = (tmp_path / "unet_sd_cpu.md").read_text()
+    assert (
+        f"Timed in {second['pairs']} alternating pairs" in md and "from 2 runs pooled with `--resume`" in md
+    )
+
+    report = tmp_path / "unet_sd_cpu.json"
+    saved = json.loads(report.read_text())
+    other_threads = {**saved, "machine": {**saved["machine"], "OMP_NUM_THREADS": "7"}}
+    report.write_text(json.dumps(other_threads))
+    before = len(built)
+    with pytest.raises(UserInputError, match=r"machine\.OMP_NUM_THREADS"):
+        run_sd_shifter_cost(tmp_path, max_minutes=0.001, build=build, resume=True)
+    assert len(built) == before  # refused before the build
+    report.write_text(json.dumps({**saved, "parameters": 5}))
+    with pytest.raises(UserInputError, match="parameters"):
+        run_sd_shifter_cost(tmp_path, max_minutes=0.001, build=build, resume=True)
+    assert json.loads(report.read_text())["parameters"] == 5  # nothing timed, nothing written
+
+
 def fake_clock_steps(full: float, shallow):  # noqa: ANN001 - seconds, or an iterator of them
     """A fake clock and a full and a shallow step that advance it (`shallow` may vary per call)."""
     now = [0.0]

@@ -15,7 +15,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: the fewest pairs a figure is reported from: a percentile bootstrap of fewer values has few distinct
@@ -72,14 +72,19 @@ def paired_ratio(
     confidence: float = 0.95,
     warmup: int = 2,
     clock: Callable[[], float] = time.perf_counter,
+    prior: Sequence[float] = (),
 ) -> PairedRatio:
     """Time `variant` against `baseline` in alternating pairs until `known(ratio, low, high)` holds (after
-    at least `min_pairs`; default: the interval narrower than 0.01) or `max_seconds` have passed."""
+    at least `min_pairs`; default: the interval narrower than 0.01) or `max_seconds` have passed.
+
+    `prior`: the pair ratios of earlier runs of the same measurement (`realiz3d bench unet --shape sd
+    --resume`); the figure, its interval, the stop rule and `min_pairs` count them with this run's pairs,
+    the medians (`baseline_ms`, `variant_ms`) are this run's alone."""
     for fn in (baseline, variant):
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {"baseline": [], "variant": []}
-    ratios: list[float] = []
+    ratios: list[float] = list(prior)
     start = clock()
     while True:
         order = (("baseline", baseline), ("variant", variant))

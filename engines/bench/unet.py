@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
 from engines.bench.paired import MIN_PAIRS, narrower_than, paired_ratio, pairs_sentence
+from engines.errors import UserInputError
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
 from engines.runtime.torch_runner import cast_inputs
@@ -327,11 +329,18 @@ def write_report(result: dict, out_dir: Path, name: str = "unet") -> None:
 
 @torch.no_grad()
 def shifter_cost(
-    build, views: int = 1, width: float = 0.01, max_minutes: float = 15.0, min_pairs: int = MIN_PAIRS
+    build,
+    views: int = 1,
+    width: float = 0.01,
+    max_minutes: float = 15.0,
+    min_pairs: int = MIN_PAIRS,
+    prior: Callable[[dict], Sequence[float]] = lambda setup: (),
 ) -> dict:
     """Fused block-shift step / bare UNet step on a model `build()` makes (called twice: the same seed
     gives the same weights; the second copy has its shifter removed), timed in alternating pairs until the
-    ratio's 95% interval is narrower than `width` or `max_minutes` have passed (engines/bench/paired.py)."""
+    ratio's 95% interval is narrower than `width` or `max_minutes` have passed (engines/bench/paired.py).
+    `prior(setup)`: earlier runs' pair ratios to count with this run's, given what was built (the
+    `RESUME_SETUP_KEYS` of the result), before anything is timed; it raises where they do not match."""
     model, bare = build(), build()
     bare.shifter.remove()
     bare.unet.attach_domain_context(None)
@@ -340,44 +349,123 @@ def shifter_cost(
     shifter.fuse()
     shifter.activate()
     ids = shifter.domain_ids([REAL] * inputs.batch)
+    setup = {
+        "unet_batch": inputs.batch,
+        "block_sites": shifter.num_sites,
+        "parameters": model.parameter_count(),
+        "extra_bytes_all_domains": shifter.fused_bytes(),
+    }
+    earlier = list(prior(setup))
     r = paired_ratio(
         lambda: bare.unet.run(inputs),
         lambda: model.unet.run(inputs, ids),
         known=narrower_than(width),
         min_pairs=min_pairs,
         max_seconds=max_minutes * 60,
+        prior=earlier,
     )
     return {
-        "unet_batch": inputs.batch,
-        "block_sites": shifter.num_sites,
-        "parameters": model.parameter_count(),
+        **setup,
         "bare_step_ms": round(r.baseline_ms, 1),
         "fused_step_ms": round(r.variant_ms, 1),
         "fused_over_bare": round(r.ratio, 4),
         "fused_over_bare_interval": [round(r.low, 4), round(r.high, 4)],
         "interval_width_goal": width,
         "interval_converged": r.converged,
-        "extra_bytes_all_domains": shifter.fused_bytes(),
         "pairs": r.pairs,
+        "pairs_this_run": r.pairs - len(earlier),
         "pair_ratios": [round(x, 5) for x in r.ratios],
     }
 
 
+#: what must match for `--resume` to pool a report's pairs with a new run's: the model as built and the
+#: machine's threading (the ratio depends on both); the load average and the goal may differ
+RESUME_SETUP_KEYS = ("unet_batch", "block_sites", "parameters", "extra_bytes_all_domains")
+RESUME_MACHINE_KEYS = ("cpu", "cores", "usable_cores", "OMP_NUM_THREADS", "python", "torch", "threads")
+SD_MODEL = "seeded SD-1.x-shaped UNet (engines/bench/sd_like.py), 64x64 latents"
+
+
+def resumable_pairs(previous: dict, machine: dict, setup: dict | None = None) -> list[float]:
+    """The pair ratios of `previous` (an unet_sd_cpu.json) to pool with a run on `machine` whose model
+    built as `setup` (not checked while None); a `UserInputError` naming what differs when they were not
+    measured alike."""
+    differ = [
+        f"machine.{k}" for k in RESUME_MACHINE_KEYS if previous.get("machine", {}).get(k) != machine.get(k)
+    ]
+    if previous.get("model") != SD_MODEL:
+        differ.append("model")
+    differ += [k for k in RESUME_SETUP_KEYS if setup is not None and previous.get(k) != setup[k]]
+    if "pair_ratios" not in previous:
+        differ.append("pair_ratios (the report predates them)")
+    if differ:
+        raise UserInputError(
+            "--resume: the report was not measured like this run ("
+            + ", ".join(differ)
+            + "); run without --resume to start a new one"
+        )
+    return list(previous["pair_ratios"])
+
+
 def run_sd_shifter_cost(
-    out_dir: str | Path = OUT_DIR, views: int = 1, width: float = 0.01, max_minutes: float = 15.0
+    out_dir: str | Path = OUT_DIR,
+    views: int = 1,
+    width: float = 0.01,
+    max_minutes: float = 15.0,
+    resume: bool = False,
+    build=None,
 ) -> dict:
     """`realiz3d bench unet --shape sd` on the CPU: the block-shift cost at SD 1.x shapes (seeded weights,
     64x64 latents, 38 sites), its interval `width` wide or `max_minutes` spent; writes unet_sd_cpu.json and
-    unet_sd_cpu.md."""
+    unet_sd_cpu.md. `resume`: pool this run's pairs with those of the report already in `out_dir` (same
+    model, same machine threading, else a `UserInputError` before anything is timed), so runs in separate
+    quiet windows add up to one interval; the report lists every run."""
     from engines.bench.sd_like import sd_like_model
 
+    report = Path(out_dir) / "unet_sd_cpu.json"
+    machine = torch_machine()
+    previous = json.loads(report.read_text()) if resume and report.is_file() else None
+    if previous is not None:
+        resumable_pairs(previous, machine)  # fail before the (minutes-long) build where it cannot match
     result = {
-        "machine": torch_machine(),
-        "model": "seeded SD-1.x-shaped UNet (engines/bench/sd_like.py), 64x64 latents",
-        **shifter_cost(sd_like_model, views, width, max_minutes),
+        "machine": machine,
+        "model": SD_MODEL,
+        **shifter_cost(
+            build or sd_like_model,
+            views,
+            width,
+            max_minutes,
+            prior=lambda setup: resumable_pairs(previous, machine, setup) if previous is not None else (),
+        ),
     }
+    earlier_runs = []
+    if previous is not None:
+        earlier_runs = previous.get("runs") or [
+            {"pairs": previous["pairs"], "load_average_1min": previous["machine"].get("load_average_1min")}
+        ]
+    result["runs"] = earlier_runs + [
+        {
+            "pairs": result.pop("pairs_this_run"),
+            "load_average_1min": result["machine"].get("load_average_1min"),
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        }
+    ]
     print("\n".join(write_sd_report(result, Path(out_dir))))
     return result
+
+
+def runs_sentence(runs: list[dict]) -> str:
+    """How the pairs split over runs pooled with `--resume` (nothing for one run)."""
+    if len(runs) < 2:
+        return ""
+    each = ", ".join(
+        f"{r['pairs']} pairs"
+        + (f" (load average {r['load_average_1min']})" if r.get("load_average_1min") else "")
+        for r in runs
+    )
+    return (
+        f" The pairs come from {len(runs)} runs pooled with `--resume` (same model, same threading): {each}; "
+        "the step medians are the last run's."
+    )
 
 
 def write_sd_report(result: dict, out_dir: Path) -> list[str]:
@@ -392,7 +480,8 @@ def write_sd_report(result: dict, out_dir: Path) -> list[str]:
         "",
         f"Machine: {describe(r['machine'])}. Model: {r['model']}, {r['parameters']:,} parameters, {r['block_sites']} "
         f"block-shift sites, UNet batch {r['unet_batch']} ({views} view(s) x CFG). Baseline: the same weights "
-        f"built again with the shifter removed. {pairs_sentence(r['pairs'], r['interval_converged'], 'bare', 'fused')}",
+        f"built again with the shifter removed. {pairs_sentence(r['pairs'], r['interval_converged'], 'bare', 'fused')}"
+        + runs_sentence(r.get("runs", [])),
         "",
         "| measure | value | goal |",
         "|---|---|---|",

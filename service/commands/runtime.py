@@ -125,6 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="unet --shape sd: time the shifter's cost in pairs until its 95%% interval is this narrow",
     )
     b.add_argument(
+        "--resume",
+        action="store_true",
+        help="unet --shape sd: pool this run's pairs with the report's already in --out (same model and "
+        "threading, else an error before anything is timed), so quiet windows add up to one interval",
+    )
+    b.add_argument(
         "--max-minutes",
         type=float,
         default=15.0,
@@ -382,7 +388,12 @@ def _bench_unet(args: argparse.Namespace) -> int:
             if args.shape == "sd":
                 from engines.bench.unet import run_sd_shifter_cost
 
-                run_sd_shifter_cost(out_dir=args.out, width=args.interval_width, max_minutes=args.max_minutes)
+                run_sd_shifter_cost(
+                    out_dir=args.out,
+                    width=args.interval_width,
+                    max_minutes=args.max_minutes,
+                    resume=args.resume,
+                )
             else:
                 run_unet_bench(out_dir=args.out)
     from engines.bench.backends import run_backend_bench
