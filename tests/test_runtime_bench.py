@@ -51,6 +51,41 @@ def test_bench_rejects_an_unknown_backend_with_exit_2(capsys):
     assert "warp9" in capsys.readouterr().err
 
 
+def test_each_bench_target_refuses_the_options_it_does_not_use(capsys):
+    """One option table, each target's parser derived from it: an option meant for another target is an
+    argparse error (exit 2) naming it, never silently ignored."""
+    import pytest
+
+    from service.commands.runtime import BENCH_OPTIONS, BENCH_TARGETS
+
+    for argv, flag in (
+        (["bench", "cache", "--resume"], "--resume"),
+        (["bench", "geometry", "--section", "shipped"], "--section"),
+        (["bench", "throughput", "--max-minutes", "3"], "--max-minutes"),
+    ):
+        with pytest.raises(SystemExit) as refused:
+            main(argv)
+        assert refused.value.code == 2 and flag in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):  # each target takes only its own sections
+        main(["bench", "coverage", "--section", "sd"])
+    assert "invalid choice: 'sd'" in capsys.readouterr().err
+    assert all(set(o.targets) <= set(BENCH_TARGETS) for o in BENCH_OPTIONS)
+    # within unet, the SD-only options are refused for the default shape before anything runs
+    assert main(["bench", "unet", "--resume", "--max-minutes", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume, --max-minutes: only with --shape sd" in err
+
+
+def test_bench_defaults_are_per_target():
+    from service.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "gateway"]).concurrency == 50
+    assert parser.parse_args(["bench", "eta"]).concurrency == 8
+    assert parser.parse_args(["bench", "eta"]).name == "eta"
+    assert parser.parse_args(["bench", "unet"]).name == "backends"
+
+
 def test_batch_scaling_times_each_batch_of_whole_cfg_objects(tiny_model_dir):
     from engines.bench.unet import batch_scaling, unet_inputs
     from engines.models.model_folder import load_model

@@ -4,17 +4,194 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engines.bench import OUT_DIR
 from engines.bench.coverage import SECTIONS as COVERAGE_SECTIONS
 from engines.bench.step_cache import SECTIONS as CACHE_SECTIONS
-from service.commands.engines import add_engine_cache_arg, engine_cache_dir
+from service.commands.engines import ENGINE_CACHE_HELP, add_engine_cache_arg, engine_cache_dir
 from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
 
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+#: `realiz3d bench unet --shape sd` and `bench cache`: minutes a timed loop may run
+DEFAULT_MAX_MINUTES = 15.0
+
+#: `realiz3d bench TARGET`: each target and what it measures (its report names are in docs/benchmarks/README.md)
+BENCH_TARGETS = {
+    "unet": "Domain Shifter cost and the compiled backends' step times",
+    "geometry": "texturing's geometry maps on a 100,000-face mesh; asset re-export, fill, bake round trip",
+    "unwrap": "UV unwrapping, fast and quality",
+    "gateway": "the HTTP ceiling against a bare FastAPI app",
+    "gateway-overhead": "queue latency",
+    "throughput": "jobs/s with step batching on and off",
+    "resolution": "the default model at 32 vs 64 px: training step and generation",
+    "memory": "peak RSS per job kind and per hostile upload",
+    "loading": "peak RAM while loading an SD-shaped UNet",
+    "cache": "step caching's speedups (DeepCache-style cache_interval)",
+    "coverage": "surface shares, views and job time of texturing procedural meshes, view planning off and "
+    "on; the bake round trip",
+    "eta": "estimated_seconds against the measured time, under the throughput load",
+    "first-job": "a fresh clone's `make run`: seconds to /healthz and to a finished job (port 8000 free)",
+}
+
+
+@dataclass(frozen=True)
+class BenchOption:
+    """One `realiz3d bench` option and the targets that take it: each target's parser gets only its own
+    options, so an option a target does not use is refused (exit 2), never silently ignored. A keyword
+    argument given as a dict (a default, choices, a help) is per target."""
+
+    flags: tuple[str, ...]
+    targets: tuple[str, ...]
+    kwargs: dict = field(default_factory=dict)
+
+    def add_to(self, parser: argparse.ArgumentParser, target: str) -> None:
+        if target not in self.targets:
+            return
+        kwargs = {k: v[target] if isinstance(v, dict) else v for k, v in self.kwargs.items()}
+        if kwargs.get("default") is not None and "(default:" not in kwargs.get("help", ""):
+            kwargs["help"] = kwargs.get("help", "") + " (default: %(default)s)"
+        parser.add_argument(*self.flags, **kwargs)
+
+
+def _option(*flags: str, targets: tuple[str, ...], **kwargs) -> BenchOption:
+    return BenchOption(flags, targets, kwargs)
+
+
+#: every `realiz3d bench` option, once; `BenchOption.add_to` derives each target's parser from it
+BENCH_OPTIONS = (
+    _option(
+        "--concurrency",
+        targets=("gateway", "throughput", "eta"),
+        type=int,
+        default={"gateway": 50, "throughput": 8, "eta": 8},
+        help="concurrent clients",
+    ),
+    _option("--seconds", targets=("gateway",), type=float, default=10.0, help="seconds per load run"),
+    _option(
+        "--api-workers",
+        targets=("gateway",),
+        type=int,
+        default=None,
+        help="processes per app (default: REALIZ3D_API_WORKERS)",
+    ),
+    _option("--jobs", targets=("throughput", "eta"), type=int, default=24, help="jobs per configuration"),
+    _option(
+        "--job-steps", targets=("throughput", "eta"), type=int, default=10, help="denoising steps per job"
+    ),
+    _option("--job-views", targets=("throughput", "eta"), type=int, default=4, help="views per job"),
+    _option(
+        "--rounds",
+        targets=("gateway", "throughput"),
+        type=int,
+        default=3,
+        help="alternating rounds per configuration",
+    ),
+    _option(
+        "--name",
+        targets=("unet", "throughput", "eta"),
+        default={"unet": "backends", "throughput": "throughput", "eta": "eta"},
+        help="report file name, no extension",
+    ),
+    _option(
+        "--shape",
+        targets=("unet",),
+        choices=("default", "sd"),
+        default="default",
+        help="the embedded default model, or a seeded UNet at SD 1.x shapes (64x64 latents)",
+    ),
+    _option("--gpu-only", targets=("unet",), action="store_true", help="skip the CPU table"),
+    _option(
+        "--interval-width",
+        targets=("unet",),
+        type=float,
+        default=None,
+        help="with --shape sd: time the shifter's cost in pairs until its 95%% interval is this narrow "
+        "(default: 0.01)",
+    ),
+    _option(
+        "--resume",
+        targets=("unet",),
+        action="store_true",
+        help="with --shape sd: pool this run's pairs with the report's already in --out (same model and "
+        "threading, else an error before anything is timed), so quiet windows add up to one interval",
+    ),
+    _option(
+        "--max-minutes",
+        targets=("unet", "cache"),
+        type=float,
+        default=None,
+        help={
+            "unet": f"with --shape sd: stop the timed pairs after this long, the interval as wide as it is then "
+            f"(default: {DEFAULT_MAX_MINUTES:g})",
+            "cache": "stop each section's timed loops (each backend's) after this long, the intervals as wide "
+            f"as they are then (default: {DEFAULT_MAX_MINUTES:g})",
+        },
+    ),
+    _option(
+        "--width",
+        targets=("loading",),
+        type=int,
+        default=160,
+        help="the UNet's first block channels (SD 1.5: 320)",
+    ),
+    _option(
+        "--backend",
+        targets=("unet",),
+        type=_csv,
+        default=["torch", "compile", "onnx"],
+        help="comma-separated backends (default: torch,compile,onnx)",
+    ),
+    _option(
+        "--precision",
+        targets=("unet",),
+        type=_csv,
+        default=None,
+        help="comma-separated precisions (default: fp32,bf16 on the CPU, fp16,bf16 on a GPU)",
+    ),
+    _option("--steps", targets=("unet",), type=int, default=20, help="timed repetitions per backend"),
+    _option("--engine-cache", targets=("unet", "cache"), type=Path, default=None, help=ENGINE_CACHE_HELP),
+    _option("--skip-domain-cost", targets=("unet",), action="store_true", help="only the per-backend table"),
+    _option("--shapes", targets=("unwrap",), type=_csv, default=None, help="sphere,torus_knot,blob (all)"),
+    _option(
+        "--sizes",
+        targets=("unwrap",),
+        type=_csv,
+        default=None,
+        help="face counts (10000,50000,100000,300000)",
+    ),
+    _option("--modes", targets=("unwrap",), type=_csv, default=None, help="fast,quality (both, alternating)"),
+    _option(
+        "--job-faces", targets=("unwrap",), type=int, default=0, help="also time a whole texture job (0: no)"
+    ),
+    _option(
+        "--assets",
+        targets=("coverage",),
+        type=Path,
+        default=None,
+        help="texture every mesh file in this folder instead of the procedural meshes "
+        "(coverage_assets.md; its SOURCES.md is quoted)",
+    ),
+    _option(
+        "--section",
+        targets=("cache", "coverage"),
+        choices={"cache": tuple(CACHE_SECTIONS), "coverage": COVERAGE_SECTIONS},
+        default=None,
+        help={
+            "cache": "measure only this section and merge it into the step_cache.json already in --out "
+            "(shipped: eager loops at N=1,2,3,5; onnx: ONNX Runtime loops at N=1,3; batched: jobs/s of mixed "
+            "intervals, eager and onnx; sd: the SD-1.x-shaped UNet's speedups)",
+            "coverage": "measure only this section and merge it into the coverage.json already in --out "
+            "(round-trip: the bake round trip on every procedural mesh, no model, no job timing)",
+        },
+    ),
+    _option("--out", targets=tuple(BENCH_TARGETS), type=Path, default=OUT_DIR, help="report folder"),
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,111 +246,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     b = sub.add_parser(
         "bench",
-        help="benchmarks: unet (adapters, backends), geometry (texturing), unwrap (UV), gateway (HTTP ceiling vs "
-        "a bare FastAPI app), gateway-overhead (queue latency), throughput, eta (estimated_seconds against "
-        "the measured time, under the throughput load), "
-        "resolution (the default model at 32 vs 64 px: training step and generation), memory (peak RSS per "
-        "job kind and per hostile upload), loading (peak RAM while loading an SD-shaped UNet), coverage (surface "
-        "shares, views and job time of texturing procedural meshes, view planning off and on; bake round trip), "
-        "first-job (a fresh clone's `make run`: seconds to /healthz and to a finished job; port 8000 free)",
+        help="benchmarks, one TARGET each: "
+        + "; ".join(f"{name} ({what})" for name, what in BENCH_TARGETS.items())
+        + ". `realiz3d bench TARGET --help` lists the target's options",
     )
-    b.add_argument(
-        "target",
-        choices=(
-            "unet",
-            "geometry",
-            "unwrap",
-            "gateway",
-            "gateway-overhead",
-            "throughput",
-            "resolution",
-            "memory",
-            "loading",
-            "cache",
-            "coverage",
-            "eta",
-            "first-job",
-        ),
-    )
-    b.add_argument(
-        "--concurrency", type=int, default=None, help="throughput, gateway: concurrent clients (8, 50)"
-    )
-    b.add_argument("--seconds", type=float, default=10.0, help="gateway: seconds per load run")
-    b.add_argument(
-        "--api-workers", type=int, default=None, help="gateway: processes per app (REALIZ3D_API_WORKERS)"
-    )
-    b.add_argument("--jobs", type=int, default=24, help="throughput, eta: jobs per configuration")
-    b.add_argument("--job-steps", type=int, default=10, help="throughput, eta: denoising steps per job")
-    b.add_argument("--job-views", type=int, default=4, help="throughput, eta: views per job")
-    b.add_argument(
-        "--rounds", type=int, default=3, help="throughput, gateway: alternating rounds per configuration"
-    )
-    b.add_argument(
-        "--name", default=None, help="unet, throughput: report file name, no extension (backends, throughput)"
-    )
-    b.add_argument(
-        "--shape",
-        choices=("default", "sd"),
-        default="default",
-        help="unet: the embedded default model, or a seeded UNet at SD 1.x shapes (64x64 latents)",
-    )
-    b.add_argument("--gpu-only", action="store_true", help="unet: skip the CPU table")
-    b.add_argument(
-        "--interval-width",
-        type=float,
-        default=0.01,
-        help="unet --shape sd: time the shifter's cost in pairs until its 95%% interval is this narrow",
-    )
-    b.add_argument(
-        "--resume",
-        action="store_true",
-        help="unet --shape sd: pool this run's pairs with the report's already in --out (same model and "
-        "threading, else an error before anything is timed), so quiet windows add up to one interval",
-    )
-    b.add_argument(
-        "--max-minutes",
-        type=float,
-        default=15.0,
-        help="unet --shape sd, cache: stop a timed loop after this long (cache: each section's loops, each "
-        "backend's), its interval as wide as it is then",
-    )
-    b.add_argument(
-        "--width", type=int, default=160, help="loading: the UNet's first block channels (SD 1.5: 320)"
-    )
-    b.add_argument(
-        "--backend", type=_csv, default=["torch", "compile", "onnx"], help="unet: comma-separated backends"
-    )
-    b.add_argument(
-        "--precision",
-        type=_csv,
-        default=None,
-        help="unet: comma-separated precisions (default: fp32,bf16 on the CPU, fp16,bf16 on a GPU)",
-    )
-    b.add_argument("--steps", type=int, default=20, help="unet: timed repetitions per backend")
-    add_engine_cache_arg(b)
-    b.add_argument("--skip-domain-cost", action="store_true", help="unet: only the per-backend table")
-    b.add_argument("--shapes", type=_csv, default=None, help="unwrap: sphere,torus_knot,blob (all)")
-    b.add_argument("--sizes", type=_csv, default=None, help="unwrap: face counts (10000,50000,100000,300000)")
-    b.add_argument("--modes", type=_csv, default=None, help="unwrap: fast,quality (both, alternating)")
-    b.add_argument("--job-faces", type=int, default=0, help="unwrap: also time a whole texture job (0: no)")
-    b.add_argument(
-        "--assets",
-        type=Path,
-        default=None,
-        help="coverage: texture every mesh file in this folder instead of the procedural meshes "
-        "(coverage_assets.md; its SOURCES.md is quoted)",
-    )
-    b.add_argument(
-        "--section",
-        choices=tuple(CACHE_SECTIONS) + COVERAGE_SECTIONS,
-        default=None,
-        help="cache: measure only this section (shipped: eager loops at N=1,2,3,5; onnx: ONNX Runtime loops "
-        "at N=1,3; batched: jobs/s of mixed intervals, eager and onnx; sd: the SD-1.x-shaped UNet's "
-        "speedups) and merge it into the step_cache.json already in --out; coverage: round-trip (the bake "
-        "round trip on every procedural mesh, no model, no job timing) merged into coverage.json in --out",
-    )
-    b.add_argument("--out", type=Path, default=OUT_DIR)
-    b.set_defaults(handler=run_bench)
+    targets = b.add_subparsers(dest="target", required=True, metavar="TARGET")
+    for name, what in BENCH_TARGETS.items():
+        t = targets.add_parser(name, help=what, description=f"realiz3d bench {name}: {what}")
+        for option in BENCH_OPTIONS:
+            option.add_to(t, name)
+        t.set_defaults(handler=run_bench)
 
 
 def worker_batch_max_jobs() -> int:
@@ -272,6 +354,10 @@ def run_build_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+def _max_minutes(args: argparse.Namespace) -> float:
+    return args.max_minutes if args.max_minutes is not None else DEFAULT_MAX_MINUTES
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if args.target == "unet":
         return _bench_unet(args)
@@ -304,7 +390,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
         run_step_cache_bench(
             out_dir=args.out,
-            max_seconds=args.max_minutes * 60,
+            max_seconds=_max_minutes(args) * 60,
             section=args.section,
             engine_cache_dir=engine_cache_dir(args.engine_cache),
         )
@@ -320,7 +406,7 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.gateway import run as run_load
 
         report = run_load(
-            concurrency=args.concurrency or 50,
+            concurrency=args.concurrency,
             seconds=args.seconds,
             rounds=args.rounds,
             workers=args.api_workers,
@@ -342,12 +428,12 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.eta import run as run_eta
 
         report = run_eta(
-            concurrency=args.concurrency or 8,
+            concurrency=args.concurrency,
             jobs=args.jobs,
             steps=args.job_steps,
             views=args.job_views,
             out_dir=args.out,
-            name=args.name or "eta",
+            name=args.name,
         )
         print(
             json.dumps({k: v["steady"] for k, v in report.items() if isinstance(v, dict) and "steady" in v})
@@ -356,13 +442,13 @@ def run_bench(args: argparse.Namespace) -> int:
         from engines.bench.throughput import run
 
         report = run(
-            concurrency=args.concurrency or 8,
+            concurrency=args.concurrency,
             jobs=args.jobs,
             steps=args.job_steps,
             views=args.job_views,
             rounds=args.rounds,
             out_dir=args.out,
-            name=args.name or "throughput",
+            name=args.name,
         )
         print(json.dumps({k: v for k, v in report.items() if k not in ("batched", "unbatched")}, indent=2))
     return 0
@@ -373,6 +459,20 @@ def _bench_unet(args: argparse.Namespace) -> int:
     from engines.runtime.backend_names import BACKENDS
     from engines.runtime.torch_runner import PRECISIONS
 
+    sd_only = [
+        flag
+        for flag, value in (
+            ("--interval-width", args.interval_width),
+            ("--resume", args.resume or None),
+            ("--max-minutes", args.max_minutes),
+        )
+        if value is not None
+    ]
+    if args.shape != "sd" and sd_only:
+        raise UserInputError(
+            f"{', '.join(sd_only)}: only with --shape sd (the default model's cost is timed in a fixed number "
+            "of steps)"
+        )
     precisions = args.precision or []
     bad = [b for b in args.backend if b not in BACKENDS] + [p for p in precisions if p not in PRECISIONS]
     if bad:
@@ -390,8 +490,8 @@ def _bench_unet(args: argparse.Namespace) -> int:
 
                 run_sd_shifter_cost(
                     out_dir=args.out,
-                    width=args.interval_width,
-                    max_minutes=args.max_minutes,
+                    width=args.interval_width if args.interval_width is not None else 0.01,
+                    max_minutes=_max_minutes(args),
                     resume=args.resume,
                 )
             else:
@@ -407,6 +507,6 @@ def _bench_unet(args: argparse.Namespace) -> int:
         cache_dir=engine_cache_dir(args.engine_cache),
         shape=args.shape,
         cpu=not args.gpu_only,
-        name=args.name or "backends",
+        name=args.name,
     )
     return 0
