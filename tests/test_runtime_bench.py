@@ -207,6 +207,28 @@ def test_paired_ratio_counts_earlier_runs_pairs_with_its_own():
     assert not alone.converged and alone.pairs >= 10
 
 
+def test_per_run_figures_say_whether_pooled_runs_agree():
+    import pytest
+
+    from engines.bench.paired import intervals_overlap, per_run
+    from engines.bench.unet import runs_sentence
+
+    noisy = [1.0 + 0.02 * ((i * 7) % 5 - 2) for i in range(20)]  # a spread around 1.0
+    shifted = [r * 1.1 for r in noisy]
+    same = per_run(noisy + noisy, [20, 20])
+    assert same[0] == same[1] and intervals_overlap(same)
+    apart = per_run(noisy + shifted, [20, 20])
+    assert apart[1][0] == pytest.approx(apart[0][0] * 1.1) and not intervals_overlap(apart)
+    with pytest.raises(ValueError, match="do not add up"):
+        per_run(noisy, [10, 5])
+    runs = [{"pairs": 20, "load_average_1min": 0.5}, {"pairs": 20}]
+    assert "NOT overlap" in runs_sentence(runs, noisy + shifted)
+    assert "intervals overlap" in runs_sentence(runs, noisy + noisy) and "NOT" not in runs_sentence(
+        runs, noisy * 2
+    )
+    assert runs_sentence(runs[:1], noisy) == ""
+
+
 def test_bench_unet_sd_resume_pools_runs_and_refuses_a_report_measured_otherwise(tmp_path):
     import pytest
 
@@ -229,6 +251,7 @@ def test_bench_unet_sd_resume_pools_runs_and_refuses_a_report_measured_otherwise
     assert (
         f"Timed in {second['pairs']} alternating pairs" in md and "from 2 runs pooled with `--resume`" in md
     )
+    assert f"{first['pairs']} pairs reading " in md  # each run's own figure and interval
 
     report = tmp_path / "unet_sd_cpu.json"
     saved = json.loads(report.read_text())

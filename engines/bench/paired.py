@@ -62,6 +62,26 @@ def ratio_interval(
     return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
+def per_run(
+    ratios: Sequence[float], sizes: Sequence[int], confidence: float = 0.95
+) -> list[tuple[float, float, float]]:
+    """(geometric mean, low, high) of each run's own pairs, for pairs pooled from runs of `sizes` pairs
+    each, in order (`--resume`): runs whose intervals do not overlap differ by more than their noise, and
+    the pooled interval, which treats every pair alike, understates the uncertainty."""
+    if sum(sizes) != len(ratios):
+        raise ValueError(f"runs of {list(sizes)} pairs do not add up to {len(ratios)} pairs")
+    out, start = [], 0
+    for n in sizes:
+        out.append(ratio_interval(list(ratios[start : start + n]), confidence))
+        start += n
+    return out
+
+
+def intervals_overlap(intervals: Sequence[tuple[float, float, float]]) -> bool:
+    """Whether some value lies in every (figure, low, high) interval."""
+    return max(low for _, low, _ in intervals) <= min(high for _, _, high in intervals)
+
+
 def paired_ratio(
     baseline: Callable[[], object],
     variant: Callable[[], object],

@@ -25,7 +25,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
-from engines.bench.paired import MIN_PAIRS, narrower_than, paired_ratio, pairs_sentence
+from engines.bench.paired import (
+    MIN_PAIRS,
+    intervals_overlap,
+    narrower_than,
+    paired_ratio,
+    pairs_sentence,
+    per_run,
+)
 from engines.errors import UserInputError
 from engines.pipelines import Realiz3DPipeline
 from engines.requests import MultiviewRequest
@@ -453,18 +460,25 @@ def run_sd_shifter_cost(
     return result
 
 
-def runs_sentence(runs: list[dict]) -> str:
-    """How the pairs split over runs pooled with `--resume` (nothing for one run)."""
+def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
+    """How the pairs split over runs pooled with `--resume`, each run's own ratio and interval, and
+    whether those intervals overlap (nothing for one run)."""
     if len(runs) < 2:
         return ""
-    each = ", ".join(
-        f"{r['pairs']} pairs"
-        + (f" (load average {r['load_average_1min']})" if r.get("load_average_1min") else "")
-        for r in runs
+    own = per_run(pair_ratios, [r["pairs"] for r in runs])
+    each = []
+    for r, (ratio, low, high) in zip(runs, own, strict=True):
+        load = f", load average {r['load_average_1min']}" if r.get("load_average_1min") else ""
+        each.append(f"{r['pairs']} pairs reading {ratio:.4f} [{low:.4f}, {high:.4f}]{load}")
+    agree = (
+        "the runs' own intervals overlap: no sign that they measured different things"
+        if intervals_overlap(own)
+        else "the runs' own intervals do NOT overlap: the runs differ by more than their noise, and the pooled "
+        "interval understates the uncertainty"
     )
     return (
-        f" The pairs come from {len(runs)} runs pooled with `--resume` (same model, same threading): {each}; "
-        "the step medians are the last run's."
+        f" The pairs come from {len(runs)} runs pooled with `--resume` (same model, same threading): "
+        f"{'; '.join(each)}. The step medians are the last run's; {agree}."
     )
 
 
@@ -481,7 +495,7 @@ def write_sd_report(result: dict, out_dir: Path) -> list[str]:
         f"Machine: {describe(r['machine'])}. Model: {r['model']}, {r['parameters']:,} parameters, {r['block_sites']} "
         f"block-shift sites, UNet batch {r['unet_batch']} ({views} view(s) x CFG). Baseline: the same weights "
         f"built again with the shifter removed. {pairs_sentence(r['pairs'], r['interval_converged'], 'bare', 'fused')}"
-        + runs_sentence(r.get("runs", [])),
+        + runs_sentence(r.get("runs", []), r.get("pair_ratios", ())),
         "",
         "| measure | value | goal |",
         "|---|---|---|",
