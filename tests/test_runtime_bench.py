@@ -343,7 +343,16 @@ def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(
                     "speedup_ci95": [1.0, 1.0],
                     "ci_width_over_speedup": 0.0,
                     "converged": True,
-                }
+                },
+                {
+                    "cache_interval": 3,
+                    "step_kinds": "FS",
+                    "denoise_s": 0.011,
+                    "speedup": 1.8,
+                    "speedup_ci95": [1.79, 1.81],
+                    "ci_width_over_speedup": 0.0111,
+                    "converged": False,
+                },
             ],
         }
 
@@ -360,6 +369,20 @@ def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(
     md = (tmp_path / "step_cache.md").read_text()
     assert "| 1 | `FF` | 0.02 | 1.0 | 1.0 - 1.0 | 0.00% | 7 | yes |" in md
     assert "## Shipped model on ONNX Runtime" in md and "| torch | all N=1 |" in md
+    # the run it replaced is kept, and the report says the two runs' N=3 intervals disagree
+    was = {str(r["cache_interval"]): [r["speedup"], *r["speedup_ci95"]] for r in committed["sd"]["rows"]}
+    assert merged["sd"]["earlier_runs"] == [
+        {
+            "measured": f"{committed['sd']['pairs']} pairs",
+            "load_average_1min": committed["sd"]["machine"].get("load_average_1min"),
+            "speedups": was,
+        }
+    ]
+    assert f"N=3 {was['3'][0]} [{was['3'][1]}, {was['3'][2]}]" in md
+    assert "N=3: the runs' intervals do NOT overlap" in md
+    assert main(["bench", "cache", "--section", "sd", "--out", str(tmp_path)]) == 0  # a third run: both kept
+    again = json.loads((tmp_path / "step_cache.json").read_text())["sd"]["earlier_runs"]
+    assert len(again) == 2 and again[1]["speedups"] == {"1": [1.0, 1.0, 1.0], "3": [1.8, 1.79, 1.81]}
     try:
         step_cache.run_step_cache_bench(tmp_path, section="nope")
     except UserInputError as e:

@@ -1,7 +1,8 @@
 """`realiz3d bench cache`: what step caching (`cache_interval`, engines/models/deep_cache.py) saves.
 
 The report's sections (`SECTIONS`; `--section NAME` measures one and merges it into the step_cache.json
-already there, the others keep their figures). Each timed loop stops when its intervals are narrower than
+already there, the others keep their figures, and the section keeps the speedups and intervals of the
+run it replaces, saying per interval whether the runs' intervals overlap). Each timed loop stops when its intervals are narrower than
 `INTERVAL_GOAL` of the figure or its time budget (`--max-minutes`) is spent, and says which.
 
 - **shipped**: whole denoising loops through the pipeline (4 views, CFG, the model's default schedule,
@@ -30,7 +31,14 @@ from pathlib import Path
 
 from engines.bench import OUT_DIR
 from engines.bench.machine import describe, torch_machine
-from engines.bench.paired import MIN_PAIRS, PairedRatio, paired_ratio, pairs_sentence, ratio_interval
+from engines.bench.paired import (
+    MIN_PAIRS,
+    PairedRatio,
+    intervals_overlap,
+    paired_ratio,
+    pairs_sentence,
+    ratio_interval,
+)
 
 INTERVALS = (1, 2, 3, 5)
 #: the ONNX Runtime loops: full compute against the interval the issue's goal names
@@ -325,11 +333,56 @@ def run_step_cache_bench(
         result = json.loads(report.read_text())
         names = [section]
     for name in names:
+        earlier = result.get(name) if section is not None else None
         result[name] = {"machine": torch_machine(), **SECTIONS[name].measure(max_seconds, cache)}
+        if earlier is not None and any("speedup_ci95" in r for r in earlier.get("rows", [])):
+            result[name]["earlier_runs"] = earlier.get("earlier_runs", []) + [earlier_run(earlier)]
     out.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result, indent=2))
     write_report(result, out)
     return result
+
+
+def earlier_run(figures: dict) -> dict:
+    """What a section's report keeps of a run that a later `--section` run replaced: each interval's
+    speedup and 95% interval, how long it ran and its machine's load."""
+    return {
+        "measured": f"{figures['rounds']} rounds" if "rounds" in figures else f"{figures['pairs']} pairs",
+        "load_average_1min": figures.get("machine", {}).get("load_average_1min"),
+        "speedups": {str(r["cache_interval"]): [r["speedup"], *r["speedup_ci95"]] for r in figures["rows"]},
+    }
+
+
+def _earlier_lines(figures: dict) -> list[str]:
+    """The earlier runs of a section, and per interval whether every run's interval overlaps this one's:
+    where they do not, runs differ by more than one run's interval, and the figure is known to no better
+    than that spread."""
+    runs = figures.get("earlier_runs", [])
+    if not runs:
+        return []
+    lines = ["", f"Earlier runs of this section, replaced by the one above ({len(runs)}):", ""]
+    for run in runs:
+        load = f", load average {run['load_average_1min']}" if run.get("load_average_1min") else ""
+        each = "; ".join(f"N={n} {g} [{lo}, {hi}]" for n, (g, lo, hi) in run["speedups"].items() if n != "1")
+        lines.append(f"- {run['measured']}{load}: {each}")
+    verdicts = []
+    for r in figures["rows"]:
+        n = str(r["cache_interval"])
+        intervals = [(r["speedup"], *r["speedup_ci95"])] + [
+            tuple(run["speedups"][n]) for run in runs if n in run["speedups"]
+        ]
+        if n == "1" or len(intervals) < 2:
+            continue
+        low = min(g for g, _, _ in intervals)
+        high = max(g for g, _, _ in intervals)
+        if intervals_overlap(intervals):
+            verdicts.append(f"N={n}: the runs' intervals overlap")
+        else:
+            verdicts.append(
+                f"N={n}: the runs' intervals do NOT overlap (their figures span {low} - {high}, "
+                f"{(high - low) / low:.2%}): runs differ by more than one run's interval"
+            )
+    return lines + ["", "; ".join(verdicts) + "."] if verdicts else lines
 
 
 def write_report(result: dict, out: Path) -> None:
@@ -361,6 +414,7 @@ def _shipped_lines(s: dict) -> list[str]:
         "(a sanity figure; the quality evaluation is not run).",
         "",
         *_loop_table(s["rows"]),
+        *_earlier_lines(s),
     ]
 
 
@@ -372,6 +426,7 @@ def _onnx_lines(o: dict) -> list[str]:
         f"{o['rounds']} interleaved rounds.",
         "",
         *_loop_table(o["rows"]),
+        *_earlier_lines(o),
     ]
 
 
@@ -404,7 +459,7 @@ def _sd_lines(d: dict) -> list[str]:
             f"| {r['cache_interval']} | `{r['step_kinds']}` | {r['denoise_s']} | {r['speedup']} | {lo} - {hi} | "
             f"{r['ci_width_over_speedup']:.2%} | {d['pairs']} | {'yes' if r['converged'] else 'no'} |"
         )
-    return lines
+    return lines + _earlier_lines(d)
 
 
 def _loop_table(rows: list[dict]) -> list[str]:
