@@ -207,6 +207,38 @@ def test_paired_ratio_counts_earlier_runs_pairs_with_its_own():
     assert not alone.converged and alone.pairs >= 10
 
 
+def test_a_long_paired_run_says_where_it_stands_on_its_clock():
+    from engines.bench.paired import narrower_than, paired_ratio
+
+    now = [0.0]
+    jitter = iter([0.9, 1.1] * 100)
+
+    def baseline():
+        now[0] += 10.0
+
+    def variant():
+        now[0] += 10.0 * next(jitter)
+
+    said: list[str] = []
+    r = paired_ratio(
+        baseline,
+        variant,
+        known=narrower_than(1e-9),
+        max_seconds=600,
+        clock=lambda: now[0],
+        warmup=0,
+        progress=said.append,
+        progress_every=100,
+    )
+    # a pair takes 19-21 s of the clock: a line every 5 or 6 pairs from the 10th (min_pairs) on, until
+    # the 600 s are spent
+    assert not r.converged and 28 <= r.pairs <= 32
+    counts = [int(line.split(" pairs")[0]) for line in said]
+    assert counts[0] == 10 and len(counts) >= 4
+    assert all(b - a in (5, 6) for a, b in zip(counts, counts[1:]))
+    assert said[0].startswith("10 pairs: 0.9950 [") and "(width " in said[0] and said[0].endswith("of 10 min")
+
+
 def test_per_run_figures_say_whether_pooled_runs_agree():
     import pytest
 

@@ -93,19 +93,23 @@ def paired_ratio(
     warmup: int = 2,
     clock: Callable[[], float] = time.perf_counter,
     prior: Sequence[float] = (),
+    progress: Callable[[str], None] | None = None,
+    progress_every: float = 60.0,
 ) -> PairedRatio:
     """Time `variant` against `baseline` in alternating pairs until `known(ratio, low, high)` holds (after
     at least `min_pairs`; default: the interval narrower than 0.01) or `max_seconds` have passed.
 
     `prior`: the pair ratios of earlier runs of the same measurement (`realiz3d bench unet --shape sd
     --resume`); the figure, its interval, the stop rule and `min_pairs` count them with this run's pairs,
-    the medians (`baseline_ms`, `variant_ms`) are this run's alone."""
+    the medians (`baseline_ms`, `variant_ms`) are this run's alone. `progress`: called with a line on the
+    figure so far (pairs, ratio, interval, minutes spent) every `progress_every` seconds of the clock, so a
+    run of an hour says where it stands."""
     for fn in (baseline, variant):
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {"baseline": [], "variant": []}
     ratios: list[float] = list(prior)
-    start = clock()
+    start = last_said = clock()
     while True:
         order = (("baseline", baseline), ("variant", variant))
         if len(ratios) % 2:
@@ -121,7 +125,14 @@ def paired_ratio(
             continue
         ratio, low, high = ratio_interval(ratios, confidence)
         converged = known(ratio, low, high)
-        if converged or clock() - start >= max_seconds:
+        now = clock()
+        if progress is not None and now - last_said >= progress_every:
+            last_said = now
+            progress(
+                f"{len(ratios)} pairs: {ratio:.4f} [{low:.4f}, {high:.4f}] (width {high - low:.4f}), "
+                f"{(now - start) / 60:.1f} of {max_seconds / 60:g} min"
+            )
+        if converged or now - start >= max_seconds:
             return PairedRatio(
                 ratio=ratio,
                 low=low,

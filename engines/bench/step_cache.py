@@ -99,7 +99,7 @@ def shipped_model(
 
     images = {n: np.stack(pipe.multiview(request(n)).images).astype(float) for n in intervals}  # warm-up
     seconds: dict[int, list[float]] = {n: [] for n in intervals}
-    start = time.monotonic()
+    start = last_said = time.monotonic()
     rounds = 0
     while True:
         for n in intervals:  # interleaved: drift and other load hit every interval alike
@@ -112,6 +112,18 @@ def shipped_model(
             n: ratio_interval([a / b for a, b in zip(seconds[1], seconds[n], strict=True)]) for n in intervals
         }
         converged = all((hi - lo) < INTERVAL_GOAL * g for g, lo, hi in speedups.values())
+        if time.monotonic() - last_said >= 60:  # a run of many minutes says where it stands
+            last_said = time.monotonic()
+            print(
+                f"bench cache {backend}: {rounds} rounds, "
+                + ", ".join(
+                    f"N={n} {g:.4f} ({(hi - lo) / g:.2%} wide)"
+                    for n, (g, lo, hi) in speedups.items()
+                    if n > 1
+                )
+                + f", {(last_said - start) / 60:.1f} of {max_seconds / 60:g} min",
+                flush=True,
+            )
         if converged or time.monotonic() - start > max_seconds:
             break
     rows = []
@@ -288,6 +300,7 @@ def sd_shaped(max_seconds: float, min_pairs: int = MIN_PAIRS) -> dict:
             max_seconds,
             warmup=1,
             min_pairs=min_pairs,
+            progress=lambda line: print(f"bench cache sd, shallow / full: {line}", flush=True),
         )
     return {
         "model": f"seeded SD-1.x-shaped UNet (engines/bench/sd_like.py), 64x64 latents, "

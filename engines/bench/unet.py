@@ -370,6 +370,7 @@ def shifter_cost(
         min_pairs=min_pairs,
         max_seconds=max_minutes * 60,
         prior=earlier,
+        progress=lambda line: print(f"shifter cost: {line}", flush=True),
     )
     return {
         **setup,
