@@ -183,49 +183,35 @@ def test_paired_ratio_pairs_until_the_interval_is_narrow_or_the_budget_is_spent(
 
 
 def test_paired_ratio_counts_earlier_runs_pairs_with_its_own():
+    import itertools
+
     from engines.bench.paired import narrower_than, paired_ratio
 
-    now = [0.0]
-    jitter = iter([0.9, 1.1] * 100)
-
-    def baseline():
-        now[0] += 1.0
-
-    def variant():
-        now[0] += next(jitter)
-
+    clock, baseline, variant = fake_clock_steps(1.0, itertools.cycle([0.9, 1.1]))
     # 30 earlier pairs at exactly 1.0 narrow the interval: this run stops after 1 pair (min_pairs is
     # met by the pooled count); without them, 10 pairs alternating 0.9/1.1 stay wider than 0.1.
     pooled = paired_ratio(
-        baseline, variant, known=narrower_than(0.1), prior=[1.0] * 30, clock=lambda: now[0], warmup=0
+        baseline, variant, known=narrower_than(0.1), prior=[1.0] * 30, clock=clock, warmup=0
     )
     assert pooled.converged and pooled.pairs == 31 and pooled.ratios[:30] == (1.0,) * 30
     assert pooled.baseline_ms == 1000.0  # the medians are this run's own
-    alone = paired_ratio(
-        baseline, variant, known=narrower_than(0.1), max_seconds=15, clock=lambda: now[0], warmup=0
-    )
+    alone = paired_ratio(baseline, variant, known=narrower_than(0.1), max_seconds=15, clock=clock, warmup=0)
     assert not alone.converged and alone.pairs >= 10
 
 
 def test_a_long_paired_run_says_where_it_stands_on_its_clock():
+    import itertools
+
     from engines.bench.paired import narrower_than, paired_ratio
 
-    now = [0.0]
-    jitter = iter([0.9, 1.1] * 100)
-
-    def baseline():
-        now[0] += 10.0
-
-    def variant():
-        now[0] += 10.0 * next(jitter)
-
+    clock, baseline, variant = fake_clock_steps(10.0, itertools.cycle([9.0, 11.0]))
     said: list[str] = []
     r = paired_ratio(
         baseline,
         variant,
         known=narrower_than(1e-9),
         max_seconds=600,
-        clock=lambda: now[0],
+        clock=clock,
         warmup=0,
         progress=said.append,
         progress_every=100,
@@ -235,7 +221,7 @@ def test_a_long_paired_run_says_where_it_stands_on_its_clock():
     assert not r.converged and 28 <= r.pairs <= 32
     counts = [int(line.split(" pairs")[0]) for line in said]
     assert counts[0] == 10 and len(counts) >= 4
-    assert all(b - a in (5, 6) for a, b in zip(counts, counts[1:]))
+    assert all(b - a in (5, 6) for a, b in itertools.pairwise(counts))
     assert said[0].startswith("10 pairs: 0.9950 [") and "(width " in said[0] and said[0].endswith("of 10 min")
 
 
