@@ -15,6 +15,7 @@ hooks at all), interleaved with the measured variant, medians.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -466,11 +467,15 @@ def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
     whether those intervals overlap (nothing for one run)."""
     if len(runs) < 2:
         return ""
-    own = per_run(pair_ratios, [r["pairs"] for r in runs])
+    sizes = [r["pairs"] for r in runs]
+    own = per_run(pair_ratios, sizes)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     each = []
-    for r, (ratio, low, high) in zip(runs, own, strict=True):
+    for r, (ratio, low, high), start in zip(runs, own, starts, strict=True):
         load = f", load average {r['load_average_1min']}" if r.get("load_average_1min") else ""
-        each.append(f"{r['pairs']} pairs reading {ratio:.4f} [{low:.4f}, {high:.4f}]{load}")
+        logs = [math.log(x) for x in pair_ratios[start : start + r["pairs"]]]
+        noise = f", per-pair spread (sd of the log ratio) {statistics.stdev(logs):.1%}" if len(logs) > 1 else ""
+        each.append(f"{r['pairs']} pairs reading {ratio:.4f} [{low:.4f}, {high:.4f}]{noise}{load}")
     agree = (
         "the runs' own intervals overlap: no sign that they measured different things"
         if intervals_overlap(own)
