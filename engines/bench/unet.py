@@ -474,7 +474,9 @@ def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
     for r, (ratio, low, high), start in zip(runs, own, starts, strict=True):
         load = f", load average {r['load_average_1min']}" if r.get("load_average_1min") else ""
         logs = [math.log(x) for x in pair_ratios[start : start + r["pairs"]]]
-        noise = f", per-pair spread (sd of the log ratio) {statistics.stdev(logs):.1%}" if len(logs) > 1 else ""
+        noise = (
+            f", per-pair spread (sd of the log ratio) {statistics.stdev(logs):.1%}" if len(logs) > 1 else ""
+        )
         each.append(f"{r['pairs']} pairs reading {ratio:.4f} [{low:.4f}, {high:.4f}]{noise}{load}")
     agree = (
         "the runs' own intervals overlap: no sign that they measured different things"
