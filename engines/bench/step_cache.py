@@ -2,8 +2,9 @@
 
 The report's sections (`SECTIONS`; `--section NAME` measures one and merges it into the step_cache.json
 already there, the others keep their figures, and the section keeps the speedups and intervals of the
-run it replaces, saying per interval whether the runs' intervals overlap). Each timed loop stops when its intervals are narrower than
-`INTERVAL_GOAL` of the figure or its time budget (`--max-minutes`) is spent, and says which.
+run it replaces, saying per interval whether the runs' intervals overlap). Each timed loop stops when its
+intervals are narrower than `INTERVAL_GOAL` of the figure or its time budget (`--max-minutes`) is spent,
+and says which.
 
 - **shipped**: whole denoising loops through the pipeline (4 views, CFG, the model's default schedule,
   20 steps, one seed), at each cache interval, in interleaved rounds; the denoise stage's seconds are
