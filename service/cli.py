@@ -89,9 +89,22 @@ def _is_user_error(e: BaseException) -> bool:
     return isinstance(e, UserInputError | FileNotFoundError)
 
 
+def chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost (sub)command parser `args` went through, e.g. `realiz3d bench unet`'s."""
+    for action in parser._actions:
+        if (
+            isinstance(action, argparse._SubParsersAction)
+            and getattr(args, action.dest, None) in action.choices
+        ):
+            return chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # refused by the subcommand that did not take them, with its usage (exit 2)
+        chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         rc = args.handler(args)
     except ValidationError as e:

@@ -65,7 +65,11 @@ def test_each_bench_target_refuses_the_options_it_does_not_use(capsys):
     ):
         with pytest.raises(SystemExit) as refused:
             main(argv)
-        assert refused.value.code == 2 and flag in capsys.readouterr().err, argv
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and flag in err, argv
+        # the refusal is the target's own, with its usage: the user sees which options it does take
+        assert f"realiz3d bench {argv[1]}: error: unrecognized arguments: {flag}" in err, err
+        assert f"usage: realiz3d bench {argv[1]} [-h]" in err, err
     with pytest.raises(SystemExit):  # each target takes only its own sections
         main(["bench", "coverage", "--section", "sd"])
     assert "invalid choice: 'sd'" in capsys.readouterr().err
