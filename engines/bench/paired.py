@@ -11,6 +11,7 @@ percentile), so e.g. step caching's speedups stop on their own widths (engines/b
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -62,19 +63,21 @@ def ratio_interval(
     return math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high)
 
 
+def split_runs(ratios: Sequence[float], sizes: Sequence[int]) -> list[list[float]]:
+    """Pairs pooled from runs of `sizes` pairs each, in order (`--resume`), split back into the runs."""
+    if sum(sizes) != len(ratios):
+        raise ValueError(f"runs of {list(sizes)} pairs do not add up to {len(ratios)} pairs")
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    return [list(ratios[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
 def per_run(
     ratios: Sequence[float], sizes: Sequence[int], confidence: float = 0.95
 ) -> list[tuple[float, float, float]]:
-    """(geometric mean, low, high) of each run's own pairs, for pairs pooled from runs of `sizes` pairs
-    each, in order (`--resume`): runs whose intervals do not overlap differ by more than their noise, and
-    the pooled interval, which treats every pair alike, understates the uncertainty."""
-    if sum(sizes) != len(ratios):
-        raise ValueError(f"runs of {list(sizes)} pairs do not add up to {len(ratios)} pairs")
-    out, start = [], 0
-    for n in sizes:
-        out.append(ratio_interval(list(ratios[start : start + n]), confidence))
-        start += n
-    return out
+    """(geometric mean, low, high) of each run's own pairs (`split_runs`): runs whose intervals do not
+    overlap differ by more than their noise, and the pooled interval, which treats every pair alike,
+    understates the uncertainty."""
+    return [ratio_interval(run, confidence) for run in split_runs(ratios, sizes)]
 
 
 def intervals_overlap(intervals: Sequence[tuple[float, float, float]]) -> bool:

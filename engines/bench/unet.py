@@ -33,6 +33,7 @@ from engines.bench.paired import (
     paired_ratio,
     pairs_sentence,
     per_run,
+    split_runs,
 )
 from engines.errors import UserInputError
 from engines.pipelines import Realiz3DPipeline
@@ -469,11 +470,10 @@ def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
         return ""
     sizes = [r["pairs"] for r in runs]
     own = per_run(pair_ratios, sizes)
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
     each = []
-    for r, (ratio, low, high), start in zip(runs, own, starts, strict=True):
+    for r, (ratio, low, high), pairs in zip(runs, own, split_runs(pair_ratios, sizes), strict=True):
         load = f", load average {r['load_average_1min']}" if r.get("load_average_1min") else ""
-        logs = [math.log(x) for x in pair_ratios[start : start + r["pairs"]]]
+        logs = [math.log(x) for x in pairs]
         noise = (
             f", per-pair spread (sd of the log ratio) {statistics.stdev(logs):.1%}" if len(logs) > 1 else ""
         )
