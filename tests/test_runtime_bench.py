@@ -249,6 +249,15 @@ def test_per_run_figures_say_whether_pooled_runs_agree():
         runs, noisy * 2
     )
     assert runs_sentence(runs[:1], noisy) == ""
+    # a resumed run stopped after one pair: listed in the singular, with no interval, and not judged
+    stub = runs + [{"pairs": 1}]
+    said = runs_sentence(stub, noisy + noisy + shifted[:1])
+    assert "; 1 pair reading 1.0560 (under 10: no interval of its own)." in said
+    assert (
+        "1 pairs" not in said and "intervals overlap" in said and "1 run(s) under 10 pairs left out" in said
+    )
+    assert "NOT overlap" in runs_sentence(runs + [{"pairs": 1}], noisy + shifted + noisy[:1])
+    assert "not judged" in runs_sentence([{"pairs": 20}, {"pairs": 3}], noisy + shifted[:3])
 
 
 def test_bench_unet_sd_resume_pools_runs_and_refuses_a_report_measured_otherwise(tmp_path):

@@ -465,7 +465,8 @@ def run_sd_shifter_cost(
 
 def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
     """How the pairs split over runs pooled with `--resume`, each run's own ratio and interval, and
-    whether those intervals overlap (nothing for one run)."""
+    whether those intervals overlap (nothing for one run). A run of fewer than `MIN_PAIRS` pairs (a
+    resumed run stopped at once) has no interval worth the name: it is listed, but not judged."""
     if len(runs) < 2:
         return ""
     sizes = [r["pairs"] for r in runs]
@@ -473,17 +474,28 @@ def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
     each = []
     for r, (ratio, low, high), pairs in zip(runs, own, split_runs(pair_ratios, sizes), strict=True):
         load = f", load average {r['load_average_1min']}" if r.get("load_average_1min") else ""
-        logs = [math.log(x) for x in pairs]
-        noise = (
-            f", per-pair spread (sd of the log ratio) {statistics.stdev(logs):.1%}" if len(logs) > 1 else ""
+        count = f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''}"
+        if len(pairs) < MIN_PAIRS:
+            each.append(f"{count} reading {ratio:.4f} (under {MIN_PAIRS}: no interval of its own){load}")
+            continue
+        spread = statistics.stdev(math.log(x) for x in pairs)
+        each.append(
+            f"{count} reading {ratio:.4f} [{low:.4f}, {high:.4f}], "
+            f"per-pair spread (sd of the log ratio) {spread:.1%}{load}"
         )
-        each.append(f"{r['pairs']} pairs reading {ratio:.4f} [{low:.4f}, {high:.4f}]{noise}{load}")
-    agree = (
-        "the runs' own intervals overlap: no sign that they measured different things"
-        if intervals_overlap(own)
-        else "the runs' own intervals do NOT overlap: the runs differ by more than their noise, and the pooled "
-        "interval understates the uncertainty"
-    )
+    judged = [interval for interval, size in zip(own, sizes, strict=True) if size >= MIN_PAIRS]
+    if len(judged) < 2:
+        agree = f"fewer than two runs have {MIN_PAIRS} pairs, so whether the runs agree is not judged"
+    elif intervals_overlap(judged):
+        agree = "the runs' own intervals overlap: no sign that they measured different things"
+    else:
+        agree = (
+            "the runs' own intervals do NOT overlap: the runs differ by more than their noise, and the pooled "
+            "interval understates the uncertainty"
+        )
+    left_out = len(own) - len(judged)
+    if left_out and len(judged) >= 2:
+        agree += f" (the {left_out} run(s) under {MIN_PAIRS} pairs left out of that verdict)"
     return (
         f" The pairs come from {len(runs)} runs pooled with `--resume` (same model, same threading): "
         f"{'; '.join(each)}. The step medians are the last run's; {agree}."
