@@ -260,6 +260,24 @@ def test_per_run_figures_say_whether_pooled_runs_agree():
     assert "not judged" in runs_sentence([{"pairs": 20}, {"pairs": 3}], noisy + shifted[:3])
 
 
+def test_machine_names_the_cpu_model_linux_reports(tmp_path):
+    from engines.bench.machine import cpu_model, describe
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+        "\nprocessor\t: 1\ncpu family\t: 99\nmodel\t\t: 9\nmodel name\t: Another\n"
+    )
+    assert cpu_model(info) == "AMD EPYC, family 26 model 2"  # the first processor's
+    info.write_text("processor\t: 0\nmodel name\t: Apple M9\n")
+    assert cpu_model(info) == "Apple M9"
+    assert cpu_model(tmp_path / "absent") is None
+    assert describe({"cpu": "x86_64", "cpu_model": "AMD EPYC, family 26 model 2", "cores": 2}) == (
+        "x86_64 (AMD EPYC, family 26 model 2), 2 cores"
+    )
+    assert describe({"cpu": "x86_64", "cpu_model": None, "cores": 2}) == "x86_64, 2 cores"
+
+
 def test_bench_unet_sd_resume_pools_runs_and_refuses_a_report_measured_otherwise(tmp_path):
     import pytest
 
@@ -292,6 +310,15 @@ def test_bench_unet_sd_resume_pools_runs_and_refuses_a_report_measured_otherwise
     with pytest.raises(UserInputError, match=r"machine\.OMP_NUM_THREADS"):
         run_sd_shifter_cost(tmp_path, max_minutes=0.001, build=build, resume=True)
     assert len(built) == before  # refused before the build
+    other_cpu = {**saved, "machine": {**saved["machine"], "cpu_model": "Some CPU, family 1 model 1"}}
+    report.write_text(json.dumps(other_cpu))
+    with pytest.raises(UserInputError, match="CPU model: Some CPU, family 1 model 1, now "):
+        run_sd_shifter_cost(tmp_path, max_minutes=0.001, build=build, resume=True)
+    assert len(built) == before
+    older = {**saved, "machine": {k: v for k, v in saved["machine"].items() if k != "cpu_model"}}
+    report.write_text(json.dumps(older))  # a report from before CPU models were recorded still resumes
+    third = run_sd_shifter_cost(tmp_path, width=1e-9, max_minutes=0.001, build=build, resume=True)
+    assert len(third["runs"]) == 3 and third["runs"][-1].get("cpu_model") == third["machine"]["cpu_model"]
     report.write_text(json.dumps({**saved, "parameters": 5}))
     with pytest.raises(UserInputError, match="parameters"):
         run_sd_shifter_cost(tmp_path, max_minutes=0.001, build=build, resume=True)
@@ -348,15 +375,19 @@ def test_step_cache_pairs_stop_on_the_speedups_widths_not_the_ratios():
     assert [row["converged"] for row in rows] == [True, False, False]  # N=1 is all full steps: exact
 
 
-def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(tmp_path, monkeypatch):
+def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(
+    tmp_path, monkeypatch, capsys
+):
+    import pytest
+
     from engines.bench import step_cache
     from engines.bench.step_cache import SECTIONS, Section
     from engines.errors import UserInputError
 
     asked = []
 
-    def fake_sd(seconds, cache):  # noqa: ANN001
-        asked.append(seconds)
+    def fake_sd(budget):  # noqa: ANN001 - a step_cache.Budget
+        asked.append((budget.max_seconds, budget.goal))
         return {
             "model": "fake",
             "unet_batch": 2,
@@ -393,7 +424,7 @@ def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(
     committed = json.loads((docs / "step_cache.json").read_text())
     (tmp_path / "step_cache.json").write_text(json.dumps(committed))
     assert main(["bench", "cache", "--section", "sd", "--max-minutes", "0.5", "--out", str(tmp_path)]) == 0
-    assert asked == [30.0]
+    assert asked == [(30.0, 0.01)]  # the goal: 1% of the figure unless --interval-width says otherwise
     merged = json.loads((tmp_path / "step_cache.json").read_text())
     assert {k: v for k, v in merged.items() if k != "sd"} == {k: v for k, v in committed.items() if k != "sd"}
     assert merged["sd"]["pairs"] == 7 and "machine" in merged["sd"]
@@ -412,8 +443,22 @@ def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(
     assert f"N=3 {was['3'][0]} [{was['3'][1]}, {was['3'][2]}]" in md
     assert "N=3: the runs' intervals do NOT overlap" in md
     assert main(["bench", "cache", "--section", "sd", "--out", str(tmp_path)]) == 0  # a third run: both kept
+    for bad in (
+        "0",
+        "-0.01",
+        "1.5",
+        "tight",
+    ):  # a goal no interval can meet, one every interval meets, no number
+        with pytest.raises(SystemExit) as refused:
+            main(["bench", "cache", "--section", "sd", "--interval-width", bad, "--out", str(tmp_path)])
+        assert refused.value.code == 2
+    assert "argument --interval-width: 0 must lie strictly between 0 and 1" in capsys.readouterr().err
+    assert (
+        main(["bench", "cache", "--section", "sd", "--interval-width", "0.008", "--out", str(tmp_path)]) == 0
+    )
+    assert asked[-1] == (900.0, 0.008) and len(asked) == 3
     again = json.loads((tmp_path / "step_cache.json").read_text())["sd"]["earlier_runs"]
-    assert len(again) == 2 and again[1]["speedups"] == {"1": [1.0, 1.0, 1.0], "3": [1.8, 1.79, 1.81]}
+    assert len(again) == 3 and again[1]["speedups"] == {"1": [1.0, 1.0, 1.0], "3": [1.8, 1.79, 1.81]}
     try:
         step_cache.run_step_cache_bench(tmp_path, section="nope")
     except UserInputError as e:

@@ -9,15 +9,37 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
 
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The CPU's model as Linux names it (`AMD EPYC, family 26 model 2`), or None where it does not
+    (another OS). Two VMs that both say x86_64 may run on different processors; a ratio of two timings
+    (a shallow step over a full one) moves with the processor, so reports name it."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        return None
+    if "cpu family" in fields and "model" in fields:
+        return f"{name}, family {fields['cpu family']} model {fields['model']}"
+    return name
+
+
 def machine() -> dict[str, Any]:
-    """CPU, cores (all and usable), OMP_NUM_THREADS, Python, torch (version and intra-op threads, when
-    loaded) and the 1-minute load average now: what the timings depend on."""
+    """CPU (architecture and model), cores (all and usable), OMP_NUM_THREADS, Python, torch (version and
+    intra-op threads, when loaded) and the 1-minute load average now: what the timings depend on."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info: dict[str, Any] = {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
@@ -50,13 +72,13 @@ _OLDER_KEYS = {
 
 
 def describe(info: dict[str, Any] | None = None) -> str:
-    """`x86_64, 2 cores (2 usable), OMP_NUM_THREADS=2, Python 3.11.7, torch 2.13.0+cpu (2 threads), load
-    average 1.7`; of a recorded `machine()` (or an older report's machine record), only what it holds."""
+    """`x86_64 (AMD EPYC, family 26 model 2), 2 cores (2 usable), OMP_NUM_THREADS=2, Python 3.11.7, torch
+    2.13.0+cpu (2 threads), load average 1.7`; of a recorded `machine()` (or an older report's machine record), only what it holds."""
     m = dict(info if info is not None else machine())
     for old, key in _OLDER_KEYS.items():
         if old in m:
             m.setdefault(key, m[old])
-    parts = [str(m.get("cpu", "?"))]
+    parts = [str(m.get("cpu", "?")) + (f" ({m['cpu_model']})" if m.get("cpu_model") else "")]
     if m.get("cores") is not None:
         parts[0] += f", {m['cores']} cores" + (
             f" ({m['usable_cores']} usable)" if "usable_cores" in m else ""

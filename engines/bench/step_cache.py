@@ -3,8 +3,8 @@
 The report's sections (`SECTIONS`; `--section NAME` measures one and merges it into the step_cache.json
 already there, the others keep their figures, and the section keeps the speedups and intervals of the
 run it replaces, saying per interval whether the runs' intervals overlap). Each timed loop stops when its
-intervals are narrower than `INTERVAL_GOAL` of the figure or its time budget (`--max-minutes`) is spent,
-and says which.
+intervals are narrower than a goal fraction of the figure (`--interval-width`, default `INTERVAL_GOAL`) or
+its time budget (`--max-minutes`) is spent, and says which.
 
 - **shipped**: whole denoising loops through the pipeline (4 views, CFG, the model's default schedule,
   20 steps, one seed), at each cache interval, in interleaved rounds; the denoise stage's seconds are
@@ -18,7 +18,7 @@ and says which.
   shallow step timed in alternating pairs (engines/bench/paired.py) for the ratio r = shallow / full;
   the denoise time at N counts the full (nf) and shallow (ns) steps `DenoiseJob.step_kind` plans for 20
   steps, so speedup(N) = 20 / (nf + ns r) (a loop of that model takes minutes per interval on a 2-core
-  CPU). Pairs are added until every speedup's interval is narrower than `INTERVAL_GOAL` of it.
+  CPU). Pairs are added until every speedup's interval is narrower than the goal fraction of it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ ONNX_INTERVALS = (1, 3)
 #: the backends of the batched section
 BATCHED_BACKENDS = ("torch", "onnx")
 STEPS = 20
-#: a timed figure is known when its 95% interval is narrower than this fraction of it
+#: a timed figure is known when its 95% interval is narrower than this fraction of it (`--interval-width`)
 INTERVAL_GOAL = 0.01
 
 
@@ -85,8 +85,10 @@ def shipped_model(
     backend: str = "torch",
     intervals: tuple[int, ...] = INTERVALS,
     engine_cache_dir: str | Path | None = None,
+    goal: float = INTERVAL_GOAL,
 ) -> dict:
-    """Denoise loops at each of `intervals` (the first is 1) through a `backend` pipeline."""
+    """Denoise loops at each of `intervals` (the first is 1) through a `backend` pipeline, in rounds
+    until every speedup's 95% interval is narrower than `goal` of it or `max_seconds` are spent."""
     import numpy as np
 
     from engines.pipelines import Realiz3DPipeline
@@ -112,7 +114,7 @@ def shipped_model(
         speedups = {
             n: ratio_interval([a / b for a, b in zip(seconds[1], seconds[n], strict=True)]) for n in intervals
         }
-        converged = all((hi - lo) < INTERVAL_GOAL * g for g, lo, hi in speedups.values())
+        converged = all((hi - lo) < goal * g for g, lo, hi in speedups.values())
         if time.monotonic() - last_said >= 60:  # a run of many minutes says where it stands
             last_said = time.monotonic()
             print(
@@ -138,7 +140,7 @@ def shipped_model(
                 "speedup": round(g, 4),
                 "speedup_ci95": [round(lo, 4), round(hi, 4)],
                 "ci_width_over_speedup": round((hi - lo) / g, 4),
-                "converged": (hi - lo) < INTERVAL_GOAL * g,
+                "converged": (hi - lo) < goal * g,
                 "mean_abs_diff_vs_n1": round(float(np.abs(images[n] - images[1]).mean()), 3),
             }
         )
@@ -147,6 +149,7 @@ def shipped_model(
         "backend": backend,
         "job": f"4 views, CFG, {STEPS} steps, schedule {schedule.model_dump(exclude_defaults=True)}, seed 7",
         "rounds": rounds,
+        "interval_goal": goal,
         "rows": rows,
     }
 
@@ -249,14 +252,15 @@ def step_cache_ratio(
     shallow: Callable[[], object],
     kinds: dict[int, str],
     max_seconds: float,
+    goal: float = INTERVAL_GOAL,
     **paired: object,
 ) -> tuple[PairedRatio, list[dict]]:
     """Time `shallow` against `full` in alternating pairs until the speedup of every plan in `kinds`
-    (cache interval -> step kinds) has an interval narrower than `INTERVAL_GOAL` of it, or `max_seconds`
-    are spent; the paired ratio and one row per interval. `paired`: more `paired_ratio` arguments."""
+    (cache interval -> step kinds) has an interval narrower than `goal` of it, or `max_seconds` are
+    spent; the paired ratio and one row per interval. `paired`: more `paired_ratio` arguments."""
 
     def known(ratio: float, low: float, high: float) -> bool:
-        return all(_speedup_width(k, ratio, low, high) < INTERVAL_GOAL for k in kinds.values())
+        return all(_speedup_width(k, ratio, low, high) < goal for k in kinds.values())
 
     r = paired_ratio(full, shallow, known=known, max_seconds=max_seconds, **paired)  # type: ignore[arg-type]
     rows = []
@@ -270,13 +274,13 @@ def step_cache_ratio(
                 "speedup": round(cache_speedup(k, r.ratio), 4),
                 "speedup_ci95": [round(cache_speedup(k, r.high), 4), round(cache_speedup(k, r.low), 4)],
                 "ci_width_over_speedup": round(width, 4),
-                "converged": width < INTERVAL_GOAL,
+                "converged": width < goal,
             }
         )
     return r, rows
 
 
-def sd_shaped(max_seconds: float, min_pairs: int = MIN_PAIRS) -> dict:
+def sd_shaped(max_seconds: float, min_pairs: int = MIN_PAIRS, goal: float = INTERVAL_GOAL) -> dict:
     """The sd section: `step_cache_ratio` on the SD-1.x-shaped UNet's full and shallow steps."""
     import torch
 
@@ -299,6 +303,7 @@ def sd_shaped(max_seconds: float, min_pairs: int = MIN_PAIRS) -> dict:
             lambda: runner.run_step(x, combos, deep),
             kinds,
             max_seconds,
+            goal,
             warmup=1,
             min_pairs=min_pairs,
             progress=lambda line: print(f"bench cache sd, shallow / full: {line}", flush=True),
@@ -310,10 +315,11 @@ def sd_shaped(max_seconds: float, min_pairs: int = MIN_PAIRS) -> dict:
         "method": f"{pairs_sentence(r.pairs, r.converged, 'full', 'shallow')} Shallow / full = {r.ratio:.4f} "
         f"(95% {r.low:.4f}-{r.high:.4f}); speedup at N = {STEPS} / (full steps + shallow steps x that ratio), "
         f"its interval the ratio's mapped through it; the goal: every speedup's interval narrower than "
-        f"{INTERVAL_GOAL:.0%} of it, in {max_seconds / 60:g} minutes at most.",
+        f"{goal * 100:g}% of it, in {max_seconds / 60:g} minutes at most.",
         "pairs": r.pairs,
         "pair_ratios": [round(x, 5) for x in r.ratios],
         "converged": r.converged,
+        "interval_goal": goal,
         "full_step_ms": round(r.baseline_ms, 1),
         "shallow_step_ms": round(r.variant_ms, 1),
         "rows": rows,
@@ -325,10 +331,11 @@ def run_step_cache_bench(
     max_seconds: float = 900.0,
     section: str | None = None,
     engine_cache_dir: str | Path | None = None,
+    goal: float = INTERVAL_GOAL,
 ) -> dict:
-    """Writes step_cache.json and step_cache.md: every section, each timed loop stopping after
-    `max_seconds` at most. `section`: measure only that one and merge it into the step_cache.json already
-    in `out_dir` (the other sections keep their figures)."""
+    """Writes step_cache.json and step_cache.md: every section, each timed loop stopping when its
+    intervals are narrower than `goal` of its figures or after `max_seconds`. `section`: measure only that
+    one and merge it into the step_cache.json already in `out_dir` (the other sections keep their figures)."""
     from engines.errors import UserInputError
 
     out = Path(out_dir)
@@ -348,7 +355,10 @@ def run_step_cache_bench(
         names = [section]
     for name in names:
         earlier = result.get(name) if section is not None else None
-        result[name] = {"machine": torch_machine(), **SECTIONS[name].measure(max_seconds, cache)}
+        result[name] = {
+            "machine": torch_machine(),
+            **SECTIONS[name].measure(Budget(max_seconds, goal, cache)),
+        }
         if earlier is not None and any("speedup_ci95" in r for r in earlier.get("rows", [])):
             result[name]["earlier_runs"] = earlier.get("earlier_runs", []) + [earlier_run(earlier)]
     out.mkdir(parents=True, exist_ok=True)
@@ -359,10 +369,12 @@ def run_step_cache_bench(
 
 def earlier_run(figures: dict) -> dict:
     """What a section's report keeps of a run that a later `--section` run replaced: each interval's
-    speedup and 95% interval, how long it ran and its machine's load."""
+    speedup and 95% interval, how long it ran, its machine's load and CPU model (where recorded)."""
+    machine = figures.get("machine", {})
     return {
         "measured": f"{figures['rounds']} rounds" if "rounds" in figures else f"{figures['pairs']} pairs",
-        "load_average_1min": figures.get("machine", {}).get("load_average_1min"),
+        "load_average_1min": machine.get("load_average_1min"),
+        **({"cpu_model": machine["cpu_model"]} if machine.get("cpu_model") else {}),
         "speedups": {str(r["cache_interval"]): [r["speedup"], *r["speedup_ci95"]] for r in figures["rows"]},
     }
 
@@ -377,6 +389,7 @@ def _earlier_lines(figures: dict) -> list[str]:
     lines = ["", f"Earlier runs of this section, replaced by the one above ({len(runs)}):", ""]
     for run in runs:
         load = f", load average {run['load_average_1min']}" if run.get("load_average_1min") else ""
+        load += f", CPU {run['cpu_model']}" if run.get("cpu_model") else ", CPU model not recorded"
         each = "; ".join(f"N={n} {g} [{lo}, {hi}]" for n, (g, lo, hi) in run["speedups"].items() if n != "1")
         lines.append(f"- {run['measured']}{load}: {each}")
     verdicts = []
@@ -423,7 +436,7 @@ def _shipped_lines(s: dict) -> list[str]:
         f"## Shipped model ({s['model']}): measured denoise loops",
         f"{s['job']}; {s['rounds']} interleaved rounds; speedup = denoise seconds at N=1 / at N, per round "
         "(a paired ratio); their geometric mean and its 95% bootstrap interval (engines/bench/paired.py), rounds "
-        f"added until every interval is narrower than {INTERVAL_GOAL:.0%} of its speedup or the time budget is "
+        f"added until every interval is narrower than {s.get('interval_goal', INTERVAL_GOAL) * 100:g}% of its speedup or the time budget is "
         "spent (`converged`). Image difference: mean |difference| from N=1 in levels of 255 "
         "(a sanity figure; the quality evaluation is not run).",
         "",
@@ -493,20 +506,33 @@ def _loop_table(rows: list[dict]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What a section's timed loops may spend and aim for."""
+
+    max_seconds: float  # each timed loop stops after this long
+    goal: float  # or once its intervals are narrower than this fraction of its figures
+    engine_cache_dir: Path | None
+
+
+@dataclass(frozen=True)
 class Section:
-    measure: Callable[[float, Path | None], dict]  # (max_seconds, engine cache dir) -> its figures
+    measure: Callable[[Budget], dict]  # its figures
     lines: Callable[[dict], list[str]]  # its report from its figures: the title, then the body
 
 
 #: the report's sections, in its order (`--section NAME` measures one)
 SECTIONS: dict[str, Section] = {
-    "shipped": Section(lambda seconds, cache: shipped_model(seconds), _shipped_lines),
+    "shipped": Section(lambda b: shipped_model(b.max_seconds, goal=b.goal), _shipped_lines),
     "onnx": Section(
-        lambda seconds, cache: shipped_model(
-            seconds, backend="onnx", intervals=ONNX_INTERVALS, engine_cache_dir=cache
+        lambda b: shipped_model(
+            b.max_seconds,
+            backend="onnx",
+            intervals=ONNX_INTERVALS,
+            engine_cache_dir=b.engine_cache_dir,
+            goal=b.goal,
         ),
         _onnx_lines,
     ),
-    "batched": Section(batched, _batched_lines),
-    "sd": Section(lambda seconds, cache: sd_shaped(seconds), _sd_lines),
+    "batched": Section(lambda b: batched(b.max_seconds, b.engine_cache_dir), _batched_lines),  # no interval
+    "sd": Section(lambda b: sd_shaped(b.max_seconds, goal=b.goal), _sd_lines),
 }

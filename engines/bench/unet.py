@@ -402,6 +402,11 @@ def resumable_pairs(previous: dict, machine: dict, setup: dict | None = None) ->
     differ = [
         f"machine.{k}" for k in RESUME_MACHINE_KEYS if previous.get("machine", {}).get(k) != machine.get(k)
     ]
+    was_on = previous.get("machine", {}).get("cpu_model")
+    if was_on and was_on != machine.get(
+        "cpu_model"
+    ):  # reports before the CPU model was recorded: not checked
+        differ.append(f"CPU model: {was_on}, now {machine.get('cpu_model')}")
     if previous.get("model") != SD_MODEL:
         differ.append("model")
     differ += [k for k in RESUME_SETUP_KEYS if setup is not None and previous.get(k) != setup[k]]
@@ -427,7 +432,7 @@ def run_sd_shifter_cost(
     """`realiz3d bench unet --shape sd` on the CPU: the block-shift cost at SD 1.x shapes (seeded weights,
     64x64 latents, 38 sites), its interval `width` wide or `max_minutes` spent; writes unet_sd_cpu.json and
     unet_sd_cpu.md. `resume`: pool this run's pairs with those of the report already in `out_dir` (same
-    model, same machine threading, else a `UserInputError` before anything is timed), so runs in separate
+    model, same machine threading and CPU model, else a `UserInputError` before anything is timed), so runs in separate
     quiet windows add up to one interval; the report lists every run."""
     from engines.bench.sd_like import sd_like_model
 
@@ -456,6 +461,7 @@ def run_sd_shifter_cost(
         {
             "pairs": result.pop("pairs_this_run"),
             "load_average_1min": result["machine"].get("load_average_1min"),
+            **({"cpu_model": machine["cpu_model"]} if machine.get("cpu_model") else {}),
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
     ]
@@ -474,6 +480,7 @@ def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
     each = []
     for r, (ratio, low, high), pairs in zip(runs, own, split_runs(pair_ratios, sizes), strict=True):
         load = f", load average {r['load_average_1min']}" if r.get("load_average_1min") else ""
+        load += f", CPU {r['cpu_model']}" if r.get("cpu_model") else ""
         count = f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''}"
         if len(pairs) < MIN_PAIRS:
             each.append(f"{count} reading {ratio:.4f} (under {MIN_PAIRS}: no interval of its own){load}")

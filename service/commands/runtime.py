@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engines.bench import OUT_DIR
 from engines.bench.coverage import SECTIONS as COVERAGE_SECTIONS
+from engines.bench.step_cache import INTERVAL_GOAL
 from engines.bench.step_cache import SECTIONS as CACHE_SECTIONS
 from service.commands.engines import ENGINE_CACHE_HELP, add_engine_cache_arg, engine_cache_dir
 from service.commands.schedule_arg import SCHEDULE_HELP, parse_schedule
@@ -57,6 +58,18 @@ class BenchOption:
         if kwargs.get("default") is not None and "(default:" not in kwargs.get("help", ""):
             kwargs["help"] = kwargs.get("help", "") + " (default: %(default)s)"
         parser.add_argument(*self.flags, **kwargs)
+
+
+def _fraction(text: str) -> float:
+    """An interval-width goal: a number strictly between 0 and 1 (0 no interval meets, 1 or more every
+    interval meets), else argparse's one-line error, exit 2."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must lie strictly between 0 and 1")
+    return value
 
 
 def _option(*flags: str, targets: tuple[str, ...], **kwargs) -> BenchOption:
@@ -108,11 +121,15 @@ BENCH_OPTIONS = (
     _option("--gpu-only", targets=("unet",), action="store_true", help="skip the CPU table"),
     _option(
         "--interval-width",
-        targets=("unet",),
-        type=float,
+        targets=("unet", "cache"),
+        type=_fraction,
         default=None,
-        help="with --shape sd: time the shifter's cost in pairs until its 95%% interval is this narrow "
-        "(default: 0.01)",
+        help={
+            "unet": "with --shape sd: time the shifter's cost in pairs until its 95%% interval is this narrow "
+            "(default: 0.01)",
+            "cache": "time each loop until every speedup's 95%% interval is narrower than this fraction of it "
+            f"(default: {INTERVAL_GOAL:g})",
+        },
     ),
     _option(
         "--resume",
@@ -393,6 +410,7 @@ def run_bench(args: argparse.Namespace) -> int:
             max_seconds=_max_minutes(args) * 60,
             section=args.section,
             engine_cache_dir=engine_cache_dir(args.engine_cache),
+            goal=args.interval_width if args.interval_width is not None else INTERVAL_GOAL,
         )
     elif args.target == "loading":
         from engines.bench.loading import run as run_loading
