@@ -459,6 +459,12 @@ def test_bench_cache_section_merges_into_the_report_with_the_max_minutes_budget(
     assert asked[-1] == (900.0, 0.008) and len(asked) == 3
     again = json.loads((tmp_path / "step_cache.json").read_text())["sd"]["earlier_runs"]
     assert len(again) == 3 and again[1]["speedups"] == {"1": [1.0, 1.0, 1.0], "3": [1.8, 1.79, 1.81]}
+    # the committed run (no CPU model recorded) disagrees; the three runs made here, on one CPU model, agree
+    here = json.loads((tmp_path / "step_cache.json").read_text())["sd"]["machine"]["cpu_model"]
+    assert again[1]["cpu_model"] == here and "cpu_model" not in again[0]
+    md = (tmp_path / "step_cache.md").read_text()
+    assert "All 4 runs: N=3: the runs' intervals do NOT overlap" in md and "CPU model not recorded" in md
+    assert f"The 3 runs on this run's CPU model ({here}): N=3: the runs' intervals overlap." in md
     try:
         step_cache.run_step_cache_bench(tmp_path, section="nope")
     except UserInputError as e:

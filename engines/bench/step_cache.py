@@ -382,7 +382,8 @@ def earlier_run(figures: dict) -> dict:
 def _earlier_lines(figures: dict) -> list[str]:
     """The earlier runs of a section, and per interval whether every run's interval overlaps this one's:
     where they do not, runs differ by more than one run's interval, and the figure is known to no better
-    than that spread."""
+    than that spread. Where earlier runs recorded this run's CPU model, the same verdict for those runs
+    alone: runs on one processor can agree while runs on different ones do not."""
     runs = figures.get("earlier_runs", [])
     if not runs:
         return []
@@ -392,8 +393,24 @@ def _earlier_lines(figures: dict) -> list[str]:
         load += f", CPU {run['cpu_model']}" if run.get("cpu_model") else ", CPU model not recorded"
         each = "; ".join(f"N={n} {g} [{lo}, {hi}]" for n, (g, lo, hi) in run["speedups"].items() if n != "1")
         lines.append(f"- {run['measured']}{load}: {each}")
+    verdict = _overlap_verdicts(figures["rows"], runs)
+    lines += ["", f"All {len(runs) + 1} runs: {verdict}."] if verdict else []
+    here = figures.get("machine", {}).get("cpu_model")
+    same = [run for run in runs if here and run.get("cpu_model") == here]
+    if same:
+        lines += [
+            "",
+            f"The {len(same) + 1} runs on this run's CPU model ({here}): "
+            f"{_overlap_verdicts(figures['rows'], same)}.",
+        ]
+    return lines
+
+
+def _overlap_verdicts(rows: list[dict], runs: list[dict]) -> str:
+    """Per cache interval above 1, whether this run's interval (`rows`) and every one of `runs`' overlap,
+    and if not, how far their figures spread."""
     verdicts = []
-    for r in figures["rows"]:
+    for r in rows:
         n = str(r["cache_interval"])
         intervals = [(r["speedup"], *r["speedup_ci95"])] + [
             tuple(run["speedups"][n]) for run in runs if n in run["speedups"]
@@ -409,7 +426,7 @@ def _earlier_lines(figures: dict) -> list[str]:
                 f"N={n}: the runs' intervals do NOT overlap (their figures span {low} - {high}, "
                 f"{(high - low) / low:.2%}): runs differ by more than one run's interval"
             )
-    return lines + ["", "; ".join(verdicts) + "."] if verdicts else lines
+    return "; ".join(verdicts)
 
 
 def write_report(result: dict, out: Path) -> None:
