@@ -394,7 +394,8 @@ def _earlier_lines(figures: dict) -> list[str]:
         each = "; ".join(f"N={n} {g} [{lo}, {hi}]" for n, (g, lo, hi) in run["speedups"].items() if n != "1")
         lines.append(f"- {run['measured']}{load}: {each}")
     verdict = _overlap_verdicts(figures["rows"], runs)
-    lines += ["", f"All {len(runs) + 1} runs: {verdict}."] if verdict else []
+    every = "Both runs" if len(runs) == 1 else f"All {len(runs) + 1} runs"
+    lines += ["", f"{every}: {verdict}."] if verdict else []
     here = figures.get("machine", {}).get("cpu_model")
     same = [run for run in runs if here and run.get("cpu_model") == here]
     if same:
