@@ -118,6 +118,30 @@ def test_the_estimate_grows_with_the_queue_ahead_and_shrinks_with_step_caching()
     assert estimate_new([worker()], JobKind.texture, params, 0) > 0  # no texture job seen yet: steps only
 
 
+def test_a_cached_jobs_tick_is_a_full_and_a_shallow_call_each_costed_at_its_own_size():
+    """Eight jobs arriving apart are at different points of their runs: each tick runs the full-step jobs
+    in one call and the shallow-step jobs in another, and every job waits for both. Reading both costs at
+    the whole tick's 64 images (one call) underestimated a cached job by about 20% on a real worker."""
+    busy = worker(slots=8)
+    busy["step_costs"]["occupancy"] = 8
+    params = {"prompt": "x", "num_views": 4, "steps": 30, "cache_interval": 3}
+    full, shallow = step_kinds(30, 3)
+    assert (full, shallow) == (10, 20)
+    in_full, in_shallow = 8 * full / 30, 8 * shallow / 30  # jobs per call, 8 images each
+    tick = in_full * 8 * per_image(TABLE, "full", round(in_full * 8)) + in_shallow * 8 * per_image(
+        TABLE, "shallow", round(in_shallow * 8)
+    )
+    assert estimate_new([busy], JobKind.multiview, params, 7) == pytest.approx(30 * tick + 0.5, abs=1e-3)
+    one_call = 64 * (full * per_image(TABLE, "full", 64) + shallow * per_image(TABLE, "shallow", 64)) / 30
+    assert tick > 1.2 * one_call  # a 21-image full call costs more per image than a 64-image one
+    # without caching a tick is one full call of all 64 images
+    uncached = estimate_new([busy], JobKind.multiview, {**params, "cache_interval": 1}, 7)
+    assert uncached == pytest.approx(30 * 64 * 0.002 + 0.5, abs=1e-3)
+    # a job alone: its full steps in one call of its 8 images, its shallow steps in another
+    alone = estimate_new([worker(slots=8)], JobKind.multiview, params, 0)
+    assert alone == pytest.approx(8 * (full * 0.004 + shallow * 0.0008) + 0.5, abs=1e-3)
+
+
 def test_get_counts_down_from_the_jobs_progress():
     w = [worker()]
     record = JobRecord(id="j", kind=JobKind.multiview, params={"num_views": 4, "steps": 30}, ahead=2)
