@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -88,6 +90,33 @@ def test_bench_defaults_are_per_target():
     assert parser.parse_args(["bench", "eta"]).concurrency == 8
     assert parser.parse_args(["bench", "eta"]).name == "eta"
     assert parser.parse_args(["bench", "unet"]).name == "backends"
+    assert parser.parse_args(["bench", "eta"]).busy_cores == 0
+    assert parser.parse_args(["bench", "eta", "--busy-cores", "1"]).busy_cores == 1
+
+
+def test_busy_cores_load_the_machine_while_the_block_runs_and_leave_nothing_behind(capsys):
+    import pytest
+
+    from engines.bench.background_load import busy_cores
+    from service.cli import build_parser
+
+    with busy_cores(0) as none:
+        assert none == []
+    with busy_cores(1) as procs:
+        pid = procs[0].pid
+        time.sleep(1.0)
+        ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        on_cpu = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, seconds
+        assert on_cpu > 0.3 and procs[0].poll() is None  # it spins (a 2-core CI machine still runs it)
+    assert procs[0].poll() is not None and not Path(f"/proc/{pid}").exists()  # killed and reaped
+    with pytest.raises(RuntimeError), busy_cores(1) as procs:  # the block failing still kills them
+        raise RuntimeError("the benchmark failed")
+    assert procs[0].poll() is not None
+    with pytest.raises(ValueError):
+        busy_cores(-1).__enter__()
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["bench", "eta", "--busy-cores", "-1"])
+    assert refused.value.code == 2 and "--busy-cores: -1 must be 0 or more" in capsys.readouterr().err
 
 
 def test_batch_scaling_times_each_batch_of_whole_cfg_objects(tiny_model_dir):

@@ -7,7 +7,9 @@ Configurations: batched (`REALIZ3D_BATCH_MAX_JOBS=8`), unbatched (`=1`) and batc
 `cache_interval` 3 (full and shallow steps). For each job: the estimate in its 202 and the time from
 before its POST to the client seeing it end; the error is (estimate - measured) / measured. Reported
 for every job, and for the steady state alone: the jobs submitted after the first one ended (the first
-wave's estimates cannot know of the jobs submitted after them, which share their ticks).
+wave's estimates cannot know of the jobs submitted after them, which share their ticks). `busy_cores`:
+that many busy-loop processes run beside the service the whole time (engines/bench/background_load.py),
+a steady noisy neighbour that every job and every measured step pays for.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from engines.bench.background_load import busy_cores as busy_processes
 from engines.bench.gateway_overhead import _local_stack
 from engines.bench.loadtest import JobSample, LoadTestConfig, percentile, run_load, run_loadtest
 from engines.bench.machine import describe, machine
@@ -61,12 +64,18 @@ def run(
     views: int = 4,
     out_dir: Path | None = None,
     name: str = "eta",
+    busy_cores: int = 0,
 ) -> dict[str, Any]:
-    """Each configuration on its own service, one after another; writes `<name>.json/.md`."""
+    """Each configuration on its own service, one after another, with `busy_cores` busy-loop processes
+    running beside it; writes `<name>.json/.md`."""
     out_dir = out_dir or Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
     results: dict[str, Any] = {}
     for config, max_jobs, interval in CONFIGS:
-        with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="realiz3d-eta-") as tmp:
+        with (
+            ExitStack() as stack,
+            tempfile.TemporaryDirectory(prefix="realiz3d-eta-") as tmp,
+            busy_processes(busy_cores),
+        ):
             env = {"REALIZ3D_BATCH_MAX_JOBS": str(max_jobs), "OMP_NUM_THREADS": "2"}
             url = _local_stack(stack, Path(tmp), worker_env=env)
             # warm-up outside the measurement (first-call allocations; the first step costs measured)
@@ -100,7 +109,13 @@ def run(
         }
     report = {
         "machine": machine(),
-        "workload": {"concurrency": concurrency, "jobs": jobs, "steps": steps, "num_views": views},
+        "workload": {
+            "concurrency": concurrency,
+            "jobs": jobs,
+            "steps": steps,
+            "num_views": views,
+            "busy_cores": busy_cores,
+        },
         "goal": f"|estimate - measured| / measured <= {GOAL} at p50 (steady state)",
         **results,
     }
@@ -126,8 +141,14 @@ def write_report(report: dict[str, Any], out_dir: Path, name: str = "eta") -> No
             "",
             f"Real service per configuration (redis-server + 1 worker with 2 threads + gateway), embedded "
             f"default model, {w['concurrency']} clients in a closed loop (the throughput benchmark's load), "
-            f"{w['jobs']} jobs of {w['num_views']} views x {w['steps']} steps each. Machine: "
-            f"{describe(report['machine'])}.",
+            f"{w['jobs']} jobs of {w['num_views']} views x {w['steps']} steps each"
+            + (
+                f", {w['busy_cores']} busy-loop process(es) running beside the service throughout (a steady "
+                "noisy neighbour, `--busy-cores`)"
+                if w.get("busy_cores")
+                else ""
+            )
+            + f". Machine: {describe(report['machine'])}.",
             "",
             "Error = (the 202's estimated_seconds - the time from before the POST to the client seeing the job "
             "end) / that time. *steady*: the jobs submitted after the first job ended; *all*: every job, "

@@ -72,6 +72,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more, else argparse's one-line error, exit 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
 def _option(*flags: str, targets: tuple[str, ...], **kwargs) -> BenchOption:
     return BenchOption(flags, targets, kwargs)
 
@@ -98,6 +109,14 @@ BENCH_OPTIONS = (
         "--job-steps", targets=("throughput", "eta"), type=int, default=10, help="denoising steps per job"
     ),
     _option("--job-views", targets=("throughput", "eta"), type=int, default=4, help="views per job"),
+    _option(
+        "--busy-cores",
+        targets=("eta",),
+        type=_count,
+        default=0,
+        help="run this many busy-loop processes beside the service while it measures: a steady noisy "
+        "neighbour (default: 0)",
+    ),
     _option(
         "--rounds",
         targets=("gateway", "throughput"),
@@ -452,6 +471,7 @@ def run_bench(args: argparse.Namespace) -> int:
             views=args.job_views,
             out_dir=args.out,
             name=args.name,
+            busy_cores=args.busy_cores,
         )
         print(
             json.dumps({k: v["steady"] for k, v in report.items() if isinstance(v, dict) and "steady" in v})
