@@ -13,10 +13,9 @@ counted by the same store script that stores it) are like this one and that the 
 worker with `slots` batched slots, n jobs in all (ahead + this one) split evenly across the workers that
 serve the kind: this job waits for max(0, n - slots) of them to finish (each holds its slot for a run at
 full occupancy plus its outside time), then runs its steps in ticks of min(slots, max(n, the jobs per tick
-the worker published: its recent load)) jobs' images, then its outside-denoising time. A tick runs one call
-per step kind; with step caching the tick's jobs split between the full and the shallow call in proportion
-to the job's full and shallow steps (jobs arriving apart are at different points of their runs), and each
-call costs what the measured table says for a call of its size and step kind. `GET` keeps it current: a queued job's estimate counts down from its submission's, never below its own
+the worker published: its recent load)) jobs' images, each
+step costing what the measured table says for a call of that size and step kind, then its outside-denoising
+time. `GET` keeps it current: a queued job's estimate counts down from its submission's, never below its own
 run; a running job's is its steps left at that occupancy plus the share of its outside time still to come;
 a finished job's is 0. None (the field is null): no live worker serving the kind publishes step costs.
 """
@@ -28,6 +27,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -57,6 +57,13 @@ class WorkerCosts:
     def of(cls, pipeline: Any) -> WorkerCosts:
         runner = getattr(pipeline, "runner", None)
         return cls(getattr(pipeline, "step_costs", None), bool(getattr(runner, "step_cache", False)))
+
+    def listen(self, on_new_size: Callable[[], None]) -> None:
+        """`on_new_size()` whenever the step table gains a measured call size (`StepCosts.listen`): the
+        heartbeat publishes then, so estimates stop extrapolating from the warm-up's small calls within
+        a tick instead of within a heartbeat period."""
+        if self.step_costs is not None and hasattr(self.step_costs, "listen"):
+            self.step_costs.listen(on_new_size)
 
     def record_job(self, kind: str, run_seconds: float, denoise_seconds: float) -> None:
         """A job ran `run_seconds`, `denoise_seconds` of them in its (first) denoising call."""
@@ -164,26 +171,16 @@ class _Worker(NamedTuple):
         return max(1, min(self.slots, max(round(jobs), self.occupancy)))
 
     def step_seconds(self, job: JobShape, occupancy: int) -> float | None:
-        """Seconds of one of the job's steps: a tick of `occupancy` such jobs. A tick runs one call per
-        step kind its jobs need (engines/runtime/engine.py's `schedule`), and every job waits for the whole
-        tick. Jobs that arrive apart are at different points of their runs, so a share full/steps of them
-        is in the full call and the rest in the shallow one: each call holds its share of the tick's
-        images, and its per-image cost is read at that size (a smaller call costs more per image). A kind
-        with under one job's share runs in that share of the ticks, one job's images."""
+        """Seconds of one of the job's steps, averaged over its step kinds, in ticks of `occupancy` such
+        jobs (one call of each kind holding all of them)."""
         full, shallow = job.cached if self.step_cache else (job.steps, 0)
-        if not job.steps:
+        images = occupancy * job.images(self.native)
+        batch = max(1, round(images))
+        c_full = self.costs.per_image("full", batch)
+        c_shallow = self.costs.per_image("shallow", batch) if shallow else 0.0
+        if c_full is None or c_shallow is None or not job.steps:
             return None
-        per_job = job.images(self.native)
-        seconds = 0.0
-        for kind, steps in (("full", full), ("shallow", shallow)):
-            if not steps:
-                continue
-            jobs = occupancy * steps / job.steps  # jobs in this kind's call, on average over the ticks
-            cost = self.costs.per_image(kind, max(1, round(max(jobs, 1.0) * per_job)))
-            if cost is None:
-                return None
-            seconds += jobs * per_job * cost
-        return seconds
+        return images * (full * c_full + shallow * c_shallow) / job.steps
 
     def eta(self, kind: JobKind, job: JobShape, jobs: float) -> float | None:
         """Seconds until a job ends here with `jobs` such jobs in all before and with it."""

@@ -66,6 +66,21 @@ def test_the_engine_loop_measures_full_and_shallow_steps_per_image(tiny_model_di
         assert list(table[kind]) == ["4"] and 0 < table[kind]["4"] < math.inf
 
 
+def test_step_costs_say_when_a_call_size_is_first_measured():
+    costs, heard = StepCosts(), []
+    costs.listen(lambda: heard.append(costs.table()))
+    costs.record("full", 8, 0.5)  # a size's first call pays its allocations: left out, nothing new yet
+    assert heard == []
+    costs.record("full", 8, 0.04)
+    assert heard == [{"full": {"8": 0.005}}]  # the listener sees the table that has it
+    costs.record("full", 8, 0.04)
+    costs.record("full", 9, 0.04)  # bucket 8 again: nothing new
+    assert len(heard) == 1
+    costs.record("shallow", 8, 0.5)
+    costs.record("shallow", 8, 0.008)
+    assert len(heard) == 2 and heard[-1]["shallow"] == {"8": 0.001}
+
+
 def test_a_cost_table_reads_by_batch_and_a_missing_shallow_step_uses_the_prior():
     assert per_image(TABLE, "full", 8) == 0.004 and per_image(TABLE, "full", 64) == 0.002
     assert per_image(TABLE, "full", 1) == 0.004 and per_image(TABLE, "full", 500) == 0.002  # the nearest
@@ -116,30 +131,6 @@ def test_the_estimate_grows_with_the_queue_ahead_and_shrinks_with_step_caching()
     assert at_8[0] == at_8[1] == at_8[2] > batched
     assert estimate_new([{**worker(), "step_costs": None}], JobKind.multiview, params, 0) is None
     assert estimate_new([worker()], JobKind.texture, params, 0) > 0  # no texture job seen yet: steps only
-
-
-def test_a_cached_jobs_tick_is_a_full_and_a_shallow_call_each_costed_at_its_own_size():
-    """Eight jobs arriving apart are at different points of their runs: each tick runs the full-step jobs
-    in one call and the shallow-step jobs in another, and every job waits for both. Reading both costs at
-    the whole tick's 64 images (one call) underestimated a cached job by about 20% on a real worker."""
-    busy = worker(slots=8)
-    busy["step_costs"]["occupancy"] = 8
-    params = {"prompt": "x", "num_views": 4, "steps": 30, "cache_interval": 3}
-    full, shallow = step_kinds(30, 3)
-    assert (full, shallow) == (10, 20)
-    in_full, in_shallow = 8 * full / 30, 8 * shallow / 30  # jobs per call, 8 images each
-    tick = in_full * 8 * per_image(TABLE, "full", round(in_full * 8)) + in_shallow * 8 * per_image(
-        TABLE, "shallow", round(in_shallow * 8)
-    )
-    assert estimate_new([busy], JobKind.multiview, params, 7) == pytest.approx(30 * tick + 0.5, abs=1e-3)
-    one_call = 64 * (full * per_image(TABLE, "full", 64) + shallow * per_image(TABLE, "shallow", 64)) / 30
-    assert tick > 1.2 * one_call  # a 21-image full call costs more per image than a 64-image one
-    # without caching a tick is one full call of all 64 images
-    uncached = estimate_new([busy], JobKind.multiview, {**params, "cache_interval": 1}, 7)
-    assert uncached == pytest.approx(30 * 64 * 0.002 + 0.5, abs=1e-3)
-    # a job alone: its full steps in one call of its 8 images, its shallow steps in another
-    alone = estimate_new([worker(slots=8)], JobKind.multiview, params, 0)
-    assert alone == pytest.approx(8 * (full * 0.004 + shallow * 0.0008) + 0.5, abs=1e-3)
 
 
 def test_get_counts_down_from_the_jobs_progress():
@@ -207,6 +198,40 @@ def test_a_real_worker_publishes_step_costs_and_the_gateway_estimates_and_update
         assert last[0] > first[0] and last[1] < first[1], seen
     # the finished job's time outside denoising is published with a later heartbeat
     wait_until(lambda: "multiview" in (published() or {}).get("job_overhead_s", {}), 30, "its jobs' overhead")
+
+
+def test_a_worker_publishes_a_newly_measured_call_size_before_its_next_heartbeat(
+    redis_server, service_launcher
+):
+    """A new worker's table holds only its warm-up's full steps; the first shallow steps it measures are
+    published within a tick's wake-up, not a heartbeat period later (60 s here): until then every estimate
+    of a cached job would read the shallow prior."""
+    broker = redis_server.url(13)
+    slow_beat = {"REALIZ3D_HEARTBEAT_SECONDS": "60", "REALIZ3D_HEARTBEAT_TTL_SECONDS": "180"}
+    worker_process = service_launcher.worker(broker, **slow_beat)
+    gateway = service_launcher.gateway(broker, **slow_beat)
+    try:
+        service_launcher.wait_ready(worker_process)
+        service_launcher.wait_ready(gateway)
+        store = RedisJobStore(broker)
+
+        def table() -> dict:
+            workers = store.live_workers()
+            return (workers[0].get("step_costs") or {}).get("per_image", {}) if workers else {}
+
+        wait_until(lambda: "full" in table(), 30, "the warm-up's step costs")
+        assert "shallow" not in table()  # the warm-up runs full steps only
+        with Realiz3DClient(gateway.url) as client:
+            accepted = client.submit_multiview(
+                {"prompt": "a red cube", "num_views": 1, "steps": 9, "cache_interval": 3, "seed": 3}
+            )
+            started = time.monotonic()
+            assert client.wait(accepted.id, timeout=60).status == "succeeded"
+        wait_until(lambda: "shallow" in table(), 10, "the measured shallow step, before the next heartbeat")
+        assert time.monotonic() - started < 50
+    finally:
+        gateway.stop()
+        worker_process.stop()
 
 
 def test_embedded_mode_estimates_too(service_launcher):

@@ -25,7 +25,7 @@ import math
 import statistics
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 #: samples kept per (step kind, batch bucket)
 WINDOW = 32
@@ -116,6 +116,13 @@ class StepCosts:
         self._samples: dict[tuple[str, int], deque[float]] = {}
         self._jobs: deque[int] = deque(maxlen=window)
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, on_new_size: Callable[[], None]) -> None:
+        """Call `on_new_size()` (on the engine loop's thread: it must be quick) each time a step kind's
+        batch bucket gets its first counted sample: the table then covers a call size it could only
+        extrapolate to before, so a worker publishes it now rather than at its next heartbeat."""
+        self._listeners.append(on_new_size)
 
     def images(self, rows: int, height: int, width: int) -> float:
         """Native-resolution images in `rows` UNet-input rows of `height` x `width` cells."""
@@ -131,7 +138,11 @@ class StepCosts:
             if samples is None:  # the first call of a batch size pays its allocations (a graph backend
                 self._samples[key] = deque(maxlen=self.window)  # its build): not a step's cost
                 return
+            new_size = not samples
             samples.append(seconds / images)
+        if new_size:
+            for on_new_size in self._listeners:
+                on_new_size()
 
     def record_tick(self, calls: Sequence[tuple[str, float, float]], tick_seconds: float, jobs: int) -> None:
         """One tick's calls as (step kind, images, the call's own seconds): each gets its own time plus its

@@ -83,6 +83,9 @@ class WorkerHeartbeat:
         self.queue = queue
         self.on_hard_limit = on_hard_limit or (lambda job: exit_process())
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by stop() and when the step costs gain a measured call size
+        if ctx.costs is not None:
+            ctx.costs.listen(self._wake.set)
         self._last_beat = time.monotonic()
         self._last_sweep = 0.0
         self._thread = threading.Thread(target=self._loop, name="realiz3d-heartbeat", daemon=True)
@@ -93,6 +96,7 @@ class WorkerHeartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         with contextlib.suppress(Exception):  # the broker may be gone at shutdown
             self.ctx.store.remove_worker(self.ctx.name)
@@ -136,7 +140,11 @@ class WorkerHeartbeat:
 
     def _loop(self) -> None:
         s = self.ctx.settings
-        while not self._stop.wait(s.heartbeat_seconds):
+        while True:
+            self._wake.wait(s.heartbeat_seconds)  # a period, or sooner: new step costs to publish
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.beat()
                 if self.queue is not None:
