@@ -13,9 +13,12 @@ counted by the same store script that stores it) are like this one and that the 
 worker with `slots` batched slots, n jobs in all (ahead + this one) split evenly across the workers that
 serve the kind: this job waits for max(0, n - slots) of them to finish (each holds its slot for a run at
 full occupancy plus its outside time), then runs its steps in ticks of min(slots, max(n, the jobs per tick
-the worker published: its recent load)) jobs' images, each
-step costing what the measured table says for a call of that size and step kind, then its outside-denoising
-time. `GET` keeps it current: a queued job's estimate counts down from its submission's, never below its own
+the worker published: its recent load)) jobs' images, then its outside-denoising time. A tick runs one call
+per step kind, and every job in it waits for the whole tick. The worker publishes, beside the occupancy,
+how its recent ticks mixed (`call_mix`: per step kind, the share of its ticks that also ran the other
+kind's call, and its share of those ticks' images; lockstep jobs never mix): a step of kind k is, that
+often, k's call of its share of the tick's images plus the other kind's call of the rest, and otherwise
+one call of all of them, each call costing what the measured table says for its size and kind. `GET` keeps it current: a queued job's estimate counts down from its submission's, never below its own
 run; a running job's is its steps left at that occupancy plus the share of its outside time still to come;
 a finished job's is 0. None (the field is null): no live worker serving the kind publishes step costs.
 """
@@ -82,6 +85,7 @@ class WorkerCosts:
         now = {
             "per_image": table,
             "occupancy": self.step_costs.occupancy() or 1,
+            "call_mix": self.step_costs.call_mix() if hasattr(self.step_costs, "call_mix") else {},
             "job_overhead_s": overhead,
             "step_cache": self.step_cache,
         }
@@ -147,6 +151,7 @@ class _Worker(NamedTuple):
     step_cache: bool
     overhead: dict[str, float]
     occupancy: int
+    call_mix: dict[str, tuple[float, float]]  # step kind -> (share of its ticks mixed, its share of those)
 
     @classmethod
     def of(cls, info: dict[str, Any]) -> _Worker:
@@ -162,6 +167,11 @@ class _Worker(NamedTuple):
                 bool(costs.get("step_cache")),
                 costs.get("job_overhead_s") or {},
                 max(1, int(costs.get("occupancy") or 1)),
+                {
+                    k: (_fraction(v.get("mixed"), 0.0), _fraction(v.get("share"), 1.0))
+                    for k, v in (costs.get("call_mix") or {}).items()
+                    if isinstance(v, dict)
+                },
             )
         return parsed
 
@@ -172,15 +182,31 @@ class _Worker(NamedTuple):
 
     def step_seconds(self, job: JobShape, occupancy: int) -> float | None:
         """Seconds of one of the job's steps, averaged over its step kinds, in ticks of `occupancy` such
-        jobs (one call of each kind holding all of them)."""
+        jobs. A tick runs one call per step kind and every job in it waits for the whole tick: a step of
+        kind k is, in the share of k's recent ticks the worker published as mixed (`call_mix`; none
+        published: lockstep), a call of k's share of the tick's images plus the other kind's call of
+        the rest, and otherwise one call of all of them; each call costs what the measured table says for
+        its size."""
         full, shallow = job.cached if self.step_cache else (job.steps, 0)
-        images = occupancy * job.images(self.native)
-        batch = max(1, round(images))
-        c_full = self.costs.per_image("full", batch)
-        c_shallow = self.costs.per_image("shallow", batch) if shallow else 0.0
-        if c_full is None or c_shallow is None or not job.steps:
+        if not job.steps:
             return None
-        return images * (full * c_full + shallow * c_shallow) / job.steps
+        images = occupancy * job.images(self.native)
+        seconds = 0.0
+        for kind, other, steps in (("full", "shallow", full), ("shallow", "full", shallow)):
+            if not steps:
+                continue
+            mixed, share = self.call_mix.get(kind, (0.0, 1.0))
+            alone = self._call_seconds(kind, images)
+            own = self._call_seconds(kind, images * share)
+            rest = self._call_seconds(other, images * (1 - share)) if images * (1 - share) >= 0.5 else 0.0
+            if alone is None or own is None or rest is None:
+                return None
+            seconds += steps * ((1 - mixed) * alone + mixed * (own + rest))
+        return seconds / job.steps
+
+    def _call_seconds(self, kind: str, images: float) -> float | None:
+        cost = self.costs.per_image(kind, max(1, round(images)))
+        return None if cost is None else images * cost
 
     def eta(self, kind: JobKind, job: JobShape, jobs: float) -> float | None:
         """Seconds until a job ends here with `jobs` such jobs in all before and with it."""
@@ -195,6 +221,14 @@ class _Worker(NamedTuple):
             full = job.steps * (self.step_seconds(job, self.slots) or step)
             wait = (jobs - self.slots) * (full + outside) / self.slots
         return wait + run + outside
+
+
+def _fraction(value: Any, default: float) -> float:
+    """A published share, clamped to [0, 1]; `default` where it is missing or not a number."""
+    try:
+        return min(1.0, max(0.0, float(value)))
+    except (TypeError, ValueError):
+        return default
 
 
 #: where `_Worker.of` keeps its parse in a worker's info dict (never published)

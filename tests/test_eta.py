@@ -133,6 +133,48 @@ def test_the_estimate_grows_with_the_queue_ahead_and_shrinks_with_step_caching()
     assert estimate_new([worker()], JobKind.texture, params, 0) > 0  # no texture job seen yet: steps only
 
 
+def test_the_worker_publishes_how_its_ticks_mix_step_kinds():
+    costs = StepCosts()
+    assert costs.call_mix() == {}
+    costs.record_tick([("full", 64, 0.1)], 0.1, 8)  # lockstep: one call
+    costs.record_tick([("shallow", 64, 0.01)], 0.01, 8)
+    assert costs.call_mix() == {"full": {"mixed": 0.0, "share": 1.0}, "shallow": {"mixed": 0.0, "share": 1.0}}
+    costs.record_tick([("full", 16, 0.04), ("shallow", 48, 0.01)], 0.05, 8)  # a tick of both
+    assert costs.call_mix() == {
+        "full": {"mixed": 0.5, "share": 0.25},
+        "shallow": {"mixed": 0.5, "share": 0.75},
+    }
+
+
+def test_a_mixed_tick_costs_both_calls_at_their_own_sizes():
+    """Eight cached jobs whose steps interleave: a step waits for the full call and the shallow call of
+    its tick. The worker's published mix decides how often; none published is lockstep."""
+    params = {"prompt": "x", "num_views": 4, "steps": 30, "cache_interval": 3}
+    full, shallow = step_kinds(30, 3)
+    lockstep = worker(slots=8)
+    lockstep["step_costs"]["occupancy"] = 8
+    tick = {"full": 64 * 0.002, "shallow": 64 * 0.0008}  # one call of all 64 images (8 jobs x 8 rows)
+    assert estimate_new([lockstep], JobKind.multiview, params, 7) == pytest.approx(
+        full * tick["full"] + shallow * tick["shallow"] + 0.5, abs=1e-3
+    )
+    mixing = worker(slots=8)
+    mixing["step_costs"]["occupancy"] = 8
+    mixing["step_costs"]["call_mix"] = {
+        "full": {"mixed": 1.0, "share": 0.25},
+        "shallow": {"mixed": 0.5, "share": 0.75},
+    }
+    both = 16 * per_image(TABLE, "full", 16) + 48 * per_image(TABLE, "shallow", 48)  # the mixed tick
+    expected = full * both + shallow * (0.5 * tick["shallow"] + 0.5 * both)
+    assert estimate_new([mixing], JobKind.multiview, params, 7) == pytest.approx(expected + 0.5, abs=1e-3)
+    assert expected > full * tick["full"] + shallow * tick["shallow"]  # waiting for both calls costs
+    garbled = worker(slots=8)
+    garbled["step_costs"]["occupancy"] = 8
+    garbled["step_costs"]["call_mix"] = {"full": "x", "shallow": {"mixed": "?", "share": 7}}
+    assert estimate_new([garbled], JobKind.multiview, params, 7) == estimate_new(
+        [lockstep], JobKind.multiview, params, 7
+    )
+
+
 def test_get_counts_down_from_the_jobs_progress():
     w = [worker()]
     record = JobRecord(id="j", kind=JobKind.multiview, params={"num_views": 4, "steps": 30}, ahead=2)

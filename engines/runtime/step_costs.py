@@ -115,6 +115,7 @@ class StepCosts:
         self.window = window
         self._samples: dict[tuple[str, int], deque[float]] = {}
         self._jobs: deque[int] = deque(maxlen=window)
+        self._mixes: dict[str, deque[float | None]] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
 
@@ -150,8 +151,14 @@ class StepCosts:
         images = sum(n for _, n, _ in calls)
         if not images:
             return
+        by_kind: dict[str, float] = {}
+        for kind, n, _ in calls:
+            by_kind[kind] = by_kind.get(kind, 0.0) + n
         with self._lock:
             self._jobs.append(jobs)
+            for kind, n in by_kind.items():  # None: a tick of this kind alone
+                share = n / images if len(by_kind) > 1 else None
+                self._mixes.setdefault(kind, deque(maxlen=self.window)).append(share)
         outside = max(0.0, tick_seconds - sum(s for _, _, s in calls))
         for kind, n, seconds in calls:
             self.record(kind, n, seconds + outside * n / images)
@@ -160,6 +167,22 @@ class StepCosts:
         """Jobs per tick, the median of the last `WINDOW` ticks (None: no tick yet): the load as it is."""
         with self._lock:
             return round(statistics.median(self._jobs)) if self._jobs else None
+
+    def call_mix(self) -> dict[str, dict[str, float]]:
+        """Per step kind, over the last `WINDOW` ticks that ran it: `mixed`, the share of them that also
+        ran the other kind's call (0 while jobs step in lockstep: a tick is one kind's call), and
+        `share`, the mean share of a mixed tick's images in this kind's call. Every job in a tick waits
+        for all of its calls. The load as it is, like `occupancy`."""
+        out: dict[str, dict[str, float]] = {}
+        with self._lock:
+            for kind, ticks in sorted(self._mixes.items()):
+                shares = [x for x in ticks if x is not None]
+                if ticks:
+                    out[kind] = {
+                        "mixed": round(len(shares) / len(ticks), 2),
+                        "share": round(statistics.fmean(shares), 2) if shares else 1.0,
+                    }
+        return out
 
     def table(self) -> CostTable:
         """{step kind: {batch bucket: mean seconds per image}}, rounded to `DIGITS` significant digits."""
