@@ -57,13 +57,18 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _local_stack(
-    stack: ExitStack, workdir: Path, worker_env: dict[str, str] | None = None, metrics_port: int | None = None
+    stack: ExitStack,
+    workdir: Path,
+    worker_env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
+    redis_port: int | None = None,
 ) -> str:
-    """redis-server + worker + gateway as subprocesses; returns the gateway URL."""
+    """redis-server (on `redis_port`, else a free one) + worker + gateway as subprocesses; returns the
+    gateway URL."""
     redis_bin = shutil.which("redis-server")
     if redis_bin is None:
         raise RuntimeError("redis-server is not installed")
-    rport, gport, mport = _free_port(), _free_port(), metrics_port or _free_port()
+    rport, gport, mport = redis_port or _free_port(), _free_port(), metrics_port or _free_port()
     broker = f"redis://127.0.0.1:{rport}/0"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "REALIZ3D_ARTIFACT_DIR": str(workdir / "artifacts")}
 
