@@ -168,7 +168,7 @@ class _Worker(NamedTuple):
                 costs.get("job_overhead_s") or {},
                 max(1, int(costs.get("occupancy") or 1)),
                 {
-                    k: (_fraction(v.get("mixed"), 0.0), _fraction(v.get("share"), 1.0))
+                    k: (_share(v.get("mixed"), 0.0), _share(v.get("share"), 1.0))
                     for k, v in (costs.get("call_mix") or {}).items()
                     if isinstance(v, dict)
                 },
@@ -223,7 +223,7 @@ class _Worker(NamedTuple):
         return wait + run + outside
 
 
-def _fraction(value: Any, default: float) -> float:
+def _share(value: Any, default: float) -> float:
     """A published share, clamped to [0, 1]; `default` where it is missing or not a number."""
     try:
         return min(1.0, max(0.0, float(value)))

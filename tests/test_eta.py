@@ -178,26 +178,34 @@ def test_a_mixed_tick_costs_both_calls_at_their_own_sizes():
 def test_bench_eta_re_estimates_a_job_under_the_lockstep_model_from_the_infos_that_gave_its_202():
     from engines.bench.eta import lockstep_estimate
 
-    mixing = worker(slots=8)
-    mixing["step_costs"]["call_mix"] = {
-        "full": {"mixed": 1.0, "share": 0.25},
-        "shallow": {"mixed": 1.0, "share": 0.75},
-    }
+    def mixing() -> dict:  # a snapshot as read: estimating parses an info in place, so each use gets its own
+        w = worker(slots=8)
+        w["step_costs"]["call_mix"] = {
+            "full": {"mixed": 1.0, "share": 0.25},
+            "shallow": {"mixed": 1.0, "share": 0.75},
+        }
+        return w
+
     lockstep = worker(slots=8)
     params = {"num_views": 4, "steps": 30, "cache_interval": 3}
-    live = estimate_new([mixing], JobKind.multiview, params, 5)
+    live = estimate_new([mixing()], JobKind.multiview, params, 5)
     assert live > estimate_new([lockstep], JobKind.multiview, params, 5)
-    assert lockstep_estimate([mixing], params, live) == estimate_new([lockstep], JobKind.multiview, params, 5)
-    assert "call_mix" in mixing["step_costs"]  # the snapshot itself is left as read
-    assert lockstep_estimate([mixing], params, 1e6) is None  # no jobs-ahead count reproduces it
-    assert lockstep_estimate([mixing], params, None) is None and lockstep_estimate(None, params, live) is None
+    snapshot = mixing()
+    assert lockstep_estimate([snapshot], params, live) == estimate_new(
+        [lockstep], JobKind.multiview, params, 5
+    )
+    assert "call_mix" in snapshot["step_costs"]  # the snapshot itself is left as read
+    assert lockstep_estimate([mixing()], params, 1e6) is None  # no jobs-ahead count reproduces it
+    assert (
+        lockstep_estimate([mixing()], params, None) is None and lockstep_estimate(None, params, live) is None
+    )
 
 
 def test_worker_snapshots_answer_with_the_last_one_before_a_time():
     from engines.bench.worker_snapshots import WorkerSnapshots
 
     snaps = WorkerSnapshots("redis://127.0.0.1:1/0")  # never started: nothing is read
-    snaps.times, snaps.infos = [1.0, 2.0, 3.0], [["a"], ["b"], ["c"]]
+    snaps.times, snaps.infos = [1.0, 2.0, 3.0], ['["a"]', '["b"]', '["c"]']  # as read, in JSON
     assert snaps.before(0.5) is None and snaps.before(1.0) == ["a"] and snaps.before(2.9) == ["b"]
     assert snaps.before(99) == ["c"]
 

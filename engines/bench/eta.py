@@ -15,6 +15,7 @@ a steady noisy neighbour that every job and every measured step pays for.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import tempfile
 import time
@@ -49,21 +50,15 @@ def lockstep_estimate(
     workers: list[dict[str, Any]] | None, params: dict[str, Any], live: float | None
 ) -> float | None:
     """The estimate the one-call tick model (before the workers published `call_mix`) gives a job, from
-    the workers' infos before its POST: the jobs-ahead count is the one under which those infos give the
-    202's `live` estimate to 2 ms (None where none does: the gateway saw other infos, or no estimate)."""
+    the workers' infos before its POST, as read (estimating parses them in place: pass a fresh copy): the
+    jobs-ahead count is the one under which those infos give the 202's `live` estimate to 2 ms (None where
+    none does: the gateway saw other infos, or no estimate)."""
     if not workers or live is None:
         return None
-    lockstep = [
-        {
-            **{k: v for k, v in w.items() if k != "_eta"},  # service.eta's cached parse of the info
-            **(
-                {"step_costs": {k: v for k, v in w["step_costs"].items() if k != "call_mix"}}
-                if isinstance(w.get("step_costs"), dict)
-                else {}
-            ),
-        }
-        for w in workers
-    ]
+    lockstep = copy.deepcopy(workers)
+    for w in lockstep:
+        if isinstance(w.get("step_costs"), dict):
+            w["step_costs"].pop("call_mix", None)
     for ahead in range(64):
         again = estimate_new(workers, JobKind.multiview, params, ahead)
         if again is not None and abs(again - live) <= 0.002:  # both rounded to ms: the last digit may differ

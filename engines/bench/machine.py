@@ -71,6 +71,22 @@ _OLDER_KEYS = {
 }
 
 
+def run_conditions(info: dict[str, Any]) -> dict[str, Any]:
+    """What a report keeps of the machine of each run it pools or replaces: the load average, and the
+    CPU model where it was recorded."""
+    kept = {"load_average_1min": info.get("load_average_1min")}
+    if info.get("cpu_model"):
+        kept["cpu_model"] = info["cpu_model"]
+    return kept
+
+
+def describe_conditions(run: dict[str, Any], unrecorded: str = ", CPU model not recorded") -> str:
+    """`, load average 0.5, CPU AMD EPYC, family 26 model 2` of a `run_conditions` record (`unrecorded` in
+    place of the CPU for a run from before the model was recorded)."""
+    load = f", load average {run['load_average_1min']}" if run.get("load_average_1min") else ""
+    return load + (f", CPU {run['cpu_model']}" if run.get("cpu_model") else unrecorded)
+
+
 def describe(info: dict[str, Any] | None = None) -> str:
     """`x86_64 (AMD EPYC, family 26 model 2), 2 cores (2 usable), OMP_NUM_THREADS=2, Python 3.11.7, torch
     2.13.0+cpu (2 threads), load average 1.7`; of a recorded `machine()` (or an older report's machine record), only what it holds."""

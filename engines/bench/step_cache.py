@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engines.bench import OUT_DIR
-from engines.bench.machine import describe, torch_machine
+from engines.bench.machine import describe, describe_conditions, run_conditions, torch_machine
 from engines.bench.paired import (
     MIN_PAIRS,
     PairedRatio,
@@ -370,11 +370,9 @@ def run_step_cache_bench(
 def earlier_run(figures: dict) -> dict:
     """What a section's report keeps of a run that a later `--section` run replaced: each interval's
     speedup and 95% interval, how long it ran, its machine's load and CPU model (where recorded)."""
-    machine = figures.get("machine", {})
     return {
         "measured": f"{figures['rounds']} rounds" if "rounds" in figures else f"{figures['pairs']} pairs",
-        "load_average_1min": machine.get("load_average_1min"),
-        **({"cpu_model": machine["cpu_model"]} if machine.get("cpu_model") else {}),
+        **run_conditions(figures.get("machine", {})),
         "speedups": {str(r["cache_interval"]): [r["speedup"], *r["speedup_ci95"]] for r in figures["rows"]},
     }
 
@@ -389,10 +387,8 @@ def _earlier_lines(figures: dict) -> list[str]:
         return []
     lines = ["", f"Earlier runs of this section, replaced by the one above ({len(runs)}):", ""]
     for run in runs:
-        load = f", load average {run['load_average_1min']}" if run.get("load_average_1min") else ""
-        load += f", CPU {run['cpu_model']}" if run.get("cpu_model") else ", CPU model not recorded"
         each = "; ".join(f"N={n} {g} [{lo}, {hi}]" for n, (g, lo, hi) in run["speedups"].items() if n != "1")
-        lines.append(f"- {run['measured']}{load}: {each}")
+        lines.append(f"- {run['measured']}{describe_conditions(run)}: {each}")
     verdict = _overlap_verdicts(figures["rows"], runs)
     every = "Both runs" if len(runs) == 1 else f"All {len(runs) + 1} runs"
     lines += ["", f"{every}: {verdict}."] if verdict else []

@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from engines.bench import OUT_DIR
-from engines.bench.machine import describe, torch_machine
+from engines.bench.machine import describe, describe_conditions, run_conditions, torch_machine
 from engines.bench.paired import (
     MIN_PAIRS,
     intervals_overlap,
@@ -402,10 +402,8 @@ def resumable_pairs(previous: dict, machine: dict, setup: dict | None = None) ->
     differ = [
         f"machine.{k}" for k in RESUME_MACHINE_KEYS if previous.get("machine", {}).get(k) != machine.get(k)
     ]
-    was_on = previous.get("machine", {}).get("cpu_model")
-    if was_on and was_on != machine.get(
-        "cpu_model"
-    ):  # reports before the CPU model was recorded: not checked
+    was_on = previous.get("machine", {}).get("cpu_model")  # None: a report from before it was recorded
+    if was_on and was_on != machine.get("cpu_model"):
         differ.append(f"CPU model: {was_on}, now {machine.get('cpu_model')}")
     if previous.get("model") != SD_MODEL:
         differ.append("model")
@@ -455,13 +453,12 @@ def run_sd_shifter_cost(
     earlier_runs = []
     if previous is not None:
         earlier_runs = previous.get("runs") or [
-            {"pairs": previous["pairs"], "load_average_1min": previous["machine"].get("load_average_1min")}
+            {"pairs": previous["pairs"], **run_conditions(previous["machine"])}
         ]
     result["runs"] = earlier_runs + [
         {
             "pairs": result.pop("pairs_this_run"),
-            "load_average_1min": result["machine"].get("load_average_1min"),
-            **({"cpu_model": machine["cpu_model"]} if machine.get("cpu_model") else {}),
+            **run_conditions(result["machine"]),
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
     ]
@@ -479,8 +476,7 @@ def runs_sentence(runs: list[dict], pair_ratios: Sequence[float] = ()) -> str:
     own = per_run(pair_ratios, sizes)
     each = []
     for r, (ratio, low, high), pairs in zip(runs, own, split_runs(pair_ratios, sizes), strict=True):
-        load = f", load average {r['load_average_1min']}" if r.get("load_average_1min") else ""
-        load += f", CPU {r['cpu_model']}" if r.get("cpu_model") else ""
+        load = describe_conditions(r, unrecorded="")
         count = f"{len(pairs)} pair{'s' if len(pairs) != 1 else ''}"
         if len(pairs) < MIN_PAIRS:
             each.append(f"{count} reading {ratio:.4f} (under {MIN_PAIRS}: no interval of its own){load}")

@@ -5,6 +5,7 @@ before its POST under another cost model, so two models are compared on the same
 from __future__ import annotations
 
 import bisect
+import json
 import threading
 import time
 from typing import Any
@@ -17,7 +18,7 @@ class WorkerSnapshots:
         self.store = RedisJobStore(broker)
         self.every = every
         self.times: list[float] = []  # time.perf_counter() of each snapshot
-        self.infos: list[list[dict[str, Any]]] = []
+        self.infos: list[str] = []  # each snapshot as read, in JSON: `before` hands out fresh copies
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="worker-snapshots", daemon=True)
 
@@ -31,12 +32,12 @@ class WorkerSnapshots:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            infos = self.store.live_workers()
+            infos = json.dumps(self.store.live_workers())
             self.times.append(time.perf_counter())
             self.infos.append(infos)
             self._stop.wait(self.every)
 
     def before(self, t: float) -> list[dict[str, Any]] | None:
-        """The last snapshot taken at or before perf_counter time `t` (None: none yet)."""
+        """A fresh copy of the last snapshot taken at or before perf_counter time `t` (None: none yet)."""
         i = bisect.bisect_right(self.times, t)
-        return self.infos[i - 1] if i else None
+        return json.loads(self.infos[i - 1]) if i else None
